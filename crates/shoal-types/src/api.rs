@@ -1,0 +1,249 @@
+//! The HTTP API's request and response bodies (`/v1`). Servers, the client
+//! library and the CLI all use these types, so the wire format lives in one place.
+//!
+//! SQL values travel as JSON: `null`, numbers (integers stay integers), strings,
+//! booleans (stored as 0/1) and blobs as `{"base64": "..."}`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{BaseId, BucketId};
+
+/// `POST /v1/bases`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBaseRequest {
+    /// The id to create; a random UUID when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<BaseId>,
+    /// A name for humans; need not be unique.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A base as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseInfo {
+    /// The base's id.
+    pub id: BaseId,
+    /// Its name, if it was given one.
+    pub name: Option<String>,
+    /// Its bucket: the first two hex characters of the id.
+    pub bucket: BucketId,
+    /// When it was created, RFC 3339 in UTC.
+    pub created_at: String,
+}
+
+/// `GET /v1/bases`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseList {
+    /// One page of bases, ordered by id.
+    pub bases: Vec<BaseInfo>,
+    /// Pass as `after` to get the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<BaseId>,
+}
+
+/// Statement parameters: positional (`?`, `?NNN`) or named (`:name`, `@name`, `$name`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Params {
+    /// `[v1, v2, ...]` bound to `?1`, `?2`, ...
+    Positional(Vec<Value>),
+    /// `{"name": v}` bound to `:name` (or `@name`, `$name`).
+    Named(BTreeMap<String, Value>),
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params::Positional(Vec::new())
+    }
+}
+
+impl Params {
+    /// Whether there are no parameters.
+    pub fn is_empty(&self) -> bool {
+        match self {
+            Params::Positional(v) => v.is_empty(),
+            Params::Named(m) => m.is_empty(),
+        }
+    }
+}
+
+/// One SQL statement with its parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Statement {
+    /// The SQL text: exactly one statement.
+    pub sql: String,
+    /// Its parameters.
+    #[serde(default, skip_serializing_if = "Params::is_empty")]
+    pub params: Params,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `POST /v1/bases/{id}/execute`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    /// The statements, applied in order.
+    pub statements: Vec<Statement>,
+    /// True (default): all statements apply or none does. False: each statement
+    /// applies on its own and a failing one reports its error in its result.
+    #[serde(default = "default_true")]
+    pub transaction: bool,
+}
+
+/// The outcome of one statement of an execute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecuteResult {
+    /// Rows inserted, updated or deleted.
+    pub rows_affected: u64,
+    /// The rowid of the last row inserted (by this or an earlier statement).
+    pub last_insert_rowid: i64,
+    /// Set only when `transaction` was false and this statement failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::ErrorDetail>,
+}
+
+/// The answer to an execute.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecuteResponse {
+    /// One result per statement.
+    pub results: Vec<ExecuteResult>,
+    /// The log index at which the write was applied.
+    pub index: u64,
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Consistency {
+    /// Read this replica's state, which may be stale.
+    None,
+    /// Read the leader's state.
+    Leader,
+    /// Confirm leadership with a quorum, then read (the default).
+    #[default]
+    Linearizable,
+}
+
+/// `POST /v1/bases/{id}/query`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    /// One read-only statement.
+    pub sql: String,
+    /// Its parameters.
+    #[serde(default, skip_serializing_if = "Params::is_empty")]
+    pub params: Params,
+    /// How fresh the answer must be.
+    #[serde(default)]
+    pub consistency: Consistency,
+}
+
+/// The answer to a query.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueryResponse {
+    /// Column names.
+    pub columns: Vec<String>,
+    /// Declared column types (empty for expressions).
+    pub types: Vec<String>,
+    /// The rows, each with one value per column.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// A column of a table.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// Declared type, possibly empty.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Whether NULL is refused.
+    pub notnull: bool,
+    /// The default value as SQL text, if any.
+    pub default: Option<String>,
+    /// Position in the primary key (1-based), 0 when not part of it.
+    pub pk: u32,
+}
+
+/// A table of a base.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableInfo {
+    /// Table name.
+    pub name: String,
+    /// Its columns, in order.
+    pub columns: Vec<ColumnInfo>,
+}
+
+/// `GET /v1/bases/{id}/tables`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableList {
+    /// The user tables, by name.
+    pub tables: Vec<TableInfo>,
+}
+
+/// A row: column name to value. The row id is under the key `_rowid`.
+pub type Row = serde_json::Map<String, Value>;
+
+/// The key under which rows carry their rowid.
+pub const ROWID_KEY: &str = "_rowid";
+
+/// `POST /v1/bases/{id}/tables/{table}/rows`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InsertRowsRequest {
+    /// The rows to insert, in one transaction.
+    pub rows: Vec<Row>,
+}
+
+/// The answer to a batch insert.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InsertRowsResponse {
+    /// The rowid given to each row, in order.
+    pub rowids: Vec<i64>,
+    /// The log index at which the write was applied.
+    pub index: u64,
+}
+
+/// `PATCH /v1/bases/{id}/tables/{table}/rows/{rowid}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRowRequest {
+    /// The columns to change.
+    pub values: Row,
+}
+
+/// `GET /v1/bases/{id}/tables/{table}/rows`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RowList {
+    /// One page of rows; each has `_rowid`.
+    pub rows: Vec<Row>,
+    /// The page size asked for.
+    pub limit: u64,
+    /// The offset asked for.
+    pub offset: u64,
+}
+
+/// The answer to a row update or delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriteResponse {
+    /// The log index at which the write was applied.
+    pub index: u64,
+}
+
+/// `GET /healthz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// "ok".
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+}
