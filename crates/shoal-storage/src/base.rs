@@ -1,0 +1,550 @@
+//! One base: one SQLite database (a WAL-mode file, or memory).
+//!
+//! A base holds the user's tables plus `_shoal_meta`, where it records the
+//! log index of the last command applied to it. That record is written in the
+//! same SQLite transaction as the command's changes, so after a crash a base
+//! is either before or after a command, never in between, and replaying the
+//! log from `applied_index + 1` neither skips nor repeats an entry.
+
+use std::path::Path;
+use std::time::Instant;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use shoal_types::api::{ColumnInfo, ExecuteResult, Params, QueryResponse, Statement, TableInfo};
+use shoal_types::{Error, Result};
+
+use crate::sandbox::{self, Guard, Limits, Mode};
+use crate::value::{bind, sql_to_json};
+use crate::{Options, map_sqlite_error};
+
+/// One open base.
+pub struct Base {
+    conn: Connection,
+    guard: Guard,
+}
+
+impl Base {
+    /// Opens (creating if needed) the base stored at `path`, or a new empty
+    /// base in memory when `path` is `None`.
+    pub fn open(path: Option<&Path>) -> Result<Base> {
+        let conn = match path {
+            Some(p) => Connection::open_with_flags(
+                p,
+                OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | OpenFlags::SQLITE_OPEN_CREATE
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            ),
+            None => Connection::open_in_memory(),
+        }
+        .map_err(map_sqlite_error)?;
+        // WAL: readers do not block the writer. synchronous=FULL: a commit is
+        // on disk before it returns, so an acknowledged write survives a crash.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA cache_size = -1024;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS _shoal_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT OR IGNORE INTO _shoal_meta (key, value) VALUES ('applied_index', 0);",
+        )
+        .map_err(map_sqlite_error)?;
+        let guard = sandbox::install(&conn).map_err(map_sqlite_error)?;
+        Ok(Base { conn, guard })
+    }
+
+    /// The index of the last command applied to this base.
+    pub fn applied_index(&self) -> Result<u64> {
+        read_applied_index(&self.conn)
+    }
+
+    /// Applies the statements of an execute command at log `index`.
+    ///
+    /// With `transaction`, the first failing statement aborts all of them and
+    /// its error is returned. Without, each statement stands alone: a failing
+    /// one is rolled back and reports its error in its result. Either way the
+    /// applied index is recorded in the same transaction as the changes. A
+    /// command at or below the applied index was applied before (a replay after
+    /// restart) and is skipped: it returns no results.
+    pub fn execute(
+        &mut self,
+        index: u64,
+        statements: &[Statement],
+        transaction: bool,
+        options: &Options,
+    ) -> Result<Vec<ExecuteResult>> {
+        for s in statements {
+            check_length(&s.sql, options)?;
+        }
+        let limits = Limits { read_deadline: None, write_budget: options.max_write_steps / 1000 };
+        self.guard.leave();
+        let mut tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_sqlite_error)?;
+        if read_applied_index(&tx)? >= index {
+            return Ok(Vec::new());
+        }
+        let mut results = Vec::with_capacity(statements.len());
+        for (i, s) in statements.iter().enumerate() {
+            if transaction {
+                let r = run_write(&tx, &self.guard, limits, s).map_err(|e| match e {
+                    Error::InvalidSql(m) if statements.len() > 1 => {
+                        Error::InvalidSql(format!("statement {}: {m}", i + 1))
+                    }
+                    e => e,
+                });
+                results.push(r?);
+            } else {
+                let sp = tx.savepoint_with_name(format!("s{i}")).map_err(map_sqlite_error)?;
+                match run_write(&sp, &self.guard, limits, s) {
+                    Ok(r) => {
+                        sp.commit().map_err(map_sqlite_error)?;
+                        results.push(r)
+                    }
+                    Err(e) if e.is_deterministic() => {
+                        // Dropping the savepoint rolls it back.
+                        drop(sp);
+                        results.push(ExecuteResult {
+                            rows_affected: 0,
+                            last_insert_rowid: tx.last_insert_rowid(),
+                            error: Some(e.to_body().error),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        tx.execute("UPDATE _shoal_meta SET value = ?1 WHERE key = 'applied_index'", [index as i64])
+            .map_err(map_sqlite_error)?;
+        tx.commit().map_err(map_sqlite_error)?;
+        Ok(results)
+    }
+
+    /// Runs one read-only statement.
+    pub fn query(
+        &mut self,
+        sql: &str,
+        params: &Params,
+        options: &Options,
+    ) -> Result<QueryResponse> {
+        check_length(sql, options)?;
+        let deadline = Instant::now() + options.statement_timeout;
+        let guard = self.guard.clone();
+        guard.enter(Mode::Read, Limits { read_deadline: Some(deadline), write_budget: 0 });
+        let result = read(&self.conn, &guard, sql, params, options.max_result_rows);
+        guard.leave();
+        result
+    }
+
+    /// The user tables of this base with their columns, ordered by name.
+    pub fn tables(&mut self) -> Result<Vec<TableInfo>> {
+        self.guard.leave();
+        let names: Vec<String> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'
+                     AND name NOT LIKE '\\_shoal\\_%' ESCAPE '\\' ORDER BY name",
+                )
+                .map_err(map_sqlite_error)?;
+            let rows = stmt.query_map([], |r| r.get(0)).map_err(map_sqlite_error)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(map_sqlite_error)?
+        };
+        names.into_iter().map(|n| self.table(&n)).collect()
+    }
+
+    /// One user table, or `NotFound`.
+    pub fn table(&mut self, name: &str) -> Result<TableInfo> {
+        self.guard.leave();
+        if name.to_ascii_lowercase().starts_with("_shoal_")
+            || name.to_ascii_lowercase().starts_with("sqlite_")
+        {
+            return Err(Error::NotFound(format!("no table named {name:?}")));
+        }
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, type, \"notnull\", dflt_value, pk FROM pragma_table_info(?1)")
+            .map_err(map_sqlite_error)?;
+        let columns = stmt
+            .query_map([name], |r| {
+                Ok(ColumnInfo {
+                    name: r.get(0)?,
+                    type_: r.get(1)?,
+                    notnull: r.get::<_, i64>(2)? != 0,
+                    default: r.get(3)?,
+                    pk: r.get(4)?,
+                })
+            })
+            .map_err(map_sqlite_error)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(map_sqlite_error)?;
+        if columns.is_empty() {
+            return Err(Error::NotFound(format!("no table named {name:?}")));
+        }
+        // The table's own spelling, not the caller's.
+        let name = self
+            .conn
+            .query_row(
+                "SELECT name FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(map_sqlite_error)?;
+        Ok(TableInfo { name, columns })
+    }
+
+    /// Copies this base into a new file at `dest` with SQLite's online backup.
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        self.conn.backup("main", dest, None).map_err(map_sqlite_error)
+    }
+}
+
+fn read_applied_index(conn: &Connection) -> Result<u64> {
+    conn.query_row("SELECT value FROM _shoal_meta WHERE key = 'applied_index'", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|v| v as u64)
+    .map_err(map_sqlite_error)
+}
+
+fn check_length(sql: &str, options: &Options) -> Result<()> {
+    if sql.len() > options.max_sql_length {
+        return Err(Error::LimitExceeded(format!(
+            "the SQL text is {} bytes; the limit is {} bytes",
+            sql.len(),
+            options.max_sql_length
+        )));
+    }
+    if sql.trim().is_empty() {
+        return Err(Error::InvalidSql("the SQL text is empty".into()));
+    }
+    Ok(())
+}
+
+/// Turns a SQLite error into Shoal's, preferring the sandbox's reason.
+fn sql_error(guard: &Guard, e: rusqlite::Error) -> Error {
+    guard.take_refusal().unwrap_or_else(|| map_sqlite_error(e))
+}
+
+fn is_vacuum(sql: &str) -> bool {
+    let s = sql.trim_start();
+    s.len() >= 6 && s[..6].eq_ignore_ascii_case("vacuum")
+}
+
+fn run_write(
+    conn: &Connection,
+    guard: &Guard,
+    limits: Limits,
+    s: &Statement,
+) -> Result<ExecuteResult> {
+    if is_vacuum(&s.sql) {
+        return Err(Error::SqlNotAllowed("VACUUM is not allowed".into()));
+    }
+    guard.enter(Mode::Write, limits);
+    let result = (|| {
+        let mut stmt = conn.prepare(&s.sql).map_err(|e| sql_error(guard, e))?;
+        bind(&mut stmt, &s.params)?;
+        let readonly = stmt.readonly();
+        let mut rows = stmt.raw_query();
+        // Step to the end; rows a write returns (RETURNING) are not sent back.
+        while rows.next().map_err(|e| sql_error(guard, e))?.is_some() {}
+        drop(rows);
+        Ok(ExecuteResult {
+            rows_affected: if readonly { 0 } else { conn.changes() },
+            last_insert_rowid: conn.last_insert_rowid(),
+            error: None,
+        })
+    })();
+    guard.leave();
+    result
+}
+
+fn read(
+    conn: &Connection,
+    guard: &Guard,
+    sql: &str,
+    params: &Params,
+    max_rows: usize,
+) -> Result<QueryResponse> {
+    if is_vacuum(sql) {
+        return Err(Error::SqlNotAllowed("VACUUM is not allowed".into()));
+    }
+    let mut stmt = conn.prepare(sql).map_err(|e| sql_error(guard, e))?;
+    if !stmt.readonly() {
+        return Err(Error::InvalidInput(
+            "this statement writes; send it to /execute instead of /query".into(),
+        ));
+    }
+    bind(&mut stmt, params)?;
+    let columns: Vec<String> = stmt.column_names().into_iter().map(String::from).collect();
+    let types: Vec<String> =
+        stmt.columns().iter().map(|c| c.decl_type().unwrap_or("").to_string()).collect();
+    let n = columns.len();
+    let mut rows_out = Vec::new();
+    let mut rows = stmt.raw_query();
+    while let Some(row) = rows.next().map_err(|e| sql_error(guard, e))? {
+        if rows_out.len() == max_rows {
+            return Err(Error::LimitExceeded(format!(
+                "the result has more than {max_rows} rows; page through it with LIMIT and OFFSET \
+                 (or WHERE rowid > last seen)"
+            )));
+        }
+        let mut values = Vec::with_capacity(n);
+        for i in 0..n {
+            values.push(sql_to_json(row.get_ref(i).map_err(map_sqlite_error)?));
+        }
+        rows_out.push(values);
+    }
+    Ok(QueryResponse { columns, types, rows: rows_out })
+}
+
+/// Default options with a shorter read time, for tests.
+#[cfg(test)]
+pub(crate) fn test_options() -> Options {
+    Options { statement_timeout: std::time::Duration::from_millis(500), ..Options::default() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shoal_types::api::Params;
+
+    fn st(sql: &str) -> Statement {
+        Statement { sql: sql.into(), params: Params::default() }
+    }
+
+    fn stp(sql: &str, p: serde_json::Value) -> Statement {
+        Statement { sql: sql.into(), params: serde_json::from_value(p).unwrap() }
+    }
+
+    fn base() -> Base {
+        let mut b = Base::open(None).unwrap();
+        b.execute(
+            1,
+            &[st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, at TEXT)")],
+            true,
+            &test_options(),
+        )
+        .unwrap();
+        b
+    }
+
+    fn count(b: &mut Base) -> i64 {
+        b.query("SELECT count(*) FROM t", &Params::default(), &test_options()).unwrap().rows[0][0]
+            .as_i64()
+            .unwrap()
+    }
+
+    #[test]
+    fn failing_transaction_applies_nothing() {
+        let mut b = base();
+        let o = test_options();
+        let err = b
+            .execute(
+                2,
+                &[
+                    stp("INSERT INTO t (name) VALUES (?)", json!(["a"])),
+                    st("INSERT INTO t (name) VALUES ('a')"),
+                ],
+                true,
+                &o,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Constraint(_)), "{err:?}");
+        assert_eq!(count(&mut b), 0);
+        assert_eq!(b.applied_index().unwrap(), 1);
+    }
+
+    #[test]
+    fn non_transactional_statements_stand_alone() {
+        let mut b = base();
+        let r = b
+            .execute(
+                2,
+                &[st("INSERT INTO t (name) VALUES ('a')"), st("INSERT INTO t (name) VALUES ('a')")],
+                false,
+                &test_options(),
+            )
+            .unwrap();
+        assert_eq!(r[0].rows_affected, 1);
+        assert_eq!(r[1].error.as_ref().unwrap().code, "constraint_violation");
+        assert_eq!(count(&mut b), 1);
+        assert_eq!(b.applied_index().unwrap(), 2);
+    }
+
+    #[test]
+    fn replayed_index_is_skipped() {
+        let mut b = base();
+        let o = test_options();
+        b.execute(5, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        assert!(
+            b.execute(5, &[st("INSERT INTO t (name) VALUES ('b')")], true, &o).unwrap().is_empty()
+        );
+        assert_eq!(count(&mut b), 1);
+    }
+
+    #[test]
+    fn sandbox_refuses_escapes() {
+        let mut b = base();
+        let o = test_options();
+        for sql in [
+            "ATTACH DATABASE '/tmp/x.db' AS x",
+            "PRAGMA journal_mode = DELETE",
+            "PRAGMA writable_schema",
+            "BEGIN",
+            "SAVEPOINT x",
+            "SELECT load_extension('x')",
+            "VACUUM INTO '/tmp/y.db'",
+            "DELETE FROM _shoal_meta",
+            "CREATE TABLE _shoal_x (a)",
+        ] {
+            let err = b.execute(10, &[st(sql)], true, &o).unwrap_err();
+            assert!(matches!(err, Error::SqlNotAllowed(_)), "{sql}: {err:?}");
+            let err = b.query(sql, &Params::default(), &o).unwrap_err();
+            assert!(
+                matches!(err, Error::SqlNotAllowed(_) | Error::InvalidInput(_)),
+                "{sql}: {err:?}"
+            );
+        }
+        assert!(b.query("PRAGMA table_info(t)", &Params::default(), &o).is_ok());
+        assert_eq!(b.applied_index().unwrap(), 1);
+    }
+
+    #[test]
+    fn non_deterministic_writes_are_refused() {
+        let mut b = base();
+        let o = test_options();
+        for sql in [
+            "INSERT INTO t (name) VALUES (random())",
+            "INSERT INTO t (name) VALUES (hex(randomblob(4)))",
+            "INSERT INTO t (name, at) VALUES ('x', CURRENT_TIMESTAMP)",
+            "INSERT INTO t (name, at) VALUES ('x', datetime('now'))",
+            "INSERT INTO t (name, at) VALUES ('x', date())",
+            "INSERT INTO t (name, at) VALUES ('x', strftime('%s', 'now'))",
+            "INSERT INTO t (name, at) VALUES ('x', datetime('2024-01-01', 'localtime'))",
+        ] {
+            let err = b.execute(10, &[st(sql)], true, &o).unwrap_err();
+            assert!(matches!(err, Error::NonDeterministic(_)), "{sql}: {err:?}");
+            assert!(err.to_string().contains("parameter"), "{err}");
+        }
+        let err = b
+            .execute(
+                10,
+                &[stp("INSERT INTO t (name, at) VALUES ('x', date(?))", json!(["now"]))],
+                true,
+                &o,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::NonDeterministic(_)), "{err:?}");
+        assert_eq!(count(&mut b), 0);
+        // A fixed time is fine and computed as SQLite would.
+        b.execute(
+            11,
+            &[stp(
+                "INSERT INTO t (name, at) VALUES ('x', datetime(?, '+1 day'))",
+                json!(["2024-01-01 10:00:00"]),
+            )],
+            true,
+            &o,
+        )
+        .unwrap();
+        let r = b
+            .query(
+                "SELECT at, date('now') IS NOT NULL, random() IS NOT NULL FROM t",
+                &Params::default(),
+                &o,
+            )
+            .unwrap();
+        assert_eq!(r.rows[0], vec![json!("2024-01-02 10:00:00"), json!(1), json!(1)]);
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut b = base();
+        let o = Options {
+            max_result_rows: 3,
+            max_sql_length: 100,
+            max_write_steps: 100_000,
+            ..test_options()
+        };
+        let err = b.query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c LIMIT 10) SELECT x FROM c", &Params::default(), &o)
+            .unwrap_err();
+        assert!(
+            matches!(err, Error::LimitExceeded(_)) && err.to_string().contains("LIMIT"),
+            "{err:?}"
+        );
+        let err =
+            b.query(&format!("SELECT '{}'", "x".repeat(200)), &Params::default(), &o).unwrap_err();
+        assert!(matches!(err, Error::LimitExceeded(_)), "{err:?}");
+        let err = b
+            .query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c", &Params::default(), &o)
+            .unwrap_err();
+        assert!(matches!(err, Error::LimitExceeded(_)), "{err:?}");
+        let err = b
+            .execute(
+                2,
+                &[st("INSERT INTO t (name) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c")],
+                true,
+                &o,
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::LimitExceeded(_)), "{err:?}");
+        assert_eq!(count(&mut b), 0);
+    }
+
+    #[test]
+    fn query_refuses_writes_and_bad_sql() {
+        let mut b = base();
+        let o = test_options();
+        let err = b.query("DELETE FROM t", &Params::default(), &o).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+        let err = b.query("SELEC 1", &Params::default(), &o).unwrap_err();
+        assert!(matches!(err, Error::InvalidSql(_)), "{err:?}");
+        let err = b.query("SELECT 1; SELECT 2", &Params::default(), &o).unwrap_err();
+        assert!(matches!(err, Error::InvalidSql(_)), "{err:?}");
+        let err = b.query("SELECT ?", &Params::default(), &o).unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    }
+
+    #[test]
+    fn named_params_and_types() {
+        let mut b = base();
+        let o = test_options();
+        b.execute(
+            2,
+            &[stp(
+                "INSERT INTO t (name, at) VALUES (:n, $a)",
+                json!({"n": "x", "$a": {"base64": "AAE="}}),
+            )],
+            true,
+            &o,
+        )
+        .unwrap();
+        let r = b
+            .query(
+                "SELECT id, name, at FROM t WHERE name = @n",
+                &serde_json::from_value(json!({"n": "x"})).unwrap(),
+                &o,
+            )
+            .unwrap();
+        assert_eq!(r.columns, ["id", "name", "at"]);
+        assert_eq!(r.types, ["INTEGER", "TEXT", "TEXT"]);
+        assert_eq!(r.rows, vec![vec![json!(1), json!("x"), json!({"base64": "AAE="})]]);
+    }
+
+    #[test]
+    fn tables_hide_internal_ones() {
+        let mut b = base();
+        let t = b.tables().unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].name, "t");
+        assert_eq!(
+            t[0].columns.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(),
+            ["id", "name", "at"]
+        );
+        assert!(matches!(b.table("nope"), Err(Error::NotFound(_))));
+        assert!(matches!(b.table("_shoal_meta"), Err(Error::NotFound(_))));
+    }
+}

@@ -1,0 +1,153 @@
+//! A bucket's catalog: which bases the bucket holds, in a small SQLite file
+//! beside the bases (`catalog.db`).
+//!
+//! Like a base, the catalog records the log index of the last command it
+//! applied in the same transaction as the change, so create and drop commands
+//! replay exactly once. It also keeps the local log's index reservation.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use shoal_types::api::BaseInfo;
+use shoal_types::{BaseId, Error, Result};
+
+use crate::map_sqlite_error;
+
+/// The catalog of one bucket.
+pub struct Catalog {
+    conn: Connection,
+}
+
+/// What applying a catalog command did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The change was made.
+    Done,
+    /// The command's index was applied before (a replay): nothing changed.
+    Replayed,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog at `path`, or in memory.
+    pub fn open(path: Option<&Path>) -> Result<Catalog> {
+        let conn = match path {
+            Some(p) => Connection::open(p),
+            None => Connection::open_in_memory(),
+        }
+        .map_err(map_sqlite_error)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA busy_timeout = 5000;
+             CREATE TABLE IF NOT EXISTS bases (
+                 id TEXT PRIMARY KEY, name TEXT, created_at TEXT NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             INSERT OR IGNORE INTO meta (key, value) VALUES ('applied_index', 0), ('reserved_index', 0);",
+        )
+        .map_err(map_sqlite_error)?;
+        Ok(Catalog { conn })
+    }
+
+    /// Records a new base at log `index`; `Conflict` if it exists.
+    pub fn create(&mut self, index: u64, info: &BaseInfo) -> Result<Applied> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_sqlite_error)?;
+        if meta(&tx, "applied_index")? >= index {
+            return Ok(Applied::Replayed);
+        }
+        let exists: bool = tx
+            .query_row("SELECT 1 FROM bases WHERE id = ?1", [info.id.to_string()], |_| Ok(true))
+            .optional()
+            .map_err(map_sqlite_error)?
+            .unwrap_or(false);
+        if exists {
+            return Err(Error::Conflict(format!("base {} already exists", info.id)));
+        }
+        tx.execute(
+            "INSERT INTO bases (id, name, created_at) VALUES (?1, ?2, ?3)",
+            params![info.id.to_string(), info.name, info.created_at],
+        )
+        .map_err(map_sqlite_error)?;
+        set_meta(&tx, "applied_index", index)?;
+        tx.commit().map_err(map_sqlite_error)?;
+        Ok(Applied::Done)
+    }
+
+    /// Forgets a base at log `index`; `NotFound` if it does not exist.
+    pub fn drop_base(&mut self, index: u64, id: &BaseId) -> Result<Applied> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(map_sqlite_error)?;
+        if meta(&tx, "applied_index")? >= index {
+            return Ok(Applied::Replayed);
+        }
+        let n = tx
+            .execute("DELETE FROM bases WHERE id = ?1", [id.to_string()])
+            .map_err(map_sqlite_error)?;
+        if n == 0 {
+            return Err(Error::NotFound(format!("no base {id}")));
+        }
+        set_meta(&tx, "applied_index", index)?;
+        tx.commit().map_err(map_sqlite_error)?;
+        Ok(Applied::Done)
+    }
+
+    /// One base, if it exists.
+    pub fn get(&self, id: &BaseId) -> Result<Option<BaseInfo>> {
+        self.conn
+            .query_row(
+                "SELECT id, name, created_at FROM bases WHERE id = ?1",
+                [id.to_string()],
+                row_to_info,
+            )
+            .optional()
+            .map_err(map_sqlite_error)
+    }
+
+    /// Up to `limit` bases with ids greater than `after`, in id order.
+    pub fn list(&self, after: Option<&BaseId>, limit: usize) -> Result<Vec<BaseInfo>> {
+        let after = after.map(|a| a.to_string()).unwrap_or_default();
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, name, created_at FROM bases WHERE id > ?1 ORDER BY id LIMIT ?2",
+            )
+            .map_err(map_sqlite_error)?;
+        let rows =
+            stmt.query_map(params![after, limit as i64], row_to_info).map_err(map_sqlite_error)?;
+        rows.collect::<rusqlite::Result<_>>().map_err(map_sqlite_error)
+    }
+
+    /// The highest log index this bucket's local log has reserved.
+    pub fn reserved_index(&self) -> Result<u64> {
+        meta(&self.conn, "reserved_index")
+    }
+
+    /// Durably reserves log indexes up to `upto`.
+    pub fn reserve(&self, upto: u64) -> Result<()> {
+        set_meta(&self.conn, "reserved_index", upto)
+    }
+}
+
+fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<BaseInfo> {
+    let id: String = r.get(0)?;
+    let id: BaseId = id.parse().map_err(|e: Error| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(BaseInfo { id, bucket: id.bucket(), name: r.get(1)?, created_at: r.get(2)? })
+}
+
+fn meta(conn: &Connection, key: &str) -> Result<u64> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get::<_, i64>(0))
+        .map(|v| v as u64)
+        .map_err(map_sqlite_error)
+}
+
+fn set_meta(conn: &Connection, key: &str, value: u64) -> Result<()> {
+    conn.execute("UPDATE meta SET value = ?2 WHERE key = ?1", params![key, value as i64])
+        .map(|_| ())
+        .map_err(map_sqlite_error)
+}

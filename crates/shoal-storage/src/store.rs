@@ -1,0 +1,401 @@
+//! The store: every bucket's bases on this node, under one data directory
+//! (`buckets/{bucket}/{base}.db` plus `buckets/{bucket}/catalog.db`), or all
+//! in memory.
+//!
+//! Bases open lazily and an LRU bounds how many are open, so a node with
+//! 100 000 idle bases holds none of them in memory: listing reads the
+//! catalogs, which hold a row per base. In memory mode nothing is evicted,
+//! because closing an in-memory database would lose it.
+
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lru::LruCache;
+use shoal_types::api::{BaseInfo, Params, QueryResponse, TableInfo};
+use shoal_types::{BUCKET_COUNT, BaseId, BucketId, Error, Result};
+
+use crate::base::Base;
+use crate::catalog::{Applied, Catalog};
+use crate::command::{Command, Output};
+
+/// Bounds on user SQL and on open files.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How many bases may be open at once (files and their caches).
+    pub max_open_bases: usize,
+    /// The longest SQL text accepted, in bytes.
+    pub max_sql_length: usize,
+    /// The most rows a query may return; larger results must be paged.
+    pub max_result_rows: usize,
+    /// How long a read may run.
+    pub statement_timeout: Duration,
+    /// How many SQLite virtual-machine steps one write statement may take.
+    /// A step budget rather than a time, so that every replica stops at the
+    /// same point.
+    pub max_write_steps: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            max_open_bases: 1024,
+            max_sql_length: 100_000,
+            max_result_rows: 10_000,
+            statement_timeout: Duration::from_secs(5),
+            max_write_steps: 100_000_000,
+        }
+    }
+}
+
+/// All bases of this node.
+pub struct Store {
+    dir: Option<PathBuf>,
+    options: Options,
+    open: Mutex<LruCache<BaseId, Arc<Mutex<Base>>>>,
+    catalogs: Mutex<Vec<Option<Arc<Mutex<Catalog>>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Poisoning means a panic elsewhere; SQLite's own state stays consistent,
+    // so carry on rather than fail every later request.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store {
+    /// Opens the store under `dir`, or in memory when `dir` is `None`.
+    pub fn open(dir: Option<&Path>, options: Options) -> Result<Store> {
+        let open = match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d.join("buckets"))?;
+                let cap = NonZeroUsize::new(options.max_open_bases).ok_or_else(|| {
+                    Error::InvalidInput("max_open_bases must be at least 1".into())
+                })?;
+                LruCache::new(cap)
+            }
+            None => LruCache::unbounded(),
+        };
+        Ok(Store {
+            dir: dir.map(Path::to_path_buf),
+            options,
+            open: Mutex::new(open),
+            catalogs: Mutex::new(vec![None; BUCKET_COUNT]),
+        })
+    }
+
+    /// The options this store runs with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// How many bases are open now.
+    pub fn open_bases(&self) -> usize {
+        lock(&self.open).len()
+    }
+
+    fn bucket_dir(&self, bucket: BucketId) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join("buckets").join(bucket.to_string()))
+    }
+
+    fn base_path(&self, id: &BaseId) -> Option<PathBuf> {
+        self.bucket_dir(id.bucket()).map(|d| d.join(format!("{id}.db")))
+    }
+
+    /// The catalog of a bucket, opened on first use.
+    pub(crate) fn catalog(&self, bucket: BucketId) -> Result<Arc<Mutex<Catalog>>> {
+        let mut catalogs = lock(&self.catalogs);
+        let slot = &mut catalogs[bucket.0 as usize];
+        if let Some(c) = slot {
+            return Ok(c.clone());
+        }
+        let path = match self.bucket_dir(bucket) {
+            Some(d) => {
+                std::fs::create_dir_all(&d)?;
+                Some(d.join("catalog.db"))
+            }
+            None => None,
+        };
+        let c = Arc::new(Mutex::new(Catalog::open(path.as_deref())?));
+        *slot = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Runs `f` on a bucket's catalog.
+    pub(crate) fn with_catalog<T>(
+        &self,
+        bucket: BucketId,
+        f: impl FnOnce(&mut Catalog) -> Result<T>,
+    ) -> Result<T> {
+        let catalog = self.catalog(bucket)?;
+        let mut catalog = lock(&catalog);
+        f(&mut catalog)
+    }
+
+    /// An open base, opening it if it exists and is not open.
+    fn base(&self, id: &BaseId) -> Result<Arc<Mutex<Base>>> {
+        if let Some(b) = lock(&self.open).get(id) {
+            return Ok(b.clone());
+        }
+        if self.with_catalog(id.bucket(), |c| c.get(id))?.is_none() {
+            return Err(Error::NotFound(format!("no base {id}")));
+        }
+        // Opened outside the LRU lock: opening a file must not stall reads
+        // of other bases. Two racing opens are harmless; one handle wins.
+        let base = Arc::new(Mutex::new(Base::open(self.base_path(id).as_deref())?));
+        Ok(lock(&self.open).get_or_insert(*id, || base).clone())
+    }
+
+    /// Applies a command at log `index`. Commands of one bucket must be
+    /// applied one at a time, in index order.
+    pub fn apply(&self, index: u64, command: &Command) -> Result<Output> {
+        match command {
+            Command::CreateBase { id, name, created_at } => {
+                if let Some(n) = name {
+                    if n.len() > 1024 {
+                        return Err(Error::InvalidInput(
+                            "a base name may be at most 1024 bytes".into(),
+                        ));
+                    }
+                }
+                let info = BaseInfo {
+                    id: *id,
+                    name: name.clone(),
+                    bucket: id.bucket(),
+                    created_at: created_at.clone(),
+                };
+                let catalog = self.catalog(id.bucket())?;
+                let mut catalog = lock(&catalog);
+                // A file left by a drop that crashed before deleting it is stale.
+                if catalog.get(id)?.is_none() {
+                    self.remove_files(id)?;
+                }
+                match catalog.create(index, &info)? {
+                    Applied::Replayed => Ok(Output::Replayed),
+                    Applied::Done => {
+                        drop(catalog);
+                        if self.dir.is_some() {
+                            // Create the file now, so a new base costs its
+                            // disk space up front and errors show here.
+                            self.base(id)?;
+                        }
+                        Ok(Output::Created(info))
+                    }
+                }
+            }
+            Command::DropBase { id } => {
+                let catalog = self.catalog(id.bucket())?;
+                let applied = lock(&catalog).drop_base(index, id)?;
+                match applied {
+                    Applied::Replayed => Ok(Output::Replayed),
+                    Applied::Done => {
+                        lock(&self.open).pop(id);
+                        self.remove_files(id)?;
+                        Ok(Output::Dropped)
+                    }
+                }
+            }
+            Command::Execute { base, statements, transaction } => {
+                if statements.is_empty() {
+                    return Err(Error::InvalidInput("no statements given".into()));
+                }
+                let b = self.base(base)?;
+                let results = lock(&b).execute(index, statements, *transaction, &self.options)?;
+                Ok(if results.is_empty() { Output::Replayed } else { Output::Executed(results) })
+            }
+        }
+    }
+
+    fn remove_files(&self, id: &BaseId) -> Result<()> {
+        let Some(path) = self.base_path(id) else { return Ok(()) };
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// One base's catalog entry.
+    pub fn get_base(&self, id: &BaseId) -> Result<BaseInfo> {
+        self.with_catalog(id.bucket(), |c| c.get(id))?
+            .ok_or_else(|| Error::NotFound(format!("no base {id}")))
+    }
+
+    /// Up to `limit` bases with ids after `after`, in id order, and whether
+    /// more follow.
+    pub fn list_bases(
+        &self,
+        after: Option<&BaseId>,
+        limit: usize,
+    ) -> Result<(Vec<BaseInfo>, bool)> {
+        let mut out = Vec::new();
+        let first = after.map(|a| a.bucket().0).unwrap_or(0);
+        // Ids sort by bucket first, so walking buckets in order walks ids in order.
+        for b in first..=u8::MAX {
+            let bucket = BucketId(b);
+            // Skip buckets never written to without creating their catalog.
+            if let Some(d) = self.bucket_dir(bucket) {
+                if !d.join("catalog.db").exists() {
+                    continue;
+                }
+            } else if lock(&self.catalogs)[b as usize].is_none() {
+                continue;
+            }
+            let want = limit + 1 - out.len();
+            out.extend(self.with_catalog(bucket, |c| c.list(after, want))?);
+            if out.len() > limit {
+                out.truncate(limit);
+                return Ok((out, true));
+            }
+        }
+        Ok((out, false))
+    }
+
+    /// Runs a read-only statement on a base.
+    pub fn query(&self, id: &BaseId, sql: &str, params: &Params) -> Result<QueryResponse> {
+        let b = self.base(id)?;
+        let mut b = lock(&b);
+        b.query(sql, params, &self.options)
+    }
+
+    /// The user tables of a base.
+    pub fn tables(&self, id: &BaseId) -> Result<Vec<TableInfo>> {
+        let b = self.base(id)?;
+        let mut b = lock(&b);
+        b.tables()
+    }
+
+    /// One table of a base, or `NotFound`.
+    pub fn table(&self, id: &BaseId, name: &str) -> Result<TableInfo> {
+        let b = self.base(id)?;
+        let mut b = lock(&b);
+        b.table(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_types::api::Statement;
+
+    fn create(id: BaseId) -> Command {
+        Command::CreateBase {
+            id,
+            name: Some("n".into()),
+            created_at: "2024-01-01T00:00:00Z".into(),
+        }
+    }
+
+    fn insert(id: BaseId, v: i64) -> Command {
+        Command::Execute {
+            base: id,
+            statements: vec![Statement {
+                sql: "INSERT INTO t (v) VALUES (?)".into(),
+                params: Params::Positional(vec![v.into()]),
+            }],
+            transaction: true,
+        }
+    }
+
+    fn table(id: BaseId) -> Command {
+        Command::Execute {
+            base: id,
+            statements: vec![Statement {
+                sql: "CREATE TABLE t (v INTEGER)".into(),
+                params: Params::default(),
+            }],
+            transaction: true,
+        }
+    }
+
+    #[test]
+    fn lru_bounds_open_bases_and_data_survives_eviction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open(Some(dir.path()), Options { max_open_bases: 3, ..Options::default() })
+                .unwrap();
+        let ids: Vec<BaseId> = (0..10).map(|_| BaseId::random()).collect();
+        let mut index = 0;
+        for id in &ids {
+            for c in [create(*id), table(*id), insert(*id, 7)] {
+                index += 1;
+                store.apply(index, &c).unwrap();
+            }
+        }
+        assert!(store.open_bases() <= 3);
+        for id in &ids {
+            let r = store.query(id, "SELECT v FROM t", &Params::default()).unwrap();
+            assert_eq!(r.rows, vec![vec![serde_json::json!(7)]]);
+        }
+        assert!(store.open_bases() <= 3);
+    }
+
+    #[test]
+    fn create_drop_and_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(dir.path()), Options::default()).unwrap();
+        let mut ids: Vec<BaseId> = (0..25).map(|_| BaseId::random()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            store.apply(i as u64 + 1, &create(*id)).unwrap();
+        }
+        assert!(matches!(store.apply(100, &create(ids[0])), Err(Error::Conflict(_))));
+        let first = ids[0];
+        ids.sort();
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, more) = store.list_bases(after.as_ref(), 7).unwrap();
+            seen.extend(page.iter().map(|b| b.id));
+            after = page.last().map(|b| b.id);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, ids);
+        let victim = ids[3];
+        let path = dir
+            .path()
+            .join("buckets")
+            .join(victim.bucket().to_string())
+            .join(format!("{victim}.db"));
+        assert!(path.exists());
+        store.apply(200, &Command::DropBase { id: victim }).unwrap();
+        assert!(!path.exists());
+        assert!(matches!(store.get_base(&victim), Err(Error::NotFound(_))));
+        assert!(matches!(
+            store.query(&victim, "SELECT 1", &Params::default()),
+            Err(Error::NotFound(_))
+        ));
+        assert!(matches!(
+            store.apply(201, &Command::DropBase { id: victim }),
+            Err(Error::NotFound(_))
+        ));
+        // Replaying an applied create (its bucket's catalog is past index 1) changes nothing.
+        assert_eq!(store.apply(1, &create(first)).unwrap(), Output::Replayed);
+    }
+
+    #[test]
+    fn memory_store_keeps_everything() {
+        let store = Store::open(None, Options { max_open_bases: 1, ..Options::default() }).unwrap();
+        let ids: Vec<BaseId> = (0..5).map(|_| BaseId::random()).collect();
+        let mut index = 0;
+        for id in &ids {
+            for c in [create(*id), table(*id), insert(*id, 1)] {
+                index += 1;
+                store.apply(index, &c).unwrap();
+            }
+        }
+        for id in &ids {
+            assert_eq!(
+                store.query(id, "SELECT count(*) FROM t", &Params::default()).unwrap().rows[0][0],
+                1
+            );
+        }
+        assert_eq!(store.list_bases(None, 100).unwrap().0.len(), 5);
+    }
+}
