@@ -1,1 +1,89 @@
-fn main() {}
+//! `shoal`: the one binary. Runs the server (`serve`) and is its client
+//! (`base`, `sql`, `tables`, `rows`, `bench`).
+
+mod bench;
+mod cli;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Shoal: a distributed table database for many small bases.
+#[derive(Parser)]
+#[command(name = "shoal", version, about, propagate_version = true)]
+struct Opts {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Shoal standalone: one process, data in --data-dir (or --memory).
+    Serve(serve::ServeArgs),
+    /// Create, list, show and drop bases.
+    #[command(subcommand)]
+    Base(cli::BaseCommand),
+    /// Run SQL against a base and print the result.
+    Sql(cli::SqlArgs),
+    /// Show a base's tables and their columns.
+    Tables(cli::TablesArgs),
+    /// Read and write rows of a table.
+    #[command(subcommand)]
+    Rows(cli::RowsCommand),
+    /// Measure throughput and latency against a running server.
+    Bench(bench::BenchArgs),
+}
+
+/// How a client command reaches the server.
+#[derive(Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// The server's URL.
+    #[arg(long, env = "SHOAL_ENDPOINT", default_value = "http://127.0.0.1:7070", global = true)]
+    endpoint: String,
+    /// The bearer token [default: the contents of ./shoal-data/admin.token, if present].
+    #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+}
+
+impl ClientArgs {
+    /// The client these flags describe.
+    pub fn client(&self) -> anyhow::Result<shoal_client::Client> {
+        let token = match &self.token {
+            Some(t) => Some(t.clone()),
+            None => std::fs::read_to_string(PathBuf::from("shoal-data").join("admin.token"))
+                .ok()
+                .map(|t| t.trim().to_string()),
+        };
+        Ok(shoal_client::Client::new(&self.endpoint, token)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let opts = Opts::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match opts.command {
+            Command::Serve(args) => serve::run(args).await,
+            Command::Base(c) => cli::base(c).await,
+            Command::Sql(a) => cli::sql(a).await,
+            Command::Tables(a) => cli::tables(a).await,
+            Command::Rows(c) => cli::rows(c).await,
+            Command::Bench(a) => bench::run(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

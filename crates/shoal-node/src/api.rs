@@ -1,0 +1,238 @@
+//! The `/v1/bases` handlers.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde::Deserialize;
+use shoal_storage::{Command, Output, rows};
+use shoal_types::api::{
+    BaseInfo, BaseList, CreateBaseRequest, ExecuteRequest, ExecuteResponse, InsertRowsRequest,
+    InsertRowsResponse, QueryRequest, QueryResponse, Row, RowList, TableList, UpdateRowRequest,
+    WriteResponse,
+};
+use shoal_types::{BaseId, Error};
+
+use crate::AppState;
+use crate::error::ApiResult;
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
+
+/// The largest page of bases one list call returns.
+const MAX_LIST_LIMIT: usize = 1000;
+
+fn base_id(s: &str) -> Result<BaseId, Error> {
+    s.parse()
+}
+
+fn unexpected(output: Output) -> Error {
+    Error::Internal(format!("unexpected command output {output:?}"))
+}
+
+pub async fn create_base(
+    State(state): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<CreateBaseRequest>,
+) -> ApiResult<(StatusCode, Json<BaseInfo>)> {
+    let id = req.id.unwrap_or_else(BaseId::random);
+    let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    match state.engine.write(Command::CreateBase { id, name: req.name, created_at }).await? {
+        (_, Output::Created(info)) => Ok((StatusCode::CREATED, Json(info))),
+        (_, other) => Err(unexpected(other).into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+pub async fn list_bases(
+    State(state): State<Arc<AppState>>,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> ApiResult<Json<BaseList>> {
+    let limit = p.limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(
+            Error::InvalidInput(format!("limit must be between 1 and {MAX_LIST_LIMIT}")).into()
+        );
+    }
+    let after = p.after.as_deref().map(base_id).transpose()?;
+    let (bases, more) = state.engine.read(move |s| s.list_bases(after.as_ref(), limit)).await?;
+    let next_after = if more { bases.last().map(|b| b.id) } else { None };
+    Ok(Json(BaseList { bases, next_after }))
+}
+
+pub async fn get_base(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<BaseInfo>> {
+    let id = base_id(&id)?;
+    Ok(Json(state.engine.read(move |s| s.get_base(&id)).await?))
+}
+
+pub async fn drop_base(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<WriteResponse>> {
+    let id = base_id(&id)?;
+    let (index, _) = state.engine.write(Command::DropBase { id }).await?;
+    Ok(Json(WriteResponse { index }))
+}
+
+pub async fn execute(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<ExecuteRequest>,
+) -> ApiResult<Json<ExecuteResponse>> {
+    let base = base_id(&id)?;
+    if req.statements.is_empty() {
+        return Err(Error::InvalidInput("\"statements\" is empty".into()).into());
+    }
+    match state
+        .engine
+        .write(Command::Execute { base, statements: req.statements, transaction: req.transaction })
+        .await?
+    {
+        (index, Output::Executed(results)) => Ok(Json(ExecuteResponse { results, index })),
+        (_, other) => Err(unexpected(other).into()),
+    }
+}
+
+pub async fn query(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(req): ApiJson<QueryRequest>,
+) -> ApiResult<Json<QueryResponse>> {
+    let base = base_id(&id)?;
+    // One node serves every consistency level: it is the only replica.
+    Ok(Json(state.engine.read(move |s| s.query(&base, &req.sql, &req.params)).await?))
+}
+
+pub async fn tables(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<TableList>> {
+    let base = base_id(&id)?;
+    Ok(Json(TableList { tables: state.engine.read(move |s| s.tables(&base)).await? }))
+}
+
+pub async fn insert_rows(
+    State(state): State<Arc<AppState>>,
+    ApiPath((id, table)): ApiPath<(String, String)>,
+    ApiJson(req): ApiJson<InsertRowsRequest>,
+) -> ApiResult<(StatusCode, Json<InsertRowsResponse>)> {
+    let base = base_id(&id)?;
+    let info = state.engine.read(move |s| s.table(&base, &table)).await?;
+    let statements = rows::insert(&info, &req.rows)?;
+    match state.engine.write(Command::Execute { base, statements, transaction: true }).await? {
+        (index, Output::Executed(results)) => Ok((
+            StatusCode::CREATED,
+            Json(InsertRowsResponse {
+                rowids: results.iter().map(|r| r.last_insert_rowid).collect(),
+                index,
+            }),
+        )),
+        (_, other) => Err(unexpected(other).into()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RowsParams {
+    limit: Option<u64>,
+    offset: Option<u64>,
+    order_by: Option<String>,
+    desc: Option<bool>,
+}
+
+pub async fn list_rows(
+    State(state): State<Arc<AppState>>,
+    ApiPath((id, table)): ApiPath<(String, String)>,
+    ApiQuery(p): ApiQuery<RowsParams>,
+) -> ApiResult<Json<RowList>> {
+    let base = base_id(&id)?;
+    let max = state.engine.store().options().max_result_rows as u64;
+    let limit = p.limit.unwrap_or(100.min(max));
+    if limit == 0 || limit > max {
+        return Err(Error::InvalidInput(format!("limit must be between 1 and {max}")).into());
+    }
+    let offset = p.offset.unwrap_or(0);
+    let rows = state
+        .engine
+        .read(move |s| {
+            let info = s.table(&base, &table)?;
+            let stmt =
+                rows::page(&info, limit, offset, p.order_by.as_deref(), p.desc.unwrap_or(false))?;
+            let r = s.query(&base, &stmt.sql, &stmt.params)?;
+            Ok(rows::to_rows(&r.columns, r.rows))
+        })
+        .await?;
+    Ok(Json(RowList { rows, limit, offset }))
+}
+
+pub async fn get_row(
+    State(state): State<Arc<AppState>>,
+    ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
+) -> ApiResult<Json<Row>> {
+    let base = base_id(&id)?;
+    let row = state
+        .engine
+        .read(move |s| {
+            let info = s.table(&base, &table)?;
+            let stmt = rows::get(&info, rowid);
+            let r = s.query(&base, &stmt.sql, &stmt.params)?;
+            rows::to_rows(&r.columns, r.rows)
+                .pop()
+                .ok_or_else(|| Error::NotFound(format!("no row {rowid} in table {:?}", info.name)))
+        })
+        .await?;
+    Ok(Json(row))
+}
+
+pub async fn update_row(
+    State(state): State<Arc<AppState>>,
+    ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
+    ApiJson(req): ApiJson<UpdateRowRequest>,
+) -> ApiResult<Json<WriteResponse>> {
+    let base = base_id(&id)?;
+    let info = state.engine.read(move |s| s.table(&base, &table)).await?;
+    let statement = rows::update(&info, rowid, &req.values)?;
+    write_one_row(&state, base, statement, rowid, &info.name).await
+}
+
+pub async fn delete_row(
+    State(state): State<Arc<AppState>>,
+    ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
+) -> ApiResult<Json<WriteResponse>> {
+    let base = base_id(&id)?;
+    let info = state.engine.read(move |s| s.table(&base, &table)).await?;
+    write_one_row(&state, base, rows::delete(&info, rowid), rowid, &info.name).await
+}
+
+/// Runs a statement that must touch exactly one row, or answers 404.
+async fn write_one_row(
+    state: &AppState,
+    base: BaseId,
+    statement: shoal_types::api::Statement,
+    rowid: i64,
+    table: &str,
+) -> ApiResult<Json<WriteResponse>> {
+    match state
+        .engine
+        .write(Command::Execute { base, statements: vec![statement], transaction: true })
+        .await?
+    {
+        (index, Output::Executed(results))
+            if results.first().is_some_and(|r| r.rows_affected > 0) =>
+        {
+            Ok(Json(WriteResponse { index }))
+        }
+        (_, Output::Executed(_)) => {
+            Err(Error::NotFound(format!("no row {rowid} in table {table:?}")).into())
+        }
+        (_, other) => Err(unexpected(other).into()),
+    }
+}

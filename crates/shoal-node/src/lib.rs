@@ -1,0 +1,162 @@
+//! Shoal's node server: the HTTP API (`/v1`) over a node's bases, plus
+//! `/healthz` and `/metrics`.
+//!
+//! Every `/v1` route needs the admin bearer token. Bodies are bounded (413),
+//! every error is `{"error": {"code", "message"}}` with one status mapping
+//! ([`error::status`]), and a panic in a handler becomes a 500 rather than a
+//! dropped connection. The handlers reach data only through the [`Engine`].
+
+pub mod api;
+mod engine;
+pub mod error;
+mod extract;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use shoal_types::Error;
+use shoal_types::api::Health;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use engine::Engine;
+use error::ApiError;
+
+/// The OpenAPI document of the API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// How the server behaves.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// The bearer token every `/v1` request must carry.
+    pub admin_token: String,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+/// What every handler can reach.
+pub struct AppState {
+    /// The write and read paths.
+    pub engine: Arc<Engine>,
+    /// The server's options.
+    pub options: ServerOptions,
+    /// Renders `/metrics`; `None` serves an empty page.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The whole HTTP API.
+pub fn router(state: Arc<AppState>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/openapi.json", get(openapi))
+        .route("/v1/bases", post(api::create_base).get(api::list_bases))
+        .route("/v1/bases/{id}", get(api::get_base).delete(api::drop_base))
+        .route("/v1/bases/{id}/execute", post(api::execute))
+        .route("/v1/bases/{id}/query", post(api::query))
+        .route("/v1/bases/{id}/tables", get(api::tables))
+        .route("/v1/bases/{id}/tables/{table}/rows", post(api::insert_rows).get(api::list_rows))
+        .route(
+            "/v1/bases/{id}/tables/{table}/rows/{rowid}",
+            get(api::get_row).patch(api::update_row).delete(api::delete_row),
+        )
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .merge(v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track))
+        .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError(Error::Internal("the server failed while handling this request".into()))
+                .into_response()
+        }))
+        .with_state(state)
+}
+
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
+    metrics::gauge!("shoal_open_bases").set(state.engine.store().open_bases() as f64);
+    let body = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+async fn not_found() -> ApiError {
+    ApiError(Error::NotFound("no such route; see /v1/openapi.json".into()))
+}
+
+async fn method_not_allowed() -> Response {
+    let body = Error::InvalidInput("method not allowed on this route".into()).to_body();
+    (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
+}
+
+/// Refuses requests without the admin bearer token.
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError(Error::Unauthorized(
+            "missing bearer token: send \"Authorization: Bearer TOKEN\"".into(),
+        ))
+        .into_response(),
+        Some(t) if !constant_time_eq(t.trim().as_bytes(), state.options.admin_token.as_bytes()) => {
+            ApiError(Error::Unauthorized("invalid bearer token".into())).into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts requests and their latency by route.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("shoal_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("shoal_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+    }
+}

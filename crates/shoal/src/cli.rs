@@ -1,0 +1,370 @@
+//! The client commands: `base`, `sql`, `tables`, `rows`.
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::Value;
+use shoal_client::RowsQuery;
+use shoal_types::BaseId;
+use shoal_types::api::{Params, Row, Statement};
+
+use crate::ClientArgs;
+
+#[derive(Subcommand)]
+pub enum BaseCommand {
+    /// Create a base and print its id.
+    Create {
+        /// A name for humans.
+        #[arg(long)]
+        name: Option<String>,
+        /// The id to use [default: a random UUID].
+        #[arg(long)]
+        id: Option<BaseId>,
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List bases.
+    List {
+        /// Stop after this many bases [default: all].
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one base.
+    Get {
+        id: BaseId,
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drop a base and all its data.
+    Drop {
+        id: BaseId,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Output format.
+#[derive(Args, Clone, Copy, Debug)]
+pub struct Output {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+pub struct SqlArgs {
+    /// The base.
+    id: BaseId,
+    /// One SQL statement.
+    sql: String,
+    /// A parameter, bound in order; parsed as JSON when it is JSON (42, null,
+    /// "text", {"base64": ".."}), else taken as text.
+    #[arg(long = "param", short = 'p')]
+    params: Vec<String>,
+    /// Send as a write (/execute) even if it looks like a read.
+    #[arg(long, conflicts_with = "read")]
+    write: bool,
+    /// Send as a read (/query) even if it looks like a write.
+    #[arg(long)]
+    read: bool,
+    #[command(flatten)]
+    out: Output,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Args)]
+pub struct TablesArgs {
+    /// The base.
+    id: BaseId,
+    #[command(flatten)]
+    out: Output,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Subcommand)]
+pub enum RowsCommand {
+    /// List rows of a table.
+    List {
+        id: BaseId,
+        table: String,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<u64>,
+        /// Rows to skip.
+        #[arg(long)]
+        offset: Option<u64>,
+        /// Column to order by.
+        #[arg(long)]
+        order_by: Option<String>,
+        /// Descending order.
+        #[arg(long)]
+        desc: bool,
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show one row.
+    Get {
+        id: BaseId,
+        table: String,
+        rowid: i64,
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Insert rows: a JSON object, or an array of objects.
+    Insert {
+        id: BaseId,
+        table: String,
+        json: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Change columns of one row, given as a JSON object.
+    Update {
+        id: BaseId,
+        table: String,
+        rowid: i64,
+        json: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Delete one row.
+    Delete {
+        id: BaseId,
+        table: String,
+        rowid: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(header: &[String], rows: impl IntoIterator<Item = Vec<String>>) {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header);
+    let mut n = 0;
+    for r in rows {
+        t.add_row(r);
+        n += 1;
+    }
+    println!("{t}");
+    println!("({n} row{})", if n == 1 { "" } else { "s" });
+}
+
+pub async fn base(cmd: BaseCommand) -> anyhow::Result<()> {
+    match cmd {
+        BaseCommand::Create { name, id, out, client } => {
+            let info = client.client()?.create_base(id, name).await?;
+            if out.json { print_json(&info) } else { Ok(println!("{}", info.id)) }
+        }
+        BaseCommand::List { limit, out, client } => {
+            let c = client.client()?;
+            let mut all = Vec::new();
+            let mut after = None;
+            loop {
+                let want = limit.map(|l| (l - all.len()).min(1000)).unwrap_or(1000);
+                if want == 0 {
+                    break;
+                }
+                let page = c.list_bases(Some(want), after).await?;
+                all.extend(page.bases);
+                match page.next_after {
+                    Some(a) => after = Some(a),
+                    None => break,
+                }
+            }
+            if out.json {
+                return print_json(&all);
+            }
+            let header = ["id", "name", "bucket", "created_at"].map(String::from);
+            print_table(
+                &header,
+                all.iter().map(|b| {
+                    vec![
+                        b.id.to_string(),
+                        b.name.clone().unwrap_or_default(),
+                        b.bucket.to_string(),
+                        b.created_at.clone(),
+                    ]
+                }),
+            );
+            Ok(())
+        }
+        BaseCommand::Get { id, out: _, client } => {
+            print_json(&client.client()?.get_base(id).await?)
+        }
+        BaseCommand::Drop { id, client } => {
+            client.client()?.drop_base(id).await?;
+            println!("dropped {id}");
+            Ok(())
+        }
+    }
+}
+
+/// Whether a statement reads, judged by its first keyword.
+fn looks_like_read(sql: &str) -> bool {
+    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    ["select", "values", "pragma", "explain", "with"].iter().any(|k| first.eq_ignore_ascii_case(k))
+}
+
+fn parse_param(s: &str) -> Value {
+    serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
+pub async fn sql(a: SqlArgs) -> anyhow::Result<()> {
+    let c = a.client.client()?;
+    let params = Params::Positional(a.params.iter().map(|p| parse_param(p)).collect());
+    if a.read || (!a.write && looks_like_read(&a.sql)) {
+        let r = c.query(a.id, &a.sql, params).await?;
+        if a.out.json {
+            return print_json(&r);
+        }
+        print_table(&r.columns, r.rows.iter().map(|row| row.iter().map(cell).collect()));
+    } else {
+        let r = c.execute(a.id, vec![Statement { sql: a.sql, params }], true).await?;
+        if a.out.json {
+            return print_json(&r);
+        }
+        let res = r.results.first().context("the server returned no result")?;
+        println!(
+            "{} row(s) affected, last insert rowid {}, log index {}",
+            res.rows_affected, res.last_insert_rowid, r.index
+        );
+    }
+    Ok(())
+}
+
+pub async fn tables(a: TablesArgs) -> anyhow::Result<()> {
+    let t = a.client.client()?.tables(a.id).await?;
+    if a.out.json {
+        return print_json(&t);
+    }
+    let header = ["table", "column", "type", "not null", "default", "pk"].map(String::from);
+    print_table(
+        &header,
+        t.tables.iter().flat_map(|t| {
+            t.columns.iter().map(move |c| {
+                vec![
+                    t.name.clone(),
+                    c.name.clone(),
+                    c.type_.clone(),
+                    c.notnull.to_string(),
+                    c.default.clone().unwrap_or_default(),
+                    c.pk.to_string(),
+                ]
+            })
+        }),
+    );
+    Ok(())
+}
+
+fn parse_row(s: &str) -> anyhow::Result<Row> {
+    match serde_json::from_str(s).context("the row must be a JSON object")? {
+        Value::Object(m) => Ok(m),
+        _ => bail!("the row must be a JSON object"),
+    }
+}
+
+fn print_rows(rows: &[Row]) {
+    let mut header: Vec<String> = Vec::new();
+    for r in rows {
+        for k in r.keys() {
+            if !header.contains(k) {
+                header.push(k.clone());
+            }
+        }
+    }
+    print_table(
+        &header,
+        rows.iter()
+            .map(|r| header.iter().map(|h| r.get(h).map(cell).unwrap_or_default()).collect()),
+    );
+}
+
+pub async fn rows(cmd: RowsCommand) -> anyhow::Result<()> {
+    match cmd {
+        RowsCommand::List { id, table, limit, offset, order_by, desc, out, client } => {
+            let q = RowsQuery { limit, offset, order_by, desc: desc.then_some(true) };
+            let r = client.client()?.list_rows(id, &table, &q).await?;
+            if out.json { print_json(&r) } else { Ok(print_rows(&r.rows)) }
+        }
+        RowsCommand::Get { id, table, rowid, out, client } => {
+            let r = client.client()?.get_row(id, &table, rowid).await?;
+            if out.json { print_json(&r) } else { Ok(print_rows(&[r])) }
+        }
+        RowsCommand::Insert { id, table, json, client } => {
+            let rows = match serde_json::from_str(&json)
+                .context("rows must be a JSON object or array of objects")?
+            {
+                Value::Array(items) => items
+                    .into_iter()
+                    .map(|v| match v {
+                        Value::Object(m) => Ok(m),
+                        _ => bail!("every row must be a JSON object"),
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+                Value::Object(m) => vec![m],
+                _ => bail!("rows must be a JSON object or array of objects"),
+            };
+            let r = client.client()?.insert_rows(id, &table, rows).await?;
+            println!("inserted rowids {:?} at log index {}", r.rowids, r.index);
+            Ok(())
+        }
+        RowsCommand::Update { id, table, rowid, json, client } => {
+            let r = client.client()?.update_row(id, &table, rowid, parse_row(&json)?).await?;
+            println!("updated row {rowid} at log index {}", r.index);
+            Ok(())
+        }
+        RowsCommand::Delete { id, table, rowid, client } => {
+            let r = client.client()?.delete_row(id, &table, rowid).await?;
+            println!("deleted row {rowid} at log index {}", r.index);
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_are_recognised() {
+        assert!(looks_like_read("  select 1"));
+        assert!(looks_like_read("WITH x AS (SELECT 1) SELECT * FROM x"));
+        assert!(!looks_like_read("INSERT INTO t VALUES (1)"));
+        assert!(!looks_like_read("create table t (a)"));
+    }
+
+    #[test]
+    fn params_parse_as_json_or_text() {
+        assert_eq!(parse_param("42"), serde_json::json!(42));
+        assert_eq!(parse_param("hello"), serde_json::json!("hello"));
+        assert_eq!(parse_param("\"42\""), serde_json::json!("42"));
+        assert_eq!(parse_param("null"), Value::Null);
+    }
+}
