@@ -1,0 +1,201 @@
+//! Starts real `shoal` processes for tests.
+//!
+//! Each server gets its own directory (data, logs, the address file), binds
+//! port 0 and reports the port it got through `--addr-file`, so tests run in
+//! parallel without fixed ports. Dropping a [`Server`] kills its process.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_client::Client;
+
+/// How the server keeps its data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// `--memory`.
+    Memory,
+    /// `--data-dir DIR/data`.
+    Standalone,
+}
+
+/// A running `shoal serve`.
+pub struct Server {
+    pub mode: Mode,
+    pub dir: PathBuf,
+    pub url: String,
+    pub token: String,
+    child: Option<Child>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_shoal")
+}
+
+impl Server {
+    /// Starts a server in a new temporary directory.
+    pub fn start(mode: Mode, extra: &[&str]) -> (tempfile::TempDir, Server) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let s = Server::start_in(mode, tmp.path(), extra);
+        (tmp, s)
+    }
+
+    /// Starts a server whose files live in `dir` (reused across restarts).
+    pub fn start_in(mode: Mode, dir: &Path, extra: &[&str]) -> Server {
+        let addr_file = dir.join("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let n = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+        let stdout = std::fs::File::create(dir.join(format!("stdout.{n}"))).expect("stdout file");
+        let stderr = std::fs::File::create(dir.join(format!("stderr.{n}"))).expect("stderr file");
+        let mut cmd = Command::new(bin());
+        cmd.arg("serve").args(["--listen", "127.0.0.1:0", "--addr-file"]).arg(&addr_file);
+        match mode {
+            Mode::Memory => cmd.arg("--memory"),
+            Mode::Standalone => cmd.arg("--data-dir").arg(dir.join("data")),
+        };
+        cmd.args(extra)
+            .env_remove("SHOAL_ADMIN_TOKEN")
+            .env("SHOAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout.try_clone().expect("clone"))
+            .stderr(stderr);
+        let child = cmd.spawn().expect("start shoal");
+        let mut server = Server {
+            mode,
+            dir: dir.to_path_buf(),
+            url: String::new(),
+            token: String::new(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                if !addr.is_empty() {
+                    server.url = format!("http://{addr}");
+                    break;
+                }
+            }
+            if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("shoal exited with {status} before listening:\n{}", server.logs());
+            }
+            assert!(Instant::now() < deadline, "shoal did not start in time:\n{}", server.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.token = match extra.iter().position(|a| *a == "--admin-token") {
+            Some(i) => extra[i + 1].to_string(),
+            None => match mode {
+                Mode::Standalone => std::fs::read_to_string(dir.join("data").join("admin.token"))
+                    .expect("admin.token")
+                    .trim()
+                    .to_string(),
+                Mode::Memory => server.printed_token(),
+            },
+        };
+        server
+    }
+
+    /// The token a memory server printed.
+    fn printed_token(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.stdout();
+            if let Some(line) = out.lines().find(|l| l.starts_with("Admin token (this run only): "))
+            {
+                return line.trim_start_matches("Admin token (this run only): ").trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "no token printed:\n{out}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the process printed to stdout, over all its runs in this dir.
+    pub fn stdout(&self) -> String {
+        let mut names: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+            .iter()
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("stdout."))
+            })
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .collect()
+    }
+
+    /// stdout and stderr, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        if let Ok(d) = std::fs::read_dir(&self.dir) {
+            for e in d.flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with("stdout.") || name.starts_with("stderr.") {
+                    out += &format!(
+                        "--- {name}\n{}\n",
+                        std::fs::read_to_string(e.path()).unwrap_or_default()
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// A client with the admin token.
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, Some(self.token.clone())).expect("client")
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits (bounded) for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("shoal did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the `shoal` CLI with `args` against `server`; returns (success, stdout, stderr).
+pub fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .env("SHOAL_ENDPOINT", &server.url)
+        .env("SHOAL_TOKEN", &server.token)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run shoal cli");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
