@@ -1,0 +1,163 @@
+//! The `shoal` client commands against a real server.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::{Mode, Server, bin, cli};
+use serde_json::Value;
+
+fn ok(server: &Server, args: &[&str]) -> String {
+    let (success, out, err) = cli(server, args);
+    assert!(success, "shoal {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+#[test]
+fn base_sql_tables_rows() {
+    let (_dir, server) = Server::start(Mode::Memory, &[]);
+    let id = ok(&server, &["base", "create", "--name", "todo"]).trim().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    let list = ok(&server, &["base", "list"]);
+    assert!(list.contains(&id) && list.contains("todo"), "{list}");
+    let list: Value =
+        serde_json::from_str(&ok(&server, &["base", "list", "--json"])).expect("json");
+    assert_eq!(list[0]["id"], id.as_str());
+
+    let out = ok(
+        &server,
+        &["sql", &id, "CREATE TABLE items (id INTEGER PRIMARY KEY, title TEXT, n INTEGER)"],
+    );
+    assert!(out.contains("row(s) affected"), "{out}");
+    ok(
+        &server,
+        &[
+            "sql",
+            &id,
+            "INSERT INTO items (title, n) VALUES (?, ?)",
+            "--param",
+            "milk",
+            "--param",
+            "2",
+        ],
+    );
+    ok(
+        &server,
+        &["sql", &id, "INSERT INTO items (title, n) VALUES (?, ?)", "-p", "\"42\"", "-p", "null"],
+    );
+    let out = ok(&server, &["sql", &id, "SELECT title, n FROM items ORDER BY id"]);
+    assert!(out.contains("milk") && out.contains("NULL") && out.contains("(2 rows)"), "{out}");
+    let out: Value = serde_json::from_str(&ok(
+        &server,
+        &["sql", &id, "SELECT title, n FROM items ORDER BY id", "--json"],
+    ))
+    .expect("json");
+    assert_eq!(out["rows"], serde_json::json!([["milk", 2], ["42", null]]));
+
+    let out = ok(&server, &["tables", &id]);
+    assert!(out.contains("items") && out.contains("title") && out.contains("INTEGER"), "{out}");
+
+    let out = ok(
+        &server,
+        &["rows", "insert", &id, "items", r#"[{"title": "eggs", "n": 12}, {"title": "tea"}]"#],
+    );
+    assert!(out.contains("[3, 4]"), "{out}");
+    ok(&server, &["rows", "update", &id, "items", "4", r#"{"n": 1}"#]);
+    let row: Value =
+        serde_json::from_str(&ok(&server, &["rows", "get", &id, "items", "4", "--json"]))
+            .expect("json");
+    assert_eq!(row["n"], 1);
+    ok(&server, &["rows", "delete", &id, "items", "1"]);
+    let out = ok(&server, &["rows", "list", &id, "items", "--order-by", "n", "--desc"]);
+    assert!(out.contains("eggs") && !out.contains("milk") && out.contains("(3 rows)"), "{out}");
+
+    // Failures exit non-zero with the server's message.
+    let (success, _, err) = cli(&server, &["sql", &id, "SELEC nonsense"]);
+    assert!(!success && err.contains("error:") && err.contains("syntax"), "{err}");
+    let (success, _, err) =
+        cli(&server, &["sql", &id, "INSERT INTO items (title) VALUES (random())"]);
+    assert!(!success && err.contains("parameter"), "{err}");
+    let (success, _, err) = cli(&server, &["base", "drop", "00000000-0000-4000-8000-000000000000"]);
+    assert!(!success && err.contains("no base"), "{err}");
+    let (success, _, err) = cli(&server, &["base", "drop", "not-a-uuid"]);
+    assert!(!success && err.contains("UUID"), "{err}");
+
+    ok(&server, &["base", "drop", &id]);
+    assert!(!ok(&server, &["base", "list"]).contains(&id));
+}
+
+#[test]
+fn wrong_token_and_unreachable_server() {
+    let (_dir, server) = Server::start(Mode::Memory, &[]);
+    let out = Command::new(bin())
+        .args(["base", "list", "--endpoint", &server.url, "--token", "wrong"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid bearer token"));
+    let out = Command::new(bin())
+        .args(["base", "list", "--endpoint", "http://127.0.0.1:9", "--token", "x"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach http://127.0.0.1:9"));
+}
+
+#[test]
+fn token_is_read_from_the_default_data_dir() {
+    let (dir, server) = Server::start(Mode::Standalone, &[]);
+    // The harness keeps data in DIR/data; a user runs the CLI beside ./shoal-data.
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir_all(cwd.join("shoal-data")).expect("mkdir");
+    std::fs::copy(
+        dir.path().join("data").join("admin.token"),
+        cwd.join("shoal-data").join("admin.token"),
+    )
+    .expect("copy");
+    let out = Command::new(bin())
+        .args(["base", "create", "--endpoint", &server.url])
+        .current_dir(&cwd)
+        .env_remove("SHOAL_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn bench_reports_and_cleans_up() {
+    let (_dir, server) = Server::start(Mode::Standalone, &[]);
+    for workload in ["write", "read", "mixed"] {
+        let out = ok(
+            &server,
+            &[
+                "bench",
+                "--concurrency",
+                "4",
+                "--duration",
+                "1s",
+                "--workload",
+                workload,
+                "--rows",
+                "50",
+                "--json",
+            ],
+        );
+        let r: Value = serde_json::from_str(out.trim()).expect("bench json");
+        assert_eq!(r["workload"], workload);
+        assert_eq!(r["errors"], 0, "{r}");
+        assert!(r["ops"].as_u64().expect("ops") > 0, "{r}");
+        assert!(
+            r["latency_ms"]["p99"].as_f64().expect("p99")
+                >= r["latency_ms"]["p50"].as_f64().expect("p50")
+        );
+    }
+    let out = ok(&server, &["bench", "--concurrency", "2", "--duration", "1s"]);
+    assert!(out.contains("ops/s") && out.contains("p99"), "{out}");
+    // Bench bases are dropped afterwards.
+    let list: Value =
+        serde_json::from_str(&ok(&server, &["base", "list", "--json"])).expect("json");
+    assert_eq!(list, serde_json::json!([]));
+}
