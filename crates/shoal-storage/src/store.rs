@@ -151,12 +151,10 @@ impl Store {
     pub fn apply(&self, index: u64, command: &Command) -> Result<Output> {
         match command {
             Command::CreateBase { id, name, created_at } => {
-                if let Some(n) = name {
-                    if n.len() > 1024 {
-                        return Err(Error::InvalidInput(
-                            "a base name may be at most 1024 bytes".into(),
-                        ));
-                    }
+                if name.as_ref().is_some_and(|n| n.len() > 1024) {
+                    return Err(Error::InvalidInput(
+                        "a base name may be at most 1024 bytes".into(),
+                    ));
                 }
                 let info = BaseInfo {
                     id: *id,

@@ -180,7 +180,11 @@ pub async fn base(cmd: BaseCommand) -> anyhow::Result<()> {
     match cmd {
         BaseCommand::Create { name, id, out, client } => {
             let info = client.client()?.create_base(id, name).await?;
-            if out.json { print_json(&info) } else { Ok(println!("{}", info.id)) }
+            if out.json {
+                return print_json(&info);
+            }
+            println!("{}", info.id);
+            Ok(())
         }
         BaseCommand::List { limit, out, client } => {
             let c = client.client()?;
@@ -311,11 +315,19 @@ pub async fn rows(cmd: RowsCommand) -> anyhow::Result<()> {
         RowsCommand::List { id, table, limit, offset, order_by, desc, out, client } => {
             let q = RowsQuery { limit, offset, order_by, desc: desc.then_some(true) };
             let r = client.client()?.list_rows(id, &table, &q).await?;
-            if out.json { print_json(&r) } else { Ok(print_rows(&r.rows)) }
+            if out.json {
+                return print_json(&r);
+            }
+            print_rows(&r.rows);
+            Ok(())
         }
         RowsCommand::Get { id, table, rowid, out, client } => {
             let r = client.client()?.get_row(id, &table, rowid).await?;
-            if out.json { print_json(&r) } else { Ok(print_rows(&[r])) }
+            if out.json {
+                return print_json(&r);
+            }
+            print_rows(&[r]);
+            Ok(())
         }
         RowsCommand::Insert { id, table, json, client } => {
             let rows = match serde_json::from_str(&json)

@@ -12,6 +12,9 @@ use serde_json::json;
 use shoal_types::BaseId;
 use shoal_types::api::{Params, Statement};
 
+/// Keys one acknowledged write stored in a base.
+type Acked = (BaseId, Vec<String>);
+
 fn st(sql: &str, params: Vec<serde_json::Value>) -> Statement {
     Statement { sql: sql.into(), params: Params::Positional(params) }
 }
@@ -66,7 +69,7 @@ async fn acknowledged_writes_survive_sigkill() {
 
     // Writers insert unique keys until the server dies; each remembers what
     // was acknowledged. Odd writers write pairs in one transaction.
-    let acked: Arc<Mutex<Vec<(BaseId, Vec<String>)>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut tasks = Vec::new();
     for w in 0..12 {

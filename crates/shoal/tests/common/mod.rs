@@ -71,11 +71,9 @@ impl Server {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-                if !addr.is_empty() {
-                    server.url = format!("http://{addr}");
-                    break;
-                }
+            if let Some(addr) = std::fs::read_to_string(&addr_file).ok().filter(|a| !a.is_empty()) {
+                server.url = format!("http://{addr}");
+                break;
             }
             if let Some(status) = server.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("shoal exited with {status} before listening:\n{}", server.logs());
