@@ -58,6 +58,19 @@ impl Base {
         read_applied_index(&self.conn)
     }
 
+    /// Records that this base begins at log `index`: commands before it are
+    /// not for this base. Never moves the applied index backwards.
+    pub fn start_at(&mut self, index: u64) -> Result<()> {
+        self.guard.leave();
+        self.conn
+            .execute(
+                "UPDATE _shoal_meta SET value = max(value, ?1) WHERE key = 'applied_index'",
+                [index as i64],
+            )
+            .map(|_| ())
+            .map_err(map_sqlite_error)
+    }
+
     /// Applies the statements of an execute command at log `index`.
     ///
     /// With `transaction`, the first failing statement aborts all of them and

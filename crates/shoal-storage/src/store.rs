@@ -168,18 +168,21 @@ impl Store {
                 if catalog.get(id)?.is_none() {
                     self.remove_files(id)?;
                 }
-                match catalog.create(index, &info)? {
-                    Applied::Replayed => Ok(Output::Replayed),
-                    Applied::Done => {
-                        drop(catalog);
-                        if self.dir.is_some() {
-                            // Create the file now, so a new base costs its
-                            // disk space up front and errors show here.
-                            self.base(id)?;
-                        }
-                        Ok(Output::Created(info))
-                    }
+                let applied = catalog.create(index, &info)?;
+                let exists = catalog.get(id)?.is_some();
+                drop(catalog);
+                // The new base starts at its creation index, so that commands
+                // of an earlier base with the same id (dropped before) can
+                // never be replayed into it. Done on a replay too, in case a
+                // crash came between the catalog's commit and this.
+                if exists {
+                    let base = self.base(id)?;
+                    lock(&base).start_at(index)?;
                 }
+                Ok(match applied {
+                    Applied::Replayed => Output::Replayed,
+                    Applied::Done => Output::Created(info),
+                })
             }
             Command::DropBase { id } => {
                 let catalog = self.catalog(id.bucket())?;
@@ -375,6 +378,18 @@ mod tests {
         ));
         // Replaying an applied create (its bucket's catalog is past index 1) changes nothing.
         assert_eq!(store.apply(1, &create(first)).unwrap(), Output::Replayed);
+        // A re-created base ignores commands of its earlier incarnation.
+        store.apply(300, &create(victim)).unwrap();
+        let old = Command::Execute {
+            base: victim,
+            statements: vec![Statement {
+                sql: "CREATE TABLE old (a)".into(),
+                params: Params::default(),
+            }],
+            transaction: true,
+        };
+        assert_eq!(store.apply(250, &old).unwrap(), Output::Replayed);
+        assert!(store.tables(&victim).unwrap().is_empty());
     }
 
     #[test]
