@@ -3,6 +3,8 @@
 //! latency. It creates its own bases (one per client, up to `--bases`) and
 //! drops them afterwards.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -25,6 +27,8 @@ pub enum Workload {
     Read,
     /// 80% point reads, 20% single-row inserts.
     Mixed,
+    /// Base creation (with --keep, the bases stay).
+    Create,
 }
 
 #[derive(Args, Debug)]
@@ -44,6 +48,9 @@ pub struct BenchArgs {
     /// Rows to load into each base before a read or mixed run.
     #[arg(long, default_value_t = 1000)]
     rows: usize,
+    /// Stop after this many operations, even if --duration has not passed.
+    #[arg(long)]
+    ops: Option<u64>,
     /// Keep the bases afterwards instead of dropping them.
     #[arg(long)]
     keep: bool,
@@ -74,12 +81,25 @@ struct Latency {
     max: f64,
 }
 
+/// One single-row insert; whether it succeeded.
+async fn insert(client: &shoal_client::Client, base: BaseId, payload: &str) -> bool {
+    let st = Statement {
+        sql: "INSERT INTO bench (v) VALUES (?)".into(),
+        params: Params::Positional(vec![Value::String(payload.to_string())]),
+    };
+    client.execute(base, vec![st], true).await.is_ok()
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.concurrency == 0 {
         anyhow::bail!("--concurrency must be at least 1");
     }
     let client = args.client.client()?;
-    let n_bases = args.bases.unwrap_or(args.concurrency).max(1);
+    let n_bases = if args.workload == Workload::Create {
+        0
+    } else {
+        args.bases.unwrap_or(args.concurrency).max(1)
+    };
     let payload = "x".repeat(100);
     let mut bases = Vec::with_capacity(n_bases);
     for i in 0..n_bases {
@@ -99,7 +119,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?;
         bases.push(info.id);
     }
-    let rows = if args.workload == Workload::Write { 0 } else { args.rows.max(1) };
+    let rows = if matches!(args.workload, Workload::Write | Workload::Create) {
+        0
+    } else {
+        args.rows.max(1)
+    };
     for id in &bases {
         for chunk in (0..rows).collect::<Vec<_>>().chunks(500) {
             let batch = chunk
@@ -112,39 +136,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let start = Instant::now();
     let deadline = start + args.duration;
+    let started = Arc::new(AtomicU64::new(0));
+    let max_ops = args.ops.unwrap_or(u64::MAX);
     let mut tasks = Vec::with_capacity(args.concurrency);
     for w in 0..args.concurrency {
         let client = client.clone();
-        let base: BaseId = bases[w % bases.len()];
+        let base: Option<BaseId> = bases.get(w % bases.len().max(1)).copied();
+        let started = started.clone();
         let payload = payload.clone();
         let workload = args.workload;
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut errors = 0u64;
-            while Instant::now() < deadline {
-                let write = match workload {
-                    Workload::Write => true,
-                    Workload::Read => false,
-                    Workload::Mixed => rand::rng().random_ratio(1, 5),
-                };
+            while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max_ops {
                 let t = Instant::now();
-                let ok = if write {
-                    let st = Statement {
-                        sql: "INSERT INTO bench (v) VALUES (?)".into(),
-                        params: Params::Positional(vec![Value::String(payload.clone())]),
-                    };
-                    client.execute(base, vec![st], true).await.is_ok()
-                } else {
-                    let key = rand::rng().random_range(1..=rows as i64);
-                    client
-                        .query(
-                            base,
-                            "SELECT v FROM bench WHERE id = ?",
-                            Params::Positional(vec![key.into()]),
-                        )
-                        .await
-                        .is_ok()
+                let ok = match (workload, base) {
+                    (Workload::Create, _) | (_, None) => {
+                        client.create_base(None, Some(format!("bench-create-{w}"))).await.is_ok()
+                    }
+                    (Workload::Write, Some(base)) => insert(&client, base, &payload).await,
+                    (Workload::Mixed, Some(base)) if rand::rng().random_ratio(1, 5) => {
+                        insert(&client, base, &payload).await
+                    }
+                    (Workload::Read | Workload::Mixed, Some(base)) => {
+                        let key = rand::rng().random_range(1..=rows as i64);
+                        let params = Params::Positional(vec![key.into()]);
+                        client.query(base, "SELECT v FROM bench WHERE id = ?", params).await.is_ok()
+                    }
                 };
                 if ok {
                     hist.saturating_record(t.elapsed().as_micros() as u64);

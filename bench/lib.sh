@@ -1,0 +1,33 @@
+# Helpers shared by the bench scripts: build the release binary, start a
+# standalone server on a free 127.0.0.1 port, stop it by PID.
+
+build_shoal() {
+    cargo build --release --locked -p shoal >&2
+    SHOAL="${CARGO_TARGET_DIR:-$(pwd)/target}/release/shoal"
+}
+
+# start_standalone DIR [extra serve flags...]: sets SHOAL_PID, ENDPOINT, TOKEN.
+start_standalone() {
+    local dir=$1
+    shift
+    "$SHOAL" serve --data-dir "$dir/data" --listen 127.0.0.1:0 --addr-file "$dir/addr" "$@" >"$dir/server.log" 2>&1 &
+    SHOAL_PID=$!
+    for _ in $(seq 1 300); do
+        [ -s "$dir/addr" ] && break
+        sleep 0.1
+    done
+    [ -s "$dir/addr" ] || { echo "server did not start:" >&2; cat "$dir/server.log" >&2; return 1; }
+    ENDPOINT="http://$(cat "$dir/addr")"
+    TOKEN=$(cat "$dir/data/admin.token")
+}
+
+stop_pid() {
+    if [ -n "${1:-}" ] && kill -0 "$1" 2>/dev/null; then
+        kill "$1"
+        wait "$1" 2>/dev/null || true
+    fi
+}
+
+machine() {
+    echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr)"
+}
