@@ -258,13 +258,16 @@ fn run_write(
     let result = (|| {
         let mut stmt = conn.prepare(&s.sql).map_err(|e| sql_error(guard, e))?;
         bind(&mut stmt, &s.params)?;
-        let readonly = stmt.readonly();
+        let before = conn.total_changes();
         let mut rows = stmt.raw_query();
         // Step to the end; rows a write returns (RETURNING) are not sent back.
         while rows.next().map_err(|e| sql_error(guard, e))?.is_some() {}
         drop(rows);
+        // changes() keeps the count of the last INSERT, UPDATE or DELETE, even
+        // across DDL; only report it when this statement changed rows.
+        let changed = conn.total_changes() > before;
         Ok(ExecuteResult {
-            rows_affected: if readonly { 0 } else { conn.changes() },
+            rows_affected: if changed { conn.changes() } else { 0 },
             last_insert_rowid: conn.last_insert_rowid(),
             error: None,
         })
@@ -452,9 +455,25 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Error::NonDeterministic(_)), "{err:?}");
         assert_eq!(count(&mut b), 0);
+        // Defaults are evaluated without asking the authorizer; they are
+        // refused when they run.
+        let ddl = "CREATE TABLE d (a DEFAULT (random()), b, at DEFAULT CURRENT_TIMESTAMP)";
+        b.execute(20, &[st(ddl)], true, &o).unwrap();
+        for sql in ["INSERT INTO d (b, at) VALUES (1, 'x')", "INSERT INTO d (a, b) VALUES (1, 2)"] {
+            let err = b.execute(21, &[st(sql)], true, &o).unwrap_err();
+            assert!(matches!(err, Error::NonDeterministic(_)), "{sql}: {err:?}");
+        }
+        b.execute(21, &[st("INSERT INTO d (a, b, at) VALUES (1, 2, 'x')")], true, &o).unwrap();
+        let sql = "SELECT random() != 0 OR 1, length(randomblob(4)), length(CURRENT_DATE)";
+        let r = b.query(sql, &Params::default(), &o).unwrap();
+        assert_eq!(r.rows[0], vec![json!(1), json!(4), json!(10)]);
+        // DDL reports no affected rows, even right after a DML statement.
+        let stmts = [st("INSERT INTO d (a, b, at) VALUES (2, 2, 'x')"), st("CREATE TABLE e (a)")];
+        let r = b.execute(22, &stmts, true, &o).unwrap();
+        assert_eq!((r[0].rows_affected, r[1].rows_affected), (1, 0));
         // A fixed time is fine and computed as SQLite would.
         b.execute(
-            11,
+            23,
             &[stp(
                 "INSERT INTO t (name, at) VALUES ('x', datetime(?, '+1 day'))",
                 json!(["2024-01-01 10:00:00"]),

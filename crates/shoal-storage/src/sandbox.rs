@@ -148,6 +148,17 @@ pub fn install(conn: &Connection) -> rusqlite::Result<Guard> {
     let g = guard.clone();
     conn.progress_handler(PROGRESS_PERIOD, Some(move || progress(&g)));
 
+    // The authorizer sees calls written in a statement, but not those in a
+    // column DEFAULT, which SQLite evaluates without asking. These
+    // replacements refuse at run time, wherever the call comes from.
+    for (name, args) in
+        [("random", 0), ("randomblob", 1)].into_iter().chain(CLOCK_KEYWORDS.iter().map(|k| (*k, 0)))
+    {
+        let g = guard.clone();
+        conn.create_scalar_function(name, args, FunctionFlags::SQLITE_UTF8, move |ctx| {
+            clock_or_random(&g, name, ctx)
+        })?;
+    }
     for name in DATE_FUNCTIONS {
         let g = guard.clone();
         conn.create_scalar_function(
@@ -204,18 +215,10 @@ fn check(mode: Mode, action: AuthAction<'_>) -> Result<(), Error> {
             if name == "load_extension" {
                 return not_allowed("load_extension() is not allowed".into());
             }
-            if mode == Mode::Write && RANDOM_FUNCTIONS.contains(&name.as_str()) {
-                return Err(Error::NonDeterministic(format!(
-                    "{function_name}() is not allowed in a write: replicas would store different values; \
-                     generate the value in the client and pass it as a parameter"
-                )));
-            }
-            if mode == Mode::Write && CLOCK_KEYWORDS.contains(&name.as_str()) {
-                return Err(Error::NonDeterministic(format!(
-                    "{} is not allowed in a write: replicas would store different times; pass the time as a \
-                     parameter instead, e.g. \"VALUES (?)\" with [\"2024-01-01 12:00:00\"]",
-                    function_name.to_ascii_uppercase()
-                )));
+            if mode == Mode::Write
+                && (RANDOM_FUNCTIONS.contains(&name.as_str()) || CLOCK_KEYWORDS.contains(&name.as_str()))
+            {
+                return Err(refusal(&name));
             }
             Ok(())
         }
@@ -274,6 +277,54 @@ thread_local! {
     static PLAIN: RefCell<Option<Connection>> = const { RefCell::new(None) };
 }
 
+fn refusal(name: &str) -> Error {
+    if RANDOM_FUNCTIONS.contains(&name) {
+        Error::NonDeterministic(format!(
+            "{name}() is not allowed in a write (here or in a column DEFAULT): replicas would store \
+             different values; generate the value in the client and pass it as a parameter"
+        ))
+    } else {
+        Error::NonDeterministic(format!(
+            "{} is not allowed in a write (here or in a column DEFAULT): replicas would store \
+             different times; pass the time as a parameter instead, e.g. \"VALUES (?)\" with \
+             [\"2024-01-01 12:00:00\"]",
+            name.to_ascii_uppercase()
+        ))
+    }
+}
+
+/// `random()`, `randomblob()` and `CURRENT_*`: refused in writes, SQLite's
+/// own in reads.
+fn clock_or_random(guard: &Guard, name: &str, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
+    if guard.mode() == Mode::Write {
+        let e = refusal(name);
+        guard.refuse(e.clone());
+        return Err(rusqlite::Error::UserFunctionError(Box::new(e)));
+    }
+    plain(name, ctx)
+}
+
+/// Computes `name(args)` with SQLite's own functions, on a private connection.
+fn plain(name: &str, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
+    let args: Vec<SqlValue> =
+        (0..ctx.len()).map(|i| ctx.get::<SqlValue>(i)).collect::<rusqlite::Result<_>>()?;
+    PLAIN.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(Connection::open_in_memory()?);
+        }
+        let conn = slot.as_ref().expect("opened above");
+        // CURRENT_* are keywords, not callable with parentheses.
+        let call = if CLOCK_KEYWORDS.contains(&name) {
+            name.to_string()
+        } else {
+            format!("{name}({})", vec!["?"; args.len()].join(","))
+        };
+        let mut stmt = conn.prepare_cached(&format!("SELECT {call}"))?;
+        stmt.query_row(params_from_iter(args.iter()), |row| row.get::<_, SqlValue>(0))
+    })
+}
+
 fn date_function(guard: &Guard, name: &str, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
     let args: Vec<SqlValue> =
         (0..ctx.len()).map(|i| ctx.get::<SqlValue>(i)).collect::<rusqlite::Result<_>>()?;
@@ -295,14 +346,5 @@ fn date_function(guard: &Guard, name: &str, ctx: &Context<'_>) -> rusqlite::Resu
             return Err(rusqlite::Error::UserFunctionError(Box::new(e)));
         }
     }
-    PLAIN.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(Connection::open_in_memory()?);
-        }
-        let conn = slot.as_ref().expect("opened above");
-        let placeholders = vec!["?"; args.len()].join(",");
-        let mut stmt = conn.prepare_cached(&format!("SELECT {name}({placeholders})"))?;
-        stmt.query_row(params_from_iter(args.iter()), |row| row.get::<_, SqlValue>(0))
-    })
+    plain(name, ctx)
 }

@@ -349,6 +349,12 @@ async fn sandbox_and_determinism() {
             assert!(msg.contains("parameter"), "{sql}: {msg}");
         }
         assert_eq!(api.count(&id, "t").await, 0);
+        // A clock or random() hidden in a column DEFAULT is refused when it runs.
+        let ddl = "CREATE TABLE d (a, r DEFAULT (random()), at DEFAULT CURRENT_TIMESTAMP)";
+        api.ok(Method::POST, &exec, Some(json!({"statements": [{"sql": ddl}]}))).await;
+        let insert = json!({"statements": [{"sql": "INSERT INTO d (a) VALUES (1)"}]});
+        api.err(Method::POST, &exec, Some(insert), 400, "non_deterministic").await;
+        assert_eq!(api.count(&id, "d").await, 0);
         // The advice works: the value passed as a parameter is accepted.
         api.ok(
             Method::POST,
