@@ -31,3 +31,8 @@ stop_pid() {
 machine() {
     echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr)"
 }
+
+# Turns one `shoal bench --json` line on stdin into a markdown table row.
+md_row() {
+    python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; print("| %s | %d | %.0f | %.2f | %.2f | %.2f | %d |" % (r["workload"], r["concurrency"], r["ops_per_sec"], l["p50"], l["p99"], l["max"], r["errors"]))'
+}

@@ -19,6 +19,6 @@ for workload in write read mixed; do
     for c in 1 16 64; do
         "$SHOAL" bench --endpoint "$ENDPOINT" --token "$TOKEN" --workload "$workload" \
             --concurrency "$c" --duration "$DURATION" --json |
-            python3 -c 'import json,sys; r=json.load(sys.stdin); print(f"| {r["workload"]} | {r["concurrency"]} | {r["ops_per_sec"]:.0f} | {r["latency_ms"]["p50"]:.2f} | {r["latency_ms"]["p99"]:.2f} | {r["latency_ms"]["max"]:.2f} | {r["errors"]} |")'
+            md_row
     done
 done
