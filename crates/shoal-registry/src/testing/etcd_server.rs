@@ -37,6 +37,8 @@ pub struct Member {
     pub endpoint: String,
     peer_url: String,
     child: Option<Child>,
+    /// How the process was started, to restart it identically.
+    command: (PathBuf, Vec<String>),
     dir: TempDir,
 }
 
@@ -64,6 +66,25 @@ impl Member {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Starts the process (again), with the same ports and data directory,
+    /// appending to the same log.
+    pub fn spawn(&mut self) {
+        self.kill();
+        let (binary, args) = &self.command;
+        let log =
+            File::options().create(true).append(true).open(self.log_path()).expect("open etcd log");
+        let child = Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {}: {e}; run scripts/install-test-deps", binary.display())
+            });
+        self.child = Some(child);
     }
 
     fn exited(&mut self) -> bool {
@@ -125,30 +146,32 @@ fn spawn_member(
     let endpoint = format!("127.0.0.1:{client_port}");
     let client_url = format!("http://{endpoint}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let log = File::create(dir.path().join("etcd.log")).expect("create etcd log");
-    let child = Command::new(binary)
-        .arg(format!("--name={name}"))
-        .arg(format!("--data-dir={}", dir.path().join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster={initial_cluster}"))
-        .arg("--initial-cluster-state=new")
-        .arg(format!("--initial-cluster-token={token}"))
+    let args = vec![
+        format!("--name={name}"),
+        format!("--data-dir={}", dir.path().join("data").display()),
+        format!("--listen-client-urls={client_url}"),
+        format!("--advertise-client-urls={client_url}"),
+        format!("--listen-peer-urls={peer_url}"),
+        format!("--initial-advertise-peer-urls={peer_url}"),
+        format!("--initial-cluster={initial_cluster}"),
+        "--initial-cluster-state=new".into(),
+        format!("--initial-cluster-token={token}"),
         // Fast elections keep failover tests short.
-        .arg("--heartbeat-interval=50")
-        .arg("--election-timeout=500")
-        .arg("--logger=zap")
-        .arg("--log-outputs=stderr")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("clone log handle"))
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot start {}: {e}; run scripts/install-test-deps", binary.display())
-        });
-    Member { name: name.into(), endpoint, peer_url, child: Some(child), dir }
+        "--heartbeat-interval=50".into(),
+        "--election-timeout=500".into(),
+        "--logger=zap".into(),
+        "--log-outputs=stderr".into(),
+    ];
+    let mut member = Member {
+        name: name.into(),
+        endpoint,
+        peer_url,
+        child: None,
+        command: (binary.to_path_buf(), args),
+        dir,
+    };
+    member.spawn();
+    member
 }
 
 impl EtcdCluster {
@@ -263,6 +286,20 @@ impl EtcdCluster {
     /// Kills member `i` with SIGKILL.
     pub fn kill(&mut self, i: usize) {
         self.members[i].kill();
+    }
+
+    /// Restarts member `i` (after [`EtcdCluster::kill`]) and waits until it
+    /// answers again.
+    pub async fn restart(&mut self, i: usize) {
+        self.members[i].spawn();
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !self.member_answers(i).await {
+            let m = &mut self.members[i];
+            if m.exited() || Instant::now() > deadline {
+                panic!("member {} did not come back:\n{}", m.name, m.log_tail());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The index of the member that currently leads the cluster, asking
