@@ -254,15 +254,12 @@ impl State {
             version: previous.map_or(0, |p| p.version) + 1,
             lease,
         };
-        if let Some(old) = previous.and_then(|p| p.lease) {
-            if let Some(l) = self.leases.get_mut(&old.0) {
-                l.keys.remove(key);
-            }
+        if let Some(l) = previous.and_then(|p| p.lease).and_then(|old| self.leases.get_mut(&old.0))
+        {
+            l.keys.remove(key);
         }
-        if let Some(new) = lease {
-            if let Some(l) = self.leases.get_mut(&new.0) {
-                l.keys.insert(key.to_vec());
-            }
+        if let Some(l) = lease.and_then(|new| self.leases.get_mut(&new.0)) {
+            l.keys.insert(key.to_vec());
         }
         self.kvs.insert(key.to_vec(), kv.clone());
         change.events.push(Event { kind: EventKind::Put, kv });
@@ -321,10 +318,10 @@ impl State {
 pub(crate) fn check_branch(ops: &[TxnOp]) -> Result<()> {
     let mut puts = BTreeSet::new();
     for op in ops {
-        if let TxnOp::Put { key, .. } = op {
-            if !puts.insert(key.as_slice()) {
-                return Err(Error::InvalidInput("duplicate key given in txn request".into()));
-            }
+        if let TxnOp::Put { key, .. } = op
+            && !puts.insert(key.as_slice())
+        {
+            return Err(Error::InvalidInput("duplicate key given in txn request".into()));
         }
     }
     for op in ops {
