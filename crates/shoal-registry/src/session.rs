@@ -164,3 +164,113 @@ async fn keep_alive(
         return;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use async_trait::async_trait;
+    use shoal_types::Revision;
+
+    use super::*;
+    use crate::kv::{KeyValue, Listing, Txn, TxnResponse};
+    use crate::memory::MemoryRegistry;
+    use crate::registry::Watch;
+
+    /// A memory registry whose keep-alives fail with `Unavailable` while
+    /// `down` is set, as an unreachable etcd's would.
+    struct Flaky {
+        inner: MemoryRegistry,
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl Registry for Flaky {
+        async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>> {
+            self.inner.get(key).await
+        }
+        async fn get_prefix(&self, prefix: &[u8]) -> Result<Listing> {
+            self.inner.get_prefix(prefix).await
+        }
+        async fn put(&self, key: &[u8], value: &[u8], lease: Option<LeaseId>) -> Result<Revision> {
+            self.inner.put(key, value, lease).await
+        }
+        async fn delete(&self, key: &[u8]) -> Result<(bool, Revision)> {
+            self.inner.delete(key).await
+        }
+        async fn delete_prefix(&self, prefix: &[u8]) -> Result<(u64, Revision)> {
+            self.inner.delete_prefix(prefix).await
+        }
+        async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId> {
+            self.inner.grant_lease(ttl).await
+        }
+        async fn keep_alive(&self, lease: LeaseId) -> Result<()> {
+            if self.down.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                return Err(Error::Unavailable("test: registry down".into()));
+            }
+            self.inner.keep_alive(lease).await
+        }
+        async fn revoke_lease(&self, lease: LeaseId) -> Result<()> {
+            self.inner.revoke_lease(lease).await
+        }
+        async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+            self.inner.txn(txn).await
+        }
+        async fn watch_prefix(&self, prefix: &[u8], from: Revision) -> Result<Watch> {
+            self.inner.watch_prefix(prefix, from).await
+        }
+        async fn compact(&self, revision: Revision) -> Result<()> {
+            self.inner.compact(revision).await
+        }
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+    }
+
+    fn flaky() -> Arc<Flaky> {
+        Arc::new(Flaky { inner: MemoryRegistry::default(), down: AtomicBool::new(false) })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn short_outage_is_ridden_out() {
+        let registry = flaky();
+        let session =
+            Session::new(registry.clone(), SessionOptions { ttl: Duration::from_secs(30) })
+                .await
+                .unwrap();
+        registry.down.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(15)).await;
+        registry.down.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(!session.is_lost(), "{:?}", session.lost_reason());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_outage_loses_the_session_within_the_ttl() {
+        let registry = flaky();
+        let ttl = Duration::from_secs(30);
+        let start = Instant::now();
+        let session = Session::new(registry.clone(), SessionOptions { ttl }).await.unwrap();
+        registry.down.store(true, Ordering::SeqCst);
+        let reason = session.lost().await;
+        assert!(reason.contains("could not be renewed within its TTL"), "{reason}");
+        // Never later than the lease could have expired on the server.
+        assert!(start.elapsed() <= ttl, "lost after {:?}", start.elapsed());
+        assert!(start.elapsed() >= ttl - ttl / 10 - Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_the_session_lets_the_lease_expire() {
+        let registry = Arc::new(MemoryRegistry::default());
+        let session =
+            Session::new(registry.clone(), SessionOptions { ttl: Duration::from_secs(5) })
+                .await
+                .unwrap();
+        let lease = session.lease();
+        registry.put(b"k", b"v", Some(lease)).await.unwrap();
+        drop(session);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        assert_eq!(registry.get(b"k").await.unwrap(), None);
+    }
+}

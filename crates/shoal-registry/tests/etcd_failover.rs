@@ -72,12 +72,15 @@ async fn three_members_survive_one_killed() {
     etcd.kill(victim);
     eprintln!("killed member {victim} (pid {victim_pid:?}) of 3");
 
+    let started = std::time::Instant::now();
     for value in values(10..30) {
         writer.put(b"data/x", &value, None).await.expect("put after a member died");
     }
+    eprintln!("20 puts after the kill took {:?}", started.elapsed());
     for watch in &mut watches {
         expect_puts(watch, &values(10..30)).await;
     }
+    eprintln!("every watch caught up {:?} after the kill", started.elapsed());
     // The session keeps its lease through the failure and beyond its TTL.
     tokio::time::sleep(TTL * 3).await;
     assert!(!session.is_lost(), "session lost: {:?}", session.lost_reason());
