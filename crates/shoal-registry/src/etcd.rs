@@ -129,8 +129,11 @@ impl EtcdRegistry {
         full
     }
 
+    /// The endpoints as `host:port,host:port`, for messages.
     fn endpoints(&self) -> String {
-        self.options.endpoints.join(",")
+        let plain: Vec<&str> =
+            self.options.endpoints.iter().map(|e| e.strip_prefix("http://").unwrap_or(e)).collect();
+        plain.join(",")
     }
 
     /// Runs one request with the retry policy: each attempt bounded by the

@@ -6,7 +6,7 @@
 //! cluster-wide revision, leases, compare-and-swap transactions, and watches
 //! that never skip an event — so that the [`EtcdRegistry`] is a thin
 //! translation and the in-process [`MemoryRegistry`] can reproduce it
-//! exactly. One conformance suite ([`testing::conformance`], behind the
+//! exactly. One conformance suite (`testing::conformance`, behind the
 //! `testing` feature) runs against every backend.
 //!
 //! On top of the trait, written once for all backends:

@@ -110,19 +110,30 @@ pub struct EtcdCluster {
 
 /// Finds the `etcd` binary or panics with what to do.
 pub fn etcd_binary() -> PathBuf {
-    if let Ok(path) = std::env::var("SHOAL_ETCD_BIN") {
-        return PathBuf::from(path);
+    find_etcd(std::env::var_os("SHOAL_ETCD_BIN"), std::env::var_os("PATH"))
+        .unwrap_or_else(|message| panic!("{message}"))
+}
+
+/// Looks for etcd: `override_bin` if given, else `etcd` in `path`.
+fn find_etcd(
+    override_bin: Option<std::ffi::OsString>,
+    path: Option<std::ffi::OsString>,
+) -> Result<PathBuf, String> {
+    if let Some(bin) = override_bin {
+        let bin = PathBuf::from(bin);
+        return if bin.is_file() {
+            Ok(bin)
+        } else {
+            Err(format!("SHOAL_ETCD_BIN={} is not a file", bin.display()))
+        };
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+    std::env::split_paths(&path.unwrap_or_default())
         .map(|dir| dir.join("etcd"))
         .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "the etcd binary was not found in PATH: run scripts/install-test-deps \
-                 (it installs Debian's etcd-server), or set SHOAL_ETCD_BIN"
-            )
+        .ok_or_else(|| {
+            "the etcd binary was not found in PATH: run scripts/install-test-deps \
+             (it installs Debian's etcd-server), or set SHOAL_ETCD_BIN"
+                .to_string()
         })
 }
 
@@ -330,5 +341,19 @@ impl EtcdCluster {
     /// The peer URL of member `i` (for diagnostics).
     pub fn peer_url(&self, i: usize) -> &str {
         &self.members[i].peer_url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_etcd_says_how_to_install_it() {
+        let empty = tempfile::tempdir().expect("temp dir");
+        let err = find_etcd(None, Some(empty.path().as_os_str().to_owned())).unwrap_err();
+        assert!(err.contains("run scripts/install-test-deps"), "{err}");
+        let err = find_etcd(Some(empty.path().join("etcd").into()), None).unwrap_err();
+        assert!(err.contains("SHOAL_ETCD_BIN"), "{err}");
     }
 }
