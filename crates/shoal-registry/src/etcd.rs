@@ -11,8 +11,11 @@
 //! to a live member. Every request therefore runs under [`EtcdRegistry::call`]:
 //! each attempt is bounded by the operation timeout (a balancer with no live
 //! endpoint would otherwise wait forever), transient failures (unreachable,
-//! timed out, no leader, leader changed) are retried after the retry interval
-//! up to the retry limit, and the final error names the endpoints tried.
+//! timed out, no leader, leader changed) are retried up to the retry limit —
+//! the first retry at once, because the usual cause is a connection to a
+//! member that just died (the balancer may still try it once more while it
+//! reconnects), later ones after the retry interval — and the final error
+//! names the endpoints tried.
 //! Retrying a put or delete that did reach etcd repeats it, which is
 //! harmless (a second revision, same state); a retried transaction may
 //! report `succeeded = false` for a write that was applied — callers that
@@ -163,7 +166,12 @@ impl EtcdRegistry {
                 )));
             }
             tracing::debug!(what, attempt, %reason, "etcd request failed; retrying");
-            tokio::time::sleep(self.options.retry_interval).await;
+            // The first retry goes out at once: the usual cause is a
+            // connection to a member that just died, and the balancer has
+            // other members. Later retries wait, to let an election finish.
+            if attempt > 1 {
+                tokio::time::sleep(self.options.retry_interval).await;
+            }
         }
     }
 
