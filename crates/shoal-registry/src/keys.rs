@@ -1,0 +1,53 @@
+//! The key layout of Shoal's control plane, relative to the namespace.
+//!
+//! ```text
+//! nodes/{node_id}    NodeInfo, leased by the node's session
+//! placement          the placement map, written by the monitor with a CAS
+//! monitor/leader     the monitor election (candidates under monitor/leader/)
+//! rebalance          a rebalance request for the monitor
+//! status/{node_id}   what the node hosts and leads, leased
+//! ```
+//! Builders live here so that no crate spells a key by hand.
+
+use shoal_types::NodeId;
+
+/// The prefix of node registrations.
+pub const NODES: &[u8] = b"nodes/";
+/// The placement map.
+pub const PLACEMENT: &[u8] = b"placement";
+/// The name of the monitor election.
+pub const MONITOR_ELECTION: &[u8] = b"monitor/leader";
+/// A pending rebalance request.
+pub const REBALANCE: &[u8] = b"rebalance";
+/// The prefix of node status reports.
+pub const STATUS: &[u8] = b"status/";
+
+/// The registration key of `node`.
+pub fn node(node: &NodeId) -> Vec<u8> {
+    [NODES, node.0.as_bytes()].concat()
+}
+
+/// The status key of `node`.
+pub fn status(node: &NodeId) -> Vec<u8> {
+    [STATUS, node.0.as_bytes()].concat()
+}
+
+/// The node id of a registration or status key, if it is one.
+pub fn node_of(key: &[u8]) -> Option<NodeId> {
+    let rest = key.strip_prefix(NODES).or_else(|| key.strip_prefix(STATUS))?;
+    std::str::from_utf8(rest).ok().filter(|s| !s.is_empty()).map(|s| NodeId(s.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_keys_round_trip() {
+        let id = NodeId("node-01".into());
+        assert_eq!(node(&id), b"nodes/node-01");
+        assert_eq!(node_of(&node(&id)), Some(id.clone()));
+        assert_eq!(node_of(&status(&id)), Some(id));
+        assert_eq!(node_of(b"placement"), None);
+    }
+}

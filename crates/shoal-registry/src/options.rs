@@ -1,0 +1,335 @@
+//! Registry configuration: the options, their layering, and `connect`.
+//!
+//! This crate never reads files, environment variables or flags (STYLE:
+//! library crates take their inputs as values). The binary reads them and
+//! hands the raw layers to [`RegistryOptions::layer`], which applies them in
+//! order — defaults, then the TOML file, then `SHOAL_*` variables, then
+//! flags — so env beats the file and flags beat env. Each layer is checked
+//! as it is applied, and an error names the key as the user spelled it:
+//! `shoal.toml: unknown key "nodettl"`, `SHOAL_NODE_TTL: invalid duration
+//! "abc"`, `--max-retries: invalid number "x"`.
+//!
+//! Environment variables other than the registry's own `SHOAL_*` names are
+//! ignored here, because the other parts of Shoal have theirs; the binary,
+//! which knows every name, is the place to reject unknown ones. The TOML
+//! table passed in must hold registry keys only ([`RegistryOptions::KEYS`]
+//! lists them so the binary can split a shared file).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::etcd::{EtcdOptions, EtcdRegistry};
+use crate::memory::{MemoryOptions, MemoryRegistry};
+use crate::registry::Registry;
+use crate::session::SessionOptions;
+
+/// Where the registry is and how to talk to it. Deserializes from TOML with
+/// human durations (`"90s"`, `"500ms"`); unknown keys are rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryOptions {
+    /// The backend: `memory` (in-process), or
+    /// `etcd://host1:2379,host2:2379,...` (one or more etcd members).
+    pub registry: String,
+    /// The key prefix: every key lives under `/{namespace}/`, so several
+    /// clusters can share one etcd. Letters, digits, `-`, `_` and `.`.
+    pub namespace: String,
+    /// How long a node's registration outlives the node (seconds of lease
+    /// TTL). Default 90 s.
+    #[serde(with = "humantime_serde")]
+    pub node_ttl: Duration,
+    /// The wait between two attempts of a failed registry request. Default
+    /// 500 ms.
+    #[serde(with = "humantime_serde")]
+    pub retry_interval: Duration,
+    /// How many times a failed registry request is retried before the
+    /// caller gets `Unavailable` (0: tried once). Default 5.
+    pub max_retries: u32,
+    /// The longest one attempt of one registry request may take, connecting
+    /// included. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub operation_timeout: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        Self {
+            registry: "memory".into(),
+            namespace: "shoal".into(),
+            node_ttl: Duration::from_secs(90),
+            retry_interval: Duration::from_millis(500),
+            max_retries: 5,
+            operation_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The parsed `registry` setting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegistryUrl {
+    /// The in-process backend.
+    Memory,
+    /// etcd, with the client URLs of its members (`http://host:port`).
+    Etcd(Vec<String>),
+}
+
+impl std::str::FromStr for RegistryUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        if s == "memory" || s == "memory://" {
+            return Ok(RegistryUrl::Memory);
+        }
+        let Some(list) = s.strip_prefix("etcd://") else {
+            return Err(format!(
+                "unsupported registry {s:?}: expected \"memory\" or \"etcd://host:port[,host:port...]\""
+            ));
+        };
+        let mut endpoints = Vec::new();
+        for endpoint in list.split(',').map(str::trim) {
+            let Some((host, port)) = endpoint.rsplit_once(':') else {
+                return Err(format!("etcd endpoint {endpoint:?} has no port (expected host:port)"));
+            };
+            if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
+                return Err(format!("invalid etcd endpoint {endpoint:?} (expected host:port)"));
+            }
+            endpoints.push(format!("http://{endpoint}"));
+        }
+        Ok(RegistryUrl::Etcd(endpoints))
+    }
+}
+
+impl RegistryOptions {
+    /// The keys of this section, as spelled in `shoal.toml`.
+    pub const KEYS: [&'static str; 6] =
+        ["registry", "namespace", "node_ttl", "retry_interval", "max_retries", "operation_timeout"];
+
+    /// Layers the configuration over the defaults: `file` (the registry
+    /// keys of `shoal.toml`), then `env` (the process environment; only the
+    /// registry's `SHOAL_*` names are read), then `flags` (`(name, value)`
+    /// pairs, name as `node_ttl` or `node-ttl`). Validates the result.
+    pub fn layer(
+        file: &toml::Table,
+        env: &HashMap<String, String>,
+        flags: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut options = Self::default();
+        for (key, value) in file {
+            let label = format!("shoal.toml: {key}");
+            let raw = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                other => {
+                    return Err(Error::config(
+                        label,
+                        format!("expected a string or a number, got {other}"),
+                    ));
+                }
+            };
+            if !Self::KEYS.contains(&key.as_str()) {
+                return Err(Error::config("shoal.toml", format!("unknown key {key:?}")));
+            }
+            options.set(key, &raw, &label)?;
+        }
+        for key in Self::KEYS {
+            let name = format!("SHOAL_{}", key.to_ascii_uppercase());
+            if let Some(raw) = env.get(&name) {
+                options.set(key, raw, &name)?;
+            }
+        }
+        for (name, raw) in flags {
+            let key = name.trim_start_matches('-').replace('-', "_");
+            let label = format!("--{}", key.replace('_', "-"));
+            if !Self::KEYS.contains(&key.as_str()) {
+                return Err(Error::config(label, "unknown flag"));
+            }
+            options.set(&key, raw, &label)?;
+        }
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// Sets one key from its raw text.
+    fn set(&mut self, key: &str, raw: &str, label: &str) -> Result<()> {
+        let duration = |raw: &str| {
+            humantime::parse_duration(raw.trim()).map_err(|_| {
+                Error::config(label, format!("invalid duration {raw:?} (e.g. \"90s\", \"500ms\")"))
+            })
+        };
+        match key {
+            "registry" => {
+                raw.parse::<RegistryUrl>().map_err(|m| Error::config(label, m))?;
+                self.registry = raw.trim().to_string();
+            }
+            "namespace" => {
+                check_namespace(raw).map_err(|m| Error::config(label, m))?;
+                self.namespace = raw.to_string();
+            }
+            "node_ttl" => self.node_ttl = duration(raw)?,
+            "retry_interval" => self.retry_interval = duration(raw)?,
+            "operation_timeout" => self.operation_timeout = duration(raw)?,
+            "max_retries" => {
+                self.max_retries = raw.trim().parse().map_err(|_| {
+                    Error::config(label, format!("invalid number {raw:?} (a whole number >= 0)"))
+                })?
+            }
+            other => return Err(Error::config(label, format!("unknown key {other:?}"))),
+        }
+        Ok(())
+    }
+
+    /// Checks the values together; `layer` calls it, and callers that build
+    /// options by hand or from serde should too.
+    pub fn validate(&self) -> Result<()> {
+        self.url()?;
+        check_namespace(&self.namespace).map_err(|m| Error::config("namespace", m))?;
+        if self.node_ttl < Duration::from_secs(1) {
+            return Err(Error::config("node_ttl", "must be at least 1s"));
+        }
+        if self.operation_timeout.is_zero() {
+            return Err(Error::config("operation_timeout", "must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The parsed `registry` setting.
+    pub fn url(&self) -> Result<RegistryUrl> {
+        self.registry.parse().map_err(|m| Error::config("registry", m))
+    }
+
+    /// The options of a node's registration session.
+    pub fn session_options(&self) -> SessionOptions {
+        SessionOptions { ttl: self.node_ttl }
+    }
+
+    /// The etcd backend's options for `endpoints`.
+    pub fn etcd_options(&self, endpoints: Vec<String>) -> EtcdOptions {
+        EtcdOptions {
+            endpoints,
+            namespace: self.namespace.clone(),
+            retry_interval: self.retry_interval,
+            max_retries: self.max_retries,
+            operation_timeout: self.operation_timeout,
+        }
+    }
+}
+
+fn check_namespace(ns: &str) -> std::result::Result<(), String> {
+    let ok = !ns.is_empty()
+        && ns.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid namespace {ns:?}: use letters, digits, '-', '_' or '.'"))
+    }
+}
+
+/// Builds the registry the options name: a fresh memory registry, or a
+/// client of etcd that has answered once (so a dead or wrong registry fails
+/// start-up, with an error naming the endpoints).
+pub async fn connect(options: &RegistryOptions) -> Result<Arc<dyn Registry>> {
+    options.validate()?;
+    match options.url()? {
+        RegistryUrl::Memory => Ok(Arc::new(MemoryRegistry::new(MemoryOptions::default()))),
+        RegistryUrl::Etcd(endpoints) => {
+            Ok(Arc::new(EtcdRegistry::connect(options.etcd_options(endpoints)).await?))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().expect("test TOML parses")
+    }
+
+    #[test]
+    fn defaults() {
+        let o = RegistryOptions::layer(&toml::Table::new(), &HashMap::new(), &[]).unwrap();
+        assert_eq!(o, RegistryOptions::default());
+        assert_eq!(o.node_ttl, Duration::from_secs(90));
+        assert_eq!(o.namespace, "shoal");
+        assert_eq!(o.url().unwrap(), RegistryUrl::Memory);
+    }
+
+    #[test]
+    fn env_beats_file_and_flags_beat_env() {
+        let file = table(
+            "registry = \"etcd://h1:2379,h2:2379\"\nnode_ttl = \"30s\"\nmax_retries = 2\nnamespace = \"a\"",
+        );
+        let env =
+            env(&[("SHOAL_NODE_TTL", "45s"), ("SHOAL_NAMESPACE", "b"), ("SHOAL_DATA_DIR", "/x")]);
+        let o = RegistryOptions::layer(
+            &file,
+            &env,
+            &[("namespace", "c"), ("--retry-interval", "250ms")],
+        )
+        .unwrap();
+        assert_eq!(o.node_ttl, Duration::from_secs(45));
+        assert_eq!(o.namespace, "c");
+        assert_eq!(o.max_retries, 2);
+        assert_eq!(o.retry_interval, Duration::from_millis(250));
+        assert_eq!(
+            o.url().unwrap(),
+            RegistryUrl::Etcd(vec!["http://h1:2379".into(), "http://h2:2379".into()])
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let empty = toml::Table::new();
+        let none = HashMap::new();
+        let e =
+            RegistryOptions::layer(&empty, &env(&[("SHOAL_NODE_TTL", "abc")]), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "SHOAL_NODE_TTL: invalid duration \"abc\" (e.g. \"90s\", \"500ms\")"
+        );
+        let e = RegistryOptions::layer(&table("nodettl = \"1s\""), &none, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "shoal.toml: unknown key \"nodettl\"");
+        let e = RegistryOptions::layer(&table("max_retries = \"x\""), &none, &[]).unwrap_err();
+        assert!(e.to_string().starts_with("shoal.toml: max_retries: invalid number"), "{e}");
+        let e =
+            RegistryOptions::layer(&empty, &none, &[("--registry", "zookeeper://x")]).unwrap_err();
+        assert!(e.to_string().starts_with("--registry: unsupported registry"), "{e}");
+        let e = RegistryOptions::layer(&empty, &none, &[("--bogus", "1")]).unwrap_err();
+        assert_eq!(e.to_string(), "--bogus: unknown flag");
+        let e = RegistryOptions::layer(&empty, &env(&[("SHOAL_REGISTRY", "etcd://h1")]), &[])
+            .unwrap_err();
+        assert!(
+            e.to_string().starts_with("SHOAL_REGISTRY: etcd endpoint \"h1\" has no port"),
+            "{e}"
+        );
+        let e = RegistryOptions::layer(&table("namespace = \"a/b\""), &none, &[]).unwrap_err();
+        assert!(e.to_string().starts_with("shoal.toml: namespace: invalid namespace"), "{e}");
+        let e = RegistryOptions::layer(&table("node_ttl = \"10ms\""), &none, &[]).unwrap_err();
+        assert_eq!(e.to_string(), "node_ttl: must be at least 1s");
+    }
+
+    #[test]
+    fn serde_uses_human_durations_and_rejects_unknown_keys() {
+        let o: RegistryOptions =
+            toml::from_str("node_ttl = \"2m\"\nretry_interval = \"500ms\"").unwrap();
+        assert_eq!(o.node_ttl, Duration::from_secs(120));
+        assert!(toml::from_str::<RegistryOptions>("nodettl = \"1s\"").is_err());
+        let text = toml::to_string(&RegistryOptions::default()).unwrap();
+        assert!(text.contains("node_ttl = \"1m 30s\""), "{text}");
+    }
+
+    #[tokio::test]
+    async fn connect_builds_memory() {
+        let registry = connect(&RegistryOptions::default()).await.unwrap();
+        assert_eq!(registry.describe(), "memory");
+    }
+}
