@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod config;
 mod serve;
 
 use std::path::PathBuf;

@@ -53,6 +53,8 @@ pub struct ServeArgs {
     /// Write the address actually bound (useful with port 0) to this file.
     #[arg(long)]
     addr_file: Option<PathBuf>,
+    #[command(flatten)]
+    registry: crate::config::RegistryArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -71,6 +73,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "--max-open-bases, --max-result-rows, --max-sql-length and --max-body-size must be at least 1"
         );
     }
+    let registry_options = args.registry.load()?;
     let dir = (!args.memory).then_some(args.data_dir.as_path());
     if let Some(d) = dir {
         std::fs::create_dir_all(d)
@@ -96,6 +99,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         options: ServerOptions { admin_token: token, max_body_bytes: args.max_body_size },
         metrics: Some(metrics),
     });
+    // Connect before serving, so that a wrong or dead registry fails start-up
+    // with the endpoints it tried. Standalone keeps it for the control plane.
+    let registry = shoal_registry::connect(&registry_options).await?;
+    let registry_note = format!(
+        "Registry: {} (namespace {}, node_ttl {})",
+        registry.describe(),
+        registry_options.namespace,
+        humantime::format_duration(registry_options.node_ttl)
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -111,10 +123,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     println!("{token_note}");
+    println!("{registry_note}");
     tracing::info!(%addr, "listening");
     axum::serve(listener, shoal_node::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
+    drop(registry);
     tracing::info!("stopped");
     Ok(())
 }

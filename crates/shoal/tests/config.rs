@@ -1,0 +1,124 @@
+//! `shoal serve` configuration: shoal.toml < SHOAL_* environment < flags, and
+//! start-up failures that name the bad key or the unreachable registry.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_registry::testing::etcd_server::EtcdCluster;
+
+/// Runs `shoal serve --memory` in `dir` with `args` and `env`; returns
+/// (exited, stdout, stderr). A server that starts is stopped as soon as it
+/// has printed its registry line.
+fn serve(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let addr = dir.join("addr");
+    let _ = std::fs::remove_file(&addr);
+    let out = dir.join("out");
+    let err = dir.join("err");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_shoal"));
+    cmd.args(["serve", "--memory", "--listen", "127.0.0.1:0", "--addr-file"])
+        .arg(&addr)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("out"))
+        .stderr(std::fs::File::create(&err).expect("err"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOAL_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if child.try_wait().expect("wait").is_some() {
+            break true;
+        }
+        if std::fs::read_to_string(&out).unwrap_or_default().contains("Registry:") {
+            let _ = child.kill();
+            let _ = child.wait();
+            break false;
+        }
+        assert!(Instant::now() < deadline, "shoal neither started nor failed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        exited,
+        std::fs::read_to_string(&out).unwrap_or_default(),
+        std::fs::read_to_string(&err).unwrap_or_default(),
+    )
+}
+
+#[test]
+fn layers_file_env_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("shoal.toml"), "namespace = \"fromfile\"\nnode_ttl = \"30s\"\n")
+        .expect("write");
+    let (exited, out, err) = serve(dir.path(), &[], &[]);
+    assert!(!exited, "{err}");
+    assert!(out.contains("Registry: memory (namespace fromfile, node_ttl 30s)"), "{out}");
+    let (_, out, _) = serve(dir.path(), &[], &[("SHOAL_NAMESPACE", "fromenv")]);
+    assert!(out.contains("namespace fromenv, node_ttl 30s"), "{out}");
+    let (_, out, _) =
+        serve(dir.path(), &["--namespace", "fromflag"], &[("SHOAL_NAMESPACE", "fromenv")]);
+    assert!(out.contains("namespace fromflag"), "{out}");
+    // --config and SHOAL_CONFIG name another file.
+    std::fs::write(dir.path().join("other.toml"), "namespace = \"other\"\n").expect("write");
+    let (_, out, _) = serve(dir.path(), &["--config", "other.toml"], &[]);
+    assert!(out.contains("namespace other, node_ttl 1m 30s"), "{out}");
+    let (_, out, _) = serve(dir.path(), &[], &[("SHOAL_CONFIG", "other.toml")]);
+    assert!(out.contains("namespace other"), "{out}");
+}
+
+#[test]
+fn bad_settings_fail_start_up_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("shoal.toml"), "nodettl = \"5s\"\n").expect("write");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("unknown key \"nodettl\""), "{err}");
+    std::fs::write(dir.path().join("shoal.toml"), "node_ttl = [1]\n").expect("write");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("node_ttl"), "{err}");
+    std::fs::write(dir.path().join("shoal.toml"), "this is not toml").expect("write");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("not valid TOML"), "{err}");
+    std::fs::remove_file(dir.path().join("shoal.toml")).expect("rm");
+    let (exited, _, err) = serve(dir.path(), &[], &[("SHOAL_NODE_TTL", "abc")]);
+    assert!(exited && err.contains("SHOAL_NODE_TTL") && err.contains("abc"), "{err}");
+    let (exited, _, err) = serve(dir.path(), &["--max-retries", "many"], &[]);
+    assert!(exited && err.contains("--max-retries"), "{err}");
+    let (exited, _, err) = serve(dir.path(), &["--registry", "zookeeper://x"], &[]);
+    assert!(exited && err.contains("--registry"), "{err}");
+    let (exited, _, err) = serve(dir.path(), &["--config", "missing.toml"], &[]);
+    assert!(exited && err.contains("missing.toml"), "{err}");
+}
+
+#[test]
+fn unreachable_etcd_fails_start_up_naming_the_endpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (exited, _, err) = serve(
+        dir.path(),
+        &[
+            "--registry",
+            "etcd://127.0.0.1:1,127.0.0.1:2",
+            "--max-retries",
+            "1",
+            "--retry-interval",
+            "100ms",
+            "--operation-timeout",
+            "1s",
+        ],
+        &[],
+    );
+    assert!(exited, "{err}");
+    assert!(err.contains("127.0.0.1:1") && err.contains("127.0.0.1:2"), "{err}");
+}
+
+#[tokio::test]
+async fn starts_against_a_real_etcd() {
+    let etcd = EtcdCluster::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = etcd.registry_url();
+    let (exited, out, err) =
+        serve(dir.path(), &["--registry", &url, "--namespace", "cfgtest"], &[]);
+    assert!(!exited, "{err}");
+    assert!(out.contains("Registry: etcd") && out.contains("namespace cfgtest"), "{out}");
+}
