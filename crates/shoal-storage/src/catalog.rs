@@ -13,6 +13,10 @@ use shoal_types::{BaseId, Error, Result};
 
 use crate::map_sqlite_error;
 
+/// The catalog's on-disk format. A later format adds its migration in
+/// [`Catalog::open`].
+const FORMAT: u64 = 1;
+
 /// The catalog of one bucket.
 pub struct Catalog {
     conn: Connection,
@@ -40,11 +44,19 @@ impl Catalog {
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS bases (
-                 id TEXT PRIMARY KEY, name TEXT, created_at TEXT NOT NULL) WITHOUT ROWID;
+                 id TEXT PRIMARY KEY, name TEXT, created_at TEXT NOT NULL,
+                 created_index INTEGER NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             INSERT OR IGNORE INTO meta (key, value) VALUES ('applied_index', 0), ('reserved_index', 0);",
+             INSERT OR IGNORE INTO meta (key, value)
+                 VALUES ('format', 1), ('applied_index', 0), ('reserved_index', 0);",
         )
         .map_err(map_sqlite_error)?;
+        let format = meta(&conn, "format")?;
+        if format != FORMAT {
+            return Err(Error::InvalidData(format!(
+                "catalog format {format} is not supported by this version (which reads format {FORMAT})"
+            )));
+        }
         Ok(Catalog { conn })
     }
 
@@ -66,8 +78,8 @@ impl Catalog {
             return Err(Error::Conflict(format!("base {} already exists", info.id)));
         }
         tx.execute(
-            "INSERT INTO bases (id, name, created_at) VALUES (?1, ?2, ?3)",
-            params![info.id.to_string(), info.name, info.created_at],
+            "INSERT INTO bases (id, name, created_at, created_index) VALUES (?1, ?2, ?3, ?4)",
+            params![info.id.to_string(), info.name, info.created_at, index as i64],
         )
         .map_err(map_sqlite_error)?;
         set_meta(&tx, "applied_index", index)?;
@@ -104,6 +116,17 @@ impl Catalog {
                 row_to_info,
             )
             .optional()
+            .map_err(map_sqlite_error)
+    }
+
+    /// The log index a base was created at, if it exists.
+    pub fn created_index(&self, id: &BaseId) -> Result<Option<u64>> {
+        self.conn
+            .query_row("SELECT created_index FROM bases WHERE id = ?1", [id.to_string()], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()
+            .map(|o| o.map(|i| i as u64))
             .map_err(map_sqlite_error)
     }
 

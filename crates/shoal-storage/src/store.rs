@@ -137,12 +137,19 @@ impl Store {
         if let Some(b) = lock(&self.open).get(id) {
             return Ok(b.clone());
         }
-        if self.with_catalog(id.bucket(), |c| c.get(id))?.is_none() {
+        let Some(created) = self.with_catalog(id.bucket(), |c| c.created_index(id))? else {
             return Err(Error::NotFound(format!("no base {id}")));
-        }
+        };
         // Opened outside the LRU lock: opening a file must not stall reads
         // of other bases. Two racing opens are harmless; one handle wins.
-        let base = Arc::new(Mutex::new(Base::open(self.base_path(id).as_deref())?));
+        let mut base = Base::open(self.base_path(id).as_deref())?;
+        // A new file starts at its base's creation index, so that commands of
+        // an earlier base with the same id (dropped before) are never
+        // replayed into it.
+        if base.applied_index()? < created {
+            base.start_at(created)?;
+        }
+        let base = Arc::new(Mutex::new(base));
         Ok(lock(&self.open).get_or_insert(*id, || base).clone())
     }
 
@@ -168,18 +175,9 @@ impl Store {
                 if catalog.get(id)?.is_none() {
                     self.remove_files(id)?;
                 }
-                let applied = catalog.create(index, &info)?;
-                let exists = catalog.get(id)?.is_some();
-                drop(catalog);
-                // The new base starts at its creation index, so that commands
-                // of an earlier base with the same id (dropped before) can
-                // never be replayed into it. Done on a replay too, in case a
-                // crash came between the catalog's commit and this.
-                if exists {
-                    let base = self.base(id)?;
-                    lock(&base).start_at(index)?;
-                }
-                Ok(match applied {
+                // The base's file is made on first use (see `base`), so a
+                // create is one catalog transaction.
+                Ok(match catalog.create(index, &info)? {
                     Applied::Replayed => Output::Replayed,
                     Applied::Done => Output::Created(info),
                 })
@@ -364,6 +362,9 @@ mod tests {
             .join("buckets")
             .join(victim.bucket().to_string())
             .join(format!("{victim}.db"));
+        // Files are made on first use.
+        assert!(!path.exists());
+        store.tables(&victim).unwrap();
         assert!(path.exists());
         store.apply(200, &Command::DropBase { id: victim }).unwrap();
         assert!(!path.exists());
