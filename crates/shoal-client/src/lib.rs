@@ -10,8 +10,8 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_types::api::{
-    BaseInfo, BaseList, CreateBaseRequest, ExecuteRequest, ExecuteResponse, Health,
-    InsertRowsRequest, InsertRowsResponse, Params, QueryRequest, QueryResponse, Row, RowList,
+    BaseInfo, BaseList, ClusterStatus, CreateBaseRequest, ExecuteRequest, ExecuteResponse, Health,
+    InsertRowsRequest, InsertRowsResponse, Params, QueryRequest, QueryResponse, RebalanceRequest, Row, RowList,
     Statement, TableList, UpdateRowRequest, WriteResponse,
 };
 use shoal_types::{BaseId, Error, ErrorBody, Result};
@@ -99,6 +99,16 @@ impl Client {
     /// `GET /healthz`.
     pub async fn health(&self) -> Result<Health> {
         self.send(self.request(Method::GET, "/healthz")).await
+    }
+
+    /// `GET /v1/cluster`.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus> {
+        self.send(self.request(Method::GET, "/v1/cluster")).await
+    }
+
+    /// `POST /v1/cluster/rebalance`.
+    pub async fn rebalance(&self) -> Result<RebalanceRequest> {
+        self.send(self.request(Method::POST, "/v1/cluster/rebalance")).await
     }
 
     /// Creates a base.

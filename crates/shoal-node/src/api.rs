@@ -26,6 +26,11 @@ fn base_id(s: &str) -> Result<BaseId, Error> {
     s.parse()
 }
 
+/// The engine; base routes are only mounted where there is one.
+fn engine(state: &AppState) -> Result<&std::sync::Arc<crate::Engine>, Error> {
+    state.engine.as_ref().ok_or_else(|| Error::Unavailable("this process serves no bases".into()))
+}
+
 fn unexpected(output: Output) -> Error {
     Error::Internal(format!("unexpected command output {output:?}"))
 }
@@ -36,7 +41,7 @@ pub async fn create_base(
 ) -> ApiResult<(StatusCode, Json<BaseInfo>)> {
     let id = req.id.unwrap_or_else(BaseId::random);
     let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    match state.engine.write(Command::CreateBase { id, name: req.name, created_at }).await? {
+    match engine(&state)?.write(Command::CreateBase { id, name: req.name, created_at }).await? {
         (_, Output::Created(info)) => Ok((StatusCode::CREATED, Json(info))),
         (_, other) => Err(unexpected(other).into()),
     }
@@ -60,7 +65,7 @@ pub async fn list_bases(
         );
     }
     let after = p.after.as_deref().map(base_id).transpose()?;
-    let (bases, more) = state.engine.read(move |s| s.list_bases(after.as_ref(), limit)).await?;
+    let (bases, more) = engine(&state)?.read(move |s| s.list_bases(after.as_ref(), limit)).await?;
     let next_after = if more { bases.last().map(|b| b.id) } else { None };
     Ok(Json(BaseList { bases, next_after }))
 }
@@ -70,7 +75,7 @@ pub async fn get_base(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BaseInfo>> {
     let id = base_id(&id)?;
-    Ok(Json(state.engine.read(move |s| s.get_base(&id)).await?))
+    Ok(Json(engine(&state)?.read(move |s| s.get_base(&id)).await?))
 }
 
 pub async fn drop_base(
@@ -78,7 +83,7 @@ pub async fn drop_base(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<WriteResponse>> {
     let id = base_id(&id)?;
-    let (index, _) = state.engine.write(Command::DropBase { id }).await?;
+    let (index, _) = engine(&state)?.write(Command::DropBase { id }).await?;
     Ok(Json(WriteResponse { index }))
 }
 
@@ -91,9 +96,7 @@ pub async fn execute(
     if req.statements.is_empty() {
         return Err(Error::InvalidInput("\"statements\" is empty".into()).into());
     }
-    match state
-        .engine
-        .write(Command::Execute { base, statements: req.statements, transaction: req.transaction })
+    match engine(&state)?.write(Command::Execute { base, statements: req.statements, transaction: req.transaction })
         .await?
     {
         (index, Output::Executed(results)) => Ok(Json(ExecuteResponse { results, index })),
@@ -108,7 +111,7 @@ pub async fn query(
 ) -> ApiResult<Json<QueryResponse>> {
     let base = base_id(&id)?;
     // One node serves every consistency level: it is the only replica.
-    Ok(Json(state.engine.read(move |s| s.query(&base, &req.sql, &req.params)).await?))
+    Ok(Json(engine(&state)?.read(move |s| s.query(&base, &req.sql, &req.params)).await?))
 }
 
 pub async fn tables(
@@ -116,7 +119,7 @@ pub async fn tables(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TableList>> {
     let base = base_id(&id)?;
-    Ok(Json(TableList { tables: state.engine.read(move |s| s.tables(&base)).await? }))
+    Ok(Json(TableList { tables: engine(&state)?.read(move |s| s.tables(&base)).await? }))
 }
 
 pub async fn insert_rows(
@@ -125,9 +128,9 @@ pub async fn insert_rows(
     ApiJson(req): ApiJson<InsertRowsRequest>,
 ) -> ApiResult<(StatusCode, Json<InsertRowsResponse>)> {
     let base = base_id(&id)?;
-    let info = state.engine.read(move |s| s.table(&base, &table)).await?;
+    let info = engine(&state)?.read(move |s| s.table(&base, &table)).await?;
     let statements = rows::insert(&info, &req.rows)?;
-    match state.engine.write(Command::Execute { base, statements, transaction: true }).await? {
+    match engine(&state)?.write(Command::Execute { base, statements, transaction: true }).await? {
         (index, Output::Executed(results)) => Ok((
             StatusCode::CREATED,
             Json(InsertRowsResponse {
@@ -154,15 +157,13 @@ pub async fn list_rows(
     ApiQuery(p): ApiQuery<RowsParams>,
 ) -> ApiResult<Json<RowList>> {
     let base = base_id(&id)?;
-    let max = state.engine.store().options().max_result_rows as u64;
+    let max = engine(&state)?.store().options().max_result_rows as u64;
     let limit = p.limit.unwrap_or(100.min(max));
     if limit == 0 || limit > max {
         return Err(Error::InvalidInput(format!("limit must be between 1 and {max}")).into());
     }
     let offset = p.offset.unwrap_or(0);
-    let rows = state
-        .engine
-        .read(move |s| {
+    let rows = engine(&state)?.read(move |s| {
             let info = s.table(&base, &table)?;
             let stmt =
                 rows::page(&info, limit, offset, p.order_by.as_deref(), p.desc.unwrap_or(false))?;
@@ -178,9 +179,7 @@ pub async fn get_row(
     ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
 ) -> ApiResult<Json<Row>> {
     let base = base_id(&id)?;
-    let row = state
-        .engine
-        .read(move |s| {
+    let row = engine(&state)?.read(move |s| {
             let info = s.table(&base, &table)?;
             let stmt = rows::get(&info, rowid);
             let r = s.query(&base, &stmt.sql, &stmt.params)?;
@@ -198,7 +197,7 @@ pub async fn update_row(
     ApiJson(req): ApiJson<UpdateRowRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
     let base = base_id(&id)?;
-    let info = state.engine.read(move |s| s.table(&base, &table)).await?;
+    let info = engine(&state)?.read(move |s| s.table(&base, &table)).await?;
     let statement = rows::update(&info, rowid, &req.values)?;
     write_one_row(&state, base, statement, rowid, &info.name).await
 }
@@ -208,7 +207,7 @@ pub async fn delete_row(
     ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
 ) -> ApiResult<Json<WriteResponse>> {
     let base = base_id(&id)?;
-    let info = state.engine.read(move |s| s.table(&base, &table)).await?;
+    let info = engine(&state)?.read(move |s| s.table(&base, &table)).await?;
     write_one_row(&state, base, rows::delete(&info, rowid), rowid, &info.name).await
 }
 
@@ -220,9 +219,7 @@ async fn write_one_row(
     rowid: i64,
     table: &str,
 ) -> ApiResult<Json<WriteResponse>> {
-    match state
-        .engine
-        .write(Command::Execute { base, statements: vec![statement], transaction: true })
+    match engine(&state)?.write(Command::Execute { base, statements: vec![statement], transaction: true })
         .await?
     {
         (index, Output::Executed(results))

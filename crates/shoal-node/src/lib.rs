@@ -4,12 +4,15 @@
 //! Every `/v1` route needs the admin bearer token. Bodies are bounded (413),
 //! every error is `{"error": {"code", "message"}}` with one status mapping
 //! ([`error::status`]), and a panic in a handler becomes a 500 rather than a
-//! dropped connection. The handlers reach data only through the [`Engine`].
+//! dropped connection. The handlers reach data only through the [`Engine`],
+//! and the cluster only through [`cluster::Cluster`].
 
 pub mod api;
+pub mod cluster;
 mod engine;
 pub mod error;
 mod extract;
+pub mod registration;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -42,8 +45,11 @@ pub struct ServerOptions {
 
 /// What every handler can reach.
 pub struct AppState {
-    /// The write and read paths.
-    pub engine: Arc<Engine>,
+    /// The write and read paths; `None` in a process that serves no bases
+    /// (a monitor), whose router then has no base routes.
+    pub engine: Option<Arc<Engine>>,
+    /// The cluster view behind `/v1/cluster`; `None` leaves those routes out.
+    pub cluster: Option<Arc<dyn cluster::Cluster>>,
     /// The server's options.
     pub options: ServerOptions,
     /// Renders `/metrics`; `None` serves an empty page.
@@ -52,19 +58,24 @@ pub struct AppState {
 
 /// The whole HTTP API.
 pub fn router(state: Arc<AppState>) -> Router {
-    let v1 = Router::new()
-        .route("/v1/openapi.json", get(openapi))
-        .route("/v1/bases", post(api::create_base).get(api::list_bases))
-        .route("/v1/bases/{id}", get(api::get_base).delete(api::drop_base))
-        .route("/v1/bases/{id}/execute", post(api::execute))
-        .route("/v1/bases/{id}/query", post(api::query))
-        .route("/v1/bases/{id}/tables", get(api::tables))
-        .route("/v1/bases/{id}/tables/{table}/rows", post(api::insert_rows).get(api::list_rows))
-        .route(
-            "/v1/bases/{id}/tables/{table}/rows/{rowid}",
-            get(api::get_row).patch(api::update_row).delete(api::delete_row),
-        )
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let mut v1 = Router::new().route("/v1/openapi.json", get(openapi));
+    if state.engine.is_some() {
+        v1 = v1
+            .route("/v1/bases", post(api::create_base).get(api::list_bases))
+            .route("/v1/bases/{id}", get(api::get_base).delete(api::drop_base))
+            .route("/v1/bases/{id}/execute", post(api::execute))
+            .route("/v1/bases/{id}/query", post(api::query))
+            .route("/v1/bases/{id}/tables", get(api::tables))
+            .route("/v1/bases/{id}/tables/{table}/rows", post(api::insert_rows).get(api::list_rows))
+            .route(
+                "/v1/bases/{id}/tables/{table}/rows/{rowid}",
+                get(api::get_row).patch(api::update_row).delete(api::delete_row),
+            );
+    }
+    if state.cluster.is_some() {
+        v1 = v1.route("/v1/cluster", get(cluster::status)).route("/v1/cluster/rebalance", post(cluster::rebalance));
+    }
+    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
@@ -74,8 +85,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError(Error::Internal("the server failed while handling this request".into()))
-                .into_response()
+            ApiError(Error::Internal("the server failed while handling this request".into())).into_response()
         }))
         .with_state(state)
 }
@@ -89,7 +99,9 @@ async fn openapi() -> Response {
 }
 
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
-    metrics::gauge!("shoal_open_bases").set(state.engine.store().open_bases() as f64);
+    if let Some(engine) = &state.engine {
+        metrics::gauge!("shoal_open_bases").set(engine.store().open_bases() as f64);
+    }
     let body = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

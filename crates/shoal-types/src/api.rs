@@ -247,3 +247,116 @@ pub struct Health {
     /// The server's version.
     pub version: String,
 }
+
+/// What a node registers under `nodes/{node_id}` (leased by its session).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The URL end users and browsers reach this node at.
+    pub node_url: String,
+    /// The URL other nodes and proxies reach this node at.
+    pub local_node_url: String,
+    /// The failure zone (rack, room, region) the node is in.
+    pub zone: String,
+    /// The node's relative capacity: a node of capacity 2 gets twice the
+    /// replicas of a node of capacity 1.
+    pub capacity: u32,
+    /// The Shoal version the node runs.
+    pub version: String,
+    /// When this registration was made, RFC 3339.
+    pub registered_at: String,
+}
+
+/// What a node reports under `status/{node_id}` (leased): the buckets it
+/// has taken on from the placement map.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The epoch of the placement map the node last reconciled with.
+    pub epoch: u64,
+    /// The buckets the node hosts.
+    pub buckets: Vec<BucketId>,
+}
+
+/// What the monitor remembers of every node it has seen, under
+/// `members/{node_id}`: whether it is live and since when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// The node's last registration.
+    pub info: NodeInfo,
+    /// Whether the node is registered now.
+    pub live: bool,
+    /// When it became live or stopped being live, RFC 3339.
+    pub since: String,
+}
+
+/// The active monitor, as its election value says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorInfo {
+    /// The monitor's id.
+    pub id: String,
+    /// Its HTTP URL, if it serves one.
+    pub url: Option<String>,
+}
+
+/// One node in the cluster status.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The node.
+    pub node_id: crate::NodeId,
+    /// Whether it is registered now.
+    pub live: bool,
+    /// Since when it is live or not, RFC 3339, when known.
+    pub since: Option<String>,
+    /// Its public URL.
+    pub node_url: String,
+    /// Its zone.
+    pub zone: String,
+    /// Its capacity.
+    pub capacity: u32,
+    /// Replicas the placement map gives it.
+    pub replicas: usize,
+    /// Replicas it reports hosting.
+    pub hosted: usize,
+}
+
+/// A replica the map gives a node that the node does not host yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingMove {
+    /// The bucket.
+    pub bucket: BucketId,
+    /// The node that is to host it.
+    pub node_id: crate::NodeId,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The registry, e.g. `etcd://h1:2379,h2:2379 (namespace shoal)`.
+    pub registry: String,
+    /// The active monitor, if one is elected.
+    pub monitor: Option<MonitorInfo>,
+    /// The placement map's epoch (0: no map yet).
+    pub epoch: u64,
+    /// `static` or `dynamic`.
+    pub topology: String,
+    /// Replicas per bucket the map aims for.
+    pub replication_factor: usize,
+    /// Every node the map uses or the registry knows, by id.
+    pub nodes: Vec<NodeStatus>,
+    /// Buckets with fewer live replicas than the replication factor allows.
+    pub under_replicated: Vec<BucketId>,
+    /// Buckets with at least one replica on a node that is not live.
+    pub on_dead_nodes: Vec<BucketId>,
+    /// Replicas placed but not yet hosted.
+    pub moves_in_progress: Vec<PendingMove>,
+    /// Whether a rebalance request is waiting for the monitor.
+    pub rebalance_pending: bool,
+}
+
+/// The answer to `POST /v1/cluster/rebalance`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebalanceRequest {
+    /// When the request was made, RFC 3339.
+    pub requested_at: String,
+    /// The map epoch when it was made; the monitor's answer has a later one.
+    pub epoch: u64,
+}

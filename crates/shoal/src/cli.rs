@@ -59,6 +59,22 @@ pub struct Output {
     json: bool,
 }
 
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// Show the registry, the active monitor, the nodes and the placement.
+    Status {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Ask the active monitor to rebalance the placement map now.
+    Rebalance {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 #[derive(Args)]
 pub struct SqlArgs {
     /// The base.
@@ -225,6 +241,54 @@ pub async fn base(cmd: BaseCommand) -> anyhow::Result<()> {
         BaseCommand::Drop { id, client } => {
             client.client()?.drop_base(id).await?;
             println!("dropped {id}");
+            Ok(())
+        }
+    }
+}
+
+pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Status { out, client } => {
+            let s = client.client()?.cluster_status().await?;
+            if out.json {
+                return print_json(&s);
+            }
+            println!("registry:  {}", s.registry);
+            match &s.monitor {
+                Some(m) => println!("monitor:   {} {}", m.id, m.url.as_deref().unwrap_or("")),
+                None => println!("monitor:   none elected"),
+            }
+            println!(
+                "placement: epoch {}, {} topology, replication factor {}{}",
+                s.epoch,
+                s.topology,
+                s.replication_factor,
+                if s.rebalance_pending { ", rebalance pending" } else { "" }
+            );
+            let header = ["node", "live", "since", "zone", "capacity", "replicas", "hosted", "url"].map(String::from);
+            print_table(
+                &header,
+                s.nodes.iter().map(|n| {
+                    vec![
+                        n.node_id.to_string(),
+                        if n.live { "yes" } else { "NO" }.to_string(),
+                        n.since.clone().unwrap_or_default(),
+                        n.zone.clone(),
+                        n.capacity.to_string(),
+                        n.replicas.to_string(),
+                        n.hosted.to_string(),
+                        n.node_url.clone(),
+                    ]
+                }),
+            );
+            println!("under-replicated buckets: {}", s.under_replicated.len());
+            println!("buckets with replicas on dead nodes: {}", s.on_dead_nodes.len());
+            println!("moves in progress: {}", s.moves_in_progress.len());
+            Ok(())
+        }
+        ClusterCommand::Rebalance { client } => {
+            let r = client.client()?.rebalance().await?;
+            println!("rebalance requested at {} (map epoch {}); the active monitor carries it out", r.requested_at, r.epoch);
             Ok(())
         }
     }

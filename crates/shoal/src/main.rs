@@ -1,10 +1,13 @@
-//! `shoal`: the one binary. Runs the server (`serve`) and is its client
-//! (`base`, `sql`, `tables`, `rows`, `bench`).
+//! `shoal`: the one binary. Runs the servers (`serve`, `node`, `monitor`)
+//! and is their client (`base`, `sql`, `tables`, `rows`, `cluster`, `bench`).
 
 mod bench;
 mod cli;
 mod config;
+mod monitor;
+mod node;
 mod serve;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +26,13 @@ struct Opts {
 enum Command {
     /// Run Shoal standalone: one process, data in --data-dir (or --memory).
     Serve(serve::ServeArgs),
+    /// Run a cluster node: registers in the registry and takes its buckets.
+    Node(node::NodeArgs),
+    /// Run a monitor: the elected one keeps the placement map of the cluster.
+    Monitor(monitor::MonitorArgs),
+    /// Show the cluster or ask for a rebalance.
+    #[command(subcommand)]
+    Cluster(cli::ClusterCommand),
     /// Create, list, show and drop bases.
     #[command(subcommand)]
     Base(cli::BaseCommand),
@@ -73,6 +83,9 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match opts.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Node(args) => node::run(args).await,
+            Command::Monitor(args) => monitor::run(args).await,
+            Command::Cluster(c) => cli::cluster(c).await,
             Command::Base(c) => cli::base(c).await,
             Command::Sql(a) => cli::sql(a).await,
             Command::Tables(a) => cli::tables(a).await,

@@ -9,11 +9,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Args;
-use metrics_exporter_prometheus::PrometheusBuilder;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
-use shoal_node::{AppState, Engine, ServerOptions};
+use shoal_monitor::MonitorOptions;
+use shoal_node::Engine;
+use shoal_node::registration::{self, Assignment, RegistrationOptions};
 use shoal_storage::{Options, Store};
+use shoal_types::NodeId;
+use shoal_types::api::NodeInfo;
+use shoal_types::placement::Topology;
+use tokio::sync::watch;
+
+use crate::server::{HttpArgs, bind, init_logging, serve, shutdown_channel};
 
 /// Flags of `shoal serve`.
 #[derive(Args, Debug)]
@@ -28,9 +35,6 @@ pub struct ServeArgs {
     /// The address to serve HTTP on.
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
-    /// The admin bearer token [default: DATA_DIR/admin.token, created on first start].
-    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
     /// How many bases may be open at once.
     #[arg(long, env = "SHOAL_MAX_OPEN_BASES", default_value_t = 1024)]
     max_open_bases: usize,
@@ -47,37 +51,24 @@ pub struct ServeArgs {
     /// stand-in for a time limit, so that every replica stops at the same point).
     #[arg(long, env = "SHOAL_MAX_WRITE_STEPS", default_value_t = 100_000_000)]
     max_write_steps: u64,
-    /// The largest request body accepted, in bytes.
-    #[arg(long, env = "SHOAL_MAX_BODY_SIZE", default_value_t = 16 * 1024 * 1024)]
-    max_body_size: usize,
-    /// Write the address actually bound (useful with port 0) to this file.
-    #[arg(long)]
-    addr_file: Option<PathBuf>,
+    /// This process's node id in the registry.
+    #[arg(long, env = "SHOAL_NODE_ID", default_value = "standalone")]
+    node_id: String,
+    #[command(flatten)]
+    http: HttpArgs,
     #[command(flatten)]
     registry: crate::config::RegistryArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-                .unwrap_or_else(|_| "info".parse().expect("valid")),
-        )
-        .init();
-    if args.max_open_bases == 0
-        || args.max_result_rows == 0
-        || args.max_sql_length == 0
-        || args.max_body_size == 0
-    {
-        anyhow::bail!(
-            "--max-open-bases, --max-result-rows, --max-sql-length and --max-body-size must be at least 1"
-        );
-    }
+    init_logging();
     let registry_options = args.registry.load()?;
+    if args.max_open_bases == 0 || args.max_result_rows == 0 || args.max_sql_length == 0 || args.http.max_body_size == 0 {
+        anyhow::bail!("--max-open-bases, --max-result-rows, --max-sql-length and --max-body-size must be at least 1");
+    }
     let dir = (!args.memory).then_some(args.data_dir.as_path());
     if let Some(d) = dir {
-        std::fs::create_dir_all(d)
-            .with_context(|| format!("cannot create data directory {}", d.display()))?;
+        std::fs::create_dir_all(d).with_context(|| format!("cannot create data directory {}", d.display()))?;
     }
     let (token, token_note) = admin_token(&args, dir)?;
     let options = Options {
@@ -88,19 +79,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_write_steps: args.max_write_steps,
     };
     let store = Arc::new(Store::open(dir, options)?);
-    let metrics = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ])?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    let state = Arc::new(AppState {
-        engine: Arc::new(Engine::new(store)),
-        options: ServerOptions { admin_token: token, max_body_bytes: args.max_body_size },
-        metrics: Some(metrics),
-    });
     // Connect before serving, so that a wrong or dead registry fails start-up
-    // with the endpoints it tried. Standalone keeps it for the control plane.
+    // with the endpoints it tried.
     let registry = shoal_registry::connect(&registry_options).await?;
     let registry_note = format!(
         "Registry: {} (namespace {}, node_ttl {})",
@@ -108,34 +88,53 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         registry_options.namespace,
         humantime::format_duration(registry_options.node_ttl)
     );
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    if let Some(f) = &args.addr_file {
-        std::fs::write(f, addr.to_string())
-            .with_context(|| format!("cannot write {}", f.display()))?;
-    }
+    let listener = bind(args.listen, &args.http).await?;
+    let url = format!("http://{}", listener.addr);
     match dir {
-        Some(d) => println!("Shoal is serving http://{addr} with data in {}", d.display()),
-        None => {
-            println!("Shoal is serving http://{addr} in memory: nothing is kept after it stops")
-        }
+        Some(d) => println!("Shoal is serving {url} with data in {}", d.display()),
+        None => println!("Shoal is serving {url} in memory: nothing is kept after it stops"),
     }
     println!("{token_note}");
     println!("{registry_note}");
-    tracing::info!(%addr, "listening");
-    axum::serve(listener, shoal_node::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    drop(registry);
+
+    // Standalone is a one-node cluster: the node registers, and a monitor
+    // keeps its one-replica placement map, as they would in a cluster.
+    let shutdown = shutdown_channel();
+    let node = RegistrationOptions {
+        node_id: NodeId(args.node_id.clone()),
+        info: NodeInfo {
+            node_url: url.clone(),
+            local_node_url: url.clone(),
+            zone: "default".into(),
+            capacity: 1,
+            version: env!("CARGO_PKG_VERSION").into(),
+            registered_at: String::new(),
+        },
+        ttl: registry_options.node_ttl,
+        retry_interval: registry_options.retry_interval,
+    };
+    let (assignment, _) = watch::channel(Assignment::default());
+    let registration = tokio::spawn(registration::run(registry.clone(), node, assignment, shutdown.clone()));
+    let monitor = MonitorOptions {
+        id: format!("{}-monitor", args.node_id),
+        url: Some(url),
+        replication_factor: 1,
+        topology: Topology::Dynamic,
+        session_ttl: registry_options.node_ttl,
+        retry_interval: registry_options.retry_interval,
+        ..MonitorOptions::default()
+    };
+    let monitor = tokio::spawn(shoal_monitor::run(registry.clone(), monitor, shutdown.clone()));
+
+    serve(listener, &args.http, token, Some(Arc::new(Engine::new(store))), registry, shutdown).await?;
+    let _ = tokio::join!(registration, monitor);
     tracing::info!("stopped");
     Ok(())
 }
 
 /// The admin token, and a line telling the user where it is.
 fn admin_token(args: &ServeArgs, dir: Option<&Path>) -> anyhow::Result<(String, String)> {
-    if let Some(t) = &args.admin_token {
+    if let Some(t) = &args.http.admin_token {
         let t = t.trim().to_string();
         if t.is_empty() {
             anyhow::bail!("--admin-token (SHOAL_ADMIN_TOKEN) is empty");
@@ -170,22 +169,4 @@ fn admin_token(args: &ServeArgs, dir: Option<&Path>) -> anyhow::Result<(String, 
 
 fn random_token() -> String {
     rand::rng().sample_iter(&Alphanumeric).take(40).map(char::from).collect()
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

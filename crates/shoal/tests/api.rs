@@ -497,6 +497,8 @@ async fn openapi_and_metrics() {
         ("/v1/bases/{id}/tables", &["get"]),
         ("/v1/bases/{id}/tables/{table}/rows", &["get", "post"]),
         ("/v1/bases/{id}/tables/{table}/rows/{rowid}", &["get", "patch", "delete"]),
+        ("/v1/cluster", &["get"]),
+        ("/v1/cluster/rebalance", &["post"]),
         ("/healthz", &["get"]),
         ("/metrics", &["get"]),
     ] {
@@ -520,4 +522,37 @@ async fn openapi_and_metrics() {
     );
     assert!(text.contains("shoal_writes_applied_total 2"), "{text}");
     assert!(text.contains("shoal_open_bases 1"), "{text}");
+}
+
+#[tokio::test]
+async fn standalone_is_a_one_node_cluster() {
+    both_modes(&[], |server| async move {
+        let api = Api::new(&server);
+        // The in-process monitor places every bucket on the one node.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            let s = api.ok(Method::GET, "/v1/cluster", None).await;
+            if s["epoch"].as_u64() >= Some(1) && s["nodes"][0]["hosted"] == 256 {
+                break s;
+            }
+            assert!(std::time::Instant::now() < deadline, "no placement: {s}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        assert_eq!(status["registry"], "memory");
+        assert_eq!(status["replication_factor"], 1);
+        assert_eq!(status["topology"], "dynamic");
+        assert_eq!(status["monitor"]["id"], "standalone-monitor");
+        assert_eq!(status["nodes"][0]["node_id"], "standalone");
+        assert_eq!(status["nodes"][0]["live"], true);
+        assert_eq!(status["nodes"][0]["replicas"], 256);
+        assert_eq!(status["nodes"][0]["node_url"], server.url.as_str());
+        assert_eq!(status["under_replicated"], json!([]));
+        assert_eq!(status["moves_in_progress"], json!([]));
+        let (s, v) = api.call(Method::POST, "/v1/cluster/rebalance", None).await;
+        assert_eq!(s, 202, "{v}");
+        assert!(v["requested_at"].is_string());
+        let (s, _) = api.call_with(Method::GET, "/v1/cluster", None, None).await;
+        assert_eq!(s, 401);
+    })
+    .await;
 }

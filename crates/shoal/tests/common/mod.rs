@@ -197,3 +197,82 @@ pub fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Any `shoal` server command (`node`, `monitor`, ...) in its own directory,
+/// on a free port. Dropping it kills the process.
+pub struct Process {
+    pub dir: PathBuf,
+    pub url: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    runs: usize,
+}
+
+impl Process {
+    /// Starts `shoal ARGS --listen 127.0.0.1:0 --addr-file DIR/addr` and waits for it to listen.
+    pub fn start(dir: &Path, args: &[String]) -> Process {
+        std::fs::create_dir_all(dir).expect("process dir");
+        let mut p = Process { dir: dir.to_path_buf(), url: String::new(), args: args.to_vec(), child: None, runs: 0 };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let addr_file = self.dir.join("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        self.runs += 1;
+        let stdout = std::fs::File::create(self.dir.join(format!("stdout.{}", self.runs))).expect("stdout");
+        let stderr = std::fs::File::create(self.dir.join(format!("stderr.{}", self.runs))).expect("stderr");
+        let mut cmd = Command::new(bin());
+        cmd.args(&self.args).args(["--listen", "127.0.0.1:0", "--addr-file"]).arg(&addr_file);
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOAL_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd.env("SHOAL_LOG", "info").stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().expect("spawn");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(addr) = std::fs::read_to_string(&addr_file).ok().filter(|a| !a.is_empty()) {
+                self.url = format!("http://{addr}");
+                return;
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("shoal {:?} exited with {status}:\n{}", self.args, self.logs());
+            }
+            assert!(Instant::now() < deadline, "shoal {:?} did not start:\n{}", self.args, self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again with the same arguments and directory.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Its output so far.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for run in 1..=self.runs {
+            for f in ["stdout", "stderr"] {
+                let text = std::fs::read_to_string(self.dir.join(format!("{f}.{run}"))).unwrap_or_default();
+                out += &format!("--- {f}.{run}\n{text}\n");
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,151 @@
+//! Shoal's monitor: the service that keeps the placement map of the 256
+//! buckets in step with the live nodes ([`run`]), and the reads every server
+//! process makes of the control plane: the cluster's status ([`status`]) and
+//! rebalance requests ([`request_rebalance`]).
+
+mod service;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::SystemTime;
+
+use shoal_registry::{Registry, keys};
+use shoal_types::api::{ClusterStatus, Member, MonitorInfo, NodeInfo, NodeReport, NodeStatus, PendingMove, RebalanceRequest};
+use shoal_types::placement::PlacementMap;
+use shoal_types::{BucketId, NodeId};
+
+pub use service::{MonitorOptions, run};
+
+/// What can go wrong in the monitor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The registry failed; retry later.
+    #[error(transparent)]
+    Registry(#[from] shoal_registry::Error),
+    /// Stored data (the map) cannot be read.
+    #[error("{0}")]
+    Data(shoal_types::Error),
+    /// Another monitor took over.
+    #[error("another monitor is active")]
+    Deposed,
+    /// A bug.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// A monitor result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Error> for shoal_types::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Registry(e) => e.into(),
+            Error::Data(e) => e,
+            Error::Deposed => shoal_types::Error::Unavailable("another monitor is active".into()),
+            Error::Internal(m) => shoal_types::Error::Internal(m),
+        }
+    }
+}
+
+/// The prefix of member records (every node the active monitor has seen).
+pub fn members_prefix() -> Vec<u8> {
+    b"members/".to_vec()
+}
+
+/// The member record of `node`.
+pub fn member_key(node: &NodeId) -> Vec<u8> {
+    [members_prefix(), node.0.as_bytes().to_vec()].concat()
+}
+
+/// Reads the placement map, if the monitor has written one.
+pub async fn placement(registry: &dyn Registry) -> shoal_types::Result<Option<PlacementMap>> {
+    match registry.get(keys::PLACEMENT).await.map_err(shoal_types::Error::from)? {
+        Some(kv) => Ok(Some(PlacementMap::decode(&kv.value)?)),
+        None => Ok(None),
+    }
+}
+
+/// The cluster as the registry describes it now.
+pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatus> {
+    let reg = |e: shoal_registry::Error| shoal_types::Error::from(e);
+    let mut live: BTreeMap<NodeId, NodeInfo> = BTreeMap::new();
+    for kv in registry.get_prefix(keys::NODES).await.map_err(reg)?.kvs {
+        if let (Some(id), Ok(info)) = (keys::node_of(&kv.key), serde_json::from_slice(&kv.value)) {
+            live.insert(id, info);
+        }
+    }
+    let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
+    let prefix = members_prefix();
+    for kv in registry.get_prefix(&prefix).await.map_err(reg)?.kvs {
+        if let Ok(m) = serde_json::from_slice(&kv.value) {
+            members.insert(NodeId(String::from_utf8_lossy(&kv.key[prefix.len()..]).to_string()), m);
+        }
+    }
+    let mut reports: BTreeMap<NodeId, NodeReport> = BTreeMap::new();
+    for kv in registry.get_prefix(keys::STATUS).await.map_err(reg)?.kvs {
+        if let (Some(id), Ok(r)) = (keys::node_of(&kv.key), serde_json::from_slice(&kv.value)) {
+            reports.insert(id, r);
+        }
+    }
+    let map = placement(registry).await?;
+    let monitor = shoal_registry::leader(registry, keys::MONITOR_ELECTION)
+        .await
+        .map_err(reg)?
+        .map(|l| serde_json::from_slice::<MonitorInfo>(&l.value).unwrap_or(MonitorInfo { id: "?".into(), url: None }));
+    let rebalance_pending = registry.get(keys::REBALANCE).await.map_err(reg)?.is_some();
+
+    let counts = map.as_ref().map(|m| m.replica_counts()).unwrap_or_default();
+    let ids: BTreeSet<NodeId> = live.keys().chain(members.keys()).chain(counts.keys()).cloned().collect();
+    let nodes = ids
+        .into_iter()
+        .map(|id| {
+            let info = live.get(&id).or_else(|| members.get(&id).map(|m| &m.info));
+            NodeStatus {
+                live: live.contains_key(&id),
+                since: members.get(&id).map(|m| m.since.clone()),
+                node_url: info.map(|i| i.node_url.clone()).unwrap_or_default(),
+                zone: info.map(|i| i.zone.clone()).unwrap_or_default(),
+                capacity: info.map(|i| i.capacity).unwrap_or(0),
+                replicas: counts.get(&id).copied().unwrap_or(0),
+                hosted: reports.get(&id).map(|r| r.buckets.len()).unwrap_or(0),
+                node_id: id,
+            }
+        })
+        .collect();
+    let live_ids: Vec<NodeId> = live.keys().cloned().collect();
+    let (mut on_dead_nodes, mut moves_in_progress, mut under_replicated) = (Vec::new(), Vec::new(), Vec::new());
+    if let Some(m) = &map {
+        under_replicated = shoal_placement::under_replicated(m, &live_ids);
+        for bucket in BucketId::all() {
+            let replicas = m.replicas(bucket);
+            if replicas.iter().any(|r| !live.contains_key(r)) {
+                on_dead_nodes.push(bucket);
+            }
+            for r in replicas.iter().filter(|r| live.contains_key(*r)) {
+                if !reports.get(r).is_some_and(|rep| rep.buckets.contains(&bucket)) {
+                    moves_in_progress.push(PendingMove { bucket, node_id: r.clone() });
+                }
+            }
+        }
+    }
+    Ok(ClusterStatus {
+        registry: registry.describe(),
+        monitor,
+        epoch: map.as_ref().map(|m| m.epoch).unwrap_or(0),
+        topology: map.as_ref().map(|m| format!("{:?}", m.topology).to_lowercase()).unwrap_or_default(),
+        replication_factor: map.as_ref().map(|m| m.replication_factor).unwrap_or(0),
+        nodes,
+        under_replicated,
+        on_dead_nodes,
+        moves_in_progress,
+        rebalance_pending,
+    })
+}
+
+/// Asks the active monitor to rebalance: writes the request it watches for.
+pub async fn request_rebalance(registry: &dyn Registry) -> shoal_types::Result<RebalanceRequest> {
+    let epoch = placement(registry).await?.map(|m| m.epoch).unwrap_or(0);
+    let request = RebalanceRequest { requested_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(), epoch };
+    let value = serde_json::to_vec(&request).map_err(|e| shoal_types::Error::Internal(e.to_string()))?;
+    registry.put(keys::REBALANCE, &value, None).await.map_err(shoal_types::Error::from)?;
+    Ok(request)
+}

@@ -1,0 +1,114 @@
+//! `shoal node`: a cluster node. It registers in the registry, follows the
+//! placement map and records the buckets it is given. (Serving the data of
+//! those buckets comes with replication.)
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::Args;
+use shoal_node::registration::{self, Assignment, RegistrationOptions};
+use shoal_types::NodeId;
+use shoal_types::api::NodeInfo;
+use tokio::sync::watch;
+
+use crate::config::RegistryArgs;
+use crate::server::{HttpArgs, bind, cluster_token, init_logging, serve, shutdown_channel};
+
+/// Flags of `shoal node`.
+#[derive(Args, Debug)]
+pub struct NodeArgs {
+    /// The node's stable id, e.g. node-01.
+    #[arg(long, env = "SHOAL_NODE_ID")]
+    node_id: String,
+    /// The URL end users reach this node at [default: http://LISTEN_ADDR].
+    #[arg(long, env = "SHOAL_NODE_URL")]
+    node_url: Option<String>,
+    /// The URL other nodes and proxies reach this node at [default: --node-url].
+    #[arg(long, env = "SHOAL_LOCAL_NODE_URL")]
+    local_node_url: Option<String>,
+    /// The failure zone this node is in; replicas of a bucket go to distinct zones when there are enough.
+    #[arg(long, env = "SHOAL_ZONE", default_value = "default")]
+    zone: String,
+    /// Relative capacity: a node of capacity 2 gets twice the replicas of one of capacity 1.
+    #[arg(long, env = "SHOAL_CAPACITY", default_value_t = 1)]
+    capacity: u32,
+    /// Where the node keeps its data.
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "shoal-data")]
+    data_dir: PathBuf,
+    /// The address to serve HTTP on.
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
+    init_logging();
+    let registry_options = args.registry.load()?;
+    let token = cluster_token(&args.http)?;
+    let node_id = check_node_id(&args.node_id)?;
+    if args.capacity == 0 {
+        anyhow::bail!("--capacity must be at least 1");
+    }
+    claim_data_dir(&args.data_dir, &node_id)?;
+    let registry = shoal_registry::connect(&registry_options).await?;
+    let listener = bind(args.listen, &args.http).await?;
+    let node_url = args.node_url.clone().unwrap_or_else(|| format!("http://{}", listener.addr));
+    let local_node_url = args.local_node_url.clone().unwrap_or_else(|| node_url.clone());
+    println!("Shoal node {node_id} is serving http://{} (node_url {node_url})", listener.addr);
+    println!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
+
+    let shutdown = shutdown_channel();
+    let options = RegistrationOptions {
+        node_id,
+        info: NodeInfo {
+            node_url,
+            local_node_url,
+            zone: args.zone.clone(),
+            capacity: args.capacity,
+            version: env!("CARGO_PKG_VERSION").into(),
+            registered_at: String::new(),
+        },
+        ttl: registry_options.node_ttl,
+        retry_interval: registry_options.retry_interval,
+    };
+    let (assignment, _) = watch::channel(Assignment::default());
+    let registration = tokio::spawn(registration::run(registry.clone(), options, assignment, shutdown.clone()));
+    serve(listener, &args.http, token, None, registry, shutdown).await?;
+    let _ = registration.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Node ids become registry keys and file names: keep them plain.
+fn check_node_id(id: &str) -> anyhow::Result<NodeId> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        anyhow::bail!("--node-id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
+    }
+    Ok(NodeId(id.to_string()))
+}
+
+/// Marks the data directory as this node's, and refuses another node's.
+fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let marker = dir.join("node_id");
+    match std::fs::read_to_string(&marker) {
+        Ok(owner) if owner.trim() == node.0 => Ok(()),
+        Ok(owner) => anyhow::bail!(
+            "{} belongs to node {:?}, not {:?}: give each node its own --data-dir",
+            dir.display(),
+            owner.trim(),
+            node.0
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&marker, format!("{}\n", node.0)).with_context(|| format!("cannot write {}", marker.display()))
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", marker.display())),
+    }
+}
