@@ -4,6 +4,7 @@
 pub mod api;
 mod error;
 mod ids;
+pub mod placement;
 
 pub use error::{Error, ErrorBody, ErrorDetail, Result};
 pub use ids::{BUCKET_COUNT, BaseId, BucketId, LeaseId, NodeId, Revision};
