@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_types::api::{
     BaseInfo, BaseList, ClusterStatus, CreateBaseRequest, ExecuteRequest, ExecuteResponse, Health,
-    InsertRowsRequest, InsertRowsResponse, Params, QueryRequest, QueryResponse, RebalanceRequest, Row, RowList,
-    Statement, TableList, UpdateRowRequest, WriteResponse,
+    InsertRowsRequest, InsertRowsResponse, Params, QueryRequest, QueryResponse, RebalanceRequest,
+    Row, RowList, Statement, TableList, UpdateRowRequest, WriteResponse,
 };
 use shoal_types::{BaseId, Error, ErrorBody, Result};
 

@@ -9,7 +9,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use shoal_registry::{Registry, keys};
-use shoal_types::api::{ClusterStatus, Member, MonitorInfo, NodeInfo, NodeReport, NodeStatus, PendingMove, RebalanceRequest};
+use shoal_types::api::{
+    ClusterStatus, Member, MonitorInfo, NodeInfo, NodeReport, NodeStatus, PendingMove,
+    RebalanceRequest,
+};
 use shoal_types::placement::PlacementMap;
 use shoal_types::{BucketId, NodeId};
 
@@ -87,14 +90,16 @@ pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatu
         }
     }
     let map = placement(registry).await?;
-    let monitor = shoal_registry::leader(registry, keys::MONITOR_ELECTION)
-        .await
-        .map_err(reg)?
-        .map(|l| serde_json::from_slice::<MonitorInfo>(&l.value).unwrap_or(MonitorInfo { id: "?".into(), url: None }));
+    let monitor =
+        shoal_registry::leader(registry, keys::MONITOR_ELECTION).await.map_err(reg)?.map(|l| {
+            serde_json::from_slice::<MonitorInfo>(&l.value)
+                .unwrap_or(MonitorInfo { id: "?".into(), url: None })
+        });
     let rebalance_pending = registry.get(keys::REBALANCE).await.map_err(reg)?.is_some();
 
     let counts = map.as_ref().map(|m| m.replica_counts()).unwrap_or_default();
-    let ids: BTreeSet<NodeId> = live.keys().chain(members.keys()).chain(counts.keys()).cloned().collect();
+    let ids: BTreeSet<NodeId> =
+        live.keys().chain(members.keys()).chain(counts.keys()).cloned().collect();
     let nodes = ids
         .into_iter()
         .map(|id| {
@@ -112,7 +117,8 @@ pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatu
         })
         .collect();
     let live_ids: Vec<NodeId> = live.keys().cloned().collect();
-    let (mut on_dead_nodes, mut moves_in_progress, mut under_replicated) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut on_dead_nodes, mut moves_in_progress, mut under_replicated) =
+        (Vec::new(), Vec::new(), Vec::new());
     if let Some(m) = &map {
         under_replicated = shoal_placement::under_replicated(m, &live_ids);
         for bucket in BucketId::all() {
@@ -131,7 +137,10 @@ pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatu
         registry: registry.describe(),
         monitor,
         epoch: map.as_ref().map(|m| m.epoch).unwrap_or(0),
-        topology: map.as_ref().map(|m| format!("{:?}", m.topology).to_lowercase()).unwrap_or_default(),
+        topology: map
+            .as_ref()
+            .map(|m| format!("{:?}", m.topology).to_lowercase())
+            .unwrap_or_default(),
         replication_factor: map.as_ref().map(|m| m.replication_factor).unwrap_or(0),
         nodes,
         under_replicated,
@@ -144,8 +153,12 @@ pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatu
 /// Asks the active monitor to rebalance: writes the request it watches for.
 pub async fn request_rebalance(registry: &dyn Registry) -> shoal_types::Result<RebalanceRequest> {
     let epoch = placement(registry).await?.map(|m| m.epoch).unwrap_or(0);
-    let request = RebalanceRequest { requested_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(), epoch };
-    let value = serde_json::to_vec(&request).map_err(|e| shoal_types::Error::Internal(e.to_string()))?;
+    let request = RebalanceRequest {
+        requested_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        epoch,
+    };
+    let value =
+        serde_json::to_vec(&request).map_err(|e| shoal_types::Error::Internal(e.to_string()))?;
     registry.put(keys::REBALANCE, &value, None).await.map_err(shoal_types::Error::from)?;
     Ok(request)
 }

@@ -25,15 +25,15 @@ use std::time::{Duration, SystemTime};
 
 use shoal_placement::NodeSpec;
 use shoal_registry::{
-    Compare, CompareOp, Election, Leader, Registry, Revision, Session, SessionOptions, Txn, TxnOp, WatchMessage,
-    keys,
+    Compare, CompareOp, Election, Leader, Registry, Revision, Session, SessionOptions, Txn, TxnOp,
+    WatchMessage, keys,
 };
 use shoal_types::NodeId;
 use shoal_types::api::{Member, MonitorInfo, NodeInfo};
 use shoal_types::placement::{PlacementMap, Topology};
 use tokio::sync::watch;
 
-use crate::{Error, Result, members_prefix, member_key};
+use crate::{Error, Result, member_key, members_prefix};
 
 /// How a monitor behaves.
 #[derive(Clone, Debug)]
@@ -72,7 +72,11 @@ impl Default for MonitorOptions {
 
 /// Runs a monitor until `shutdown` turns true. Registry failures are logged
 /// and retried; they never end the service.
-pub async fn run(registry: Arc<dyn Registry>, options: MonitorOptions, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    registry: Arc<dyn Registry>,
+    options: MonitorOptions,
+    mut shutdown: watch::Receiver<bool>,
+) {
     if options.replication_factor == 0 {
         tracing::error!("replication factor 0: the monitor will not run");
         return;
@@ -92,11 +96,18 @@ pub async fn run(registry: Arc<dyn Registry>, options: MonitorOptions, mut shutd
 }
 
 /// One session: campaign, lead until the session or leadership ends.
-async fn term(registry: &Arc<dyn Registry>, options: &MonitorOptions, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
-    let session = Arc::new(Session::new(registry.clone(), SessionOptions { ttl: options.session_ttl }).await?);
+async fn term(
+    registry: &Arc<dyn Registry>,
+    options: &MonitorOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<()> {
+    let session = Arc::new(
+        Session::new(registry.clone(), SessionOptions { ttl: options.session_ttl }).await?,
+    );
     let election = Election::new(session.clone(), keys::MONITOR_ELECTION);
-    let value = serde_json::to_vec(&MonitorInfo { id: options.id.clone(), url: options.url.clone() })
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let value =
+        serde_json::to_vec(&MonitorInfo { id: options.id.clone(), url: options.url.clone() })
+            .map_err(|e| Error::Internal(e.to_string()))?;
     let leader = tokio::select! {
         r = election.campaign(&value) => r?,
         reason = session.lost() => return Err(Error::Registry(shoal_registry::Error::SessionLost(reason))),
@@ -142,7 +153,9 @@ async fn snapshot(registry: &Arc<dyn Registry>) -> Result<Snapshot> {
             Ok(info) => {
                 nodes.insert(id, info);
             }
-            Err(e) => tracing::warn!(node = %id, error = %e, "ignoring an unreadable node registration"),
+            Err(e) => {
+                tracing::warn!(node = %id, error = %e, "ignoring an unreadable node registration")
+            }
         }
     }
     let map = match registry.get(keys::PLACEMENT).await? {
@@ -170,7 +183,10 @@ fn member_updates(s: &Snapshot) -> Vec<(NodeId, Member)> {
     for (id, info) in &s.nodes {
         match s.members.get(id) {
             Some(m) if m.live && m.info == *info => {}
-            Some(m) if m.live => out.push((id.clone(), Member { info: info.clone(), live: true, since: m.since.clone() })),
+            Some(m) if m.live => out.push((
+                id.clone(),
+                Member { info: info.clone(), live: true, since: m.since.clone() },
+            )),
             _ => out.push((id.clone(), Member { info: info.clone(), live: true, since: now() })),
         }
     }
@@ -183,11 +199,22 @@ fn member_updates(s: &Snapshot) -> Vec<(NodeId, Member)> {
 }
 
 fn specs(nodes: &BTreeMap<NodeId, NodeInfo>) -> Vec<NodeSpec> {
-    nodes.iter().map(|(id, info)| NodeSpec { id: id.clone(), zone: info.zone.clone(), capacity: info.capacity }).collect()
+    nodes
+        .iter()
+        .map(|(id, info)| NodeSpec {
+            id: id.clone(),
+            zone: info.zone.clone(),
+            capacity: info.capacity,
+        })
+        .collect()
 }
 
 /// Leads until an error: keeps the map in step with the nodes.
-async fn lead(registry: &Arc<dyn Registry>, leader: &Leader, options: &MonitorOptions) -> Result<()> {
+async fn lead(
+    registry: &Arc<dyn Registry>,
+    leader: &Leader,
+    options: &MonitorOptions,
+) -> Result<()> {
     loop {
         let s = snapshot(registry).await?;
         let previous = s.map.as_ref().map(|(m, _)| m);
@@ -200,7 +227,12 @@ async fn lead(registry: &Arc<dyn Registry>, leader: &Leader, options: &MonitorOp
             || settings_changed
             || options.topology == Topology::Dynamic;
         let next = compute.then(|| {
-            shoal_placement::place(previous, &specs(&s.nodes), options.replication_factor, options.topology)
+            shoal_placement::place(
+                previous,
+                &specs(&s.nodes),
+                options.replication_factor,
+                options.topology,
+            )
         });
         let write_map = match (&next, previous) {
             (Some(n), Some(p)) => n.epoch != p.epoch,
@@ -211,7 +243,11 @@ async fn lead(registry: &Arc<dyn Registry>, leader: &Leader, options: &MonitorOp
         if write_map || requested || !members.is_empty() {
             let mut compares = vec![
                 Compare::create_revision(leader.key.clone(), CompareOp::Equal, leader.revision),
-                Compare::mod_revision(keys::PLACEMENT, CompareOp::Equal, s.map.as_ref().map(|(_, r)| *r).unwrap_or_default()),
+                Compare::mod_revision(
+                    keys::PLACEMENT,
+                    CompareOp::Equal,
+                    s.map.as_ref().map(|(_, r)| *r).unwrap_or_default(),
+                ),
             ];
             let mut ops = Vec::new();
             if let (true, Some(n)) = (write_map, &next) {
@@ -229,14 +265,24 @@ async fn lead(registry: &Arc<dyn Registry>, leader: &Leader, options: &MonitorOp
             if !resp.succeeded {
                 // Someone changed what we read, or we are no longer leader:
                 // the next pass (or term) finds out which.
-                if registry.get(&leader.key).await?.is_none_or(|kv| kv.create_revision != leader.revision) {
+                if registry
+                    .get(&leader.key)
+                    .await?
+                    .is_none_or(|kv| kv.create_revision != leader.revision)
+                {
                     return Err(Error::Deposed);
                 }
                 continue;
             }
             if let (true, Some(n)) = (write_map, &next) {
                 let moved = previous.map(|p| shoal_placement::moves(p, n).len()).unwrap_or(0);
-                tracing::info!(epoch = n.epoch, nodes = s.nodes.len(), moved, rebalance = requested, "placement map written");
+                tracing::info!(
+                    epoch = n.epoch,
+                    nodes = s.nodes.len(),
+                    moved,
+                    rebalance = requested,
+                    "placement map written"
+                );
             }
             // Our own write is a change to wait for; read again.
             continue;
@@ -247,7 +293,11 @@ async fn lead(registry: &Arc<dyn Registry>, leader: &Leader, options: &MonitorOp
 
 /// Waits until something under `nodes/`, `placement` or `rebalance` changes
 /// after `revision`, then lets a burst of changes settle.
-async fn wait_for_change(registry: &Arc<dyn Registry>, revision: Revision, settle: Duration) -> Result<()> {
+async fn wait_for_change(
+    registry: &Arc<dyn Registry>,
+    revision: Revision,
+    settle: Duration,
+) -> Result<()> {
     let from = Revision(revision.0 + 1);
     let mut nodes = registry.watch_prefix(keys::NODES, from).await?;
     let mut placement = registry.watch_prefix(keys::PLACEMENT, from).await?;

@@ -96,7 +96,8 @@ pub async fn execute(
     if req.statements.is_empty() {
         return Err(Error::InvalidInput("\"statements\" is empty".into()).into());
     }
-    match engine(&state)?.write(Command::Execute { base, statements: req.statements, transaction: req.transaction })
+    match engine(&state)?
+        .write(Command::Execute { base, statements: req.statements, transaction: req.transaction })
         .await?
     {
         (index, Output::Executed(results)) => Ok(Json(ExecuteResponse { results, index })),
@@ -163,7 +164,8 @@ pub async fn list_rows(
         return Err(Error::InvalidInput(format!("limit must be between 1 and {max}")).into());
     }
     let offset = p.offset.unwrap_or(0);
-    let rows = engine(&state)?.read(move |s| {
+    let rows = engine(&state)?
+        .read(move |s| {
             let info = s.table(&base, &table)?;
             let stmt =
                 rows::page(&info, limit, offset, p.order_by.as_deref(), p.desc.unwrap_or(false))?;
@@ -179,7 +181,8 @@ pub async fn get_row(
     ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
 ) -> ApiResult<Json<Row>> {
     let base = base_id(&id)?;
-    let row = engine(&state)?.read(move |s| {
+    let row = engine(&state)?
+        .read(move |s| {
             let info = s.table(&base, &table)?;
             let stmt = rows::get(&info, rowid);
             let r = s.query(&base, &stmt.sql, &stmt.params)?;
@@ -219,7 +222,8 @@ async fn write_one_row(
     rowid: i64,
     table: &str,
 ) -> ApiResult<Json<WriteResponse>> {
-    match engine(&state)?.write(Command::Execute { base, statements: vec![statement], transaction: true })
+    match engine(&state)?
+        .write(Command::Execute { base, statements: vec![statement], transaction: true })
         .await?
     {
         (index, Output::Executed(results))

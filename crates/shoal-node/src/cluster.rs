@@ -25,13 +25,18 @@ pub trait Cluster: Send + Sync + 'static {
 }
 
 fn cluster(state: &AppState) -> Result<&Arc<dyn Cluster>> {
-    state.cluster.as_ref().ok_or_else(|| shoal_types::Error::Unavailable("this process has no cluster view".into()))
+    state
+        .cluster
+        .as_ref()
+        .ok_or_else(|| shoal_types::Error::Unavailable("this process has no cluster view".into()))
 }
 
 pub async fn status(State(state): State<Arc<AppState>>) -> ApiResult<Json<ClusterStatus>> {
     Ok(Json(cluster(&state)?.status().await?))
 }
 
-pub async fn rebalance(State(state): State<Arc<AppState>>) -> ApiResult<(StatusCode, Json<RebalanceRequest>)> {
+pub async fn rebalance(
+    State(state): State<Arc<AppState>>,
+) -> ApiResult<(StatusCode, Json<RebalanceRequest>)> {
     Ok((StatusCode::ACCEPTED, Json(cluster(&state)?.request_rebalance().await?)))
 }

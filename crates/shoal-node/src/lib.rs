@@ -73,7 +73,9 @@ pub fn router(state: Arc<AppState>) -> Router {
             );
     }
     if state.cluster.is_some() {
-        v1 = v1.route("/v1/cluster", get(cluster::status)).route("/v1/cluster/rebalance", post(cluster::rebalance));
+        v1 = v1
+            .route("/v1/cluster", get(cluster::status))
+            .route("/v1/cluster/rebalance", post(cluster::rebalance));
     }
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -85,7 +87,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
-            ApiError(Error::Internal("the server failed while handling this request".into())).into_response()
+            ApiError(Error::Internal("the server failed while handling this request".into()))
+                .into_response()
         }))
         .with_state(state)
 }

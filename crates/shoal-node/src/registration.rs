@@ -76,7 +76,8 @@ async fn term(
         registered_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         ..options.info.clone()
     };
-    let value = serde_json::to_vec(&info).map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
+    let value =
+        serde_json::to_vec(&info).map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
     registry.put(&keys::node(&options.node_id), &value, Some(session.lease())).await?;
     tracing::info!(node = %options.node_id, lease = %session.lease(), "node registered");
     assignment.send_modify(|a| a.registered = true);
@@ -95,34 +96,38 @@ async fn follow_map(
 ) -> shoal_registry::Result<()> {
     loop {
         let listing = registry.get_prefix(keys::PLACEMENT).await?;
-        let map = listing
-            .kvs
-            .iter()
-            .find(|kv| kv.key == keys::PLACEMENT)
-            .and_then(|kv| match PlacementMap::decode(&kv.value) {
+        let map = listing.kvs.iter().find(|kv| kv.key == keys::PLACEMENT).and_then(|kv| {
+            match PlacementMap::decode(&kv.value) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot read the placement map");
                     None
                 }
-            });
+            }
+        });
         let report = match &map {
             Some(m) => NodeReport {
                 epoch: m.epoch,
-                buckets: BucketId::all().filter(|b| m.replicas(*b).contains(&options.node_id)).collect(),
+                buckets: BucketId::all()
+                    .filter(|b| m.replicas(*b).contains(&options.node_id))
+                    .collect(),
             },
             None => NodeReport::default(),
         };
-        let value = serde_json::to_vec(&report).map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
+        let value = serde_json::to_vec(&report)
+            .map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
         registry.put(&keys::status(&options.node_id), &value, Some(session.lease())).await?;
-        if assignment.borrow().epoch != report.epoch || assignment.borrow().buckets != report.buckets {
+        if assignment.borrow().epoch != report.epoch
+            || assignment.borrow().buckets != report.buckets
+        {
             tracing::info!(node = %options.node_id, epoch = report.epoch, buckets = report.buckets.len(), "placement reconciled");
         }
         assignment.send_modify(|a| {
             a.epoch = report.epoch;
             a.buckets = report.buckets.clone();
         });
-        let mut watch = registry.watch_prefix(keys::PLACEMENT, Revision(listing.revision.0 + 1)).await?;
+        let mut watch =
+            registry.watch_prefix(keys::PLACEMENT, Revision(listing.revision.0 + 1)).await?;
         match watch.next().await {
             Some(Ok(WatchMessage::Event(_))) | Some(Ok(WatchMessage::Resync { .. })) | None => {}
             Some(Err(e)) => return Err(e),

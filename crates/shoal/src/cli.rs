@@ -265,7 +265,8 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
                 s.replication_factor,
                 if s.rebalance_pending { ", rebalance pending" } else { "" }
             );
-            let header = ["node", "live", "since", "zone", "capacity", "replicas", "hosted", "url"].map(String::from);
+            let header = ["node", "live", "since", "zone", "capacity", "replicas", "hosted", "url"]
+                .map(String::from);
             print_table(
                 &header,
                 s.nodes.iter().map(|n| {
@@ -288,7 +289,10 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
         }
         ClusterCommand::Rebalance { client } => {
             let r = client.client()?.rebalance().await?;
-            println!("rebalance requested at {} (map epoch {}); the active monitor carries it out", r.requested_at, r.epoch);
+            println!(
+                "rebalance requested at {} (map epoch {}); the active monitor carries it out",
+                r.requested_at, r.epoch
+            );
             Ok(())
         }
     }

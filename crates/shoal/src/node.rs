@@ -76,7 +76,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         retry_interval: registry_options.retry_interval,
     };
     let (assignment, _) = watch::channel(Assignment::default());
-    let registration = tokio::spawn(registration::run(registry.clone(), options, assignment, shutdown.clone()));
+    let registration =
+        tokio::spawn(registration::run(registry.clone(), options, assignment, shutdown.clone()));
     serve(listener, &args.http, token, None, registry, shutdown).await?;
     let _ = registration.await;
     tracing::info!("stopped");
@@ -96,7 +97,8 @@ fn check_node_id(id: &str) -> anyhow::Result<NodeId> {
 
 /// Marks the data directory as this node's, and refuses another node's.
 fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
     let marker = dir.join("node_id");
     match std::fs::read_to_string(&marker) {
         Ok(owner) if owner.trim() == node.0 => Ok(()),
@@ -107,7 +109,8 @@ fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<()> {
             node.0
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&marker, format!("{}\n", node.0)).with_context(|| format!("cannot write {}", marker.display()))
+            std::fs::write(&marker, format!("{}\n", node.0))
+                .with_context(|| format!("cannot write {}", marker.display()))
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", marker.display())),
     }

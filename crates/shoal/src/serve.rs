@@ -63,12 +63,19 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let registry_options = args.registry.load()?;
-    if args.max_open_bases == 0 || args.max_result_rows == 0 || args.max_sql_length == 0 || args.http.max_body_size == 0 {
-        anyhow::bail!("--max-open-bases, --max-result-rows, --max-sql-length and --max-body-size must be at least 1");
+    if args.max_open_bases == 0
+        || args.max_result_rows == 0
+        || args.max_sql_length == 0
+        || args.http.max_body_size == 0
+    {
+        anyhow::bail!(
+            "--max-open-bases, --max-result-rows, --max-sql-length and --max-body-size must be at least 1"
+        );
     }
     let dir = (!args.memory).then_some(args.data_dir.as_path());
     if let Some(d) = dir {
-        std::fs::create_dir_all(d).with_context(|| format!("cannot create data directory {}", d.display()))?;
+        std::fs::create_dir_all(d)
+            .with_context(|| format!("cannot create data directory {}", d.display()))?;
     }
     let (token, token_note) = admin_token(&args, dir)?;
     let options = Options {
@@ -114,7 +121,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         retry_interval: registry_options.retry_interval,
     };
     let (assignment, _) = watch::channel(Assignment::default());
-    let registration = tokio::spawn(registration::run(registry.clone(), node, assignment, shutdown.clone()));
+    let registration =
+        tokio::spawn(registration::run(registry.clone(), node, assignment, shutdown.clone()));
     let monitor = MonitorOptions {
         id: format!("{}-monitor", args.node_id),
         url: Some(url),
@@ -126,7 +134,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let monitor = tokio::spawn(shoal_monitor::run(registry.clone(), monitor, shutdown.clone()));
 
-    serve(listener, &args.http, token, Some(Arc::new(Engine::new(store))), registry, shutdown).await?;
+    serve(listener, &args.http, token, Some(Arc::new(Engine::new(store))), registry, shutdown)
+        .await?;
     let _ = tokio::join!(registration, monitor);
     tracing::info!("stopped");
     Ok(())

@@ -56,11 +56,13 @@ pub struct Listener {
 
 /// Binds `listen` and records the bound address in `--addr-file`.
 pub async fn bind(listen: SocketAddr, http: &HttpArgs) -> anyhow::Result<Listener> {
-    let listener =
-        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     if let Some(f) = &http.addr_file {
-        std::fs::write(f, addr.to_string()).with_context(|| format!("cannot write {}", f.display()))?;
+        std::fs::write(f, addr.to_string())
+            .with_context(|| format!("cannot write {}", f.display()))?;
     }
     Ok(Listener { listener, addr })
 }
@@ -75,7 +77,9 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let metrics = PrometheusBuilder::new()
-        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])?
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     let state = Arc::new(AppState {

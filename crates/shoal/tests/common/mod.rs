@@ -212,7 +212,13 @@ impl Process {
     /// Starts `shoal ARGS --listen 127.0.0.1:0 --addr-file DIR/addr` and waits for it to listen.
     pub fn start(dir: &Path, args: &[String]) -> Process {
         std::fs::create_dir_all(dir).expect("process dir");
-        let mut p = Process { dir: dir.to_path_buf(), url: String::new(), args: args.to_vec(), child: None, runs: 0 };
+        let mut p = Process {
+            dir: dir.to_path_buf(),
+            url: String::new(),
+            args: args.to_vec(),
+            child: None,
+            runs: 0,
+        };
         p.spawn();
         p
     }
@@ -221,14 +227,22 @@ impl Process {
         let addr_file = self.dir.join("addr");
         let _ = std::fs::remove_file(&addr_file);
         self.runs += 1;
-        let stdout = std::fs::File::create(self.dir.join(format!("stdout.{}", self.runs))).expect("stdout");
-        let stderr = std::fs::File::create(self.dir.join(format!("stderr.{}", self.runs))).expect("stderr");
+        let stdout =
+            std::fs::File::create(self.dir.join(format!("stdout.{}", self.runs))).expect("stdout");
+        let stderr =
+            std::fs::File::create(self.dir.join(format!("stderr.{}", self.runs))).expect("stderr");
         let mut cmd = Command::new(bin());
         cmd.args(&self.args).args(["--listen", "127.0.0.1:0", "--addr-file"]).arg(&addr_file);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOAL_")) {
             cmd.env_remove(k);
         }
-        let child = cmd.env("SHOAL_LOG", "info").stdin(Stdio::null()).stdout(stdout).stderr(stderr).spawn().expect("spawn");
+        let child = cmd
+            .env("SHOAL_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -239,7 +253,12 @@ impl Process {
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 panic!("shoal {:?} exited with {status}:\n{}", self.args, self.logs());
             }
-            assert!(Instant::now() < deadline, "shoal {:?} did not start:\n{}", self.args, self.logs());
+            assert!(
+                Instant::now() < deadline,
+                "shoal {:?} did not start:\n{}",
+                self.args,
+                self.logs()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -263,7 +282,8 @@ impl Process {
         let mut out = String::new();
         for run in 1..=self.runs {
             for f in ["stdout", "stderr"] {
-                let text = std::fs::read_to_string(self.dir.join(format!("{f}.{run}"))).unwrap_or_default();
+                let text = std::fs::read_to_string(self.dir.join(format!("{f}.{run}")))
+                    .unwrap_or_default();
                 out += &format!("--- {f}.{run}\n{text}\n");
             }
         }
