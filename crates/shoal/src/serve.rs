@@ -51,6 +51,10 @@ pub struct ServeArgs {
     /// stand-in for a time limit, so that every replica stops at the same point).
     #[arg(long, env = "SHOAL_MAX_WRITE_STEPS", default_value_t = 100_000_000)]
     max_write_steps: u64,
+    /// Replicas per bucket for the in-process monitor: 1 alone; raise it when
+    /// this process joins a cluster (every monitor of a cluster must agree).
+    #[arg(long, env = "SHOAL_REPLICATION_FACTOR", default_value_t = 1)]
+    replication_factor: usize,
     /// This process's node id in the registry.
     #[arg(long, env = "SHOAL_NODE_ID", default_value = "standalone")]
     node_id: String,
@@ -126,7 +130,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let monitor = MonitorOptions {
         id: format!("{}-monitor", args.node_id),
         url: Some(url),
-        replication_factor: 1,
+        replication_factor: args.replication_factor,
         topology: Topology::Dynamic,
         session_ttl: registry_options.node_ttl,
         retry_interval: registry_options.retry_interval,
