@@ -125,6 +125,8 @@ async fn term(
     // Hand over at once on a clean stop; after a failure the lease expires.
     if result.is_ok() {
         let _ = election.resign().await;
+        // The election holds the other reference to the session.
+        drop(election);
         if let Ok(s) = Arc::try_unwrap(session) {
             let _ = s.close().await;
         }
