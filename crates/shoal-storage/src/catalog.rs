@@ -43,6 +43,7 @@ impl Catalog {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
+             PRAGMA cache_size = -256;
              CREATE TABLE IF NOT EXISTS bases (
                  id TEXT PRIMARY KEY, name TEXT, created_at TEXT NOT NULL,
                  created_index INTEGER NOT NULL) WITHOUT ROWID;
