@@ -44,6 +44,7 @@ impl Base {
              PRAGMA synchronous = FULL;
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -1024;
+             PRAGMA journal_size_limit = 1048576;
              PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS _shoal_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              INSERT OR IGNORE INTO _shoal_meta (key, value) VALUES ('applied_index', 0);",

@@ -44,6 +44,8 @@ impl Catalog {
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
              PRAGMA cache_size = -256;
+             PRAGMA wal_autocheckpoint = 100;
+             PRAGMA journal_size_limit = 262144;
              CREATE TABLE IF NOT EXISTS bases (
                  id TEXT PRIMARY KEY, name TEXT, created_at TEXT NOT NULL,
                  created_index INTEGER NOT NULL) WITHOUT ROWID;
