@@ -22,17 +22,30 @@
 //! Hence `moves >= max(A, D)`. Both hold for any bounds, so the tests assert the
 //! inequality with zone-constrained bounds too.
 //!
-//! Why it is attained when zones impose no constraint and no bucket has more
-//! than `k` live previous replicas: keep everything, let each node above `hi_i`
-//! drop its excess, and if that frees fewer slots than the underfull nodes
-//! need (`A < D`), let `D - A` nodes sitting at `hi_i > lo_i` drop one more
-//! (there are enough, because `sum lo_i <= R`). Then exactly `max(A, D)` slots
-//! are free and every node is within its bounds after receiving its quota.
-//! Which replicas are dropped is free, and an exchange argument along
-//! alternating paths (a bucket that cannot use a node because it already holds
-//! it swaps slots with one that can) shows the drops can be chosen so that the
-//! freed slots are filled without a further move. `place` solves the problem
-//! exactly, so the tests check equality with `max(A, D)` in that setting.
+//! When it is attained: keep everything, let each node above `hi_i` drop its
+//! excess, and if that frees fewer slots than the underfull nodes need
+//! (`A < D`), let `D - A` nodes sitting at `hi_i > lo_i` drop one more (there
+//! are enough, because `sum lo_i <= R`). Then exactly `max(A, D)` slots are
+//! free and every node is within its bounds after receiving its quota. This
+//! works when the freed slots can be matched to the nodes that need replicas
+//! without putting a node twice in a bucket: always for the growth and
+//! shrinkage of a cluster built by successive joins (3 -> 4 -> 5 -> 4 below),
+//! and for a node that holds few buckets. It fails when nodes are nearly full:
+//! place 5 equal nodes from scratch with rf 3, then remove one. The bound is
+//! 154 (the leaver's replicas), but with 4 nodes every bucket misses exactly
+//! one node and every node must be missing from exactly 64 buckets; the 102
+//! buckets that kept three live replicas already fix which node they miss,
+//! and if one node is missing from more than 64 of them, some of those full
+//! buckets must trade a live replica for it, which costs more copies (179
+//! there).
+//!
+//! So the tests check `moves >= max(A, D)` everywhere, equality in the
+//! scenarios where the bound is attained, and exactness in general with an
+//! optimality certificate, [`assert_no_cheaper_map`]: a map is a cheapest one
+//! (fewest copies among the maps meeting rules 1 and 3) if and only if its
+//! residual flow network has no negative cycle. That is the min-cost flow
+//! optimality theorem, checked by Bellman-Ford on a network the test builds
+//! from the rules and the map, independently of the solver.
 
 #![allow(dead_code)]
 
@@ -110,7 +123,7 @@ pub fn lower_bound(
     let p = previous_counts(previous, nodes);
     let total = BUCKET_COUNT * k;
     let kept_at_most: usize = p.iter().zip(bounds).map(|(p, (_, hi))| (*p).min(*hi)).sum();
-    let a = total - kept_at_most;
+    let a = total.saturating_sub(kept_at_most);
     let d: usize = p.iter().zip(bounds).map(|(p, (lo, _))| lo.saturating_sub(*p)).sum();
     a.max(d)
 }
@@ -158,4 +171,103 @@ pub fn check_rules_1_and_3(
         assert!(b.max <= BUCKET_COUNT);
     }
     (live, k)
+}
+
+/// Checks that no other map meeting rules 1 and 3 needs fewer copies than
+/// `next`, by the optimality condition of min-cost flows: `next`, seen as a
+/// flow in the network of the crate docs, is cheapest if and only if its
+/// residual network has no cycle of negative cost (a negative cycle would be a
+/// set of exchanges, "drop this new replica, keep that old one instead, shift
+/// one unit of balance", that saves a copy). Bellman-Ford looks for one.
+///
+/// The network is rebuilt here from the rules alone (zones, bounds from
+/// `balance_bounds`, cost 1 per replica on a node that did not hold the
+/// bucket before), not taken from the solver.
+pub fn assert_no_cheaper_map(
+    previous: Option<&PlacementMap>,
+    next: &PlacementMap,
+    nodes: &[NodeSpec],
+    rf: usize,
+) {
+    let live = normalise(nodes);
+    let n = live.len();
+    let k = rf.min(n);
+    if k == 0 {
+        return;
+    }
+    let mut zone_names: Vec<&str> = live.iter().map(|l| l.zone.as_str()).collect();
+    zone_names.sort_unstable();
+    zone_names.dedup();
+    let zones = zone_names.len();
+    let zone_of: Vec<usize> =
+        live.iter().map(|l| zone_names.iter().position(|z| *z == l.zone).unwrap()).collect();
+    let bounds = balance_bounds(nodes, rf);
+    let must = (BUCKET_COUNT * k) as i64 + 1;
+
+    let slot = |b: usize, z: usize| BUCKET_COUNT + b * zones + z;
+    let node = |i: usize| BUCKET_COUNT + BUCKET_COUNT * zones + i;
+    let sink = BUCKET_COUNT + BUCKET_COUNT * zones + n;
+    let mut edges: Vec<(usize, usize, i64)> = Vec::new();
+    for b in 0..BUCKET_COUNT {
+        let replicas = &next.buckets[b];
+        for z in 0..zones {
+            let c = (0..n).filter(|&i| zone_of[i] == z && replicas.contains(&live[i].id)).count();
+            if k >= zones {
+                // 1 unit at -must (always used: rule 1), k - 1 more at 0.
+                edges.push((slot(b, z), b, must));
+                if c < k {
+                    edges.push((b, slot(b, z), 0));
+                }
+                if c > 1 {
+                    edges.push((slot(b, z), b, 0));
+                }
+            } else if c == 0 {
+                edges.push((b, slot(b, z), 0));
+            } else {
+                edges.push((slot(b, z), b, 0));
+            }
+        }
+        for i in 0..n {
+            let before = previous.is_some_and(|p| p.buckets[b].contains(&live[i].id));
+            let cost = if before { 0 } else { 1 };
+            if replicas.contains(&live[i].id) {
+                edges.push((node(i), slot(b, zone_of[i]), -cost));
+            } else {
+                edges.push((slot(b, zone_of[i]), node(i), cost));
+            }
+        }
+    }
+    let counts = next.replica_counts();
+    for (i, l) in live.iter().enumerate() {
+        let x = counts.get(&l.id).copied().unwrap_or(0);
+        let (lo, hi) = (bounds[&l.id].min, bounds[&l.id].max);
+        if lo > 0 {
+            edges.push((sink, node(i), must));
+        }
+        if x < hi {
+            edges.push((node(i), sink, 0));
+        }
+        if x > lo {
+            edges.push((sink, node(i), 0));
+        }
+    }
+
+    // Bellman-Ford from a virtual source joined to every vertex at cost 0.
+    let mut dist = vec![0i64; sink + 1];
+    for round in 0..=sink + 1 {
+        let mut changed = false;
+        for &(u, v, c) in &edges {
+            if dist[u] + c < dist[v] {
+                dist[v] = dist[u] + c;
+                changed = true;
+            }
+        }
+        if !changed {
+            return;
+        }
+        assert!(
+            round <= sink,
+            "a negative cycle: another map meets rules 1 and 3 with fewer copies"
+        );
+    }
 }
