@@ -1,5 +1,5 @@
 //! Hand-picked placements: growth and shrinkage of a small cluster, edge
-//! cases of the input, determinism, zones and the helper functions.
+//! cases of the input, determinism, zones, `moves` and `under_replicated`.
 
 mod common;
 
@@ -272,4 +272,48 @@ fn nearly_full_nodes_cost_more_than_the_simple_bound() {
     println!("5 -> 4 nodes from a fresh map: {copies} copies, simple bound {bound}");
     assert_eq!(bound, m5.replica_counts()[&NodeId("node-1".into())]);
     assert!(copies >= bound);
+}
+
+#[test]
+#[should_panic(expected = "a negative cycle")]
+fn the_certificate_catches_a_wasteful_map() {
+    // Make a cheapest map worse: exchange two replicas between two buckets so
+    // that both become copies. Counts and zones are unchanged, so only the
+    // certificate can object.
+    let m4 = place(None, &equal_nodes(4), 3, Topology::Dynamic);
+    let five = equal_nodes(5);
+    let mut m5 = place(Some(&m4), &five, 3, Topology::Dynamic);
+    let has = |map: &PlacementMap, b: usize, n: &NodeId| map.buckets[b].contains(n);
+    let mut found = None;
+    'search: for x in five.iter().map(|n| &n.id) {
+        for y in five.iter().map(|n| &n.id) {
+            for bx in 0..256 {
+                for by in 0..256 {
+                    if has(&m5, bx, x)
+                        && !has(&m5, bx, y)
+                        && !has(&m4, bx, y)
+                        && has(&m5, by, y)
+                        && !has(&m5, by, x)
+                        && !has(&m4, by, x)
+                    {
+                        found = Some((x.clone(), y.clone(), bx, by));
+                        break 'search;
+                    }
+                }
+            }
+        }
+    }
+    let (x, y, bx, by) = found.expect("two buckets to exchange");
+    for r in &mut m5.buckets[bx] {
+        if *r == x {
+            *r = y.clone();
+        }
+    }
+    for r in &mut m5.buckets[by] {
+        if *r == y {
+            *r = x.clone();
+        }
+    }
+    check_rules_1_and_3(&m5, &five, 3);
+    assert_no_cheaper_map(Some(&m4), &m5, &five, 3);
 }

@@ -28,9 +28,8 @@
 //! are enough, because `sum lo_i <= R`). Then exactly `max(A, D)` slots are
 //! free and every node is within its bounds after receiving its quota. This
 //! works when the freed slots can be matched to the nodes that need replicas
-//! without putting a node twice in a bucket: always for the growth and
-//! shrinkage of a cluster built by successive joins (3 -> 4 -> 5 -> 4 below),
-//! and for a node that holds few buckets. It fails when nodes are nearly full:
+//! without putting a node twice in a bucket, as in the 3 -> 4 -> 5 -> 4
+//! scenario. It can fail when nodes are nearly full:
 //! place 5 equal nodes from scratch with rf 3, then remove one. The bound is
 //! 154 (the leaver's replicas), but with 4 nodes every bucket misses exactly
 //! one node and every node must be missing from exactly 64 buckets; the 102
