@@ -1,20 +1,23 @@
-//! A small min-cost flow solver: successive shortest paths with Dijkstra on
-//! reduced costs.
+//! A small min-cost flow solver: the primal-dual method, Dijkstra on reduced
+//! costs to find the current cheapest path cost, then Dinic's blocking flow
+//! over all edges of zero reduced cost to send every unit that can go at that
+//! cost.
 //!
 //! The placement network is layered (source, buckets, zone slots, nodes,
 //! sink) and every edge points from a lower-numbered vertex to a higher one,
 //! so the initial potentials (needed because some costs are negative) come
-//! from a single pass in vertex order. Each augmentation sends one unit along a
-//! cheapest path; Dijkstra stops as soon as the sink is settled, and the
-//! potentials of unsettled vertices are raised by the sink's distance, which
-//! keeps every reduced cost non-negative.
+//! from a single pass in vertex order. Dijkstra stops as soon as the sink is
+//! settled, and the potentials of unsettled vertices are raised by the sink's
+//! distance, which keeps every reduced cost non-negative; a source-sink path
+//! made only of zero-reduced-cost edges is then a cheapest path. Costs in the
+//! placement network take few distinct values, so there are few phases.
 //!
 //! Ties are broken by vertex number (the heap orders by `(distance, vertex)`)
 //! and edges are scanned in insertion order, so the result depends only on the
 //! graph as built.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 
 /// A directed graph with capacities and costs, and the flow on it.
 pub(crate) struct Network {
@@ -60,12 +63,35 @@ impl Network {
     /// vertex) at minimum cost. Returns the amount sent.
     pub fn min_cost_flow(&mut self, amount: i64) -> i64 {
         let n = self.adjacency.len();
-        let (source, sink) = (0, n - 1);
-        const UNREACHED: i64 = i64::MAX / 4;
+        let mut potential = self.initial_potentials();
+        let mut sent = 0;
+        while sent < amount {
+            if !self.shortest_paths(&mut potential) {
+                break;
+            }
+            // Every source-sink path of zero reduced cost is now a cheapest one:
+            // saturate them all before the next Dijkstra.
+            loop {
+                let level = self.levels(&potential);
+                if level[n - 1] == usize::MAX {
+                    break;
+                }
+                let pushed = self.blocking_flow(&potential, level, amount - sent);
+                sent += pushed;
+                if pushed == 0 || sent == amount {
+                    break;
+                }
+            }
+        }
+        sent
+    }
 
-        // Initial potentials: shortest distances in the DAG of forward edges.
+    /// Shortest distances from the source over forward edges, in vertex order
+    /// (a topological order, since edges go from lower to higher vertices).
+    fn initial_potentials(&self) -> Vec<i64> {
+        let n = self.adjacency.len();
         let mut potential = vec![UNREACHED; n];
-        potential[source] = 0;
+        potential[0] = 0;
         for v in 0..n {
             if potential[v] == UNREACHED {
                 continue;
@@ -82,67 +108,130 @@ impl Network {
                 *p = 0; // unreachable vertices never take part
             }
         }
+        potential
+    }
 
-        let mut sent = 0;
+    /// The reduced cost of edge `e` under `potential`.
+    fn reduced(&self, e: usize, potential: &[i64]) -> i64 {
+        self.cost[e] + potential[self.to[e ^ 1]] - potential[self.to[e]]
+    }
+
+    /// Dijkstra on reduced costs from the source, stopping once the sink is
+    /// settled, then raises the potentials by the distances (unsettled
+    /// vertices by the sink's). Returns whether the sink is reachable.
+    fn shortest_paths(&self, potential: &mut [i64]) -> bool {
+        let n = self.adjacency.len();
+        let sink = n - 1;
         let mut dist = vec![UNREACHED; n];
         let mut settled = vec![false; n];
-        let mut via = vec![usize::MAX; n];
         let mut heap = BinaryHeap::new();
-        while sent < amount {
-            dist.fill(UNREACHED);
-            settled.fill(false);
-            heap.clear();
-            dist[source] = 0;
-            heap.push(Reverse((0, source)));
-            while let Some(Reverse((d, v))) = heap.pop() {
-                if settled[v] {
-                    continue;
-                }
-                settled[v] = true;
-                if v == sink {
-                    break;
-                }
-                for &e in &self.adjacency[v] {
-                    if self.capacity[e] <= 0 {
-                        continue;
-                    }
-                    let w = self.to[e];
-                    let reduced = self.cost[e] + potential[v] - potential[w];
-                    let candidate = d + reduced;
-                    if !settled[w] && candidate < dist[w] {
-                        dist[w] = candidate;
-                        via[w] = e;
-                        heap.push(Reverse((candidate, w)));
-                    }
-                }
+        dist[0] = 0;
+        heap.push(Reverse((0, 0)));
+        while let Some(Reverse((d, v))) = heap.pop() {
+            if settled[v] {
+                continue;
             }
-            if !settled[sink] {
+            settled[v] = true;
+            if v == sink {
                 break;
             }
-            let reach = dist[sink];
-            for v in 0..n {
-                potential[v] += if settled[v] { dist[v] } else { reach };
+            for &e in &self.adjacency[v] {
+                let w = self.to[e];
+                if self.capacity[e] <= 0 || settled[w] {
+                    continue;
+                }
+                let candidate = d + self.reduced(e, potential);
+                if candidate < dist[w] {
+                    dist[w] = candidate;
+                    heap.push(Reverse((candidate, w)));
+                }
             }
-            // Bottleneck along the path, then push.
-            let mut push = amount - sent;
-            let mut v = sink;
-            while v != source {
-                let e = via[v];
-                push = push.min(self.capacity[e]);
-                v = self.to[e ^ 1];
-            }
-            let mut v = sink;
-            while v != source {
-                let e = via[v];
-                self.capacity[e] -= push;
-                self.capacity[e ^ 1] += push;
-                v = self.to[e ^ 1];
-            }
-            sent += push;
         }
-        sent
+        if !settled[sink] {
+            return false;
+        }
+        let reach = dist[sink];
+        for v in 0..n {
+            potential[v] += if settled[v] { dist[v] } else { reach };
+        }
+        true
+    }
+
+    /// Breadth-first levels from the source over admissible edges (residual
+    /// capacity and zero reduced cost); `usize::MAX` where unreached.
+    fn levels(&self, potential: &[i64]) -> Vec<usize> {
+        let n = self.adjacency.len();
+        let mut level = vec![usize::MAX; n];
+        let mut queue = VecDeque::new();
+        level[0] = 0;
+        queue.push_back(0);
+        while let Some(v) = queue.pop_front() {
+            for &e in &self.adjacency[v] {
+                let w = self.to[e];
+                if level[w] == usize::MAX && self.capacity[e] > 0 && self.reduced(e, potential) == 0
+                {
+                    level[w] = level[v] + 1;
+                    queue.push_back(w);
+                }
+            }
+        }
+        level
+    }
+
+    /// Pushes up to `limit` units along admissible edges that climb one
+    /// level at a time (Dinic's blocking flow, with an explicit stack).
+    fn blocking_flow(&mut self, potential: &[i64], mut level: Vec<usize>, limit: i64) -> i64 {
+        let n = self.adjacency.len();
+        let sink = n - 1;
+        let mut next_arc = vec![0; n];
+        let mut path: Vec<usize> = Vec::new();
+        let mut pushed = 0;
+        let mut v = 0;
+        while pushed < limit {
+            if v == sink {
+                let push = path.iter().map(|&e| self.capacity[e]).fold(limit - pushed, i64::min);
+                for &e in &path {
+                    self.capacity[e] -= push;
+                    self.capacity[e ^ 1] += push;
+                }
+                pushed += push;
+                path.clear();
+                v = 0;
+                continue;
+            }
+            let mut advanced = false;
+            while next_arc[v] < self.adjacency[v].len() {
+                let e = self.adjacency[v][next_arc[v]];
+                let w = self.to[e];
+                if self.capacity[e] > 0
+                    && level[w] == level[v].wrapping_add(1)
+                    && self.reduced(e, potential) == 0
+                {
+                    path.push(e);
+                    v = w;
+                    advanced = true;
+                    break;
+                }
+                next_arc[v] += 1;
+            }
+            if !advanced {
+                // Dead end: never enter `v` again in this phase.
+                level[v] = usize::MAX;
+                match path.pop() {
+                    Some(e) => {
+                        v = self.to[e ^ 1];
+                        next_arc[v] += 1;
+                    }
+                    None => break,
+                }
+            }
+        }
+        pushed
     }
 }
+
+/// A distance larger than any path cost, yet safe to add to.
+const UNREACHED: i64 = i64::MAX / 4;
 
 #[cfg(test)]
 mod tests {

@@ -38,11 +38,12 @@
 //! capacity-weighted one. Both rules stay exact (within one replica of the
 //! constrained ideal; exactly `min(k, Z)` zones per bucket).
 //!
-//! Rule 4 is exact in every case: it is the optimum of the flow problem below.
-//! What is not always available with zones is a simple closed-form lower
-//! bound to check it against: the tests check equality with the closed form
-//! when zones impose no constraint (one zone, or one node per zone) and the
-//! inequality otherwise.
+//! Rule 4 is exact in every case, zones included: it is the optimum of the
+//! flow problem below. The simple lower bound on copies (replicas lost or
+//! missing plus the excess of overfull nodes, or the deficits of underfull
+//! ones, whichever is larger) is not always attained, because a node cannot
+//! hold a bucket twice; `docs/placement.md` has an example and explains how
+//! the tests prove minimality case by case.
 //!
 //! # Algorithm
 //!

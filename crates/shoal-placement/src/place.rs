@@ -104,11 +104,11 @@ fn assign(previous: Option<&PlacementMap>, cluster: &Cluster) -> Vec<Vec<NodeId>
     if let Some(prev) = previous {
         for (b, replicas) in prev.buckets.iter().take(BUCKET_COUNT).enumerate() {
             for id in replicas {
-                if let Some(&i) = index.get(id) {
-                    if !held[b * n + i] {
-                        held[b * n + i] = true;
-                        kept_order[b].push(i);
-                    }
+                if let Some(&i) = index.get(id)
+                    && !held[b * n + i]
+                {
+                    held[b * n + i] = true;
+                    kept_order[b].push(i);
                 }
             }
         }
