@@ -222,7 +222,7 @@ async fn write_one_row(
     rowid: i64,
     table: &str,
 ) -> ApiResult<Json<WriteResponse>> {
-    match engine(&state)?
+    match engine(state)?
         .write(Command::Execute { base, statements: vec![statement], transaction: true })
         .await?
     {
