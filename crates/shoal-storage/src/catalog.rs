@@ -43,7 +43,7 @@ impl Catalog {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
-             PRAGMA cache_size = -256;
+             PRAGMA cache_size = -64;
              PRAGMA wal_autocheckpoint = 100;
              PRAGMA journal_size_limit = 262144;
              CREATE TABLE IF NOT EXISTS bases (
