@@ -208,9 +208,67 @@ impl Base {
         Ok(TableInfo { name, columns })
     }
 
+    /// A SHA-256 of the base's user content: every user object's schema and
+    /// every row of every table, in a canonical order. Equal on replicas that
+    /// hold the same data.
+    pub fn checksum(&mut self) -> Result<String> {
+        use sha2::Digest as _;
+        self.guard.leave();
+        let mut h = sha2::Sha256::new();
+        let objects: Vec<(String, String, String)> = {
+            let mut stmt = self
+                .conn
+                .prepare(
+                    "SELECT type, name, coalesce(sql, '') FROM sqlite_schema
+                     WHERE name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_shoal\\_%' ESCAPE '\\'
+                     ORDER BY type, name",
+                )
+                .map_err(map_sqlite_error)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .map_err(map_sqlite_error)?;
+            rows.collect::<rusqlite::Result<_>>().map_err(map_sqlite_error)?
+        };
+        for (kind, name, sql) in &objects {
+            for part in [kind, name, sql] {
+                h.update((part.len() as u64).to_le_bytes());
+                h.update(part.as_bytes());
+            }
+            if kind != "table" || sql.to_ascii_uppercase().starts_with("CREATE VIRTUAL") {
+                continue;
+            }
+            // Every row in primary-key order (rowid, or the key of a
+            // WITHOUT ROWID table, which is what a bare scan follows).
+            let without_rowid = sql.to_ascii_uppercase().contains("WITHOUT ROWID");
+            let order = if without_rowid { "" } else { " ORDER BY rowid" };
+            let mut stmt = self
+                .conn
+                .prepare(&format!("SELECT * FROM {}{order}", crate::rows::quote(name)))
+                .map_err(map_sqlite_error)?;
+            let n = stmt.column_count();
+            let mut rows = stmt.raw_query();
+            while let Some(row) = rows.next().map_err(map_sqlite_error)? {
+                for i in 0..n {
+                    let v = sql_to_json(row.get_ref(i).map_err(map_sqlite_error)?).to_string();
+                    h.update((v.len() as u64).to_le_bytes());
+                    h.update(v.as_bytes());
+                }
+            }
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// Copies this base into a new file at `dest` with SQLite's online backup.
     pub fn backup_to(&self, dest: &Path) -> Result<()> {
         self.conn.backup("main", dest, None).map_err(map_sqlite_error)
+    }
+
+    /// Replaces this base's content with the database file at `src`.
+    pub fn restore_from(&mut self, src: &Path) -> Result<()> {
+        self.guard.leave();
+        self.conn
+            .restore("main", src, None::<fn(rusqlite::backup::Progress)>)
+            .map_err(map_sqlite_error)
     }
 }
 

@@ -147,6 +147,34 @@ impl Catalog {
         rows.collect::<rusqlite::Result<_>>().map_err(map_sqlite_error)
     }
 
+    /// Every base of this bucket, in id order.
+    pub fn all_ids(&self) -> Result<Vec<BaseId>> {
+        let mut stmt =
+            self.conn.prepare("SELECT id FROM bases ORDER BY id").map_err(map_sqlite_error)?;
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(map_sqlite_error)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(map_sqlite_error)?;
+        ids.iter()
+            .map(|s| {
+                s.parse().map_err(|_| Error::InvalidData(format!("bad base id {s:?} in a catalog")))
+            })
+            .collect()
+    }
+
+    /// Copies the catalog into a new file at `dest` with SQLite's online backup.
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        self.conn.backup("main", dest, None).map_err(map_sqlite_error)
+    }
+
+    /// Replaces the catalog's content with the database file at `src`.
+    pub fn restore_from(&mut self, src: &Path) -> Result<()> {
+        self.conn
+            .restore("main", src, None::<fn(rusqlite::backup::Progress)>)
+            .map_err(map_sqlite_error)
+    }
+
     /// The highest log index this bucket's local log has reserved.
     pub fn reserved_index(&self) -> Result<u64> {
         meta(&self.conn, "reserved_index")

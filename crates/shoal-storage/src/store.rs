@@ -55,6 +55,9 @@ pub struct Store {
     options: Options,
     open: Mutex<LruCache<BaseId, Arc<Mutex<Base>>>>,
     catalogs: Mutex<Vec<Option<Arc<Mutex<Catalog>>>>>,
+    /// Held by every apply and for a whole snapshot or restore of the
+    /// bucket, so a snapshot is one consistent point of the bucket.
+    buckets: Vec<Mutex<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,6 +84,7 @@ impl Store {
             options,
             open: Mutex::new(open),
             catalogs: Mutex::new(vec![None; BUCKET_COUNT]),
+            buckets: (0..BUCKET_COUNT).map(|_| Mutex::new(())).collect(),
         })
     }
 
@@ -156,6 +160,7 @@ impl Store {
     /// Applies a command at log `index`. Commands of one bucket must be
     /// applied one at a time, in index order.
     pub fn apply(&self, index: u64, command: &Command) -> Result<Output> {
+        let _bucket = lock(&self.buckets[command.base().bucket().0 as usize]);
         match command {
             Command::CreateBase { id, name, created_at } => {
                 if name.as_ref().is_some_and(|n| n.len() > 1024) {
@@ -203,6 +208,91 @@ impl Store {
                 Ok(if results.is_empty() { Output::Replayed } else { Output::Executed(results) })
             }
         }
+    }
+
+    /// Writes a consistent copy of a bucket (its catalog and every base
+    /// file) into `dir`, with SQLite's online backup. Applies to the bucket
+    /// wait meanwhile.
+    pub fn snapshot_bucket(&self, bucket: BucketId, dir: &Path) -> Result<()> {
+        let _bucket = lock(&self.buckets[bucket.0 as usize]);
+        let ids = self.with_catalog(bucket, |c| {
+            c.backup_to(&dir.join("catalog.db"))?;
+            c.all_ids()
+        })?;
+        for id in ids {
+            let dest = dir.join(format!("{id}.db"));
+            match self.base_path(&id) {
+                // On disk, a second connection reads the base (WAL readers do
+                // not block), without churning the cache of open bases. A base
+                // never used has no file; it is made on first use there too.
+                Some(path) if path.exists() => {
+                    let conn = rusqlite::Connection::open_with_flags(
+                        &path,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    )
+                    .map_err(crate::map_sqlite_error)?;
+                    conn.backup("main", &dest, None).map_err(crate::map_sqlite_error)?;
+                }
+                Some(_) => {}
+                None => {
+                    let base = self.base(&id)?;
+                    lock(&base).backup_to(&dest)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces a bucket with the copy in `dir` made by [`Store::snapshot_bucket`].
+    pub fn restore_bucket(&self, bucket: BucketId, dir: &Path) -> Result<()> {
+        let _bucket = lock(&self.buckets[bucket.0 as usize]);
+        {
+            let mut open = lock(&self.open);
+            let ids: Vec<BaseId> =
+                open.iter().map(|(id, _)| *id).filter(|id| id.bucket() == bucket).collect();
+            for id in ids {
+                open.pop(&id);
+            }
+        }
+        lock(&self.catalogs)[bucket.0 as usize] = None;
+        let files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "db"))
+            .collect();
+        match self.bucket_dir(bucket) {
+            Some(bucket_dir) => {
+                if bucket_dir.exists() {
+                    std::fs::remove_dir_all(&bucket_dir)?;
+                }
+                std::fs::create_dir_all(&bucket_dir)?;
+                for f in &files {
+                    if let Some(name) = f.file_name() {
+                        std::fs::copy(f, bucket_dir.join(name))?;
+                    }
+                }
+            }
+            None => {
+                let mut catalog = Catalog::open(None)?;
+                let catalog_file = dir.join("catalog.db");
+                if catalog_file.exists() {
+                    catalog.restore_from(&catalog_file)?;
+                }
+                lock(&self.catalogs)[bucket.0 as usize] = Some(Arc::new(Mutex::new(catalog)));
+                for f in files.iter().filter(|f| f.file_name().is_some_and(|n| n != "catalog.db")) {
+                    let Some(id) = f
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .and_then(|s| s.parse::<BaseId>().ok())
+                    else {
+                        continue;
+                    };
+                    let mut base = Base::open(None)?;
+                    base.restore_from(f)?;
+                    lock(&self.open).put(id, Arc::new(Mutex::new(base)));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn remove_files(&self, id: &BaseId) -> Result<()> {
@@ -260,6 +350,13 @@ impl Store {
         let b = self.base(id)?;
         let mut b = lock(&b);
         b.query(sql, params, &self.options)
+    }
+
+    /// A checksum of a base's content (see [`Base::checksum`]).
+    pub fn checksum(&self, id: &BaseId) -> Result<String> {
+        let b = self.base(id)?;
+        let mut b = lock(&b);
+        b.checksum()
     }
 
     /// The user tables of a base.
@@ -391,6 +488,64 @@ mod tests {
         };
         assert_eq!(store.apply(250, &old).unwrap(), Output::Replayed);
         assert!(store.tables(&victim).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bucket_snapshots_restore_on_disk_and_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(&dir.path().join("a")), Options::default()).unwrap();
+        // Three bases in one bucket: one written, one only created, one dropped.
+        let id = |n: u8| -> BaseId {
+            format!("7f0000{n:02x}-0000-4000-8000-000000000000").parse().unwrap()
+        };
+        let (written, empty, dropped) = (id(1), id(2), id(3));
+        let mut index = 0;
+        for c in [
+            create(written),
+            table(written),
+            insert(written, 42),
+            create(empty),
+            create(dropped),
+            table(dropped),
+        ] {
+            index += 1;
+            store.apply(index, &c).unwrap();
+        }
+        store.apply(index + 1, &Command::DropBase { id: dropped }).unwrap();
+        let sum = store.checksum(&written).unwrap();
+        let snap = dir.path().join("snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        store.snapshot_bucket(written.bucket(), &snap).unwrap();
+
+        for target in [Some(dir.path().join("b")), None] {
+            let other = Store::open(target.as_deref(), Options::default()).unwrap();
+            // Something to be replaced.
+            other.apply(1, &create(id(9))).unwrap();
+            other.restore_bucket(written.bucket(), &snap).unwrap();
+            assert_eq!(other.checksum(&written).unwrap(), sum);
+            assert_eq!(other.tables(&empty).unwrap(), vec![]);
+            assert!(matches!(other.get_base(&dropped), Err(Error::NotFound(_))));
+            assert!(matches!(other.get_base(&id(9)), Err(Error::NotFound(_))));
+            // It carries on from there: replays are skipped, new commands apply.
+            assert_eq!(other.apply(3, &insert(written, 42)).unwrap(), Output::Replayed);
+            other.apply(index + 2, &insert(written, 43)).unwrap();
+            assert_ne!(other.checksum(&written).unwrap(), sum);
+        }
+    }
+
+    #[test]
+    fn checksums_follow_content() {
+        let store = Store::open(None, Options::default()).unwrap();
+        let (a, b) = (BaseId::random(), BaseId::random());
+        for (i, c) in [create(a), table(a), insert(a, 1), create(b), table(b), insert(b, 1)]
+            .into_iter()
+            .enumerate()
+        {
+            store.apply(i as u64 + 1, &c).unwrap();
+        }
+        assert_eq!(store.checksum(&a).unwrap(), store.checksum(&b).unwrap());
+        store.apply(10, &insert(b, 2)).unwrap();
+        assert_ne!(store.checksum(&a).unwrap(), store.checksum(&b).unwrap());
     }
 
     #[test]
