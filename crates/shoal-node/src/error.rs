@@ -28,7 +28,8 @@ pub fn status(e: &Error) -> StatusCode {
         Error::Conflict(_) => StatusCode::CONFLICT,
         Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Constraint(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::NotLeader { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
         Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         Error::Io(_) | Error::InvalidData(_) | Error::Internal(_) => {
             StatusCode::INTERNAL_SERVER_ERROR

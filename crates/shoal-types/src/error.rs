@@ -42,6 +42,24 @@ pub enum Error {
     /// No or a wrong bearer token.
     #[error("{0}")]
     Unauthorized(String),
+    /// This node does not lead the base's bucket: send the request to the
+    /// leader (its URL, when known).
+    #[error("{message}")]
+    NotLeader {
+        /// What happened.
+        message: String,
+        /// The leader's URL, if known.
+        leader: Option<String>,
+    },
+    /// This node holds no replica of the base's bucket; the bucket lives on
+    /// the nodes at `replicas`.
+    #[error("{message}")]
+    Misdirected {
+        /// What happened.
+        message: String,
+        /// URLs of the nodes that hold the bucket.
+        replicas: Vec<String>,
+    },
     /// The server cannot serve this now; retrying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -73,6 +91,8 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::Unauthorized(_) => "unauthorized",
+            Error::NotLeader { .. } => "not_leader",
+            Error::Misdirected { .. } => "misdirected",
             Error::Unavailable(_) => "unavailable",
             Error::Timeout(_) => "timeout",
             Error::Io(_) => "io",
@@ -105,7 +125,7 @@ impl Error {
 
     /// Whether retrying the same request later may succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Timeout(_))
+        matches!(self, Error::Unavailable(_) | Error::Timeout(_) | Error::NotLeader { .. })
     }
 
     /// Whether every replica applying the same command hits the same error.
@@ -118,13 +138,25 @@ impl Error {
                 | Error::Internal(_)
                 | Error::Unavailable(_)
                 | Error::Timeout(_)
+                | Error::NotLeader { .. }
+                | Error::Misdirected { .. }
         )
     }
 
     /// The wire form of this error.
     pub fn to_body(&self) -> ErrorBody {
+        let (leader, replicas) = match self {
+            Error::NotLeader { leader, .. } => (leader.clone(), Vec::new()),
+            Error::Misdirected { replicas, .. } => (None, replicas.clone()),
+            _ => (None, Vec::new()),
+        };
         ErrorBody {
-            error: ErrorDetail { code: self.code().to_string(), message: self.to_string() },
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message: self.to_string(),
+                leader,
+                replicas,
+            },
         }
     }
 }
@@ -149,11 +181,25 @@ pub struct ErrorDetail {
     pub code: String,
     /// A message for humans.
     pub message: String,
+    /// With `not_leader`: the leader's URL, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// With `misdirected`: the URLs of the nodes that hold the bucket.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
 }
 
 impl From<ErrorBody> for Error {
     fn from(body: ErrorBody) -> Self {
-        Error::from_code(&body.error.code, body.error.message)
+        match body.error.code.as_str() {
+            "not_leader" => {
+                Error::NotLeader { message: body.error.message, leader: body.error.leader }
+            }
+            "misdirected" => {
+                Error::Misdirected { message: body.error.message, replicas: body.error.replicas }
+            }
+            code => Error::from_code(code, body.error.message),
+        }
     }
 }
 
@@ -181,5 +227,24 @@ mod tests {
             assert_eq!(Error::from_code(e.code(), "a".into()), e);
         }
         assert!(matches!(Error::from_code("whatever", "x".into()), Error::Internal(_)));
+    }
+
+    #[test]
+    fn routing_errors_carry_where_to_go() {
+        let e = Error::NotLeader {
+            message: "not the leader".into(),
+            leader: Some("http://n2:7070".into()),
+        };
+        let body = serde_json::to_value(e.to_body()).unwrap();
+        assert_eq!(body["error"]["leader"], "http://n2:7070");
+        assert_eq!(Error::from(serde_json::from_value::<ErrorBody>(body).unwrap()), e);
+        let e = Error::Misdirected {
+            message: "elsewhere".into(),
+            replicas: vec!["http://n3:7070".into()],
+        };
+        assert_eq!(Error::from(e.to_body()), e);
+        // Other errors carry neither field.
+        let body = serde_json::to_string(&Error::NotFound("x".into()).to_body()).unwrap();
+        assert!(!body.contains("leader") && !body.contains("replicas"), "{body}");
     }
 }

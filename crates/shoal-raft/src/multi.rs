@@ -1,0 +1,301 @@
+//! Many Raft groups in one node: [`MultiRaft`] opens the groups of the
+//! buckets the node holds, routes the network's messages to them, and gives
+//! the node one place to write, read and change membership.
+//!
+//! Settings follow what was measured for openraft 0.9 with 256 groups per
+//! node (DESIGN.md): heartbeat 250 ms, election timeout 750–1500 ms. Two
+//! node-level mechanisms make up for what 0.9 lacks:
+//! - when the connection to a peer fails (a killed process resets its
+//!   sockets at once), the groups that peer led campaign at once instead of
+//!   waiting out the leader lease;
+//! - groups are created lazily and removed when their replica moves away.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+
+use crate::log_store::LogStore;
+use crate::network::{Dispatch, Network};
+use crate::state_machine::GroupStateMachine;
+use crate::{Raft, RaftNodeId, Request, StateMachine};
+
+/// How the groups run. Every duration is configurable so tests can shorten them.
+#[derive(Clone, Debug)]
+pub struct MultiRaftOptions {
+    /// Leader heartbeat interval; also openraft's AppendEntries timeout.
+    pub heartbeat: Duration,
+    /// Lower bound of the election timeout.
+    pub election_min: Duration,
+    /// Upper bound of the election timeout.
+    pub election_max: Duration,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_every: u64,
+    /// Log entries kept after a snapshot, so slightly lagging followers catch
+    /// up from the log instead of a snapshot.
+    pub keep_logs: u64,
+    /// Where snapshots live (one directory per group).
+    pub snapshot_dir: PathBuf,
+}
+
+impl MultiRaftOptions {
+    /// Defaults under `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
+        MultiRaftOptions {
+            heartbeat: Duration::from_millis(250),
+            election_min: Duration::from_millis(750),
+            election_max: Duration::from_millis(1500),
+            snapshot_every: 5000,
+            keep_logs: 1000,
+            snapshot_dir: data_dir.join("snapshots"),
+        }
+    }
+}
+
+/// Why a write or a read did not happen here.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// This node holds no replica of the group.
+    #[error("this node holds no replica of group {0:02x}")]
+    NotHosted(u8),
+    /// Another node leads the group (if known: its id and address).
+    #[error("not the leader of group {group:02x}")]
+    NotLeader {
+        /// The group.
+        group: u8,
+        /// The leader, if known.
+        leader: Option<(RaftNodeId, BasicNode)>,
+    },
+    /// The group cannot serve now (no quorum, shutting down); retry.
+    #[error("group {group:02x} is unavailable: {reason}")]
+    Unavailable {
+        /// The group.
+        group: u8,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Builds the state machine of a group.
+pub type StateMachineFactory = Arc<dyn Fn(u8) -> Arc<dyn StateMachine> + Send + Sync>;
+
+/// The groups of one node.
+pub struct MultiRaft {
+    id: RaftNodeId,
+    config: Arc<Config>,
+    options: MultiRaftOptions,
+    log_store: LogStore,
+    network: Network,
+    factory: StateMachineFactory,
+    groups: RwLock<BTreeMap<u8, Raft>>,
+    /// Serializes opening and closing groups.
+    lifecycle: tokio::sync::Mutex<()>,
+}
+
+impl MultiRaft {
+    /// Starts the manager and reopens every group the log store has state for.
+    pub async fn start(
+        id: RaftNodeId,
+        log_store: LogStore,
+        network: Network,
+        factory: StateMachineFactory,
+        options: MultiRaftOptions,
+    ) -> Result<Arc<MultiRaft>, String> {
+        let config = Config {
+            heartbeat_interval: options.heartbeat.as_millis() as u64,
+            election_timeout_min: options.election_min.as_millis() as u64,
+            election_timeout_max: options.election_max.as_millis() as u64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(options.snapshot_every),
+            max_in_snapshot_log_to_keep: options.keep_logs,
+            ..Config::default()
+        };
+        let config = Arc::new(config.validate().map_err(|e| format!("invalid raft settings: {e}"))?);
+        std::fs::create_dir_all(&options.snapshot_dir).map_err(|e| e.to_string())?;
+        let multi = Arc::new(MultiRaft {
+            id,
+            config,
+            options,
+            log_store,
+            network,
+            factory,
+            groups: RwLock::new(BTreeMap::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+        });
+        for group in multi.log_store.groups().map_err(|e| e.to_string())? {
+            multi.open(group).await.map_err(|e| e.to_string())?;
+        }
+        multi.clone().watch_peer_failures();
+        Ok(multi)
+    }
+
+    /// This node's Raft id.
+    pub fn id(&self) -> RaftNodeId {
+        self.id
+    }
+
+    /// The group, if this node hosts it.
+    pub fn group(&self, group: u8) -> Option<Raft> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner()).get(&group).cloned()
+    }
+
+    /// The groups this node hosts.
+    pub fn hosted(&self) -> BTreeSet<u8> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
+    }
+
+    /// Opens a group (idempotent). A new group starts empty and waits for a
+    /// leader to contact it, or for [`MultiRaft::initialize`].
+    pub async fn open(&self, group: u8) -> Result<Raft, GroupError> {
+        let _l = self.lifecycle.lock().await;
+        if let Some(r) = self.group(group) {
+            return Ok(r);
+        }
+        let unavailable = |reason: String| GroupError::Unavailable { group, reason };
+        let sm = GroupStateMachine::open(group, (self.factory)(group), self.log_store.clone(), &self.options.snapshot_dir)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let raft = Raft::new(self.id, self.config.clone(), self.network.factory(group), self.log_store.group(group), sm)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        self.groups.write().unwrap_or_else(|e| e.into_inner()).insert(group, raft.clone());
+        Ok(raft)
+    }
+
+    /// Makes a new group's first membership. Does nothing if the group was
+    /// initialized before (here, or by the members' leader).
+    pub async fn initialize(&self, group: u8, members: BTreeMap<RaftNodeId, BasicNode>) -> Result<(), GroupError> {
+        let raft = self.open(group).await?;
+        match raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(GroupError::Unavailable { group, reason: e.to_string() }),
+        }
+    }
+
+    /// Stops a group and forgets its log (its replica moved away). The state
+    /// machine's data is the caller's to remove.
+    pub async fn close(&self, group: u8) -> Result<(), GroupError> {
+        let _l = self.lifecycle.lock().await;
+        let raft = self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
+        if let Some(raft) = raft {
+            let _ = raft.shutdown().await;
+        }
+        self.log_store.remove_group(group).await.map_err(|e| GroupError::Unavailable { group, reason: e.to_string() })?;
+        let _ = std::fs::remove_dir_all(self.options.snapshot_dir.join(format!("{group:02x}")));
+        Ok(())
+    }
+
+    fn hosted_or_err(&self, group: u8) -> Result<Raft, GroupError> {
+        self.group(group).ok_or(GroupError::NotHosted(group))
+    }
+
+    /// The leader of a group as this node knows it.
+    pub fn leader(&self, group: u8) -> Option<(RaftNodeId, BasicNode)> {
+        let raft = self.group(group)?;
+        let m = raft.metrics().borrow().clone();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, node))
+    }
+
+    /// Proposes a command; returns its log index and the state machine's answer.
+    pub async fn write(&self, group: u8, command: Vec<u8>) -> Result<(u64, Vec<u8>), GroupError> {
+        let raft = self.hosted_or_err(group)?;
+        match raft.client_write(Request(command)).await {
+            Ok(r) => Ok((r.log_id.index, r.data.0)),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(GroupError::NotLeader {
+                group,
+                leader: f.leader_id.zip(f.leader_node),
+            }),
+            Err(e) => Err(GroupError::Unavailable { group, reason: e.to_string() }),
+        }
+    }
+
+    /// Confirms with a quorum that this node leads the group and waits until
+    /// everything committed before now is applied: a read after this sees
+    /// every write acknowledged before it.
+    pub async fn read_index(&self, group: u8) -> Result<(), GroupError> {
+        let raft = self.hosted_or_err(group)?;
+        match raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(GroupError::NotLeader { group, leader: f.leader_id.zip(f.leader_node) })
+            }
+            Err(e) => Err(GroupError::Unavailable { group, reason: e.to_string() }),
+        }
+    }
+
+    /// Whether this node leads the group now (as far as it knows).
+    pub fn is_leader(&self, group: u8) -> bool {
+        self.group(group).is_some_and(|r| r.metrics().borrow().state == ServerState::Leader)
+    }
+
+    /// Moves the group's membership toward `voters` (run on the leader):
+    /// new members join as learners and catch up (log or snapshot) before
+    /// they vote; members not in `voters` leave. One change at a time.
+    pub async fn reconcile(&self, group: u8, voters: BTreeMap<RaftNodeId, BasicNode>) -> Result<bool, GroupError> {
+        let raft = self.hosted_or_err(group)?;
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Ok(false);
+        }
+        let membership = metrics.membership_config.membership().clone();
+        let current: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
+        let wanted: BTreeSet<RaftNodeId> = voters.keys().copied().collect();
+        if current == wanted || wanted.is_empty() {
+            return Ok(false);
+        }
+        let err = |e: String| GroupError::Unavailable { group, reason: e };
+        for (id, node) in voters.iter().filter(|(id, _)| membership.get_node(id).is_none()) {
+            // Blocking: returns once the learner has caught up.
+            raft.add_learner(*id, node.clone(), true).await.map_err(|e| err(e.to_string()))?;
+        }
+        raft.change_membership(ChangeMembers::ReplaceAllVoters(wanted), false).await.map_err(|e| err(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// On a failed connection to a peer, the groups it led campaign now.
+    fn watch_peer_failures(self: Arc<Self>) {
+        let mut failures = self.network.peer_failures();
+        let weak = Arc::downgrade(&self);
+        drop(self);
+        tokio::spawn(async move {
+            while let Ok(peer) = failures.recv().await {
+                let Some(multi) = weak.upgrade() else { return };
+                let led: Vec<Raft> = multi
+                    .groups
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .filter(|r| r.metrics().borrow().current_leader == Some(peer))
+                    .cloned()
+                    .collect();
+                for raft in led {
+                    let _ = raft.trigger().elect().await;
+                }
+            }
+        });
+    }
+
+    /// Stops every group.
+    pub async fn shutdown(&self) {
+        let groups: Vec<Raft> =
+            std::mem::take(&mut *self.groups.write().unwrap_or_else(|e| e.into_inner())).into_values().collect();
+        for raft in groups {
+            let _ = raft.shutdown().await;
+        }
+    }
+}
+
+impl Dispatch for MultiRaft {
+    fn raft(&self, group: u8) -> Option<Raft> {
+        self.group(group)
+    }
+
+    fn snapshot_dir(&self) -> PathBuf {
+        self.options.snapshot_dir.join("incoming")
+    }
+}
