@@ -42,7 +42,7 @@ pub async fn create_base(
     let id = req.id.unwrap_or_else(BaseId::random);
     let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     match engine(&state)?.write(Command::CreateBase { id, name: req.name, created_at }).await? {
-        (_, Output::Created(info)) => Ok((StatusCode::CREATED, Json(info))),
+        (_, Output::Created { base: info }) => Ok((StatusCode::CREATED, Json(info))),
         (_, other) => Err(unexpected(other).into()),
     }
 }
@@ -100,7 +100,7 @@ pub async fn execute(
         .write(Command::Execute { base, statements: req.statements, transaction: req.transaction })
         .await?
     {
-        (index, Output::Executed(results)) => Ok(Json(ExecuteResponse { results, index })),
+        (index, Output::Executed { results }) => Ok(Json(ExecuteResponse { results, index })),
         (_, other) => Err(unexpected(other).into()),
     }
 }
@@ -132,7 +132,7 @@ pub async fn insert_rows(
     let info = engine(&state)?.read(move |s| s.table(&base, &table)).await?;
     let statements = rows::insert(&info, &req.rows)?;
     match engine(&state)?.write(Command::Execute { base, statements, transaction: true }).await? {
-        (index, Output::Executed(results)) => Ok((
+        (index, Output::Executed { results }) => Ok((
             StatusCode::CREATED,
             Json(InsertRowsResponse {
                 rowids: results.iter().map(|r| r.last_insert_rowid).collect(),
@@ -226,12 +226,12 @@ async fn write_one_row(
         .write(Command::Execute { base, statements: vec![statement], transaction: true })
         .await?
     {
-        (index, Output::Executed(results))
+        (index, Output::Executed { results })
             if results.first().is_some_and(|r| r.rows_affected > 0) =>
         {
             Ok(Json(WriteResponse { index }))
         }
-        (_, Output::Executed(_)) => {
+        (_, Output::Executed { .. }) => {
             Err(Error::NotFound(format!("no row {rowid} in table {table:?}")).into())
         }
         (_, other) => Err(unexpected(other).into()),

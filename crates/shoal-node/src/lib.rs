@@ -13,6 +13,7 @@ mod engine;
 pub mod error;
 mod extract;
 pub mod registration;
+pub mod replica;
 
 use std::sync::Arc;
 use std::time::Instant;

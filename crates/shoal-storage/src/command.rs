@@ -48,14 +48,21 @@ impl Command {
 }
 
 /// What applying a command produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "output", rename_all = "snake_case")]
 pub enum Output {
     /// The base was created.
-    Created(BaseInfo),
+    Created {
+        /// The new base.
+        base: BaseInfo,
+    },
     /// The base was dropped.
     Dropped,
     /// The statements ran; one result each.
-    Executed(Vec<ExecuteResult>),
+    Executed {
+        /// One result per statement.
+        results: Vec<ExecuteResult>,
+    },
     /// The command had been applied before (a replay): nothing changed.
     Replayed,
 }

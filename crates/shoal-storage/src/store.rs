@@ -184,7 +184,7 @@ impl Store {
                 // create is one catalog transaction.
                 Ok(match catalog.create(index, &info)? {
                     Applied::Replayed => Output::Replayed,
-                    Applied::Done => Output::Created(info),
+                    Applied::Done => Output::Created { base: info },
                 })
             }
             Command::DropBase { id } => {
@@ -205,7 +205,7 @@ impl Store {
                 }
                 let b = self.base(base)?;
                 let results = lock(&b).execute(index, statements, *transaction, &self.options)?;
-                Ok(if results.is_empty() { Output::Replayed } else { Output::Executed(results) })
+                Ok(if results.is_empty() { Output::Replayed } else { Output::Executed { results } })
             }
         }
     }
