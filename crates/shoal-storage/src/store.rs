@@ -295,6 +295,24 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a bucket and deletes its data (its replica moved to other nodes).
+    pub fn remove_bucket(&self, bucket: BucketId) -> Result<()> {
+        let _bucket = lock(&self.buckets[bucket.0 as usize]);
+        {
+            let mut open = lock(&self.open);
+            let ids: Vec<BaseId> =
+                open.iter().map(|(id, _)| *id).filter(|id| id.bucket() == bucket).collect();
+            for id in ids {
+                open.pop(&id);
+            }
+        }
+        lock(&self.catalogs)[bucket.0 as usize] = None;
+        if let Some(d) = self.bucket_dir(bucket).filter(|d| d.exists()) {
+            std::fs::remove_dir_all(d)?;
+        }
+        Ok(())
+    }
+
     fn remove_files(&self, id: &BaseId) -> Result<()> {
         let Some(path) = self.base_path(id) else { return Ok(()) };
         for suffix in ["", "-wal", "-shm"] {
@@ -530,6 +548,8 @@ mod tests {
             assert_eq!(other.apply(3, &insert(written, 42)).unwrap(), Output::Replayed);
             other.apply(index + 2, &insert(written, 43)).unwrap();
             assert_ne!(other.checksum(&written).unwrap(), sum);
+            other.remove_bucket(written.bucket()).unwrap();
+            assert!(matches!(other.get_base(&written), Err(Error::NotFound(_))));
         }
     }
 
