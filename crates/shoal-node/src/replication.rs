@@ -1,0 +1,218 @@
+//! Replication: the node's buckets as Raft groups that follow the placement map.
+//!
+//! The reconciler runs on every node and, for every map it sees:
+//! - opens a group for each bucket the map gives this node;
+//! - initializes a bucket's group exactly once in the whole cluster: the
+//!   first node to create `groups/{bucket}` in the registry (a
+//!   create-if-absent transaction) initializes it with the map's replicas;
+//!   everyone else waits to be contacted by the group's leader;
+//! - on the nodes that lead a group, moves its membership toward the map's
+//!   replicas: new replicas join as learners, catch up from the log or a
+//!   snapshot, then become voters; replicas that left are removed. At most
+//!   `max_concurrent_changes` groups change at once per node, which also
+//!   bounds the snapshots in flight;
+//! - closes the groups of buckets this node no longer holds once it is no
+//!   longer a member, and removes their data.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::BasicNode;
+use shoal_raft::multi::{GroupError, MultiRaft};
+use shoal_raft::{RaftNodeId, raft_id};
+use shoal_registry::{Compare, CompareOp, Registry, Revision, Txn, TxnOp, keys};
+use shoal_storage::Store;
+use shoal_types::api::NodeInfo;
+use shoal_types::placement::PlacementMap;
+use shoal_types::{BucketId, Error, NodeId};
+use tokio::sync::{Semaphore, watch};
+
+/// How the reconciler behaves.
+#[derive(Clone, Debug)]
+pub struct ReplicationOptions {
+    /// This node.
+    pub node_id: NodeId,
+    /// Groups changing membership at once on this node.
+    pub max_concurrent_changes: usize,
+    /// How often to look again when nothing changed (retries after failures).
+    pub interval: Duration,
+}
+
+/// The node's view of where buckets live, for routing answers.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    /// The latest placement map.
+    pub map: Option<PlacementMap>,
+    /// Live nodes.
+    pub nodes: BTreeMap<NodeId, NodeInfo>,
+}
+
+impl Directory {
+    /// The public URLs of a bucket's replicas.
+    pub fn replica_urls(&self, bucket: BucketId) -> Vec<String> {
+        let Some(map) = &self.map else { return Vec::new() };
+        map.replicas(bucket).iter().filter_map(|n| self.nodes.get(n).map(|i| i.node_url.clone())).collect()
+    }
+
+    /// The Raft members the map wants for a bucket (live nodes only: an
+    /// address is needed to reach them).
+    pub fn voters(&self, bucket: BucketId) -> BTreeMap<RaftNodeId, BasicNode> {
+        let Some(map) = &self.map else { return BTreeMap::new() };
+        map.replicas(bucket)
+            .iter()
+            .filter_map(|n| self.nodes.get(n).map(|i| (raft_id(n), BasicNode { addr: i.local_node_url.clone() })))
+            .collect()
+    }
+}
+
+/// The registry key that marks a bucket's group as initialized.
+fn group_key(bucket: BucketId) -> Vec<u8> {
+    format!("groups/{bucket}").into_bytes()
+}
+
+/// Follows the map until `shutdown`.
+pub async fn reconcile(
+    registry: Arc<dyn Registry>,
+    multi: Arc<MultiRaft>,
+    store: Arc<Store>,
+    options: ReplicationOptions,
+    directory: watch::Sender<Directory>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let semaphore = Arc::new(Semaphore::new(options.max_concurrent_changes.max(1)));
+    let busy: Arc<Mutex<BTreeSet<u8>>> = Arc::default();
+    while !*shutdown.borrow() {
+        match pass(&registry, &multi, &store, &options, &directory, &semaphore, &busy).await {
+            Ok(revision) => {
+                // Wake on the next change of the map or the nodes, or after a while.
+                let from = Revision(revision.0 + 1);
+                let wait = async {
+                    let placement = registry.watch_prefix(keys::PLACEMENT, from).await;
+                    let nodes = registry.watch_prefix(keys::NODES, from).await;
+                    match (placement, nodes) {
+                        (Ok(mut p), Ok(mut n)) => {
+                            tokio::select! {
+                                _ = p.next() => {}
+                                _ = n.next() => {}
+                            }
+                        }
+                        _ => tokio::time::sleep(options.interval).await,
+                    }
+                };
+                tokio::select! {
+                    _ = wait => {}
+                    _ = tokio::time::sleep(options.interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "replication reconcile failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(options.interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+/// One pass; returns the registry revision it read at.
+async fn pass(
+    registry: &Arc<dyn Registry>,
+    multi: &Arc<MultiRaft>,
+    store: &Arc<Store>,
+    options: &ReplicationOptions,
+    directory: &watch::Sender<Directory>,
+    semaphore: &Arc<Semaphore>,
+    busy: &Arc<Mutex<BTreeSet<u8>>>,
+) -> Result<Revision, Error> {
+    let listing = registry.get_prefix(keys::NODES).await?;
+    let mut nodes = BTreeMap::new();
+    for kv in &listing.kvs {
+        if let (Some(id), Ok(info)) = (keys::node_of(&kv.key), serde_json::from_slice::<NodeInfo>(&kv.value)) {
+            nodes.insert(id, info);
+        }
+    }
+    let map = match registry.get(keys::PLACEMENT).await? {
+        Some(kv) => Some(PlacementMap::decode(&kv.value)?),
+        None => None,
+    };
+    let dir = Directory { map: map.clone(), nodes };
+    directory.send_replace(dir.clone());
+    let Some(map) = map else { return Ok(listing.revision) };
+
+    let me = &options.node_id;
+    let mine: BTreeSet<u8> = BucketId::all().filter(|b| map.replicas(*b).contains(me)).map(|b| b.0).collect();
+    for &b in &mine {
+        let raft = multi.open(b).await.map_err(group_error)?;
+        let uninitialized = raft.metrics().borrow().membership_config.membership().voter_ids().next().is_none();
+        if uninitialized {
+            let key = group_key(BucketId(b));
+            let claim = Txn::new()
+                .when([Compare::create_revision(key.clone(), CompareOp::Equal, Revision(0))])
+                .and_then([TxnOp::put(key, me.0.as_bytes().to_vec(), None)]);
+            if registry.txn(claim).await?.succeeded {
+                let voters = dir.voters(BucketId(b));
+                tracing::info!(bucket = %BucketId(b), voters = voters.len(), "initializing the bucket's group");
+                multi.initialize(b, voters).await.map_err(group_error)?;
+            }
+        }
+    }
+    for b in multi.hosted() {
+        let bucket = BucketId(b);
+        if multi.is_leader(b) {
+            let voters = dir.voters(bucket);
+            let current: BTreeSet<RaftNodeId> = multi
+                .group(b)
+                .map(|r| r.metrics().borrow().membership_config.membership().voter_ids().collect())
+                .unwrap_or_default();
+            if voters.is_empty() || voters.keys().copied().collect::<BTreeSet<_>>() == current {
+                continue;
+            }
+            if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(b) {
+                continue;
+            }
+            let (multi, semaphore, busy) = (multi.clone(), semaphore.clone(), busy.clone());
+            tokio::spawn(async move {
+                if let Ok(_permit) = semaphore.acquire().await {
+                    match multi.reconcile(b, voters).await {
+                        Ok(true) => tracing::info!(%bucket, "group membership follows the map"),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!(%bucket, error = %e, "membership change failed; will retry"),
+                    }
+                }
+                busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&b);
+            });
+        } else if !mine.contains(&b) {
+            // Gone from the map: leave once the group's leader has removed
+            // this node (until then it may still be needed for a quorum).
+            let still_member = multi
+                .group(b)
+                .is_some_and(|r| r.metrics().borrow().membership_config.membership().get_node(&multi.id()).is_some());
+            if !still_member {
+                tracing::info!(%bucket, "this node no longer holds the bucket; removing its replica");
+                multi.close(b).await.map_err(group_error)?;
+                store.remove_bucket(bucket)?;
+            }
+        }
+    }
+    Ok(listing.revision)
+}
+
+/// Turns a group error into Shoal's.
+pub fn group_error(e: GroupError) -> Error {
+    match e {
+        GroupError::NotHosted(b) => Error::Misdirected {
+            message: format!("this node holds no replica of bucket {}", BucketId(b)),
+            replicas: Vec::new(),
+        },
+        GroupError::NotLeader { group, leader } => Error::NotLeader {
+            message: format!("this node does not lead bucket {}", BucketId(group)),
+            leader: leader.map(|(_, node)| node.addr),
+        },
+        GroupError::Unavailable { group, reason } => {
+            Error::Unavailable(format!("bucket {} cannot serve now: {reason}", BucketId(group)))
+        }
+    }
+}
