@@ -44,6 +44,9 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %self.0, "request failed");
         }
         let mut response = (status, Json(self.0.to_body())).into_response();
+        if let Error::NotLeader { leader: Some(url), .. } = &self.0 {
+            response.extensions_mut().insert(crate::forward::LeaderHint(url.clone()));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -12,6 +12,7 @@ pub mod cluster;
 mod engine;
 pub mod error;
 mod extract;
+pub mod forward;
 pub mod registration;
 pub mod replica;
 
@@ -55,6 +56,8 @@ pub struct AppState {
     pub options: ServerOptions,
     /// Renders `/metrics`; `None` serves an empty page.
     pub metrics: Option<PrometheusHandle>,
+    /// Sends requests on to a bucket's leader.
+    pub forwarder: reqwest::Client,
 }
 
 /// The whole HTTP API.
@@ -71,7 +74,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route(
                 "/v1/bases/{id}/tables/{table}/rows/{rowid}",
                 get(api::get_row).patch(api::update_row).delete(api::delete_row),
-            );
+            )
+            .route_layer(middleware::from_fn_with_state(state.clone(), forward::forward));
     }
     if state.cluster.is_some() {
         v1 = v1

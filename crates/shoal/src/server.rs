@@ -87,6 +87,7 @@ pub async fn serve(
         cluster: Some(Arc::new(RegistryCluster(registry))),
         options: ServerOptions { admin_token: token, max_body_bytes: http.max_body_size },
         metrics: Some(metrics),
+        forwarder: shoal_node::forward::client(),
     });
     tracing::info!(addr = %listener.addr, "listening");
     axum::serve(listener.listener, shoal_node::router(state))

@@ -1,0 +1,101 @@
+//! Requests that reach a follower go to the leader.
+//!
+//! Base routes run behind [`forward`]: the request body is buffered (it is
+//! bounded anyway), the handler runs, and if it answers `not_leader` with a
+//! known leader, the request is sent once more to the leader's URL and the
+//! leader's answer is returned. A forwarded request carries
+//! `X-Shoal-Forwarded`, and is never forwarded again (no loops while
+//! leadership moves). A client that prefers to go to the leader itself sends
+//! `X-Shoal-No-Forward: 1` and gets `307 Temporary Redirect` to the leader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use shoal_types::Error;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Set on a request a node forwarded.
+pub const FORWARDED: &str = "x-shoal-forwarded";
+/// Set by a client that wants a redirect instead of forwarding.
+pub const NO_FORWARD: &str = "x-shoal-no-forward";
+
+/// Where the leader of the request's bucket is: put on `not_leader`
+/// responses by the error mapping, read here.
+#[derive(Clone, Debug)]
+pub struct LeaderHint(pub String);
+
+/// The HTTP client used to forward.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+/// The middleware.
+pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, state.options.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return ApiError(Error::TooLarge(
+                "the request body is larger than the server accepts (see --max-body-size)".into(),
+            ))
+            .into_response();
+        }
+    };
+    let method = parts.method.clone();
+    let uri = parts.uri.clone();
+    let headers = parts.headers.clone();
+    let response = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
+    let Some(LeaderHint(leader)) = response.extensions().get::<LeaderHint>().cloned() else {
+        return response;
+    };
+    if headers.contains_key(FORWARDED) {
+        return response;
+    }
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let target = format!("{}{path}", leader.trim_end_matches('/'));
+    if headers.contains_key(NO_FORWARD) {
+        let mut redirect = response;
+        *redirect.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+        if let Ok(v) = HeaderValue::from_str(&target) {
+            redirect.headers_mut().insert(header::LOCATION, v);
+        }
+        return redirect;
+    }
+    let mut out = state.forwarder.request(method, &target).header(FORWARDED, "1").body(bytes);
+    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+        if let Some(v) = headers.get(&name) {
+            out = out.header(name, v);
+        }
+    }
+    if let Some(v) = headers.get("idempotency-key") {
+        out = out.header("idempotency-key", v);
+    }
+    match out.send().await {
+        Ok(r) => {
+            let status = r.status();
+            let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
+            let body = r.bytes().await.unwrap_or_default();
+            let mut resp = (status, body).into_response();
+            if let Some(ct) = content_type {
+                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            resp
+        }
+        // The leader we knew of is unreachable: the group is electing.
+        Err(e) => ApiError(Error::Unavailable(format!(
+            "the bucket's leader at {leader} is unreachable: {e}"
+        )))
+        .into_response(),
+    }
+}
