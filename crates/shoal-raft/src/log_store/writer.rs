@@ -1,0 +1,191 @@
+//! The write queue and the writer thread that commits it.
+//!
+//! Callers push [`Op`]s; the one writer thread takes a batch (everything
+//! queued, up to the byte bound), commits it in one durable redb
+//! transaction, then drops the committed entries from each group's
+//! `pending` and completes each operation. Ops that nobody waits for
+//! (lazy ones) do not wake the writer: they ride the next commit.
+//!
+//! A thread rather than a tokio task, because a commit blocks on fsync for
+//! its whole duration and must not hold a runtime worker.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use openraft::storage::LogFlushed;
+use tokio::sync::oneshot;
+
+use super::{Error, Result, Shared, disk};
+use crate::TypeConfig;
+
+/// One queued write of one group.
+pub(super) struct Op {
+    pub(super) group: u8,
+    pub(super) write: Write,
+    pub(super) done: Done,
+}
+
+/// What to write.
+pub(super) enum Write {
+    /// Put encoded entries at their indexes; `seq` tags the append.
+    Append { seq: u64, entries: Vec<(u64, Vec<u8>)> },
+    /// Delete the entries at `from` and after.
+    Truncate { from: u64 },
+    /// Delete the entries up to `upto` (inclusive) and record the encoded
+    /// last purged log id.
+    Purge { upto: u64, value: Vec<u8> },
+    /// Set one metadata value (vote, committed, applied checkpoint).
+    Meta { kind: u8, value: Vec<u8> },
+    /// Delete everything of the group.
+    Remove,
+}
+
+/// Whom to tell once the op's commit is done.
+pub(super) enum Done {
+    /// Nobody: a lazy write.
+    Nothing,
+    /// openraft's append callback.
+    Flushed(LogFlushed<TypeConfig>),
+    /// A caller awaiting durability.
+    Reply(oneshot::Sender<Result<()>>),
+}
+
+impl Op {
+    /// Roughly what the op adds to a commit, for the batch bound.
+    fn bytes(&self) -> usize {
+        const OVERHEAD: usize = 32;
+        OVERHEAD
+            + match &self.write {
+                Write::Append { entries, .. } => {
+                    entries.iter().map(|(_, b)| b.len() + OVERHEAD).sum::<usize>()
+                }
+                Write::Purge { value, .. } | Write::Meta { value, .. } => value.len(),
+                Write::Truncate { .. } | Write::Remove => 0,
+            }
+    }
+
+    fn is_urgent(&self) -> bool {
+        !matches!(self.done, Done::Nothing)
+    }
+}
+
+/// The node-wide FIFO of writes.
+pub(super) struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    max_batch_bytes: usize,
+}
+
+struct QueueState {
+    ops: VecDeque<Op>,
+    /// How many queued ops someone waits for: the writer sleeps while 0.
+    urgent: usize,
+    /// Set on drop: the writer commits what is left, then stops.
+    closed: bool,
+}
+
+impl Queue {
+    pub(super) fn new(max_batch_bytes: usize) -> Queue {
+        Queue {
+            state: Mutex::new(QueueState { ops: VecDeque::new(), urgent: 0, closed: false }),
+            ready: Condvar::new(),
+            max_batch_bytes,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // Every update of the queue state is a single step; a panic elsewhere
+        // cannot leave it half-done.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `op`, waking the writer if someone waits for it.
+    pub(super) fn push(&self, op: Op) {
+        let urgent = op.is_urgent();
+        let mut state = self.lock();
+        state.ops.push_back(op);
+        if urgent {
+            state.urgent += 1;
+            self.ready.notify_one();
+        }
+    }
+
+    /// Tells the writer to commit what is left and stop.
+    pub(super) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Waits for work, then takes the oldest ops up to the byte bound (at
+    /// least one). `None` once closed and empty.
+    fn next_batch(&self) -> Option<Vec<Op>> {
+        let mut state = self.lock();
+        while state.urgent == 0 && !state.closed {
+            state = self.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(op) = state.ops.front() {
+            let size = op.bytes();
+            if !batch.is_empty() && bytes + size > self.max_batch_bytes {
+                break;
+            }
+            bytes += size;
+            let op = state.ops.pop_front().expect("front was just seen");
+            if op.is_urgent() {
+                state.urgent -= 1;
+            }
+            batch.push(op);
+        }
+        (!batch.is_empty()).then_some(batch)
+    }
+}
+
+/// Starts the writer thread.
+pub(super) fn spawn(shared: Arc<Shared>) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("shoal-log-writer".into())
+        .spawn(move || run(&shared))
+        .map_err(|e| Error::Io(format!("start the log writer thread: {e}")))
+}
+
+/// Awaits the durable commit of an op queued with a reply.
+pub(super) async fn wait(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
+    rx.await.map_err(|_| Error::Unavailable("the log writer stopped".into()))?
+}
+
+fn run(shared: &Shared) {
+    while let Some(batch) = shared.queue.next_batch() {
+        let result = shared.check().and_then(|()| disk::commit(&shared.db, &batch));
+        match &result {
+            Ok(()) => shared.stats.record_commit(batch.len()),
+            Err(error) => shared.fail(error),
+        }
+        for op in batch {
+            finish(shared, op, &result);
+        }
+    }
+}
+
+/// After the commit of `op`: forgets its entries from `pending` (they are
+/// on disk now) and tells whoever waits.
+fn finish(shared: &Shared, op: Op, result: &Result<()>) {
+    if let (Ok(()), Write::Append { seq, entries }) = (result, &op.write) {
+        let mut state = shared.lock(op.group);
+        for (index, _) in entries {
+            // A later truncate and append may have put a newer entry there.
+            if state.pending.get(index).is_some_and(|(s, _)| s == seq) {
+                state.pending.remove(index);
+            }
+        }
+    }
+    match op.done {
+        Done::Nothing => {}
+        Done::Flushed(callback) => {
+            callback.log_io_completed(result.clone().map_err(std::io::Error::other))
+        }
+        // The caller may have gone away (its future dropped): nothing to do.
+        Done::Reply(tx) => drop(tx.send(result.clone())),
+    }
+}
