@@ -14,7 +14,9 @@
 //! bytes, snapshots are directories of files ([`SnapshotFiles`]).
 
 pub mod log_store;
+pub mod multi;
 pub mod network;
+pub mod state_machine;
 
 use std::path::{Path, PathBuf};
 

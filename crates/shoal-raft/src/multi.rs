@@ -112,7 +112,8 @@ impl MultiRaft {
             max_in_snapshot_log_to_keep: options.keep_logs,
             ..Config::default()
         };
-        let config = Arc::new(config.validate().map_err(|e| format!("invalid raft settings: {e}"))?);
+        let config =
+            Arc::new(config.validate().map_err(|e| format!("invalid raft settings: {e}"))?);
         std::fs::create_dir_all(&options.snapshot_dir).map_err(|e| e.to_string())?;
         let multi = Arc::new(MultiRaft {
             id,
@@ -154,19 +155,34 @@ impl MultiRaft {
             return Ok(r);
         }
         let unavailable = |reason: String| GroupError::Unavailable { group, reason };
-        let sm = GroupStateMachine::open(group, (self.factory)(group), self.log_store.clone(), &self.options.snapshot_dir)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        let raft = Raft::new(self.id, self.config.clone(), self.network.factory(group), self.log_store.group(group), sm)
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        let sm = GroupStateMachine::open(
+            group,
+            (self.factory)(group),
+            self.log_store.clone(),
+            &self.options.snapshot_dir,
+        )
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
+        let raft = Raft::new(
+            self.id,
+            self.config.clone(),
+            self.network.factory(group),
+            self.log_store.group(group),
+            sm,
+        )
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
         self.groups.write().unwrap_or_else(|e| e.into_inner()).insert(group, raft.clone());
         Ok(raft)
     }
 
     /// Makes a new group's first membership. Does nothing if the group was
     /// initialized before (here, or by the members' leader).
-    pub async fn initialize(&self, group: u8, members: BTreeMap<RaftNodeId, BasicNode>) -> Result<(), GroupError> {
+    pub async fn initialize(
+        &self,
+        group: u8,
+        members: BTreeMap<RaftNodeId, BasicNode>,
+    ) -> Result<(), GroupError> {
         let raft = self.open(group).await?;
         match raft.initialize(members).await {
             Ok(()) => Ok(()),
@@ -183,7 +199,10 @@ impl MultiRaft {
         if let Some(raft) = raft {
             let _ = raft.shutdown().await;
         }
-        self.log_store.remove_group(group).await.map_err(|e| GroupError::Unavailable { group, reason: e.to_string() })?;
+        self.log_store
+            .remove_group(group)
+            .await
+            .map_err(|e| GroupError::Unavailable { group, reason: e.to_string() })?;
         let _ = std::fs::remove_dir_all(self.options.snapshot_dir.join(format!("{group:02x}")));
         Ok(())
     }
@@ -206,10 +225,9 @@ impl MultiRaft {
         let raft = self.hosted_or_err(group)?;
         match raft.client_write(Request(command)).await {
             Ok(r) => Ok((r.log_id.index, r.data.0)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(GroupError::NotLeader {
-                group,
-                leader: f.leader_id.zip(f.leader_node),
-            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(GroupError::NotLeader { group, leader: f.leader_id.zip(f.leader_node) })
+            }
             Err(e) => Err(GroupError::Unavailable { group, reason: e.to_string() }),
         }
     }
@@ -236,7 +254,11 @@ impl MultiRaft {
     /// Moves the group's membership toward `voters` (run on the leader):
     /// new members join as learners and catch up (log or snapshot) before
     /// they vote; members not in `voters` leave. One change at a time.
-    pub async fn reconcile(&self, group: u8, voters: BTreeMap<RaftNodeId, BasicNode>) -> Result<bool, GroupError> {
+    pub async fn reconcile(
+        &self,
+        group: u8,
+        voters: BTreeMap<RaftNodeId, BasicNode>,
+    ) -> Result<bool, GroupError> {
         let raft = self.hosted_or_err(group)?;
         let metrics = raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
@@ -253,7 +275,9 @@ impl MultiRaft {
             // Blocking: returns once the learner has caught up.
             raft.add_learner(*id, node.clone(), true).await.map_err(|e| err(e.to_string()))?;
         }
-        raft.change_membership(ChangeMembers::ReplaceAllVoters(wanted), false).await.map_err(|e| err(e.to_string()))?;
+        raft.change_membership(ChangeMembers::ReplaceAllVoters(wanted), false)
+            .await
+            .map_err(|e| err(e.to_string()))?;
         Ok(true)
     }
 
@@ -283,7 +307,9 @@ impl MultiRaft {
     /// Stops every group.
     pub async fn shutdown(&self) {
         let groups: Vec<Raft> =
-            std::mem::take(&mut *self.groups.write().unwrap_or_else(|e| e.into_inner())).into_values().collect();
+            std::mem::take(&mut *self.groups.write().unwrap_or_else(|e| e.into_inner()))
+                .into_values()
+                .collect();
         for raft in groups {
             let _ = raft.shutdown().await;
         }

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
-    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership,
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership,
 };
 
 use crate::log_store::LogStore;
@@ -69,7 +69,10 @@ impl GroupStateMachine {
         let mut snapshots = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io_err)?.flatten() {
             let meta_path = entry.path().join("snapshot_meta.json");
-            match std::fs::read(&meta_path).ok().and_then(|b| serde_json::from_slice::<Meta>(&b).ok()) {
+            match std::fs::read(&meta_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Meta>(&b).ok())
+            {
                 Some(meta) => snapshots.push((meta, entry.path())),
                 // A snapshot that was not finished: nobody can use it.
                 None => {
@@ -117,13 +120,20 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             a.built += 1;
             (a.last, a.membership.clone(), a.built)
         };
-        let id = format!("{}-{}-{n}", last.map(|l| l.leader_id.term).unwrap_or(0), last.map(|l| l.index).unwrap_or(0));
+        let id = format!(
+            "{}-{}-{n}",
+            last.map(|l| l.leader_id.term).unwrap_or(0),
+            last.map(|l| l.index).unwrap_or(0)
+        );
         let path = self.dir.join(&id);
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(io_err)?;
         let inner = self.inner.clone();
         let p = path.clone();
-        tokio::task::spawn_blocking(move || inner.snapshot(&p)).await.map_err(io_err)?.map_err(io_err)?;
+        tokio::task::spawn_blocking(move || inner.snapshot(&p))
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)?;
         let meta = Meta { last_log_id: last, last_membership: membership, snapshot_id: id };
         let meta_bytes = serde_json::to_vec(&meta).map_err(io_err)?;
         std::fs::write(path.join("snapshot_meta.json"), meta_bytes).map_err(io_err)?;
@@ -137,7 +147,10 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
 
     async fn applied_state(
         &mut self,
-    ) -> Result<(Option<LogId<RaftNodeId>>, StoredMembership<RaftNodeId, BasicNode>), StorageError<RaftNodeId>> {
+    ) -> Result<
+        (Option<LogId<RaftNodeId>>, StoredMembership<RaftNodeId, BasicNode>),
+        StorageError<RaftNodeId>,
+    > {
         let a = self.lock();
         Ok((a.last, a.membership.clone()))
     }
@@ -159,7 +172,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             for entry in entries {
                 let response = match &entry.payload {
                     EntryPayload::Blank => Response::default(),
-                    EntryPayload::Normal(request) => Response(inner.apply(entry.log_id.index, &request.0)),
+                    EntryPayload::Normal(request) => {
+                        Response(inner.apply(entry.log_id.index, &request.0))
+                    }
                     EntryPayload::Membership(m) => {
                         applied.lock().unwrap_or_else(|e| e.into_inner()).membership =
                             StoredMembership::new(Some(entry.log_id), m.clone());
@@ -181,7 +196,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFiles>, StorageError<RaftNodeId>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<SnapshotFiles>, StorageError<RaftNodeId>> {
         let n = {
             let mut a = self.lock();
             a.built += 1;
@@ -193,10 +210,17 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         Ok(Box::new(SnapshotFiles { dir }))
     }
 
-    async fn install_snapshot(&mut self, meta: &Meta, snapshot: Box<SnapshotFiles>) -> Result<(), StorageError<RaftNodeId>> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &Meta,
+        snapshot: Box<SnapshotFiles>,
+    ) -> Result<(), StorageError<RaftNodeId>> {
         let inner = self.inner.clone();
         let dir = snapshot.dir.clone();
-        tokio::task::spawn_blocking(move || inner.restore(&dir)).await.map_err(io_err)?.map_err(io_err)?;
+        tokio::task::spawn_blocking(move || inner.restore(&dir))
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)?;
         {
             let mut a = self.lock();
             a.last = meta.last_log_id;
@@ -220,10 +244,13 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError<RaftNodeId>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<RaftNodeId>> {
         let a = self.lock();
-        Ok(a.snapshots
-            .last()
-            .map(|(meta, dir)| Snapshot { meta: meta.clone(), snapshot: Box::new(SnapshotFiles { dir: dir.clone() }) }))
+        Ok(a.snapshots.last().map(|(meta, dir)| Snapshot {
+            meta: meta.clone(),
+            snapshot: Box::new(SnapshotFiles { dir: dir.clone() }),
+        }))
     }
 }
