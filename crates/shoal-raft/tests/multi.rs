@@ -1,0 +1,213 @@
+//! Three nodes on 127.0.0.1, each with the real log store, network and
+//! multi-group manager: groups elect, replicate, survive a node's loss and
+//! catch a restarted node up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::BasicNode;
+use shoal_raft::log_store::{LogStore, LogStoreOptions};
+use shoal_raft::multi::{GroupError, MultiRaft, MultiRaftOptions};
+use shoal_raft::network::{Network, NetworkOptions, router};
+use shoal_raft::{RaftNodeId, StateMachine, raft_id};
+use shoal_types::NodeId;
+
+/// A state machine that keeps the commands it applied, by index, in a file.
+struct Recorder {
+    path: PathBuf,
+    applied: Mutex<BTreeMap<u64, Vec<u8>>>,
+}
+
+impl Recorder {
+    fn open(path: PathBuf) -> Recorder {
+        let applied = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        Recorder { path, applied: Mutex::new(applied) }
+    }
+
+    fn save(&self, applied: &BTreeMap<u64, Vec<u8>>) {
+        std::fs::write(&self.path, serde_json::to_vec(applied).unwrap()).unwrap();
+    }
+
+    fn values(&self) -> Vec<Vec<u8>> {
+        self.applied.lock().unwrap().values().cloned().collect()
+    }
+}
+
+impl StateMachine for Recorder {
+    fn apply(&self, index: u64, command: &[u8]) -> Vec<u8> {
+        let mut a = self.applied.lock().unwrap();
+        if a.keys().next_back().is_some_and(|last| *last >= index) {
+            return b"replayed".to_vec();
+        }
+        a.insert(index, command.to_vec());
+        self.save(&a);
+        index.to_string().into_bytes()
+    }
+
+    fn snapshot(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::write(dir.join("state.json"), serde_json::to_vec(&*self.applied.lock().unwrap())?)
+    }
+
+    fn restore(&self, dir: &Path) -> std::io::Result<()> {
+        let applied: BTreeMap<u64, Vec<u8>> =
+            serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
+        self.save(&applied);
+        *self.applied.lock().unwrap() = applied;
+        Ok(())
+    }
+}
+
+struct Node {
+    id: RaftNodeId,
+    addr: SocketAddr,
+    dir: PathBuf,
+    multi: Arc<MultiRaft>,
+    machines: Arc<Mutex<BTreeMap<u8, Arc<Recorder>>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+const GROUPS: u8 = 8;
+
+fn options(dir: &Path) -> MultiRaftOptions {
+    MultiRaftOptions {
+        heartbeat: Duration::from_millis(100),
+        election_min: Duration::from_millis(300),
+        election_max: Duration::from_millis(600),
+        snapshot_every: 20,
+        keep_logs: 5,
+        ..MultiRaftOptions::new(dir)
+    }
+}
+
+async fn start(name: &str, dir: &Path, addr: Option<SocketAddr>) -> Node {
+    let listener =
+        tokio::net::TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let store = LogStore::open(&dir.join("log"), LogStoreOptions::default()).unwrap();
+    let net_options = NetworkOptions { token: "t".into(), ..NetworkOptions::default() };
+    let network = Network::new(net_options.clone()).unwrap();
+    let machines: Arc<Mutex<BTreeMap<u8, Arc<Recorder>>>> = Arc::default();
+    let (m, d) = (machines.clone(), dir.to_path_buf());
+    let factory = Arc::new(move |g: u8| -> Arc<dyn StateMachine> {
+        let sm = Arc::new(Recorder::open(d.join(format!("sm-{g}.json"))));
+        m.lock().unwrap().insert(g, sm.clone());
+        sm
+    });
+    let id = raft_id(&NodeId(name.into()));
+    let multi = MultiRaft::start(id, store, network, factory, options(dir)).await.unwrap();
+    let app = router(multi.clone(), net_options);
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Node { id, addr, dir: dir.to_path_buf(), multi, machines, server }
+}
+
+impl Node {
+    fn member(&self) -> (RaftNodeId, BasicNode) {
+        (self.id, BasicNode { addr: format!("http://{}", self.addr) })
+    }
+
+    async fn stop(self) -> (SocketAddr, PathBuf) {
+        self.server.abort();
+        self.multi.shutdown().await;
+        (self.addr, self.dir)
+    }
+}
+
+/// Writes through whichever node leads `group`, retrying (bounded) while
+/// leadership settles.
+async fn write(nodes: &[&Node], group: u8, value: &[u8]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for n in nodes {
+            match n.multi.write(group, value.to_vec()).await {
+                Ok((index, answer)) => {
+                    assert_eq!(answer, index.to_string().into_bytes());
+                    return index;
+                }
+                Err(GroupError::NotLeader { .. }) | Err(GroupError::Unavailable { .. }) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader took the write for group {group}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_values(node: &Node, group: u8, want: &[Vec<u8>]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sm = node.machines.lock().unwrap().get(&group).cloned();
+        if sm.as_ref().is_some_and(|sm| sm.values() == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {} group {group}: {:?} != {:?}",
+            node.id,
+            sm.map(|s| s.values().len()),
+            want.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_replicate_fail_over_and_catch_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start("a", &tmp.path().join("a"), None).await;
+    let b = start("b", &tmp.path().join("b"), None).await;
+    let c = start("c", &tmp.path().join("c"), None).await;
+    let members: BTreeMap<RaftNodeId, BasicNode> =
+        [a.member(), b.member(), c.member()].into_iter().collect();
+    for g in 0..GROUPS {
+        for n in [&b, &c] {
+            n.multi.open(g).await.unwrap();
+        }
+        a.multi.initialize(g, members.clone()).await.unwrap();
+    }
+
+    let mut expected: BTreeMap<u8, Vec<Vec<u8>>> = BTreeMap::new();
+    for round in 0..10u32 {
+        for g in 0..GROUPS {
+            let v = format!("{g}-{round}").into_bytes();
+            write(&[&a, &b, &c], g, &v).await;
+            expected.entry(g).or_default().push(v);
+        }
+    }
+    for n in [&a, &b, &c] {
+        for g in 0..GROUPS {
+            wait_values(n, g, &expected[&g]).await;
+        }
+    }
+
+    // Lose c: the others keep every group writable (c led some of them).
+    let (c_addr, c_dir) = c.stop().await;
+    for round in 10..40u32 {
+        for g in 0..GROUPS {
+            let v = format!("{g}-{round}").into_bytes();
+            write(&[&a, &b], g, &v).await;
+            expected.entry(g).or_default().push(v);
+        }
+    }
+    // c comes back on the same address and data: it catches up, by log or by
+    // snapshot (the logs were compacted past where c stopped).
+    let c = start("c", &c_dir, Some(c_addr)).await;
+    for n in [&a, &b, &c] {
+        for g in 0..GROUPS {
+            wait_values(n, g, &expected[&g]).await;
+        }
+    }
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
