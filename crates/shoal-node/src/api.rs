@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use shoal_storage::{Command, Output, rows};
 use shoal_types::api::{
-    BaseInfo, BaseList, CreateBaseRequest, ExecuteRequest, ExecuteResponse, InsertRowsRequest,
-    InsertRowsResponse, QueryRequest, QueryResponse, Row, RowList, TableList, UpdateRowRequest,
-    WriteResponse,
+    BaseInfo, BaseList, Consistency, CreateBaseRequest, ExecuteRequest, ExecuteResponse,
+    InsertRowsRequest, InsertRowsResponse, QueryRequest, QueryResponse, Row, RowList, TableList,
+    UpdateRowRequest, WriteResponse,
 };
 use shoal_types::{BaseId, Error};
 
@@ -65,7 +65,7 @@ pub async fn list_bases(
         );
     }
     let after = p.after.as_deref().map(base_id).transpose()?;
-    let (bases, more) = engine(&state)?.read(move |s| s.list_bases(after.as_ref(), limit)).await?;
+    let (bases, more) = engine(&state)?.local(move |s| s.list_bases(after.as_ref(), limit)).await?;
     let next_after = if more { bases.last().map(|b| b.id) } else { None };
     Ok(Json(BaseList { bases, next_after }))
 }
@@ -75,7 +75,9 @@ pub async fn get_base(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<BaseInfo>> {
     let id = base_id(&id)?;
-    Ok(Json(engine(&state)?.read(move |s| s.get_base(&id)).await?))
+    Ok(Json(
+        engine(&state)?.read(id.bucket(), Consistency::default(), move |s| s.get_base(&id)).await?,
+    ))
 }
 
 pub async fn drop_base(
@@ -112,7 +114,11 @@ pub async fn query(
 ) -> ApiResult<Json<QueryResponse>> {
     let base = base_id(&id)?;
     // One node serves every consistency level: it is the only replica.
-    Ok(Json(engine(&state)?.read(move |s| s.query(&base, &req.sql, &req.params)).await?))
+    Ok(Json(
+        engine(&state)?
+            .read(base.bucket(), req.consistency, move |s| s.query(&base, &req.sql, &req.params))
+            .await?,
+    ))
 }
 
 pub async fn tables(
@@ -120,7 +126,11 @@ pub async fn tables(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<TableList>> {
     let base = base_id(&id)?;
-    Ok(Json(TableList { tables: engine(&state)?.read(move |s| s.tables(&base)).await? }))
+    Ok(Json(TableList {
+        tables: engine(&state)?
+            .read(base.bucket(), Consistency::default(), move |s| s.tables(&base))
+            .await?,
+    }))
 }
 
 pub async fn insert_rows(
@@ -129,7 +139,9 @@ pub async fn insert_rows(
     ApiJson(req): ApiJson<InsertRowsRequest>,
 ) -> ApiResult<(StatusCode, Json<InsertRowsResponse>)> {
     let base = base_id(&id)?;
-    let info = engine(&state)?.read(move |s| s.table(&base, &table)).await?;
+    let info = engine(&state)?
+        .read(base.bucket(), Consistency::default(), move |s| s.table(&base, &table))
+        .await?;
     let statements = rows::insert(&info, &req.rows)?;
     match engine(&state)?.write(Command::Execute { base, statements, transaction: true }).await? {
         (index, Output::Executed { results }) => Ok((
@@ -165,7 +177,7 @@ pub async fn list_rows(
     }
     let offset = p.offset.unwrap_or(0);
     let rows = engine(&state)?
-        .read(move |s| {
+        .read(base.bucket(), Consistency::default(), move |s| {
             let info = s.table(&base, &table)?;
             let stmt =
                 rows::page(&info, limit, offset, p.order_by.as_deref(), p.desc.unwrap_or(false))?;
@@ -182,7 +194,7 @@ pub async fn get_row(
 ) -> ApiResult<Json<Row>> {
     let base = base_id(&id)?;
     let row = engine(&state)?
-        .read(move |s| {
+        .read(base.bucket(), Consistency::default(), move |s| {
             let info = s.table(&base, &table)?;
             let stmt = rows::get(&info, rowid);
             let r = s.query(&base, &stmt.sql, &stmt.params)?;
@@ -200,7 +212,9 @@ pub async fn update_row(
     ApiJson(req): ApiJson<UpdateRowRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
     let base = base_id(&id)?;
-    let info = engine(&state)?.read(move |s| s.table(&base, &table)).await?;
+    let info = engine(&state)?
+        .read(base.bucket(), Consistency::default(), move |s| s.table(&base, &table))
+        .await?;
     let statement = rows::update(&info, rowid, &req.values)?;
     write_one_row(&state, base, statement, rowid, &info.name).await
 }
@@ -210,7 +224,9 @@ pub async fn delete_row(
     ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
 ) -> ApiResult<Json<WriteResponse>> {
     let base = base_id(&id)?;
-    let info = engine(&state)?.read(move |s| s.table(&base, &table)).await?;
+    let info = engine(&state)?
+        .read(base.bucket(), Consistency::default(), move |s| s.table(&base, &table))
+        .await?;
     write_one_row(&state, base, rows::delete(&info, rowid), rowid, &info.name).await
 }
 
@@ -236,4 +252,30 @@ async fn write_one_row(
         }
         (_, other) => Err(unexpected(other).into()),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksumParams {
+    #[serde(default)]
+    consistency: Consistency,
+}
+
+/// `GET /v1/bases/{id}/checksum`: a hash of the base's content on this
+/// replica (with `consistency=none`), for comparing replicas.
+pub async fn checksum(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<ChecksumParams>,
+) -> ApiResult<Json<shoal_types::api::Checksum>> {
+    let base = base_id(&id)?;
+    let engine = engine(&state)?;
+    let checksum = engine.read(base.bucket(), p.consistency, move |s| s.checksum(&base)).await?;
+    let applied_index = engine
+        .multi()
+        .group(base.bucket().0)
+        .and_then(|r| r.metrics().borrow().last_applied)
+        .map(|l| l.index)
+        .unwrap_or(0);
+    Ok(Json(shoal_types::api::Checksum { checksum, applied_index }))
 }

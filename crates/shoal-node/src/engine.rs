@@ -1,48 +1,125 @@
-//! The engine: where the HTTP layer sends writes and reads. It runs the
-//! synchronous store on tokio's blocking pool.
+//! The engine: where the HTTP layer sends writes and reads.
 //!
-//! Writes go through the log (today the local one; with replication, the
-//! bucket's Raft group), reads go straight to the store.
+//! Every write is a command proposed to its bucket's Raft group and answered
+//! once the group has committed and applied it (standalone runs one-member
+//! groups: the same path). Reads take a consistency level:
+//! - `none`: this replica's state, which may be stale;
+//! - `leader`: only on the node that leads the bucket (else `not_leader`);
+//! - `linearizable` (default): the leader confirms its leadership with a
+//!   quorum (read index) and waits until what was committed is applied.
+//!
+//! A node asked about a bucket it does not hold answers `misdirected` (421)
+//! with the URLs of the nodes that do; a bucket it should hold but has not
+//! opened yet is `unavailable` (503, retry).
 
 use std::sync::Arc;
 
-use shoal_storage::{Command, LocalLog, Output, Store};
-use shoal_types::{Error, Result};
+use shoal_raft::multi::{GroupError, MultiRaft};
+use shoal_storage::{Command, Output, Store};
+use shoal_types::api::Consistency;
+use shoal_types::{BucketId, Error, Result};
+use tokio::sync::watch;
+
+use crate::replica;
+use crate::replication::{Directory, group_error};
 
 /// The write and read paths of one node.
 pub struct Engine {
-    log: Arc<LocalLog>,
+    store: Arc<Store>,
+    multi: Arc<MultiRaft>,
+    directory: watch::Receiver<Directory>,
+    node: shoal_types::NodeId,
 }
 
 impl Engine {
-    /// An engine over `store`, ordering writes with a local log.
-    pub fn new(store: Arc<Store>) -> Engine {
-        Engine { log: Arc::new(LocalLog::new(store)) }
+    /// An engine over `store`, writing through `multi`'s groups, routing with
+    /// what `directory` knows of the map.
+    pub fn new(
+        store: Arc<Store>,
+        multi: Arc<MultiRaft>,
+        directory: watch::Receiver<Directory>,
+        node: shoal_types::NodeId,
+    ) -> Engine {
+        Engine { store, multi, directory, node }
     }
 
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
-        self.log.store()
+        &self.store
     }
 
-    /// Appends and applies a command; returns its log index and output.
-    pub async fn write(&self, command: Command) -> Result<(u64, Output)> {
-        let log = self.log.clone();
-        let result = tokio::task::spawn_blocking(move || log.submit(&command))
-            .await
-            .map_err(|e| Error::Internal(format!("write task failed: {e}")))?;
-        if result.is_ok() {
-            metrics::counter!("shoal_writes_applied_total").increment(1);
+    /// The groups.
+    pub fn multi(&self) -> &Arc<MultiRaft> {
+        &self.multi
+    }
+
+    fn routing_error(&self, e: GroupError) -> Error {
+        match e {
+            GroupError::NotHosted(b) => {
+                let dir = self.directory.borrow();
+                let bucket = BucketId(b);
+                if dir.map.as_ref().is_some_and(|m| m.replicas(bucket).contains(&self.node))
+                    || dir.map.is_none()
+                {
+                    Error::Unavailable(format!(
+                        "bucket {bucket} is starting on this node; retry shortly"
+                    ))
+                } else {
+                    Error::Misdirected {
+                        message: format!("this node holds no replica of bucket {bucket}"),
+                        replicas: dir.replica_urls(bucket),
+                    }
+                }
+            }
+            other => group_error(other),
         }
-        result
     }
 
-    /// Runs a read against the store.
+    /// Proposes a command; returns its log index and output.
+    pub async fn write(&self, command: Command) -> Result<(u64, Output)> {
+        let bucket = command.base().bucket();
+        let (index, answer) = self
+            .multi
+            .write(bucket.0, replica::encode(&command))
+            .await
+            .map_err(|e| self.routing_error(e))?;
+        let output = replica::decode(&answer)?;
+        metrics::counter!("shoal_writes_applied_total").increment(1);
+        Ok((index, output))
+    }
+
+    /// Runs a read of `bucket` at `consistency` against the store.
     pub async fn read<T: Send + 'static>(
+        &self,
+        bucket: BucketId,
+        consistency: Consistency,
+        f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.multi.group(bucket.0).is_none() {
+            return Err(self.routing_error(GroupError::NotHosted(bucket.0)));
+        }
+        match consistency {
+            Consistency::None => {}
+            Consistency::Leader if self.multi.is_leader(bucket.0) => {}
+            Consistency::Leader => {
+                return Err(group_error(GroupError::NotLeader {
+                    group: bucket.0,
+                    leader: self.multi.leader(bucket.0),
+                }));
+            }
+            Consistency::Linearizable => {
+                self.multi.read_index(bucket.0).await.map_err(|e| self.routing_error(e))?
+            }
+        }
+        self.local(f).await
+    }
+
+    /// Runs a read of this node's own state (e.g. listing its bases).
+    pub async fn local<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let store = self.store().clone();
+        let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|e| Error::Internal(format!("read task failed: {e}")))?

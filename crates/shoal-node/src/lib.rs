@@ -9,12 +9,13 @@
 
 pub mod api;
 pub mod cluster;
-mod engine;
+pub mod engine;
 pub mod error;
 mod extract;
 pub mod forward;
 pub mod registration;
 pub mod replica;
+pub mod replication;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -70,6 +71,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/v1/bases/{id}/execute", post(api::execute))
             .route("/v1/bases/{id}/query", post(api::query))
             .route("/v1/bases/{id}/tables", get(api::tables))
+            .route("/v1/bases/{id}/checksum", get(api::checksum))
             .route("/v1/bases/{id}/tables/{table}/rows", post(api::insert_rows).get(api::list_rows))
             .route(
                 "/v1/bases/{id}/tables/{table}/rows/{rowid}",

@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::BasicNode;
+use shoal_raft::BasicNode;
 use shoal_raft::multi::{GroupError, MultiRaft};
 use shoal_raft::{RaftNodeId, raft_id};
 use shoal_registry::{Compare, CompareOp, Registry, Revision, Txn, TxnOp, keys};
@@ -52,7 +52,10 @@ impl Directory {
     /// The public URLs of a bucket's replicas.
     pub fn replica_urls(&self, bucket: BucketId) -> Vec<String> {
         let Some(map) = &self.map else { return Vec::new() };
-        map.replicas(bucket).iter().filter_map(|n| self.nodes.get(n).map(|i| i.node_url.clone())).collect()
+        map.replicas(bucket)
+            .iter()
+            .filter_map(|n| self.nodes.get(n).map(|i| i.node_url.clone()))
+            .collect()
     }
 
     /// The Raft members the map wants for a bucket (live nodes only: an
@@ -61,7 +64,11 @@ impl Directory {
         let Some(map) = &self.map else { return BTreeMap::new() };
         map.replicas(bucket)
             .iter()
-            .filter_map(|n| self.nodes.get(n).map(|i| (raft_id(n), BasicNode { addr: i.local_node_url.clone() })))
+            .filter_map(|n| {
+                self.nodes
+                    .get(n)
+                    .map(|i| (raft_id(n), BasicNode { addr: i.local_node_url.clone() }))
+            })
             .collect()
     }
 }
@@ -130,7 +137,9 @@ async fn pass(
     let listing = registry.get_prefix(keys::NODES).await?;
     let mut nodes = BTreeMap::new();
     for kv in &listing.kvs {
-        if let (Some(id), Ok(info)) = (keys::node_of(&kv.key), serde_json::from_slice::<NodeInfo>(&kv.value)) {
+        if let (Some(id), Ok(info)) =
+            (keys::node_of(&kv.key), serde_json::from_slice::<NodeInfo>(&kv.value))
+        {
             nodes.insert(id, info);
         }
     }
@@ -143,10 +152,12 @@ async fn pass(
     let Some(map) = map else { return Ok(listing.revision) };
 
     let me = &options.node_id;
-    let mine: BTreeSet<u8> = BucketId::all().filter(|b| map.replicas(*b).contains(me)).map(|b| b.0).collect();
+    let mine: BTreeSet<u8> =
+        BucketId::all().filter(|b| map.replicas(*b).contains(me)).map(|b| b.0).collect();
     for &b in &mine {
         let raft = multi.open(b).await.map_err(group_error)?;
-        let uninitialized = raft.metrics().borrow().membership_config.membership().voter_ids().next().is_none();
+        let uninitialized =
+            raft.metrics().borrow().membership_config.membership().voter_ids().next().is_none();
         if uninitialized {
             let key = group_key(BucketId(b));
             let claim = Txn::new()
@@ -179,7 +190,9 @@ async fn pass(
                     match multi.reconcile(b, voters).await {
                         Ok(true) => tracing::info!(%bucket, "group membership follows the map"),
                         Ok(false) => {}
-                        Err(e) => tracing::warn!(%bucket, error = %e, "membership change failed; will retry"),
+                        Err(e) => {
+                            tracing::warn!(%bucket, error = %e, "membership change failed; will retry")
+                        }
                     }
                 }
                 busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&b);
@@ -187,9 +200,9 @@ async fn pass(
         } else if !mine.contains(&b) {
             // Gone from the map: leave once the group's leader has removed
             // this node (until then it may still be needed for a quorum).
-            let still_member = multi
-                .group(b)
-                .is_some_and(|r| r.metrics().borrow().membership_config.membership().get_node(&multi.id()).is_some());
+            let still_member = multi.group(b).is_some_and(|r| {
+                r.metrics().borrow().membership_config.membership().get_node(&multi.id()).is_some()
+            });
             if !still_member {
                 tracing::info!(%bucket, "this node no longer holds the bucket; removing its replica");
                 multi.close(b).await.map_err(group_error)?;

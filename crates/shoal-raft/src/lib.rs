@@ -13,6 +13,8 @@
 //! This crate knows nothing of SQL or bases: commands and responses are
 //! bytes, snapshots are directories of files ([`SnapshotFiles`]).
 
+pub use openraft::BasicNode;
+
 pub mod log_store;
 pub mod multi;
 pub mod network;

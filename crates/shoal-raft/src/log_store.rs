@@ -219,6 +219,18 @@ impl LogStore {
         std::fs::create_dir_all(path)
             .map_err(|e| Error::Io(format!("create {}: {e}", path.display())))?;
         let db = disk::open(&path.join("log.redb"), &options)?;
+        Self::start(db, options)
+    }
+
+    /// A store that keeps everything in memory and is gone when dropped
+    /// (`shoal serve --memory`). Same semantics otherwise; "durable" means
+    /// committed in memory.
+    pub fn open_in_memory(options: LogStoreOptions) -> Result<LogStore> {
+        let db = disk::open_in_memory(&options)?;
+        Self::start(db, options)
+    }
+
+    fn start(db: redb::Database, options: LogStoreOptions) -> Result<LogStore> {
         let groups = disk::load(&db)?.into_iter().map(Mutex::new).collect();
         let shared = Arc::new(Shared {
             db,

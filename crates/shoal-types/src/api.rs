@@ -360,3 +360,12 @@ pub struct RebalanceRequest {
     /// The map epoch when it was made; the monitor's answer has a later one.
     pub epoch: u64,
 }
+
+/// `GET /v1/bases/{id}/checksum`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checksum {
+    /// SHA-256 of the base's schema and rows, hex.
+    pub checksum: String,
+    /// The bucket's last applied log index on the replica that answered.
+    pub applied_index: u64,
+}

@@ -52,7 +52,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         anyhow::bail!("--replication-factor must be at least 1");
     }
     let registry = shoal_registry::connect(&registry_options).await?;
-    let listener = bind(args.listen, &args.http).await?;
+    let listener = bind(args.listen).await?;
     let url = format!("http://{}", listener.addr);
     let id = args.monitor_id.clone().unwrap_or_else(|| format!("monitor@{}", listener.addr));
     println!("Shoal monitor {id} is serving {url}");

@@ -1,19 +1,24 @@
 //! `shoal node`: a cluster node. It registers in the registry, follows the
-//! placement map and records the buckets it is given. (Serving the data of
-//! those buckets comes with replication.)
+//! placement map, hosts a Raft group for each bucket it is given and serves
+//! the bases of those buckets.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
 use clap::Args;
 use shoal_node::registration::{self, Assignment, RegistrationOptions};
+use shoal_storage::{Options, Store};
 use shoal_types::NodeId;
 use shoal_types::api::NodeInfo;
 use tokio::sync::watch;
 
 use crate::config::RegistryArgs;
-use crate::server::{HttpArgs, bind, cluster_token, init_logging, serve, shutdown_channel};
+use crate::server::{
+    HttpArgs, bind, cluster_token, init_logging, serve, shutdown_channel, start_replication,
+};
 
 /// Flags of `shoal node`.
 #[derive(Args, Debug)]
@@ -55,13 +60,14 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     claim_data_dir(&args.data_dir, &node_id)?;
     let registry = shoal_registry::connect(&registry_options).await?;
-    let listener = bind(args.listen, &args.http).await?;
+    let listener = bind(args.listen).await?;
     let node_url = args.node_url.clone().unwrap_or_else(|| format!("http://{}", listener.addr));
     let local_node_url = args.local_node_url.clone().unwrap_or_else(|| node_url.clone());
     println!("Shoal node {node_id} is serving http://{} (node_url {node_url})", listener.addr);
     println!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
 
     let shutdown = shutdown_channel();
+    let me = node_id.clone();
     let options = RegistrationOptions {
         node_id,
         info: NodeInfo {
@@ -78,8 +84,19 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let (assignment, _) = watch::channel(Assignment::default());
     let registration =
         tokio::spawn(registration::run(registry.clone(), options, assignment, shutdown.clone()));
-    serve(listener, &args.http, token, None, registry, shutdown).await?;
-    let _ = registration.await;
+    let store = Arc::new(Store::open(Some(&args.data_dir), Options::default())?);
+    let replication = start_replication(
+        &me,
+        Some(&args.data_dir),
+        store,
+        registry.clone(),
+        &token,
+        shutdown.clone(),
+    )
+    .await?;
+    serve(listener, &args.http, token, Some(&replication), registry, shutdown).await?;
+    replication.multi.shutdown().await;
+    let _ = tokio::join!(registration, replication.task);
     tracing::info!("stopped");
     Ok(())
 }

@@ -12,15 +12,16 @@ use clap::Args;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use shoal_monitor::MonitorOptions;
-use shoal_node::Engine;
 use shoal_node::registration::{self, Assignment, RegistrationOptions};
 use shoal_storage::{Options, Store};
-use shoal_types::NodeId;
 use shoal_types::api::NodeInfo;
 use shoal_types::placement::Topology;
+use shoal_types::{BUCKET_COUNT, NodeId};
 use tokio::sync::watch;
 
-use crate::server::{HttpArgs, bind, init_logging, serve, shutdown_channel};
+use crate::server::{
+    HttpArgs, bind, init_logging, serve, shutdown_channel, start_replication, wait_until_leading,
+};
 
 /// Flags of `shoal serve`.
 #[derive(Args, Debug)]
@@ -99,7 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         registry_options.namespace,
         humantime::format_duration(registry_options.node_ttl)
     );
-    let listener = bind(args.listen, &args.http).await?;
+    let listener = bind(args.listen).await?;
     let url = format!("http://{}", listener.addr);
     match dir {
         Some(d) => println!("Shoal is serving {url} with data in {}", d.display()),
@@ -138,9 +139,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let monitor = tokio::spawn(shoal_monitor::run(registry.clone(), monitor, shutdown.clone()));
 
-    serve(listener, &args.http, token, Some(Arc::new(Engine::new(store))), registry, shutdown)
-        .await?;
-    let _ = tokio::join!(registration, monitor);
+    let replication = start_replication(
+        &NodeId(args.node_id.clone()),
+        dir,
+        store,
+        registry.clone(),
+        &token,
+        shutdown.clone(),
+    )
+    .await?;
+    wait_until_leading(&replication, BUCKET_COUNT).await?;
+    serve(listener, &args.http, token, Some(&replication), registry, shutdown).await?;
+    replication.multi.shutdown().await;
+    let _ = tokio::join!(registration, monitor, replication.task);
     tracing::info!("stopped");
     Ok(())
 }

@@ -11,9 +11,17 @@ use async_trait::async_trait;
 use clap::Args;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shoal_node::cluster::Cluster;
+use shoal_node::replica::BucketStateMachine;
+use shoal_node::replication::{self, Directory, ReplicationOptions};
 use shoal_node::{AppState, Engine, ServerOptions};
+use shoal_raft::log_store::{LogStore, LogStoreOptions};
+use shoal_raft::multi::{MultiRaft, MultiRaftOptions, StateMachineFactory};
+use shoal_raft::network::{Network, NetworkOptions};
+use shoal_raft::{StateMachine, raft_id};
 use shoal_registry::Registry;
+use shoal_storage::Store;
 use shoal_types::api::{ClusterStatus, RebalanceRequest};
+use shoal_types::{BucketId, NodeId};
 use tokio::sync::watch;
 
 /// HTTP flags of every server command (the listen address is per command).
@@ -33,7 +41,7 @@ pub struct HttpArgs {
 /// Starts logging to stderr; `SHOAL_LOG` filters (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
@@ -54,17 +62,96 @@ pub struct Listener {
     pub addr: SocketAddr,
 }
 
-/// Binds `listen` and records the bound address in `--addr-file`.
-pub async fn bind(listen: SocketAddr, http: &HttpArgs) -> anyhow::Result<Listener> {
+/// Binds `listen`. The address is announced (`--addr-file`) when serving starts.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<Listener> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    if let Some(f) = &http.addr_file {
-        std::fs::write(f, addr.to_string())
-            .with_context(|| format!("cannot write {}", f.display()))?;
-    }
     Ok(Listener { listener, addr })
+}
+
+/// What a node needs to replicate its buckets.
+pub struct Replication {
+    /// The engine for the HTTP API.
+    pub engine: Arc<Engine>,
+    /// The node's groups.
+    pub multi: Arc<MultiRaft>,
+    /// The routes other nodes send Raft messages to.
+    pub routes: axum::Router,
+    /// The reconciler task.
+    pub task: tokio::task::JoinHandle<()>,
+    /// For `--memory`: the directory snapshots would use, removed on exit.
+    pub _scratch: Option<tempfile::TempDir>,
+}
+
+/// Starts the node's Raft groups, following the placement map in `registry`.
+pub async fn start_replication(
+    node: &NodeId,
+    data_dir: Option<&std::path::Path>,
+    store: Arc<Store>,
+    registry: Arc<dyn Registry>,
+    token: &str,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Replication> {
+    let (log_store, scratch, raft_dir) = match data_dir {
+        Some(d) => {
+            let dir = d.join("raft");
+            (LogStore::open(&dir.join("log"), LogStoreOptions::default())?, None, dir)
+        }
+        None => {
+            let tmp = tempfile::tempdir().context("cannot make a scratch directory")?;
+            let dir = tmp.path().to_path_buf();
+            (LogStore::open_in_memory(LogStoreOptions::default())?, Some(tmp), dir)
+        }
+    };
+    let net_options = NetworkOptions { token: token.to_string(), ..NetworkOptions::default() };
+    let network = Network::new(net_options.clone())?;
+    let s = store.clone();
+    let factory: StateMachineFactory = Arc::new(move |g: u8| -> Arc<dyn StateMachine> {
+        Arc::new(BucketStateMachine::new(s.clone(), BucketId(g)))
+    });
+    let mut options = MultiRaftOptions::new(&raft_dir);
+    if data_dir.is_none() {
+        // In memory there is nobody to send a snapshot to and nowhere to keep one.
+        options.snapshot_every = u64::MAX;
+    }
+    let multi = MultiRaft::start(raft_id(node), log_store, network, factory, options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot start the Raft groups: {e}"))?;
+    let (directory_tx, directory_rx) = watch::channel(Directory::default());
+    let task = tokio::spawn(replication::reconcile(
+        registry,
+        multi.clone(),
+        store.clone(),
+        ReplicationOptions {
+            node_id: node.clone(),
+            max_concurrent_changes: 4,
+            interval: std::time::Duration::from_secs(1),
+        },
+        directory_tx,
+        shutdown,
+    ));
+    let engine = Arc::new(Engine::new(store, multi.clone(), directory_rx, node.clone()));
+    let routes = shoal_raft::network::router(multi.clone(), net_options);
+    Ok(Replication { engine, multi, routes, task, _scratch: scratch })
+}
+
+/// Waits (bounded) until this node hosts `groups` groups and each has a
+/// leader: a standalone server announces itself only once every bucket can
+/// take writes.
+pub async fn wait_until_leading(replication: &Replication, groups: usize) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let hosted = replication.multi.hosted();
+        if hosted.len() >= groups && hosted.iter().all(|g| replication.multi.leader(*g).is_some()) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("only {} of {groups} buckets were ready after 120 s", hosted.len());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Serves the API until `shutdown` turns true.
@@ -72,10 +159,11 @@ pub async fn serve(
     listener: Listener,
     http: &HttpArgs,
     token: String,
-    engine: Option<Arc<Engine>>,
+    replication: Option<&Replication>,
     registry: Arc<dyn Registry>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    let engine = replication.map(|r| r.engine.clone());
     let metrics = PrometheusBuilder::new()
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -89,8 +177,16 @@ pub async fn serve(
         metrics: Some(metrics),
         forwarder: shoal_node::forward::client(),
     });
+    let mut app = shoal_node::router(state);
+    if let Some(r) = replication {
+        app = app.merge(r.routes.clone());
+    }
+    if let Some(f) = &http.addr_file {
+        std::fs::write(f, listener.addr.to_string())
+            .with_context(|| format!("cannot write {}", f.display()))?;
+    }
     tracing::info!(addr = %listener.addr, "listening");
-    axum::serve(listener.listener, shoal_node::router(state))
+    axum::serve(listener.listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })

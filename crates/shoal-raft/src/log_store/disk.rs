@@ -40,6 +40,19 @@ pub(super) const APPLIED: u8 = 3;
 /// Opens or creates the file and makes sure its layout is ours.
 pub(super) fn open(path: &Path, options: &LogStoreOptions) -> Result<Database> {
     let db = Database::builder().set_cache_size(options.cache_bytes).create(path)?;
+    init(db, &path.display().to_string())
+}
+
+/// A database that lives in memory only.
+pub(super) fn open_in_memory(options: &LogStoreOptions) -> Result<Database> {
+    let db = Database::builder()
+        .set_cache_size(options.cache_bytes)
+        .create_with_backend(redb::backends::InMemoryBackend::new())?;
+    init(db, "memory")
+}
+
+/// Checks or writes the layout version and makes the tables.
+fn init(db: Database, name: &str) -> Result<Database> {
     let txn = db.begin_write()?;
     {
         let mut format = txn.open_table(FORMAT)?;
@@ -49,8 +62,7 @@ pub(super) fn open(path: &Path, options: &LogStoreOptions) -> Result<Database> {
             Some(FORMAT_VERSION) => {}
             Some(other) => {
                 return Err(Error::InvalidData(format!(
-                    "{}: layout version {other}, this build reads {FORMAT_VERSION}",
-                    path.display()
+                    "{name}: layout version {other}, this build reads {FORMAT_VERSION}"
                 )));
             }
         }
