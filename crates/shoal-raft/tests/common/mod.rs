@@ -299,10 +299,15 @@ pub struct TestNode {
 /// Raft settings for tests: fast elections, and snapshots with purging so
 /// that a late learner must be sent a snapshot.
 pub fn config() -> Arc<Config> {
+    config_with(100, 300, 600)
+}
+
+/// [`config`] with other timings, in milliseconds.
+pub fn config_with(heartbeat: u64, election_min: u64, election_max: u64) -> Arc<Config> {
     let config = Config {
-        heartbeat_interval: 100,
-        election_timeout_min: 300,
-        election_timeout_max: 600,
+        heartbeat_interval: heartbeat,
+        election_timeout_min: election_min,
+        election_timeout_max: election_max,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(20),
         max_in_snapshot_log_to_keep: 0,
         purge_batch_size: 1,
@@ -314,6 +319,11 @@ pub fn config() -> Arc<Config> {
 impl TestNode {
     /// Starts node `id` hosting `groups` (uninitialized).
     pub async fn start(id: u64, groups: std::ops::Range<u8>) -> TestNode {
+        Self::start_with(id, groups.collect(), config()).await
+    }
+
+    /// [`TestNode::start`] with other Raft settings.
+    pub async fn start_with(id: u64, groups: Vec<u8>, config: Arc<Config>) -> TestNode {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -334,10 +344,15 @@ impl TestNode {
             for g in groups {
                 let sm = MemSm::new(root.join(format!("sm-{g}")));
                 std::fs::create_dir_all(root.join(format!("sm-{g}"))).expect("mkdir");
-                let raft =
-                    Raft::new(id, config(), network.factory(g), MemLog::default(), sm.clone())
-                        .await
-                        .expect("raft");
+                let raft = Raft::new(
+                    id,
+                    config.clone(),
+                    network.factory(g),
+                    MemLog::default(),
+                    sm.clone(),
+                )
+                .await
+                .expect("raft");
                 rafts.insert(g, raft);
                 sms.insert(g, sm);
             }
