@@ -10,7 +10,7 @@
 //! own connection would cost sockets and syscalls per group; sending each
 //! RPC as its own request would cost a request per heartbeat per group. So:
 //!
-//! - [`Network`] (one per node) keeps one [`Peer`](client) per peer node: a
+//! - [`Network`] (one per node) keeps one peer per peer node: a
 //!   queue and a sender task. [`GroupNetworkFactory`] (one per group) hands
 //!   openraft clients that put the group's RPCs, tagged with its bucket, on
 //!   the peer's queue.
@@ -41,8 +41,8 @@
 //! scheme and one set of tools; a hand-made TCP framing would save a few
 //! bytes of headers per batch, which batching already makes negligible.
 //!
-//! Bodies are postcard (compact binary serde), framed as described in
-//! [`wire`]. Every message carries a version byte.
+//! Bodies are postcard (compact binary serde), framed as described in the
+//! `wire` module. Every message carries a version byte.
 //!
 //! # Errors
 //!

@@ -186,3 +186,36 @@ fn frames_round_trip_in_pieces() {
     assert_eq!(got, vec![(1, "one".to_string()), (2, "two".to_string())]);
     assert!(d.is_empty());
 }
+
+#[tokio::test]
+async fn cancel_aborts_a_snapshot_transfer() {
+    use openraft::error::{ReplicationClosed, StreamingError};
+    use openraft::{Snapshot, SnapshotMeta};
+
+    // Accepts connections and never answers, so the transfer cannot end by itself.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("data"), vec![7u8; 1 << 20]).expect("write");
+    let snapshot = Snapshot {
+        meta: SnapshotMeta::default(),
+        snapshot: Box::new(crate::SnapshotFiles { dir: dir.path().to_path_buf() }),
+    };
+    let network = Network::new(options()).expect("network");
+    let mut c = client(&network, 1, 2, &addr).await;
+    let cancel = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        ReplicationClosed::new("test")
+    };
+    let started = tokio::time::Instant::now();
+    let err =
+        c.full_snapshot(Vote::new(1, 1), snapshot, cancel, ttl()).await.expect_err("cancelled");
+    assert!(matches!(err, StreamingError::Closed(_)), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
