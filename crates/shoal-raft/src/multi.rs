@@ -115,6 +115,8 @@ impl MultiRaft {
         let config =
             Arc::new(config.validate().map_err(|e| format!("invalid raft settings: {e}"))?);
         std::fs::create_dir_all(&options.snapshot_dir).map_err(|e| e.to_string())?;
+        // Snapshots that were being received when the node stopped are garbage.
+        let _ = std::fs::remove_dir_all(options.snapshot_dir.join("incoming"));
         let multi = Arc::new(MultiRaft {
             id,
             config,
@@ -281,25 +283,54 @@ impl MultiRaft {
         Ok(true)
     }
 
-    /// On a failed connection to a peer, the groups it led campaign now.
+    /// On a failed connection to a peer, the groups it led elect a new
+    /// leader now instead of waiting out the leader lease. Every survivor
+    /// first campaigns, which ends its own lease (0.9 voters refuse to vote
+    /// while they believe in a leader); a moment later the lowest-id
+    /// remaining voter campaigns again if the group still has no leader, and
+    /// wins.
     fn watch_peer_failures(self: Arc<Self>) {
         let mut failures = self.network.peer_failures();
         let weak = Arc::downgrade(&self);
         drop(self);
         tokio::spawn(async move {
-            while let Ok(peer) = failures.recv().await {
+            loop {
+                let peer = match failures.recv().await {
+                    Ok(peer) => peer,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                };
                 let Some(multi) = weak.upgrade() else { return };
-                let led: Vec<Raft> = multi
+                let groups: Vec<Raft> = multi
                     .groups
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
                     .values()
-                    .filter(|r| r.metrics().borrow().current_leader == Some(peer))
                     .cloned()
                     .collect();
-                for raft in led {
+                let mut again = Vec::new();
+                for raft in groups {
+                    let m = raft.metrics().borrow().clone();
+                    if m.current_leader != Some(peer) {
+                        continue;
+                    }
                     let _ = raft.trigger().elect().await;
+                    let first =
+                        m.membership_config.membership().voter_ids().filter(|v| *v != peer).min();
+                    if first == Some(multi.id) {
+                        again.push(raft);
+                    }
                 }
+                drop(multi);
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    for raft in again {
+                        let leader = raft.metrics().borrow().current_leader;
+                        if leader.is_none() || leader == Some(peer) {
+                            let _ = raft.trigger().elect().await;
+                        }
+                    }
+                });
             }
         });
     }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
+use axum::serve::ListenerExt as _;
 use clap::Args;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shoal_node::cluster::Cluster;
@@ -186,7 +187,11 @@ pub async fn serve(
             .with_context(|| format!("cannot write {}", f.display()))?;
     }
     tracing::info!(addr = %listener.addr, "listening");
-    axum::serve(listener.listener, app)
+    // Raft answers are small: do not let them wait for delayed ACKs.
+    let listener = listener.listener.tap_io(|s| {
+        let _ = s.set_nodelay(true);
+    });
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })

@@ -1,0 +1,116 @@
+//! A cluster of real `shoal node` and `shoal monitor` processes on a real etcd.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use shoal_client::Client;
+use shoal_registry::testing::etcd_server::EtcdCluster;
+use shoal_registry::{Registry, keys};
+use shoal_types::api::ClusterStatus;
+use shoal_types::placement::PlacementMap;
+
+use super::Process;
+
+pub const TOKEN: &str = "cluster-test-token";
+/// Short enough for tests, long enough for etcd (which rounds leases to seconds).
+pub const TTL: &str = "3s";
+pub const TTL_SECS: u64 = 3;
+
+pub struct Cluster {
+    pub etcd: EtcdCluster,
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<String, Process>,
+    pub monitors: Vec<Process>,
+}
+
+impl Cluster {
+    pub async fn new() -> Cluster {
+        Cluster {
+            etcd: EtcdCluster::single().await,
+            dir: tempfile::tempdir().expect("tempdir"),
+            nodes: BTreeMap::new(),
+            monitors: Vec::new(),
+        }
+    }
+
+    pub fn common(&self) -> Vec<String> {
+        [
+            "--registry",
+            &self.etcd.registry_url(),
+            "--namespace",
+            "clustertest",
+            "--node-ttl",
+            TTL,
+            "--retry-interval",
+            "200ms",
+            "--admin-token",
+            TOKEN,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    pub fn start_node(&mut self, id: &str) {
+        let dir = self.dir.path().join(id);
+        let mut args: Vec<String> =
+            ["node", "--node-id", id, "--data-dir"].map(String::from).to_vec();
+        args.push(dir.join("data").display().to_string());
+        args.extend(self.common());
+        self.nodes.insert(id.to_string(), Process::start(&dir, &args));
+    }
+
+    pub fn start_monitor(&mut self, extra: &[&str]) {
+        let n = self.monitors.len();
+        let dir = self.dir.path().join(format!("monitor-{n}"));
+        let mut args: Vec<String> =
+            ["monitor", "--monitor-id", &format!("m{n}"), "--replication-factor", "3"]
+                .map(String::from)
+                .to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(self.common());
+        self.monitors.push(Process::start(&dir, &args));
+    }
+
+    pub async fn registry(&self) -> impl Registry {
+        self.etcd.registry("clustertest").await
+    }
+
+    pub async fn map(&self) -> Option<PlacementMap> {
+        let kv = self.registry().await.get(keys::PLACEMENT).await.expect("get map")?;
+        Some(PlacementMap::decode(&kv.value).expect("decode map"))
+    }
+
+    /// Waits (bounded) for a map that satisfies `pred`.
+    pub async fn wait_map(
+        &self,
+        what: &str,
+        within: Duration,
+        pred: impl Fn(&PlacementMap) -> bool,
+    ) -> PlacementMap {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(m) = self.map().await.filter(|m| pred(m)) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; map: {:?}\n{}",
+                self.map().await.map(|m| m.replica_counts()),
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn status(&self, via: &Process) -> ClusterStatus {
+        Client::new(&via.url, Some(TOKEN.into()))
+            .expect("client")
+            .cluster_status()
+            .await
+            .expect("status")
+    }
+
+    pub fn logs(&self) -> String {
+        self.monitors.iter().chain(self.nodes.values()).map(|p| p.logs()).collect()
+    }
+}

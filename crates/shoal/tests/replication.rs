@@ -1,0 +1,237 @@
+//! Replication between real `shoal node` processes on a real etcd: writes
+//! through any node, the loss of a bucket's leader under load, no lost
+//! acknowledged write, and replicas that end equal.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, TOKEN};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// A raw HTTP call to one node.
+async fn call(
+    http: &reqwest::Client,
+    url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+    no_forward: bool,
+) -> Result<(StatusCode, Value), String> {
+    let mut r = http
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(10));
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    if no_forward {
+        r = r.header("x-shoal-no-forward", "1");
+    }
+    let resp = r.send().await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+}
+
+/// Sends a write to the nodes in turn until one acknowledges it (bounded).
+async fn write(
+    http: &reqwest::Client,
+    urls: &[String],
+    path: &str,
+    body: Value,
+    within: Duration,
+) -> Result<Value, String> {
+    let deadline = Instant::now() + within;
+    let mut last = String::new();
+    let mut i = 0usize;
+    while Instant::now() < deadline {
+        let url = &urls[i % urls.len()];
+        i += 1;
+        match call(http, url, reqwest::Method::POST, path, Some(body.clone()), false).await {
+            Ok((s, v)) if s.is_success() => return Ok(v),
+            Ok((s, v)) => last = format!("{s} {v}"),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(last)
+}
+
+/// Which node leads the base's bucket: the one that answers a leader read
+/// itself instead of redirecting.
+async fn leader_of(http: &reqwest::Client, c: &Cluster, base: &str) -> Option<String> {
+    for (name, p) in &c.nodes {
+        let path = format!("/v1/bases/{base}/checksum?consistency=leader");
+        if let Ok((StatusCode::OK, _)) =
+            call(http, &p.url, reqwest::Method::GET, &path, None, true).await
+        {
+            return Some(name.clone());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_loss_under_load_loses_no_acknowledged_write_and_replicas_converge() {
+    let mut c = Cluster::new().await;
+    for n in ["n1", "n2", "n3"] {
+        c.start_node(n);
+    }
+    c.start_monitor(&[]);
+    let http = reqwest::Client::new();
+    let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
+
+    // A base, created through one node, its table through another: followers
+    // forward to the leader.
+    let created = write(&http, &urls, "/v1/bases", json!({}), Duration::from_secs(60))
+        .await
+        .expect("create base");
+    let base = created["id"].as_str().expect("id").to_string();
+    let exec = format!("/v1/bases/{base}/execute");
+    let ddl = json!({"statements": [{"sql": "CREATE TABLE t (k TEXT PRIMARY KEY)"}]});
+    write(&http, &urls[1..], &exec, ddl, Duration::from_secs(30)).await.expect("create table");
+    for url in &urls {
+        let (s, v) = call(
+            &http,
+            url,
+            reqwest::Method::POST,
+            &exec,
+            Some(json!({"statements": [{"sql": "INSERT INTO t VALUES (?)", "params": [url]}]})),
+            false,
+        )
+        .await
+        .expect("reachable");
+        assert!(s.is_success(), "a write through {url} failed: {s} {v}");
+    }
+
+    // A write load through every node in turn.
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (http, urls, exec, acked, stop) =
+            (http.clone(), urls.clone(), exec.clone(), acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let k = format!("w{w}-{i}");
+                let body =
+                    json!({"statements": [{"sql": "INSERT INTO t VALUES (?)", "params": [k]}]});
+                // Every write is either acknowledged or abandoned; only
+                // acknowledged ones are checked afterwards.
+                if write(
+                    &http,
+                    &urls[w % urls.len()..]
+                        .iter()
+                        .chain(urls[..w % urls.len()].iter())
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                    &exec,
+                    body,
+                    Duration::from_secs(20),
+                )
+                .await
+                .is_ok()
+                {
+                    acked.lock().expect("lock").push(k);
+                }
+                i += 1;
+            }
+        }));
+    }
+    let until = |n: usize| {
+        let acked = acked.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while acked.lock().expect("lock").len() < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "the load stalled at {} writes",
+                    acked.lock().expect("lock").len()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until(100).await;
+
+    // Kill the bucket's leader in the middle of the load.
+    let leader = leader_of(&http, &c, &base).await.expect("a leader");
+    let before = acked.lock().expect("lock").len();
+    c.nodes.get_mut(&leader).expect("leader").kill();
+    let killed_at = Instant::now();
+    until(before + 50).await;
+    println!(
+        "writes resumed: 50 more acknowledged {:.2}s after SIGKILL of the leader {leader}",
+        killed_at.elapsed().as_secs_f64()
+    );
+    until(before + 150).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+
+    // Every acknowledged write is there (linearizable read through a survivor).
+    let survivors: Vec<String> =
+        c.nodes.iter().filter(|(n, _)| **n != leader).map(|(_, p)| p.url.clone()).collect();
+    let (s, v) = call(
+        &http,
+        &survivors[0],
+        reqwest::Method::POST,
+        &format!("/v1/bases/{base}/query"),
+        Some(json!({"sql": "SELECT k FROM t"})),
+        false,
+    )
+    .await
+    .expect("query");
+    assert!(s.is_success(), "{v}");
+    let stored: BTreeSet<String> = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter_map(|r| r[0].as_str().map(String::from))
+        .collect();
+    let acked = acked.lock().expect("lock").clone();
+    let missing: Vec<&String> = acked.iter().filter(|k| !stored.contains(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged writes lost, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+
+    // The old leader comes back and catches up: all replicas equal.
+    c.nodes.get_mut(&leader).expect("leader").restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut sums = BTreeSet::new();
+        for p in c.nodes.values() {
+            match call(
+                &http,
+                &p.url,
+                reqwest::Method::GET,
+                &format!("/v1/bases/{base}/checksum?consistency=none"),
+                None,
+                true,
+            )
+            .await
+            {
+                Ok((StatusCode::OK, v)) => {
+                    sums.insert(v["checksum"].as_str().unwrap_or_default().to_string());
+                }
+                other => {
+                    sums.insert(format!("{other:?}"));
+                }
+            }
+        }
+        if sums.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replicas differ: {sums:?}\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
