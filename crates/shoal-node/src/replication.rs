@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use shoal_raft::BasicNode;
 use shoal_raft::multi::{GroupError, MultiRaft};
@@ -37,6 +37,10 @@ pub struct ReplicationOptions {
     pub max_concurrent_changes: usize,
     /// How often to look again when nothing changed (retries after failures).
     pub interval: Duration,
+    /// How long the data of a replica that left is kept before it is
+    /// deleted. Until then it is not served, and if the map gives the bucket
+    /// back, the replica resumes from it.
+    pub remove_after: Duration,
 }
 
 /// The node's view of where buckets live, for routing answers.
@@ -89,8 +93,20 @@ pub async fn reconcile(
 ) {
     let semaphore = Arc::new(Semaphore::new(options.max_concurrent_changes.max(1)));
     let busy: Arc<Mutex<BTreeSet<u8>>> = Arc::default();
+    let mut departed: BTreeMap<u8, Instant> = BTreeMap::new();
     while !*shutdown.borrow() {
-        match pass(&registry, &multi, &store, &options, &directory, &semaphore, &busy).await {
+        match pass(
+            &registry,
+            &multi,
+            &store,
+            &options,
+            &directory,
+            &semaphore,
+            &busy,
+            &mut departed,
+        )
+        .await
+        {
             Ok(revision) => {
                 // Wake on the next change of the map or the nodes, or after a while.
                 let from = Revision(revision.0 + 1);
@@ -133,6 +149,7 @@ async fn pass(
     directory: &watch::Sender<Directory>,
     semaphore: &Arc<Semaphore>,
     busy: &Arc<Mutex<BTreeSet<u8>>>,
+    departed: &mut BTreeMap<u8, Instant>,
 ) -> Result<Revision, Error> {
     let listing = registry.get_prefix(keys::NODES).await?;
     let mut nodes = BTreeMap::new();
@@ -154,6 +171,20 @@ async fn pass(
     let me = &options.node_id;
     let mine: BTreeSet<u8> =
         BucketId::all().filter(|b| map.replicas(*b).contains(me)).map(|b| b.0).collect();
+    // Replicas that left: deleted after the grace period, unless the map
+    // gave the bucket back (then the group resumes from its kept state).
+    departed.retain(|b, _| !mine.contains(b));
+    let expired: Vec<u8> = departed
+        .iter()
+        .filter(|(_, at)| at.elapsed() >= options.remove_after)
+        .map(|(b, _)| *b)
+        .collect();
+    for b in expired {
+        tracing::info!(bucket = %BucketId(b), "deleting the data of a replica that left");
+        multi.close(b).await.map_err(group_error)?;
+        store.remove_bucket(BucketId(b))?;
+        departed.remove(&b);
+    }
     for &b in &mine {
         let raft = multi.open(b).await.map_err(group_error)?;
         let uninitialized =
@@ -174,11 +205,7 @@ async fn pass(
         let bucket = BucketId(b);
         if multi.is_leader(b) {
             let voters = dir.voters(bucket);
-            let current: BTreeSet<RaftNodeId> = multi
-                .group(b)
-                .map(|r| r.metrics().borrow().membership_config.membership().voter_ids().collect())
-                .unwrap_or_default();
-            if voters.is_empty() || voters.keys().copied().collect::<BTreeSet<_>>() == current {
+            if voters.is_empty() || !multi.needs_reconcile(b, &voters) {
                 continue;
             }
             if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(b) {
@@ -198,15 +225,18 @@ async fn pass(
                 busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&b);
             });
         } else if !mine.contains(&b) {
-            // Gone from the map: leave once the group's leader has removed
-            // this node (until then it may still be needed for a quorum).
-            let still_member = multi.group(b).is_some_and(|r| {
-                r.metrics().borrow().membership_config.membership().get_node(&multi.id()).is_some()
-            });
+            // Gone from the map: the leader keeps a leaving member as a
+            // learner until it has seen the change (MultiRaft::reconcile);
+            // once this node is no voter, it lets go. Until then it may be
+            // needed for a quorum.
+            let still_member = multi.is_voter(b);
             if !still_member {
-                tracing::info!(%bucket, "this node no longer holds the bucket; removing its replica");
-                multi.close(b).await.map_err(group_error)?;
-                store.remove_bucket(bucket)?;
+                // Stop serving, keep the data: the leader still counts this
+                // node's acknowledgements until it removes it, so the state
+                // must not vanish while the node could be asked back.
+                tracing::info!(%bucket, "this node no longer holds the bucket; its replica stops");
+                multi.stop(b).await;
+                departed.insert(b, Instant::now());
             }
         }
     }

@@ -193,8 +193,18 @@ impl MultiRaft {
         }
     }
 
-    /// Stops a group and forgets its log (its replica moved away). The state
-    /// machine's data is the caller's to remove.
+    /// Stops a group but keeps its log and state: the group can be opened
+    /// again as it was (the replica left the map, and may come back).
+    pub async fn stop(&self, group: u8) {
+        let _l = self.lifecycle.lock().await;
+        let raft = self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
+        if let Some(raft) = raft {
+            let _ = raft.shutdown().await;
+        }
+    }
+
+    /// Stops a group and forgets its log (its replica moved away for good).
+    /// The state machine's data is the caller's to remove.
     pub async fn close(&self, group: u8) -> Result<(), GroupError> {
         let _l = self.lifecycle.lock().await;
         let raft = self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
@@ -254,8 +264,15 @@ impl MultiRaft {
     }
 
     /// Moves the group's membership toward `voters` (run on the leader):
-    /// new members join as learners and catch up (log or snapshot) before
-    /// they vote; members not in `voters` leave. One change at a time.
+    /// 1. new members join as learners and catch up (log or snapshot);
+    /// 2. the voters become exactly `voters`; members that leave stay on as
+    ///    learners for now, so that they receive the entry that demotes them
+    ///    and know to let go of the group (a member removed outright stops
+    ///    hearing from the leader and would never learn it was removed);
+    /// 3. learners that are not wanted and have replicated that entry are
+    ///    removed.
+    ///
+    /// One change at a time; returns whether anything changed.
     pub async fn reconcile(
         &self,
         group: u8,
@@ -263,24 +280,81 @@ impl MultiRaft {
     ) -> Result<bool, GroupError> {
         let raft = self.hosted_or_err(group)?;
         let metrics = raft.metrics().borrow().clone();
-        if metrics.state != ServerState::Leader {
-            return Ok(false);
-        }
-        let membership = metrics.membership_config.membership().clone();
-        let current: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
-        let wanted: BTreeSet<RaftNodeId> = voters.keys().copied().collect();
-        if current == wanted || wanted.is_empty() {
+        if metrics.state != ServerState::Leader || voters.is_empty() {
             return Ok(false);
         }
         let err = |e: String| GroupError::Unavailable { group, reason: e };
-        for (id, node) in voters.iter().filter(|(id, _)| membership.get_node(id).is_none()) {
-            // Blocking: returns once the learner has caught up.
-            raft.add_learner(*id, node.clone(), true).await.map_err(|e| err(e.to_string()))?;
+        let membership = metrics.membership_config.membership().clone();
+        let wanted: BTreeSet<RaftNodeId> = voters.keys().copied().collect();
+        let current: BTreeSet<RaftNodeId> = membership.voter_ids().collect();
+        let mut changed = false;
+        // A member that restarted elsewhere (a new address): update it first,
+        // or the leader keeps sending to the old one.
+        let moved: BTreeMap<RaftNodeId, BasicNode> = voters
+            .iter()
+            .filter(|(id, node)| membership.get_node(id).is_some_and(|n| n.addr != node.addr))
+            .map(|(id, node)| (*id, node.clone()))
+            .collect();
+        if !moved.is_empty() {
+            raft.change_membership(ChangeMembers::SetNodes(moved), false)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            changed = true;
         }
-        raft.change_membership(ChangeMembers::ReplaceAllVoters(wanted), false)
-            .await
-            .map_err(|e| err(e.to_string()))?;
-        Ok(true)
+        if current != wanted {
+            for (id, node) in voters.iter().filter(|(id, _)| membership.get_node(id).is_none()) {
+                // Blocking: returns once the learner has caught up.
+                raft.add_learner(*id, node.clone(), true).await.map_err(|e| err(e.to_string()))?;
+            }
+            raft.change_membership(ChangeMembers::ReplaceAllVoters(wanted.clone()), true)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            changed = true;
+        }
+        // Learners that are not wanted, once they have the current membership.
+        let metrics = raft.metrics().borrow().clone();
+        let config_index = metrics.membership_config.log_id().map(|l| l.index);
+        let caught_up: BTreeSet<RaftNodeId> = metrics
+            .membership_config
+            .membership()
+            .learner_ids()
+            .filter(|id| !wanted.contains(id))
+            .filter(|id| {
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(id).cloned().flatten())
+                    .map(|l| l.index);
+                matched.is_some() && matched >= config_index
+            })
+            .collect();
+        if !caught_up.is_empty() {
+            raft.change_membership(ChangeMembers::RemoveNodes(caught_up), false)
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Whether the leader's view of the group differs from `voters`: other
+    /// voters, members that are not wanted, or members at another address.
+    pub fn needs_reconcile(&self, group: u8, voters: &BTreeMap<RaftNodeId, BasicNode>) -> bool {
+        let Some(raft) = self.group(group) else { return false };
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        membership.voter_ids().collect::<BTreeSet<_>>() != voters.keys().copied().collect()
+            || membership.learner_ids().any(|l| !voters.contains_key(&l))
+            || voters
+                .iter()
+                .any(|(id, node)| membership.get_node(id).is_some_and(|n| n.addr != node.addr))
+    }
+
+    /// Whether this node is a voter of the group, as far as it knows.
+    pub fn is_voter(&self, group: u8) -> bool {
+        self.group(group).is_some_and(|r| {
+            r.metrics().borrow().membership_config.membership().voter_ids().any(|v| v == self.id)
+        })
     }
 
     /// On a failed connection to a peer, the groups it led elect a new

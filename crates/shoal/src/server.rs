@@ -129,6 +129,7 @@ pub async fn start_replication(
             node_id: node.clone(),
             max_concurrent_changes: 4,
             interval: std::time::Duration::from_secs(1),
+            remove_after: std::time::Duration::from_secs(600),
         },
         directory_tx,
         shutdown,

@@ -209,7 +209,8 @@ async fn leader_loss_under_load_loses_no_acknowledged_write_and_replicas_converg
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let mut sums = BTreeSet::new();
-        for p in c.nodes.values() {
+        let mut seen = Vec::new();
+        for (name, p) in &c.nodes {
             match call(
                 &http,
                 &p.url,
@@ -222,16 +223,147 @@ async fn leader_loss_under_load_loses_no_acknowledged_write_and_replicas_converg
             {
                 Ok((StatusCode::OK, v)) => {
                     sums.insert(v["checksum"].as_str().unwrap_or_default().to_string());
+                    seen.push(format!("{name}: index {} {}", v["applied_index"], v["checksum"]));
                 }
                 other => {
                     sums.insert(format!("{other:?}"));
+                    seen.push(format!("{name}: {other:?}"));
                 }
             }
         }
         if sums.len() == 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "replicas differ: {sums:?}\n{}", c.logs());
+        assert!(Instant::now() < deadline, "replicas differ: {seen:#?}\n{}", c.logs());
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
+    let mut c = Cluster::new().await;
+    for n in ["n1", "n2", "n3"] {
+        c.start_node(n);
+    }
+    c.start_monitor(&[]);
+    let http = reqwest::Client::new();
+    let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
+
+    // Bases in many buckets, with rows.
+    let mut bases = Vec::new();
+    for i in 0..24 {
+        let id = format!("{:02x}{:06x}-0000-4000-8000-000000000000", (i * 11) % 256, i);
+        write(&http, &urls, "/v1/bases", json!({"id": id}), Duration::from_secs(60))
+            .await
+            .expect("create");
+        let exec = format!("/v1/bases/{id}/execute");
+        let body = json!({"statements": [
+            {"sql": "CREATE TABLE t (k TEXT PRIMARY KEY, v BLOB)"},
+            {"sql": "INSERT INTO t VALUES (?, zeroblob(2000))", "params": [format!("first-{i}")]}]});
+        write(&http, &urls, &exec, body, Duration::from_secs(30)).await.expect("fill");
+        bases.push(id);
+    }
+    let before =
+        c.wait_map("3 nodes", Duration::from_secs(30), |m| m.replica_counts().len() == 3).await;
+
+    // Writes go on while n4 joins.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (http, urls, bases, acked, stop) =
+            (http.clone(), urls.clone(), bases.clone(), acked.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let base = &bases[i % bases.len()];
+                let k = format!("k{i}");
+                let body = json!({"statements": [{"sql": "INSERT INTO t VALUES (?, NULL)", "params": [k]}]});
+                if write(
+                    &http,
+                    &urls,
+                    &format!("/v1/bases/{base}/execute"),
+                    body,
+                    Duration::from_secs(20),
+                )
+                .await
+                .is_ok()
+                {
+                    acked.lock().expect("lock").push((base.clone(), k));
+                }
+                i += 1;
+            }
+        })
+    };
+    c.start_node("n4");
+    let after = c.wait_map("n4 placed", Duration::from_secs(30), |m| m.epoch > before.epoch).await;
+    let n4 = shoal_types::NodeId("n4".into());
+
+    // Every base whose bucket n4 now holds reaches n4 with the same content
+    // as its other replicas; nodes that lost a bucket no longer serve it.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    'outer: loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(Instant::now() < deadline, "replicas did not converge\n{}", c.logs());
+        for base in &bases {
+            let bucket: shoal_types::BaseId = base.parse().expect("id");
+            let replicas = after.replicas(bucket.bucket());
+            let mut sums = BTreeSet::new();
+            for (name, p) in &c.nodes {
+                let path = format!("/v1/bases/{base}/checksum?consistency=none");
+                let r = call(&http, &p.url, reqwest::Method::GET, &path, None, true).await;
+                let holds = replicas.contains(&shoal_types::NodeId(name.clone()));
+                match (holds, r) {
+                    (true, Ok((StatusCode::OK, v))) => {
+                        sums.insert(v["checksum"].as_str().unwrap_or_default().to_string());
+                    }
+                    (false, Ok((StatusCode::MISDIRECTED_REQUEST, v))) => {
+                        assert!(
+                            !v["error"]["replicas"]
+                                .as_array()
+                                .map(|r| r.is_empty())
+                                .unwrap_or(true),
+                            "{v}"
+                        );
+                    }
+                    _ => continue 'outer,
+                }
+            }
+            if sums.len() != 1 {
+                continue 'outer;
+            }
+        }
+        break;
+    }
+    assert!(after.replica_counts().get(&n4).copied().unwrap_or(0) > 0);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.await.expect("writer");
+
+    // No acknowledged write was lost during the moves.
+    let acked = acked.lock().expect("lock").clone();
+    assert!(!acked.is_empty());
+    for base in &bases {
+        let query = Some(json!({"sql": "SELECT k FROM t"}));
+        let path = format!("/v1/bases/{base}/query");
+        let (mut s, mut v) =
+            call(&http, &urls[0], reqwest::Method::POST, &path, query.clone(), false)
+                .await
+                .expect("query");
+        if s == StatusCode::MISDIRECTED_REQUEST {
+            // As a client would: ask a node that holds the bucket.
+            let replica = v["error"]["replicas"][0].as_str().expect("a replica").to_string();
+            (s, v) = call(&http, &replica, reqwest::Method::POST, &path, query, false)
+                .await
+                .expect("query");
+        }
+        assert!(s.is_success(), "{v}");
+        let stored: BTreeSet<String> = v["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .filter_map(|r| r[0].as_str().map(String::from))
+            .collect();
+        for (b, k) in acked.iter().filter(|(b, _)| b == base) {
+            assert!(stored.contains(k), "acknowledged {k} missing from {b}");
+        }
     }
 }
