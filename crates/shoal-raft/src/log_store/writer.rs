@@ -189,3 +189,49 @@ fn finish(shared: &Shared, op: Op, result: &Result<()>) {
         Done::Reply(tx) => drop(tx.send(result.clone())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(bytes: usize, done: Done) -> Op {
+        Op { group: 0, write: Write::Meta { kind: 0, value: vec![0; bytes] }, done }
+    }
+
+    fn reply() -> Done {
+        Done::Reply(oneshot::channel().0)
+    }
+
+    #[test]
+    fn batches_keep_order_respect_the_byte_bound_and_count_waiters() {
+        let queue = Queue::new(200);
+        queue.push(meta(10, Done::Nothing));
+        queue.push(meta(100, reply()));
+        queue.push(meta(100, reply()));
+        queue.push(meta(10, Done::Nothing));
+        // 42 + 132 fits in 200, the next 132 does not.
+        let sizes = |batch: Vec<Op>| batch.iter().map(Op::bytes).collect::<Vec<_>>();
+        assert_eq!(queue.next_batch().map(sizes), Some(vec![42, 132]));
+        assert_eq!(queue.lock().urgent, 1);
+        assert_eq!(queue.next_batch().map(sizes), Some(vec![132, 42]));
+        assert_eq!(queue.lock().urgent, 0);
+        // A lone op larger than the bound still goes, alone.
+        queue.push(meta(500, reply()));
+        assert_eq!(queue.next_batch().map(sizes), Some(vec![532]));
+    }
+
+    #[test]
+    fn lazy_ops_wait_for_a_durable_one_or_the_close() {
+        let queue = Arc::new(Queue::new(1 << 20));
+        queue.push(meta(1, Done::Nothing));
+        let taker = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.next_batch().map(|b| b.len()))
+        };
+        // Only the close can end this wait (no durable op will come), and
+        // it hands over the lazy op rather than dropping it.
+        queue.close();
+        assert_eq!(taker.join().expect("taker"), Some(1));
+        assert!(queue.next_batch().is_none());
+    }
+}
