@@ -7,15 +7,16 @@
 //! [`LogStore`] is the node-wide engine; [`LogStore::group`] hands out a
 //! [`GroupLogStore`], the per-bucket handle that implements openraft's
 //! [`RaftLogStorage`](openraft::storage::RaftLogStorage) and
-//! [`RaftLogReader`](openraft::RaftLogReader). All groups share one redb
-//! database file (`<dir>/log.redb`) with keys `(group, index)`.
+//! [`RaftLogReader`](openraft::RaftLogReader). All groups share one fjall
+//! database (an LSM tree with a single journal) in the store's directory,
+//! with keys `(group, index)`; `disk` has the layout.
 //!
 //! # Group commit
 //!
 //! Every write (append, truncate, purge, vote, committed, checkpoint,
 //! removal) becomes an operation in one node-wide FIFO queue. A single
-//! writer thread takes everything queued, writes it in one redb write
-//! transaction and commits it durably (one fsync), then completes each
+//! writer thread takes everything queued, writes it as one atomic batch
+//! and makes it durable (one fsync of the journal), then completes each
 //! operation: it calls every append's `LogFlushed` callback and wakes every
 //! caller that awaits durability. While one commit is being synced, the
 //! writes of every group pile up and share the next one, so the number of
@@ -106,9 +107,10 @@ pub enum Error {
 /// Tunables of a [`LogStore`].
 #[derive(Clone, Debug)]
 pub struct LogStoreOptions {
-    /// Memory redb may use to cache pages of the log file, in bytes.
-    /// Recent entries (the ones replication reads) stay in it.
-    pub cache_bytes: usize,
+    /// Memory the engine may use to cache blocks of the log, in bytes.
+    /// Recent entries, the ones replication reads, are also held in the
+    /// engine's write buffer until it is flushed.
+    pub cache_bytes: u64,
     /// Upper bound on the encoded bytes one commit writes, in bytes. The
     /// writer takes queued operations in order until it would exceed this
     /// (always at least one), so a burst of large entries is split into
@@ -131,7 +133,7 @@ pub struct LogStoreStats {
     pub entries: u64,
     /// Encoded bytes of those entries.
     pub bytes: u64,
-    /// Durable commits of the writer, each one fsync of the log file.
+    /// Durable commits of the writer, each one fsync of the journal.
     pub fsyncs: u64,
     /// Operations the commits carried (appends, votes, truncations, ...).
     pub ops: u64,
@@ -155,7 +157,7 @@ struct Inner {
 
 /// What the callers and the writer thread share.
 struct Shared {
-    db: redb::Database,
+    disk: disk::Disk,
     groups: Vec<Mutex<GroupState>>,
     queue: Queue,
     stats: Counters,
@@ -218,10 +220,10 @@ impl LogStore {
     pub fn open(path: &Path, options: LogStoreOptions) -> Result<LogStore> {
         std::fs::create_dir_all(path)
             .map_err(|e| Error::Io(format!("create {}: {e}", path.display())))?;
-        let db = disk::open(&path.join("log.redb"), &options)?;
-        let groups = disk::load(&db)?.into_iter().map(Mutex::new).collect();
+        let disk = disk::Disk::open(path, &options)?;
+        let groups = disk.load()?.into_iter().map(Mutex::new).collect();
         let shared = Arc::new(Shared {
-            db,
+            disk,
             groups,
             queue: Queue::new(options.max_batch_bytes),
             stats: Counters::default(),

@@ -1,8 +1,7 @@
 //! The write queue and the writer thread that commits it.
 //!
 //! Callers push [`Op`]s; the one writer thread takes a batch (everything
-//! queued, up to the byte bound), commits it in one durable redb
-//! transaction, then drops the committed entries from each group's
+//! queued, up to the byte bound), commits it in one durable batch, then drops the committed entries from each group's
 //! `pending` and completes each operation. Ops that nobody waits for
 //! (lazy ones) do not wake the writer: they ride the next commit.
 //!
@@ -16,7 +15,7 @@ use std::thread::JoinHandle;
 use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
-use super::{Error, Result, Shared, disk};
+use super::{Error, Result, Shared};
 use crate::TypeConfig;
 
 /// One queued write of one group.
@@ -32,9 +31,10 @@ pub(super) enum Write {
     Append { seq: u64, entries: Vec<(u64, Vec<u8>)> },
     /// Delete the entries at `from` and after.
     Truncate { from: u64 },
-    /// Delete the entries up to `upto` (inclusive) and record the encoded
-    /// last purged log id.
-    Purge { upto: u64, value: Vec<u8> },
+    /// Delete the entries in `from..=upto` (`from` is just after the
+    /// previous purge: nothing older is left) and record the encoded last
+    /// purged log id.
+    Purge { from: u64, upto: u64, value: Vec<u8> },
     /// Set one metadata value (vote, committed, applied checkpoint).
     Meta { kind: u8, value: Vec<u8> },
     /// Delete everything of the group.
@@ -157,7 +157,7 @@ pub(super) async fn wait(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
 
 fn run(shared: &Shared) {
     while let Some(batch) = shared.queue.next_batch() {
-        let result = shared.check().and_then(|()| disk::commit(&shared.db, &batch));
+        let result = shared.check().and_then(|()| shared.disk.commit(&batch));
         match &result {
             Ok(()) => shared.stats.record_commit(batch.len()),
             Err(error) => shared.fail(error),
