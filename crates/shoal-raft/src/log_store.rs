@@ -111,6 +111,11 @@ pub struct LogStoreOptions {
     /// Recent entries, the ones replication reads, are also held in the
     /// engine's write buffer until it is flushed.
     pub cache_bytes: u64,
+    /// Bound on the journal, in bytes: past it the engine flushes its write
+    /// buffers to sorted files and drops old journal files. It bounds the
+    /// replay on open after a crash, and the disk the journal holds. At
+    /// least 64 MiB (the engine's minimum; smaller values are raised).
+    pub max_journal_bytes: u64,
     /// Upper bound on the encoded bytes one commit writes, in bytes. The
     /// writer takes queued operations in order until it would exceed this
     /// (always at least one), so a burst of large entries is split into
@@ -120,7 +125,7 @@ pub struct LogStoreOptions {
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20, max_batch_bytes: 16 << 20 }
+        Self { cache_bytes: 64 << 20, max_journal_bytes: 128 << 20, max_batch_bytes: 16 << 20 }
     }
 }
 

@@ -35,6 +35,9 @@ use crate::TypeConfig;
 /// The layout version this code writes and reads.
 const FORMAT_VERSION: u32 = 1;
 
+/// The smallest journal bound fjall accepts (it panics below).
+const MIN_JOURNAL_BYTES: u64 = 64 << 20;
+
 /// Meta kind: the vote.
 pub(super) const VOTE: u8 = 0;
 /// Meta kind: the last committed log id.
@@ -67,6 +70,7 @@ impl Disk {
         let db = Database::builder(dir)
             .manual_journal_persist(true)
             .cache_size(options.cache_bytes)
+            .max_journaling_size(options.max_journal_bytes.max(MIN_JOURNAL_BYTES))
             .open()?;
         let format = db.keyspace("format", KeyspaceCreateOptions::default)?;
         let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
