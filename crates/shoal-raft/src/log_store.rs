@@ -90,11 +90,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Cloneable because one failed commit fails every operation it carried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// Reading or writing the store's file failed: check the disk, then
+    /// Reading or writing the store's files failed: check the disk, then
     /// restart the node.
     #[error("log store I/O failed: {0}")]
     Io(String),
-    /// The file holds data this version cannot read (corrupt, or another
+    /// The store holds data this version cannot read (corrupt, or another
     /// format version): an operator must look at it.
     #[error("log store data is invalid: {0}")]
     InvalidData(String),
@@ -148,7 +148,7 @@ pub struct LogStoreStats {
 ///
 /// Cheap to clone (an `Arc` inside). The writer thread stops, after
 /// committing what is queued, when the last clone and the last
-/// [`GroupLogStore`] are dropped.
+/// [`GroupLogStore`] are dropped; that drop waits for the commit.
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,

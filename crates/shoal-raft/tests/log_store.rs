@@ -155,6 +155,11 @@ async fn truncate_purge_and_remove_touch_one_group_only() {
     );
     assert_eq!(log_of(&mut b).await, terms(1, 5..=10));
     assert!(b.try_get_log_entries(0..5).await.expect("read").is_empty());
+    // Purging again, or behind the purge point, changes nothing.
+    b.purge(log_id(1, 4)).await.expect("purge again");
+    b.purge(log_id(1, 2)).await.expect("purge behind");
+    assert_eq!(b.get_log_state().await.expect("state").last_purged_log_id, Some(log_id(1, 4)));
+    assert_eq!(log_of(&mut b).await, terms(1, 5..=10));
     assert_eq!(b.try_get_log_entries(3..7).await.expect("read").len(), 2);
 
     // Neither touched the other group.

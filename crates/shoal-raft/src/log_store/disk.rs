@@ -177,6 +177,9 @@ impl Disk {
         first: u64,
         last: u64,
     ) -> Result<()> {
+        if first > last {
+            return Ok(());
+        }
         let range = log_key(group, first)..=log_key(group, last);
         for guard in self.log.range(range.clone()) {
             let key = guard.key()?;

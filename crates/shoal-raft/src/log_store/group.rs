@@ -149,6 +149,11 @@ impl GroupLogStore {
         let value = disk::encode(&log_id)?;
         let rx = {
             let mut state = shared.lock(self.group);
+            if state.last_purged.is_some_and(|p| p.index >= log_id.index) {
+                // Already purged that far, durably (purge awaits its commit):
+                // never move the purge point back.
+                return Ok(());
+            }
             state.pending = match log_id.index.checked_add(1) {
                 Some(keep) => state.pending.split_off(&keep),
                 None => Default::default(),
