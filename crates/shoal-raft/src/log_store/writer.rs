@@ -9,6 +9,7 @@
 //! its whole duration and must not hold a runtime worker.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
@@ -157,7 +158,14 @@ pub(super) async fn wait(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
 
 fn run(shared: &Shared) {
     while let Some(batch) = shared.queue.next_batch() {
-        let result = shared.check().and_then(|()| shared.disk.commit(&batch));
+        // A panic inside the engine fails the store like an error would, so
+        // that this thread goes on failing every waiter instead of leaving
+        // them hanging.
+        let commit = || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| shared.disk.commit(&batch)))
+                .unwrap_or_else(|_| Err(Error::Unavailable("the log engine panicked".into())))
+        };
+        let result = shared.check().and_then(|()| commit());
         match &result {
             Ok(()) => shared.stats.record_commit(batch.len()),
             Err(error) => shared.fail(error),
