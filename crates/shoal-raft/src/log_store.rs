@@ -7,15 +7,16 @@
 //! [`LogStore`] is the node-wide engine; [`LogStore::group`] hands out a
 //! [`GroupLogStore`], the per-bucket handle that implements openraft's
 //! [`RaftLogStorage`](openraft::storage::RaftLogStorage) and
-//! [`RaftLogReader`](openraft::RaftLogReader). All groups share one redb
-//! database file (`<dir>/log.redb`) with keys `(group, index)`.
+//! [`RaftLogReader`](openraft::RaftLogReader). All groups share one fjall
+//! database (an LSM tree with a single journal) in the store's directory,
+//! with keys `(group, index)`; `disk` has the layout.
 //!
 //! # Group commit
 //!
 //! Every write (append, truncate, purge, vote, committed, checkpoint,
 //! removal) becomes an operation in one node-wide FIFO queue. A single
-//! writer thread takes everything queued, writes it in one redb write
-//! transaction and commits it durably (one fsync), then completes each
+//! writer thread takes everything queued, writes it as one atomic batch
+//! and makes it durable (one fsync of the journal), then completes each
 //! operation: it calls every append's `LogFlushed` callback and wakes every
 //! caller that awaits durability. While one commit is being synced, the
 //! writes of every group pile up and share the next one, so the number of
@@ -89,11 +90,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Cloneable because one failed commit fails every operation it carried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    /// Reading or writing the store's file failed: check the disk, then
+    /// Reading or writing the store's files failed: check the disk, then
     /// restart the node.
     #[error("log store I/O failed: {0}")]
     Io(String),
-    /// The file holds data this version cannot read (corrupt, or another
+    /// The store holds data this version cannot read (corrupt, or another
     /// format version): an operator must look at it.
     #[error("log store data is invalid: {0}")]
     InvalidData(String),
@@ -106,9 +107,15 @@ pub enum Error {
 /// Tunables of a [`LogStore`].
 #[derive(Clone, Debug)]
 pub struct LogStoreOptions {
-    /// Memory redb may use to cache pages of the log file, in bytes.
-    /// Recent entries (the ones replication reads) stay in it.
-    pub cache_bytes: usize,
+    /// Memory the engine may use to cache blocks of the log, in bytes.
+    /// Recent entries, the ones replication reads, are also held in the
+    /// engine's write buffer until it is flushed.
+    pub cache_bytes: u64,
+    /// Bound on the journal, in bytes: past it the engine flushes its write
+    /// buffers to sorted files and drops old journal files. It bounds the
+    /// replay on open after a crash, and the disk the journal holds. At
+    /// least 64 MiB (the engine's minimum; smaller values are raised).
+    pub max_journal_bytes: u64,
     /// Upper bound on the encoded bytes one commit writes, in bytes. The
     /// writer takes queued operations in order until it would exceed this
     /// (always at least one), so a burst of large entries is split into
@@ -118,7 +125,7 @@ pub struct LogStoreOptions {
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
-        Self { cache_bytes: 64 << 20, max_batch_bytes: 16 << 20 }
+        Self { cache_bytes: 64 << 20, max_journal_bytes: 128 << 20, max_batch_bytes: 16 << 20 }
     }
 }
 
@@ -131,7 +138,7 @@ pub struct LogStoreStats {
     pub entries: u64,
     /// Encoded bytes of those entries.
     pub bytes: u64,
-    /// Durable commits of the writer, each one fsync of the log file.
+    /// Durable commits of the writer, each one fsync of the journal.
     pub fsyncs: u64,
     /// Operations the commits carried (appends, votes, truncations, ...).
     pub ops: u64,
@@ -141,7 +148,7 @@ pub struct LogStoreStats {
 ///
 /// Cheap to clone (an `Arc` inside). The writer thread stops, after
 /// committing what is queued, when the last clone and the last
-/// [`GroupLogStore`] are dropped.
+/// [`GroupLogStore`] are dropped; that drop waits for the commit.
 #[derive(Clone)]
 pub struct LogStore {
     inner: Arc<Inner>,
@@ -155,7 +162,7 @@ struct Inner {
 
 /// What the callers and the writer thread share.
 struct Shared {
-    db: redb::Database,
+    disk: disk::Disk,
     groups: Vec<Mutex<GroupState>>,
     queue: Queue,
     stats: Counters,
@@ -218,22 +225,10 @@ impl LogStore {
     pub fn open(path: &Path, options: LogStoreOptions) -> Result<LogStore> {
         std::fs::create_dir_all(path)
             .map_err(|e| Error::Io(format!("create {}: {e}", path.display())))?;
-        let db = disk::open(&path.join("log.redb"), &options)?;
-        Self::start(db, options)
-    }
-
-    /// A store that keeps everything in memory and is gone when dropped
-    /// (`shoal serve --memory`). Same semantics otherwise; "durable" means
-    /// committed in memory.
-    pub fn open_in_memory(options: LogStoreOptions) -> Result<LogStore> {
-        let db = disk::open_in_memory(&options)?;
-        Self::start(db, options)
-    }
-
-    fn start(db: redb::Database, options: LogStoreOptions) -> Result<LogStore> {
-        let groups = disk::load(&db)?.into_iter().map(Mutex::new).collect();
+        let disk = disk::Disk::open(path, &options)?;
+        let groups = disk.load()?.into_iter().map(Mutex::new).collect();
         let shared = Arc::new(Shared {
-            db,
+            disk,
             groups,
             queue: Queue::new(options.max_batch_bytes),
             stats: Counters::default(),

@@ -100,10 +100,12 @@ pub async fn start_replication(
             let dir = d.join("raft");
             (LogStore::open(&dir.join("log"), LogStoreOptions::default())?, None, dir)
         }
+        // The log store has no in-memory mode: a memory server keeps its
+        // Raft log in a temporary directory that goes away with it.
         None => {
             let tmp = tempfile::tempdir().context("cannot make a scratch directory")?;
             let dir = tmp.path().to_path_buf();
-            (LogStore::open_in_memory(LogStoreOptions::default())?, Some(tmp), dir)
+            (LogStore::open(&dir.join("log"), LogStoreOptions::default())?, Some(tmp), dir)
         }
     };
     let net_options = NetworkOptions { token: token.to_string(), ..NetworkOptions::default() };

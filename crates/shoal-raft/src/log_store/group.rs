@@ -81,7 +81,7 @@ impl GroupLogStore {
         };
         let mut entries = match on_disk_last {
             Some(on_disk_last) if first <= on_disk_last => {
-                disk::read_entries(&shared.db, self.group, first, on_disk_last)?
+                shared.disk.read_entries(self.group, first, on_disk_last)?
             }
             _ => Vec::new(),
         };
@@ -134,7 +134,7 @@ impl GroupLogStore {
                     None => None,
                     Some(i) => match state.pending.get(&i) {
                         Some((_, e)) => Some(e.log_id),
-                        None => disk::read_log_id(&shared.db, self.group, i)?,
+                        None => shared.disk.read_log_id(self.group, i)?,
                     },
                 };
                 state.last_log = previous.or(state.last_purged);
@@ -149,15 +149,21 @@ impl GroupLogStore {
         let value = disk::encode(&log_id)?;
         let rx = {
             let mut state = shared.lock(self.group);
+            if state.last_purged.is_some_and(|p| p.index >= log_id.index) {
+                // Already purged that far, durably (purge awaits its commit):
+                // never move the purge point back.
+                return Ok(());
+            }
             state.pending = match log_id.index.checked_add(1) {
                 Some(keep) => state.pending.split_off(&keep),
                 None => Default::default(),
             };
+            let from = state.last_purged.next_index();
             state.last_purged = Some(log_id);
             if state.last_log.is_none_or(|l| l.index < log_id.index) {
                 state.last_log = Some(log_id);
             }
-            shared.submit_waited(self.group, Write::Purge { upto: log_id.index, value })?
+            shared.submit_waited(self.group, Write::Purge { from, upto: log_id.index, value })?
         };
         wait(rx).await
     }

@@ -1,8 +1,7 @@
 //! The write queue and the writer thread that commits it.
 //!
 //! Callers push [`Op`]s; the one writer thread takes a batch (everything
-//! queued, up to the byte bound), commits it in one durable redb
-//! transaction, then drops the committed entries from each group's
+//! queued, up to the byte bound), commits it in one durable batch, then drops the committed entries from each group's
 //! `pending` and completes each operation. Ops that nobody waits for
 //! (lazy ones) do not wake the writer: they ride the next commit.
 //!
@@ -10,13 +9,14 @@
 //! its whole duration and must not hold a runtime worker.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
-use super::{Error, Result, Shared, disk};
+use super::{Error, Result, Shared};
 use crate::TypeConfig;
 
 /// One queued write of one group.
@@ -32,9 +32,10 @@ pub(super) enum Write {
     Append { seq: u64, entries: Vec<(u64, Vec<u8>)> },
     /// Delete the entries at `from` and after.
     Truncate { from: u64 },
-    /// Delete the entries up to `upto` (inclusive) and record the encoded
-    /// last purged log id.
-    Purge { upto: u64, value: Vec<u8> },
+    /// Delete the entries in `from..=upto` (`from` is just after the
+    /// previous purge: nothing older is left) and record the encoded last
+    /// purged log id.
+    Purge { from: u64, upto: u64, value: Vec<u8> },
     /// Set one metadata value (vote, committed, applied checkpoint).
     Meta { kind: u8, value: Vec<u8> },
     /// Delete everything of the group.
@@ -157,7 +158,14 @@ pub(super) async fn wait(rx: oneshot::Receiver<Result<()>>) -> Result<()> {
 
 fn run(shared: &Shared) {
     while let Some(batch) = shared.queue.next_batch() {
-        let result = shared.check().and_then(|()| disk::commit(&shared.db, &batch));
+        // A panic inside the engine fails the store like an error would, so
+        // that this thread goes on failing every waiter instead of leaving
+        // them hanging.
+        let commit = || {
+            std::panic::catch_unwind(AssertUnwindSafe(|| shared.disk.commit(&batch)))
+                .unwrap_or_else(|_| Err(Error::Unavailable("the log engine panicked".into())))
+        };
+        let result = shared.check().and_then(|()| commit());
         match &result {
             Ok(()) => shared.stats.record_commit(batch.len()),
             Err(error) => shared.fail(error),
@@ -187,5 +195,51 @@ fn finish(shared: &Shared, op: Op, result: &Result<()>) {
         }
         // The caller may have gone away (its future dropped): nothing to do.
         Done::Reply(tx) => drop(tx.send(result.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(bytes: usize, done: Done) -> Op {
+        Op { group: 0, write: Write::Meta { kind: 0, value: vec![0; bytes] }, done }
+    }
+
+    fn reply() -> Done {
+        Done::Reply(oneshot::channel().0)
+    }
+
+    #[test]
+    fn batches_keep_order_respect_the_byte_bound_and_count_waiters() {
+        let queue = Queue::new(200);
+        queue.push(meta(10, Done::Nothing));
+        queue.push(meta(100, reply()));
+        queue.push(meta(100, reply()));
+        queue.push(meta(10, Done::Nothing));
+        // 42 + 132 fits in 200, the next 132 does not.
+        let sizes = |batch: Vec<Op>| batch.iter().map(Op::bytes).collect::<Vec<_>>();
+        assert_eq!(queue.next_batch().map(sizes), Some(vec![42, 132]));
+        assert_eq!(queue.lock().urgent, 1);
+        assert_eq!(queue.next_batch().map(sizes), Some(vec![132, 42]));
+        assert_eq!(queue.lock().urgent, 0);
+        // A lone op larger than the bound still goes, alone.
+        queue.push(meta(500, reply()));
+        assert_eq!(queue.next_batch().map(sizes), Some(vec![532]));
+    }
+
+    #[test]
+    fn lazy_ops_wait_for_a_durable_one_or_the_close() {
+        let queue = Arc::new(Queue::new(1 << 20));
+        queue.push(meta(1, Done::Nothing));
+        let taker = {
+            let queue = queue.clone();
+            std::thread::spawn(move || queue.next_batch().map(|b| b.len()))
+        };
+        // Only the close can end this wait (no durable op will come), and
+        // it hands over the lazy op rather than dropping it.
+        queue.close();
+        assert_eq!(taker.join().expect("taker"), Some(1));
+        assert!(queue.next_batch().is_none());
     }
 }
