@@ -91,22 +91,18 @@ pub async fn reconcile(
     directory: watch::Sender<Directory>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let semaphore = Arc::new(Semaphore::new(options.max_concurrent_changes.max(1)));
-    let busy: Arc<Mutex<BTreeSet<u8>>> = Arc::default();
+    let ctx = Ctx {
+        semaphore: Arc::new(Semaphore::new(options.max_concurrent_changes.max(1))),
+        busy: Arc::default(),
+        registry: registry.clone(),
+        multi,
+        store,
+        options: options.clone(),
+        directory,
+    };
     let mut departed: BTreeMap<u8, Instant> = BTreeMap::new();
     while !*shutdown.borrow() {
-        match pass(
-            &registry,
-            &multi,
-            &store,
-            &options,
-            &directory,
-            &semaphore,
-            &busy,
-            &mut departed,
-        )
-        .await
-        {
+        match pass(&ctx, &mut departed).await {
             Ok(revision) => {
                 // Wake on the next change of the map or the nodes, or after a while.
                 let from = Revision(revision.0 + 1);
@@ -140,17 +136,20 @@ pub async fn reconcile(
     }
 }
 
+/// What every pass works with.
+struct Ctx {
+    registry: Arc<dyn Registry>,
+    multi: Arc<MultiRaft>,
+    store: Arc<Store>,
+    options: ReplicationOptions,
+    directory: watch::Sender<Directory>,
+    semaphore: Arc<Semaphore>,
+    busy: Arc<Mutex<BTreeSet<u8>>>,
+}
+
 /// One pass; returns the registry revision it read at.
-async fn pass(
-    registry: &Arc<dyn Registry>,
-    multi: &Arc<MultiRaft>,
-    store: &Arc<Store>,
-    options: &ReplicationOptions,
-    directory: &watch::Sender<Directory>,
-    semaphore: &Arc<Semaphore>,
-    busy: &Arc<Mutex<BTreeSet<u8>>>,
-    departed: &mut BTreeMap<u8, Instant>,
-) -> Result<Revision, Error> {
+async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revision, Error> {
+    let Ctx { registry, multi, store, options, directory, semaphore, busy } = ctx;
     let listing = registry.get_prefix(keys::NODES).await?;
     let mut nodes = BTreeMap::new();
     for kv in &listing.kvs {
