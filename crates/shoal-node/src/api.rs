@@ -17,7 +17,7 @@ use shoal_types::{BaseId, Error};
 
 use crate::AppState;
 use crate::error::ApiResult;
-use crate::extract::{ApiJson, ApiPath, ApiQuery};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey};
 
 /// The largest page of bases one list call returns.
 const MAX_LIST_LIMIT: usize = 1000;
@@ -35,13 +35,25 @@ fn unexpected(output: Output) -> Error {
     Error::Internal(format!("unexpected command output {output:?}"))
 }
 
+/// Ids made from idempotency keys live in their own UUID namespace.
+const KEYED_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x5d7c_2f4e_8a1b_4c3d_9e6f_1a2b_3c4d_5e6f);
+
 pub async fn create_base(
     State(state): State<Arc<AppState>>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiJson(req): ApiJson<CreateBaseRequest>,
 ) -> ApiResult<(StatusCode, Json<BaseInfo>)> {
-    let id = req.id.unwrap_or_else(BaseId::random);
+    // A retried create without an id must name the same base as the first
+    // attempt (and so land in the same bucket): derive it from the key.
+    let id = req.id.unwrap_or_else(|| match &key {
+        Some(k) => BaseId(uuid::Uuid::new_v5(&KEYED_IDS, k.as_bytes())),
+        None => BaseId::random(),
+    });
     let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    match engine(&state)?.write(Command::CreateBase { id, name: req.name, created_at }).await? {
+    match engine(&state)?
+        .write(Command::CreateBase { id, name: req.name, created_at }, key.as_deref())
+        .await?
+    {
         (_, Output::Created { base: info }) => Ok((StatusCode::CREATED, Json(info))),
         (_, other) => Err(unexpected(other).into()),
     }
@@ -82,15 +94,17 @@ pub async fn get_base(
 
 pub async fn drop_base(
     State(state): State<Arc<AppState>>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<WriteResponse>> {
     let id = base_id(&id)?;
-    let (index, _) = engine(&state)?.write(Command::DropBase { id }).await?;
+    let (index, _) = engine(&state)?.write(Command::DropBase { id }, key.as_deref()).await?;
     Ok(Json(WriteResponse { index }))
 }
 
 pub async fn execute(
     State(state): State<Arc<AppState>>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiPath(id): ApiPath<String>,
     ApiJson(req): ApiJson<ExecuteRequest>,
 ) -> ApiResult<Json<ExecuteResponse>> {
@@ -99,7 +113,10 @@ pub async fn execute(
         return Err(Error::InvalidInput("\"statements\" is empty".into()).into());
     }
     match engine(&state)?
-        .write(Command::Execute { base, statements: req.statements, transaction: req.transaction })
+        .write(
+            Command::Execute { base, statements: req.statements, transaction: req.transaction },
+            key.as_deref(),
+        )
         .await?
     {
         (index, Output::Executed { results }) => Ok(Json(ExecuteResponse { results, index })),
@@ -135,6 +152,7 @@ pub async fn tables(
 
 pub async fn insert_rows(
     State(state): State<Arc<AppState>>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiPath((id, table)): ApiPath<(String, String)>,
     ApiJson(req): ApiJson<InsertRowsRequest>,
 ) -> ApiResult<(StatusCode, Json<InsertRowsResponse>)> {
@@ -143,7 +161,10 @@ pub async fn insert_rows(
         .read(base.bucket(), Consistency::default(), move |s| s.table(&base, &table))
         .await?;
     let statements = rows::insert(&info, &req.rows)?;
-    match engine(&state)?.write(Command::Execute { base, statements, transaction: true }).await? {
+    match engine(&state)?
+        .write(Command::Execute { base, statements, transaction: true }, key.as_deref())
+        .await?
+    {
         (index, Output::Executed { results }) => Ok((
             StatusCode::CREATED,
             Json(InsertRowsResponse {
@@ -208,6 +229,7 @@ pub async fn get_row(
 
 pub async fn update_row(
     State(state): State<Arc<AppState>>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
     ApiJson(req): ApiJson<UpdateRowRequest>,
 ) -> ApiResult<Json<WriteResponse>> {
@@ -216,18 +238,19 @@ pub async fn update_row(
         .read(base.bucket(), Consistency::default(), move |s| s.table(&base, &table))
         .await?;
     let statement = rows::update(&info, rowid, &req.values)?;
-    write_one_row(&state, base, statement, rowid, &info.name).await
+    write_one_row(&state, base, statement, rowid, &info.name, key.as_deref()).await
 }
 
 pub async fn delete_row(
     State(state): State<Arc<AppState>>,
+    IdempotencyKey(key): IdempotencyKey,
     ApiPath((id, table, rowid)): ApiPath<(String, String, i64)>,
 ) -> ApiResult<Json<WriteResponse>> {
     let base = base_id(&id)?;
     let info = engine(&state)?
         .read(base.bucket(), Consistency::default(), move |s| s.table(&base, &table))
         .await?;
-    write_one_row(&state, base, rows::delete(&info, rowid), rowid, &info.name).await
+    write_one_row(&state, base, rows::delete(&info, rowid), rowid, &info.name, key.as_deref()).await
 }
 
 /// Runs a statement that must touch exactly one row, or answers 404.
@@ -237,9 +260,10 @@ async fn write_one_row(
     statement: shoal_types::api::Statement,
     rowid: i64,
     table: &str,
+    key: Option<&str>,
 ) -> ApiResult<Json<WriteResponse>> {
     match engine(state)?
-        .write(Command::Execute { base, statements: vec![statement], transaction: true })
+        .write(Command::Execute { base, statements: vec![statement], transaction: true }, key)
         .await?
     {
         (index, Output::Executed { results })

@@ -75,17 +75,23 @@ impl Engine {
         }
     }
 
-    /// Proposes a command; returns its log index and output.
-    pub async fn write(&self, command: Command) -> Result<(u64, Output)> {
+    /// Proposes a command; returns its log index and output. With an
+    /// idempotency key answered before, returns that first index and output
+    /// and changes nothing.
+    pub async fn write(&self, command: Command, key: Option<&str>) -> Result<(u64, Output)> {
         let bucket = command.base().bucket();
         let (index, answer) = self
             .multi
-            .write(bucket.0, replica::encode(&command))
+            .write(bucket.0, replica::encode(&command, key))
             .await
             .map_err(|e| self.routing_error(e))?;
-        let output = replica::decode(&answer)?;
-        metrics::counter!("shoal_writes_applied_total").increment(1);
-        Ok((index, output))
+        match replica::decode(&answer)? {
+            Output::Repeated { index, output } => Ok((index, *output)),
+            output => {
+                metrics::counter!("shoal_writes_applied_total").increment(1);
+                Ok((index, output))
+            }
+        }
     }
 
     /// Runs a read of `bucket` at `consistency` against the store.

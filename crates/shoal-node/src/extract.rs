@@ -59,3 +59,22 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .map_err(|r| ApiError(Error::InvalidInput(format!("invalid path: {}", r.body_text()))))
     }
 }
+
+/// The `Idempotency-Key` header of a write, checked.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        let key = value
+            .to_str()
+            .map_err(|_| Error::InvalidInput("Idempotency-Key must be printable ASCII".into()))?
+            .to_string();
+        shoal_storage::idempotency::check_key(&key)?;
+        Ok(IdempotencyKey(Some(key)))
+    }
+}

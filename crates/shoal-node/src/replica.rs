@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use shoal_storage::{Command, Output, Store};
+use shoal_storage::{Command, Output, Proposal, Store};
 use shoal_types::{BucketId, Error, ErrorBody};
 
 /// One bucket's state machine.
@@ -26,9 +26,10 @@ impl BucketStateMachine {
     }
 }
 
-/// Encodes a command for the log.
-pub fn encode(command: &Command) -> Vec<u8> {
-    serde_json::to_vec(command).expect("a command always serializes")
+/// Encodes a command, with the client's idempotency key, for the log.
+pub fn encode(command: &Command, key: Option<&str>) -> Vec<u8> {
+    let proposal = Proposal { key: key.map(String::from), command: command.clone() };
+    serde_json::to_vec(&proposal).expect("a proposal always serializes")
 }
 
 /// Decodes a state machine's answer.
@@ -42,13 +43,15 @@ pub fn decode(answer: &[u8]) -> Result<Output, Error> {
 
 impl shoal_raft::StateMachine for BucketStateMachine {
     fn apply(&self, index: u64, command: &[u8]) -> Vec<u8> {
-        let result = match serde_json::from_slice::<Command>(command) {
-            Ok(c) if c.base().bucket() != self.bucket => Err(Error::InvalidInput(format!(
-                "a command for bucket {} in bucket {}",
-                c.base().bucket(),
-                self.bucket
-            ))),
-            Ok(c) => self.store.apply(index, &c),
+        let result = match serde_json::from_slice::<Proposal>(command) {
+            Ok(Proposal { command: c, .. }) if c.base().bucket() != self.bucket => {
+                Err(Error::InvalidInput(format!(
+                    "a command for bucket {} in bucket {}",
+                    c.base().bucket(),
+                    self.bucket
+                )))
+            }
+            Ok(Proposal { command: c, key }) => self.store.apply_keyed(index, &c, key.as_deref()),
             // The same bytes are unreadable on every replica: an answer, not a stop.
             Err(e) => Err(Error::InvalidInput(format!("unreadable command at index {index}: {e}"))),
         };
@@ -89,15 +92,15 @@ mod tests {
         let sm = BucketStateMachine::new(store, id.bucket());
         let create =
             Command::CreateBase { id, name: None, created_at: "2024-01-01T00:00:00Z".into() };
-        assert!(matches!(decode(&sm.apply(1, &encode(&create))), Ok(Output::Created { .. })));
+        assert!(matches!(decode(&sm.apply(1, &encode(&create, None))), Ok(Output::Created { .. })));
         // The same command again is a deterministic error, answered.
-        assert!(matches!(decode(&sm.apply(2, &encode(&create))), Err(Error::Conflict(_))));
+        assert!(matches!(decode(&sm.apply(2, &encode(&create, None))), Err(Error::Conflict(_))));
         // A replay of an applied index changes nothing.
-        assert_eq!(decode(&sm.apply(1, &encode(&create))).expect("replay"), Output::Replayed);
+        assert_eq!(decode(&sm.apply(1, &encode(&create, None))).expect("replay"), Output::Replayed);
         // A command for another bucket is refused.
         let other = BaseId(uuid_in_other_bucket(id));
         let wrong = Command::DropBase { id: other };
-        assert!(matches!(decode(&sm.apply(3, &encode(&wrong))), Err(Error::InvalidInput(_))));
+        assert!(matches!(decode(&sm.apply(3, &encode(&wrong, None))), Err(Error::InvalidInput(_))));
         assert!(matches!(decode(&sm.apply(4, b"not json")), Err(Error::InvalidInput(_))));
     }
 

@@ -15,7 +15,26 @@ use shoal_types::{Error, Result};
 
 use crate::sandbox::{self, Guard, Limits, Mode};
 use crate::value::{bind, sql_to_json};
-use crate::{Options, map_sqlite_error};
+use crate::{Options, idempotency, map_sqlite_error};
+
+/// The table of a base's idempotency keys.
+const IDEMPOTENCY: &str = "_shoal_idempotency";
+
+/// What an execute did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Executed {
+    /// The statements ran at this index.
+    Applied(Vec<ExecuteResult>),
+    /// The index was applied before (a replay): nothing changed.
+    Replayed,
+    /// The idempotency key was answered before, at `index`: nothing changed.
+    Repeated {
+        /// The index of the first write with the key.
+        index: u64,
+        /// Its answer.
+        results: Vec<ExecuteResult>,
+    },
+}
 
 /// One open base.
 pub struct Base {
@@ -50,6 +69,7 @@ impl Base {
              INSERT OR IGNORE INTO _shoal_meta (key, value) VALUES ('applied_index', 0);",
         )
         .map_err(map_sqlite_error)?;
+        conn.execute_batch(&idempotency::schema(IDEMPOTENCY)).map_err(map_sqlite_error)?;
         let guard = sandbox::install(&conn).map_err(map_sqlite_error)?;
         Ok(Base { conn, guard })
     }
@@ -86,7 +106,8 @@ impl Base {
         statements: &[Statement],
         transaction: bool,
         options: &Options,
-    ) -> Result<Vec<ExecuteResult>> {
+        key: Option<&str>,
+    ) -> Result<Executed> {
         for s in statements {
             check_length(&s.sql, options)?;
         }
@@ -97,7 +118,15 @@ impl Base {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_sqlite_error)?;
         if read_applied_index(&tx)? >= index {
-            return Ok(Vec::new());
+            return Ok(Executed::Replayed);
+        }
+        if let Some(k) = key {
+            if let Some((first, answer)) = idempotency::lookup(&tx, IDEMPOTENCY, k)? {
+                let results = serde_json::from_str(&answer).map_err(|e| {
+                    Error::InvalidData(format!("stored answer for an idempotency key: {e}"))
+                })?;
+                return Ok(Executed::Repeated { index: first, results });
+            }
         }
         let mut results = Vec::with_capacity(statements.len());
         for (i, s) in statements.iter().enumerate() {
@@ -131,8 +160,13 @@ impl Base {
         }
         tx.execute("UPDATE _shoal_meta SET value = ?1 WHERE key = 'applied_index'", [index as i64])
             .map_err(map_sqlite_error)?;
+        if let Some(k) = key {
+            let answer =
+                serde_json::to_string(&results).map_err(|e| Error::Internal(e.to_string()))?;
+            idempotency::record(&tx, IDEMPOTENCY, k, index, &answer)?;
+        }
         tx.commit().map_err(map_sqlite_error)?;
-        Ok(results)
+        Ok(Executed::Applied(results))
     }
 
     /// Runs one read-only statement.
@@ -394,9 +428,48 @@ mod tests {
         Statement { sql: sql.into(), params: serde_json::from_value(p).unwrap() }
     }
 
+    /// Runs an execute without an idempotency key; a replay gives no results.
+    fn exec(
+        b: &mut Base,
+        index: u64,
+        statements: &[Statement],
+        transaction: bool,
+        o: &Options,
+    ) -> Result<Vec<ExecuteResult>> {
+        Ok(match b.execute(index, statements, transaction, o, None)? {
+            Executed::Applied(r) => r,
+            Executed::Replayed => Vec::new(),
+            Executed::Repeated { results, .. } => results,
+        })
+    }
+
+    #[test]
+    fn idempotency_keys_answer_once() {
+        let mut b = base();
+        let o = test_options();
+        let ins = [st("INSERT INTO t (name) VALUES ('k')")];
+        let first = b.execute(2, &ins, true, &o, Some("key-1")).unwrap();
+        let Executed::Applied(results) = first else { panic!("{first:?}") };
+        // The retry (a later index, as after a failover) changes nothing and
+        // gets the first answer and index.
+        assert_eq!(
+            b.execute(3, &ins, true, &o, Some("key-1")).unwrap(),
+            Executed::Repeated { index: 2, results }
+        );
+        assert_eq!(count(&mut b), 1);
+        // A failed write is not recorded: its retry runs again.
+        let dup = [st("INSERT INTO t (name) VALUES ('k')")];
+        assert!(b.execute(4, &dup, true, &o, Some("key-2")).is_err());
+        assert!(b.execute(5, &dup, true, &o, Some("key-2")).is_err());
+        assert_eq!(count(&mut b), 1);
+        // Keys are not user-visible tables.
+        assert_eq!(b.tables().unwrap().len(), 1);
+    }
+
     fn base() -> Base {
         let mut b = Base::open(None).unwrap();
-        b.execute(
+        exec(
+            &mut b,
             1,
             &[st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, at TEXT)")],
             true,
@@ -416,17 +489,17 @@ mod tests {
     fn failing_transaction_applies_nothing() {
         let mut b = base();
         let o = test_options();
-        let err = b
-            .execute(
-                2,
-                &[
-                    stp("INSERT INTO t (name) VALUES (?)", json!(["a"])),
-                    st("INSERT INTO t (name) VALUES ('a')"),
-                ],
-                true,
-                &o,
-            )
-            .unwrap_err();
+        let err = exec(
+            &mut b,
+            2,
+            &[
+                stp("INSERT INTO t (name) VALUES (?)", json!(["a"])),
+                st("INSERT INTO t (name) VALUES ('a')"),
+            ],
+            true,
+            &o,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::Constraint(_)), "{err:?}");
         assert_eq!(count(&mut b), 0);
         assert_eq!(b.applied_index().unwrap(), 1);
@@ -435,14 +508,14 @@ mod tests {
     #[test]
     fn non_transactional_statements_stand_alone() {
         let mut b = base();
-        let r = b
-            .execute(
-                2,
-                &[st("INSERT INTO t (name) VALUES ('a')"), st("INSERT INTO t (name) VALUES ('a')")],
-                false,
-                &test_options(),
-            )
-            .unwrap();
+        let r = exec(
+            &mut b,
+            2,
+            &[st("INSERT INTO t (name) VALUES ('a')"), st("INSERT INTO t (name) VALUES ('a')")],
+            false,
+            &test_options(),
+        )
+        .unwrap();
         assert_eq!(r[0].rows_affected, 1);
         assert_eq!(r[1].error.as_ref().unwrap().code, "constraint_violation");
         assert_eq!(count(&mut b), 1);
@@ -453,9 +526,11 @@ mod tests {
     fn replayed_index_is_skipped() {
         let mut b = base();
         let o = test_options();
-        b.execute(5, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        exec(&mut b, 5, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
         assert!(
-            b.execute(5, &[st("INSERT INTO t (name) VALUES ('b')")], true, &o).unwrap().is_empty()
+            exec(&mut b, 5, &[st("INSERT INTO t (name) VALUES ('b')")], true, &o)
+                .unwrap()
+                .is_empty()
         );
         assert_eq!(count(&mut b), 1);
     }
@@ -475,7 +550,7 @@ mod tests {
             "DELETE FROM _shoal_meta",
             "CREATE TABLE _shoal_x (a)",
         ] {
-            let err = b.execute(10, &[st(sql)], true, &o).unwrap_err();
+            let err = exec(&mut b, 10, &[st(sql)], true, &o).unwrap_err();
             assert!(matches!(err, Error::SqlNotAllowed(_)), "{sql}: {err:?}");
             let err = b.query(sql, &Params::default(), &o).unwrap_err();
             assert!(
@@ -500,38 +575,39 @@ mod tests {
             "INSERT INTO t (name, at) VALUES ('x', strftime('%s', 'now'))",
             "INSERT INTO t (name, at) VALUES ('x', datetime('2024-01-01', 'localtime'))",
         ] {
-            let err = b.execute(10, &[st(sql)], true, &o).unwrap_err();
+            let err = exec(&mut b, 10, &[st(sql)], true, &o).unwrap_err();
             assert!(matches!(err, Error::NonDeterministic(_)), "{sql}: {err:?}");
             assert!(err.to_string().contains("parameter"), "{err}");
         }
-        let err = b
-            .execute(
-                10,
-                &[stp("INSERT INTO t (name, at) VALUES ('x', date(?))", json!(["now"]))],
-                true,
-                &o,
-            )
-            .unwrap_err();
+        let err = exec(
+            &mut b,
+            10,
+            &[stp("INSERT INTO t (name, at) VALUES ('x', date(?))", json!(["now"]))],
+            true,
+            &o,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::NonDeterministic(_)), "{err:?}");
         assert_eq!(count(&mut b), 0);
         // Defaults are evaluated without asking the authorizer; they are
         // refused when they run.
         let ddl = "CREATE TABLE d (a DEFAULT (random()), b, at DEFAULT CURRENT_TIMESTAMP)";
-        b.execute(20, &[st(ddl)], true, &o).unwrap();
+        exec(&mut b, 20, &[st(ddl)], true, &o).unwrap();
         for sql in ["INSERT INTO d (b, at) VALUES (1, 'x')", "INSERT INTO d (a, b) VALUES (1, 2)"] {
-            let err = b.execute(21, &[st(sql)], true, &o).unwrap_err();
+            let err = exec(&mut b, 21, &[st(sql)], true, &o).unwrap_err();
             assert!(matches!(err, Error::NonDeterministic(_)), "{sql}: {err:?}");
         }
-        b.execute(21, &[st("INSERT INTO d (a, b, at) VALUES (1, 2, 'x')")], true, &o).unwrap();
+        exec(&mut b, 21, &[st("INSERT INTO d (a, b, at) VALUES (1, 2, 'x')")], true, &o).unwrap();
         let sql = "SELECT random() != 0 OR 1, length(randomblob(4)), length(CURRENT_DATE)";
         let r = b.query(sql, &Params::default(), &o).unwrap();
         assert_eq!(r.rows[0], vec![json!(1), json!(4), json!(10)]);
         // DDL reports no affected rows, even right after a DML statement.
         let stmts = [st("INSERT INTO d (a, b, at) VALUES (2, 2, 'x')"), st("CREATE TABLE e (a)")];
-        let r = b.execute(22, &stmts, true, &o).unwrap();
+        let r = exec(&mut b, 22, &stmts, true, &o).unwrap();
         assert_eq!((r[0].rows_affected, r[1].rows_affected), (1, 0));
         // A fixed time is fine and computed as SQLite would.
-        b.execute(
+        exec(
+            &mut b,
             23,
             &[stp(
                 "INSERT INTO t (name, at) VALUES ('x', datetime(?, '+1 day'))",
@@ -573,8 +649,7 @@ mod tests {
             .query("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT count(*) FROM c", &Params::default(), &o)
             .unwrap_err();
         assert!(matches!(err, Error::LimitExceeded(_)), "{err:?}");
-        let err = b
-            .execute(
+        let err = exec(&mut b,
                 2,
                 &[st("INSERT INTO t (name) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x+1 FROM c) SELECT x FROM c")],
                 true,
@@ -603,7 +678,8 @@ mod tests {
     fn named_params_and_types() {
         let mut b = base();
         let o = test_options();
-        b.execute(
+        exec(
+            &mut b,
             2,
             &[stp(
                 "INSERT INTO t (name, at) VALUES (:n, $a)",

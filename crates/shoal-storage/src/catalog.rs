@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use shoal_types::api::BaseInfo;
 use shoal_types::{BaseId, Error, Result};
 
-use crate::map_sqlite_error;
+use crate::{idempotency, map_sqlite_error};
 
 /// The catalog's on-disk format. A later format adds its migration in
 /// [`Catalog::open`].
@@ -29,7 +29,15 @@ pub enum Applied {
     Done,
     /// The command's index was applied before (a replay): nothing changed.
     Replayed,
+    /// The idempotency key was answered before, at `index`: nothing changed.
+    Repeated {
+        /// The index of the first write with the key.
+        index: u64,
+    },
 }
+
+/// The table of the catalog's idempotency keys.
+const IDEMPOTENCY: &str = "idempotency";
 
 impl Catalog {
     /// Opens (creating if needed) the catalog at `path`, or in memory.
@@ -54,6 +62,7 @@ impl Catalog {
                  VALUES ('format', 1), ('applied_index', 0), ('reserved_index', 0);",
         )
         .map_err(map_sqlite_error)?;
+        conn.execute_batch(&idempotency::schema(IDEMPOTENCY)).map_err(map_sqlite_error)?;
         let format = meta(&conn, "format")?;
         if format != FORMAT {
             return Err(Error::InvalidData(format!(
@@ -64,13 +73,18 @@ impl Catalog {
     }
 
     /// Records a new base at log `index`; `Conflict` if it exists.
-    pub fn create(&mut self, index: u64, info: &BaseInfo) -> Result<Applied> {
+    pub fn create(&mut self, index: u64, info: &BaseInfo, key: Option<&str>) -> Result<Applied> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_sqlite_error)?;
         if meta(&tx, "applied_index")? >= index {
             return Ok(Applied::Replayed);
+        }
+        if let Some((first, _)) =
+            key.map(|k| idempotency::lookup(&tx, IDEMPOTENCY, k)).transpose()?.flatten()
+        {
+            return Ok(Applied::Repeated { index: first });
         }
         let exists: bool = tx
             .query_row("SELECT 1 FROM bases WHERE id = ?1", [info.id.to_string()], |_| Ok(true))
@@ -86,18 +100,26 @@ impl Catalog {
         )
         .map_err(map_sqlite_error)?;
         set_meta(&tx, "applied_index", index)?;
+        if let Some(k) = key {
+            idempotency::record(&tx, IDEMPOTENCY, k, index, "")?;
+        }
         tx.commit().map_err(map_sqlite_error)?;
         Ok(Applied::Done)
     }
 
     /// Forgets a base at log `index`; `NotFound` if it does not exist.
-    pub fn drop_base(&mut self, index: u64, id: &BaseId) -> Result<Applied> {
+    pub fn drop_base(&mut self, index: u64, id: &BaseId, key: Option<&str>) -> Result<Applied> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_sqlite_error)?;
         if meta(&tx, "applied_index")? >= index {
             return Ok(Applied::Replayed);
+        }
+        if let Some((first, _)) =
+            key.map(|k| idempotency::lookup(&tx, IDEMPOTENCY, k)).transpose()?.flatten()
+        {
+            return Ok(Applied::Repeated { index: first });
         }
         let n = tx
             .execute("DELETE FROM bases WHERE id = ?1", [id.to_string()])
@@ -106,6 +128,9 @@ impl Catalog {
             return Err(Error::NotFound(format!("no base {id}")));
         }
         set_meta(&tx, "applied_index", index)?;
+        if let Some(k) = key {
+            idempotency::record(&tx, IDEMPOTENCY, k, index, "")?;
+        }
         tx.commit().map_err(map_sqlite_error)?;
         Ok(Applied::Done)
     }

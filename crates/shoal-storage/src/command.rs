@@ -49,7 +49,7 @@ impl Command {
 
 /// What applying a command produced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "output", rename_all = "snake_case")]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Output {
     /// The base was created.
     Created {
@@ -65,4 +65,23 @@ pub enum Output {
     },
     /// The command had been applied before (a replay): nothing changed.
     Replayed,
+    /// The command's idempotency key was answered before: nothing changed,
+    /// and this is the first answer.
+    Repeated {
+        /// The log index of the first write with the key.
+        index: u64,
+        /// Its output.
+        output: Box<Output>,
+    },
+}
+
+/// A command as proposed to a bucket's log, with the client's idempotency
+/// key if it gave one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The client's idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The command.
+    pub command: Command,
 }

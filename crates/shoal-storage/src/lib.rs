@@ -12,14 +12,15 @@
 mod base;
 mod catalog;
 mod command;
+pub mod idempotency;
 mod log;
 pub mod rows;
 pub mod sandbox;
 mod store;
 mod value;
 
-pub use base::Base;
-pub use command::{Command, Output};
+pub use base::{Base, Executed};
+pub use command::{Command, Output, Proposal};
 pub use log::LocalLog;
 pub use store::{Options, Store};
 pub use value::{json_to_sql, sql_to_json};

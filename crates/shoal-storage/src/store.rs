@@ -16,7 +16,7 @@ use lru::LruCache;
 use shoal_types::api::{BaseInfo, Params, QueryResponse, TableInfo};
 use shoal_types::{BUCKET_COUNT, BaseId, BucketId, Error, Result};
 
-use crate::base::Base;
+use crate::base::{Base, Executed};
 use crate::catalog::{Applied, Catalog};
 use crate::command::{Command, Output};
 
@@ -160,6 +160,12 @@ impl Store {
     /// Applies a command at log `index`. Commands of one bucket must be
     /// applied one at a time, in index order.
     pub fn apply(&self, index: u64, command: &Command) -> Result<Output> {
+        self.apply_keyed(index, command, None)
+    }
+
+    /// Applies a command at log `index` with the client's idempotency key:
+    /// a key answered before gets [`Output::Repeated`] and changes nothing.
+    pub fn apply_keyed(&self, index: u64, command: &Command, key: Option<&str>) -> Result<Output> {
         let _bucket = lock(&self.buckets[command.base().bucket().0 as usize]);
         match command {
             Command::CreateBase { id, name, created_at } => {
@@ -182,16 +188,23 @@ impl Store {
                 }
                 // The base's file is made on first use (see `base`), so a
                 // create is one catalog transaction.
-                Ok(match catalog.create(index, &info)? {
+                Ok(match catalog.create(index, &info, key)? {
                     Applied::Replayed => Output::Replayed,
                     Applied::Done => Output::Created { base: info },
+                    Applied::Repeated { index } => {
+                        let base = catalog.get(id)?.unwrap_or(info);
+                        Output::Repeated { index, output: Box::new(Output::Created { base }) }
+                    }
                 })
             }
             Command::DropBase { id } => {
                 let catalog = self.catalog(id.bucket())?;
-                let applied = lock(&catalog).drop_base(index, id)?;
+                let applied = lock(&catalog).drop_base(index, id, key)?;
                 match applied {
                     Applied::Replayed => Ok(Output::Replayed),
+                    Applied::Repeated { index } => {
+                        Ok(Output::Repeated { index, output: Box::new(Output::Dropped) })
+                    }
                     Applied::Done => {
                         lock(&self.open).pop(id);
                         self.remove_files(id)?;
@@ -204,8 +217,15 @@ impl Store {
                     return Err(Error::InvalidInput("no statements given".into()));
                 }
                 let b = self.base(base)?;
-                let results = lock(&b).execute(index, statements, *transaction, &self.options)?;
-                Ok(if results.is_empty() { Output::Replayed } else { Output::Executed { results } })
+                let executed =
+                    lock(&b).execute(index, statements, *transaction, &self.options, key)?;
+                Ok(match executed {
+                    Executed::Applied(results) => Output::Executed { results },
+                    Executed::Replayed => Output::Replayed,
+                    Executed::Repeated { index, results } => {
+                        Output::Repeated { index, output: Box::new(Output::Executed { results }) }
+                    }
+                })
             }
         }
     }

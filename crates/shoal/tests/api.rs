@@ -556,3 +556,75 @@ async fn standalone_is_a_one_node_cluster() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn idempotency_keys_apply_once() {
+    both_modes(&[], |server| async move {
+        let api = Api::new(&server);
+        let http = reqwest::Client::new();
+        let send = |method: Method, path: String, key: &'static str, body: Value| {
+            let r = http
+                .request(method, format!("{}{path}", server.url))
+                .bearer_auth(&server.token)
+                .header("idempotency-key", key)
+                .json(&body);
+            async move {
+                let resp = r.send().await.expect("send");
+                let status = resp.status().as_u16();
+                (status, resp.json::<Value>().await.expect("json"))
+            }
+        };
+        // A create without an id, retried with its key: one base, same answer.
+        let (s1, first) =
+            send(Method::POST, "/v1/bases".into(), "create-1", json!({"name": "once"})).await;
+        let (s2, second) =
+            send(Method::POST, "/v1/bases".into(), "create-1", json!({"name": "once"})).await;
+        assert_eq!((s1, s2), (201, 201));
+        assert_eq!(first, second);
+        let listed = api.ok(Method::GET, "/v1/bases", None).await;
+        assert_eq!(listed["bases"].as_array().map(|b| b.len()), Some(1), "{listed}");
+        let id = first["id"].as_str().expect("id").to_string();
+        api.ok(
+            Method::POST,
+            &format!("/v1/bases/{id}/execute"),
+            Some(json!({"statements": [{"sql": "CREATE TABLE t (a)"}]})),
+        )
+        .await;
+
+        // An execute retried with its key applies once and answers the same.
+        let body = json!({"statements": [{"sql": "INSERT INTO t VALUES (1)"}]});
+        let (_, a) =
+            send(Method::POST, format!("/v1/bases/{id}/execute"), "ins-1", body.clone()).await;
+        let (_, b) =
+            send(Method::POST, format!("/v1/bases/{id}/execute"), "ins-1", body.clone()).await;
+        assert_eq!(a, b);
+        assert_eq!(api.count(&id, "t").await, 1);
+        // Another key is another write.
+        send(Method::POST, format!("/v1/bases/{id}/execute"), "ins-2", body).await;
+        assert_eq!(api.count(&id, "t").await, 2);
+        // Row writes too.
+        let rows = json!({"rows": [{"a": 9}]});
+        let (_, r1) =
+            send(Method::POST, format!("/v1/bases/{id}/tables/t/rows"), "rows-1", rows.clone())
+                .await;
+        let (_, r2) =
+            send(Method::POST, format!("/v1/bases/{id}/tables/t/rows"), "rows-1", rows).await;
+        assert_eq!(r1, r2);
+        assert_eq!(api.count(&id, "t").await, 3);
+        // Bad keys are refused and change nothing.
+        let (s, v) = send(
+            Method::POST,
+            format!("/v1/bases/{id}/execute"),
+            "has space",
+            json!({"statements": [{"sql": "INSERT INTO t VALUES (2)"}]}),
+        )
+        .await;
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_input")), "{v}");
+        assert_eq!(api.count(&id, "t").await, 3);
+        // A drop retried with its key answers the same, not 404.
+        let (d1, _) = send(Method::DELETE, format!("/v1/bases/{id}"), "drop-1", Value::Null).await;
+        let (d2, _) = send(Method::DELETE, format!("/v1/bases/{id}"), "drop-1", Value::Null).await;
+        assert_eq!((d1, d2), (200, 200));
+    })
+    .await;
+}
