@@ -120,13 +120,12 @@ impl Base {
         if read_applied_index(&tx)? >= index {
             return Ok(Executed::Replayed);
         }
-        if let Some(k) = key {
-            if let Some((first, answer)) = idempotency::lookup(&tx, IDEMPOTENCY, k)? {
-                let results = serde_json::from_str(&answer).map_err(|e| {
-                    Error::InvalidData(format!("stored answer for an idempotency key: {e}"))
-                })?;
-                return Ok(Executed::Repeated { index: first, results });
-            }
+        let first = key.map(|k| idempotency::lookup(&tx, IDEMPOTENCY, k)).transpose()?.flatten();
+        if let Some((first, answer)) = first {
+            let results = serde_json::from_str(&answer).map_err(|e| {
+                Error::InvalidData(format!("stored answer for an idempotency key: {e}"))
+            })?;
+            return Ok(Executed::Repeated { index: first, results });
         }
         let mut results = Vec::with_capacity(statements.len());
         for (i, s) in statements.iter().enumerate() {
