@@ -37,6 +37,8 @@ pub struct ReplicationOptions {
     pub max_concurrent_changes: usize,
     /// How often to look again when nothing changed (retries after failures).
     pub interval: Duration,
+    /// Groups this node campaigns for per pass to balance leadership.
+    pub leader_moves_per_pass: usize,
     /// How long the data of a replica that left is kept before it is
     /// deleted. Until then it is not served, and if the map gives the bucket
     /// back, the replica resumes from it.
@@ -198,6 +200,30 @@ async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revisio
                 tracing::info!(bucket = %BucketId(b), voters = voters.len(), "initializing the bucket's group");
                 multi.initialize(b, voters).await.map_err(group_error)?;
             }
+        }
+    }
+    // Leader balance: the map spreads each bucket's first replica evenly over
+    // the nodes; where this node is first but does not lead, it campaigns
+    // (openraft 0.9's way to move leadership: the node with an up-to-date log
+    // wins). A few groups per pass, and only groups that have a leader, so
+    // this never competes with a failover.
+    let mut moved = 0;
+    for &b in &mine {
+        if moved >= options.leader_moves_per_pass {
+            break;
+        }
+        let preferred = map.replicas(BucketId(b)).first() == Some(me);
+        let Some(raft) = multi.group(b) else { continue };
+        let m = raft.metrics().borrow().clone();
+        let caught_up =
+            m.last_applied.map(|l| l.index) >= m.last_log_index.map(|i| i.saturating_sub(1));
+        if preferred
+            && m.current_leader.is_some_and(|l| l != multi.id())
+            && multi.is_voter(b)
+            && caught_up
+        {
+            let _ = raft.trigger().elect().await;
+            moved += 1;
         }
     }
     for b in multi.hosted() {

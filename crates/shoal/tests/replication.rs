@@ -367,3 +367,44 @@ async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_leaders_spread_over_the_nodes() {
+    let mut c = Cluster::new().await;
+    for n in ["n1", "n2", "n3"] {
+        c.start_node(n);
+    }
+    c.start_monitor(&[]);
+    let http = reqwest::Client::new();
+    let gauge = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    // 256 groups, 3 replicas each, led evenly: about 85 per node.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut led = Vec::new();
+        for p in c.nodes.values() {
+            let text = http
+                .get(format!("{}/metrics", p.url))
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            led.push((gauge(&text, "shoal_raft_groups"), gauge(&text, "shoal_raft_groups_led")));
+        }
+        let total: u64 = led.iter().map(|(_, l)| *l).sum();
+        if led.iter().all(|(g, l)| *g == 256 && (75..=95).contains(l)) && total == 256 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "leaders did not spread: (groups, led) per node = {led:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
