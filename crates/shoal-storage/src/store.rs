@@ -266,15 +266,7 @@ impl Store {
     /// Replaces a bucket with the copy in `dir` made by [`Store::snapshot_bucket`].
     pub fn restore_bucket(&self, bucket: BucketId, dir: &Path) -> Result<()> {
         let _bucket = lock(&self.buckets[bucket.0 as usize]);
-        {
-            let mut open = lock(&self.open);
-            let ids: Vec<BaseId> =
-                open.iter().map(|(id, _)| *id).filter(|id| id.bucket() == bucket).collect();
-            for id in ids {
-                open.pop(&id);
-            }
-        }
-        lock(&self.catalogs)[bucket.0 as usize] = None;
+        self.forget_bucket(bucket);
         let files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "db"))
@@ -315,18 +307,22 @@ impl Store {
         Ok(())
     }
 
+    /// Closes a bucket's open bases and its catalog (their files stay).
+    fn forget_bucket(&self, bucket: BucketId) {
+        let mut open = lock(&self.open);
+        let ids: Vec<BaseId> =
+            open.iter().map(|(id, _)| *id).filter(|id| id.bucket() == bucket).collect();
+        for id in ids {
+            open.pop(&id);
+        }
+        drop(open);
+        lock(&self.catalogs)[bucket.0 as usize] = None;
+    }
+
     /// Forgets a bucket and deletes its data (its replica moved to other nodes).
     pub fn remove_bucket(&self, bucket: BucketId) -> Result<()> {
         let _bucket = lock(&self.buckets[bucket.0 as usize]);
-        {
-            let mut open = lock(&self.open);
-            let ids: Vec<BaseId> =
-                open.iter().map(|(id, _)| *id).filter(|id| id.bucket() == bucket).collect();
-            for id in ids {
-                open.pop(&id);
-            }
-        }
-        lock(&self.catalogs)[bucket.0 as usize] = None;
+        self.forget_bucket(bucket);
         if let Some(d) = self.bucket_dir(bucket).filter(|d| d.exists()) {
             std::fs::remove_dir_all(d)?;
         }
