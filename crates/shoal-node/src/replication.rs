@@ -165,6 +165,12 @@ async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revisio
         Some(kv) => Some(PlacementMap::decode(&kv.value)?),
         None => None,
     };
+    // Reach every node where it registered, whatever a group's membership
+    // still says (a node restarted at a new address is otherwise lost to
+    // groups that cannot elect a leader to update it).
+    multi.network().set_addresses(
+        nodes.iter().map(|(id, info)| (raft_id(id), info.local_node_url.clone())).collect(),
+    );
     let dir = Directory { map: map.clone(), nodes };
     directory.send_replace(dir.clone());
     let Some(map) = map else { return Ok(listing.revision) };

@@ -139,6 +139,11 @@ impl MultiRaft {
         self.id
     }
 
+    /// The network, e.g. to tell it where nodes registered.
+    pub fn network(&self) -> &Network {
+        &self.network
+    }
+
     /// The group, if this node hosts it.
     pub fn group(&self, group: u8) -> Option<Raft> {
         self.groups.read().unwrap_or_else(|e| e.into_inner()).get(&group).cloned()

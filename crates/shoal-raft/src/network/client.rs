@@ -40,6 +40,9 @@ struct Inner {
     /// ahead of heartbeats.
     snapshot_client: reqwest::Client,
     peers: Mutex<HashMap<RaftNodeId, Arc<Peer>>>,
+    /// Where nodes are, as they registered: preferred over the address in a
+    /// group's membership, which only that group's leader can update.
+    addresses: Mutex<HashMap<RaftNodeId, String>>,
     links: Arc<Links>,
 }
 
@@ -112,6 +115,7 @@ impl Network {
                 snapshot_client: build(true)?,
                 options,
                 peers: Mutex::new(HashMap::new()),
+                addresses: Mutex::new(HashMap::new()),
                 links: Arc::new(Links {
                     failures,
                     requests: AtomicU64::new(0),
@@ -141,9 +145,20 @@ impl Network {
         }
     }
 
-    /// The peer `id` at `addr`, with its sender task started on first use.
-    /// A peer whose address changed gets a new queue and connection.
+    /// Tells the network where nodes are now, as they registered. A node
+    /// that restarted at a new address is reached there by every group at
+    /// once, even groups that have no leader to update their membership.
+    pub fn set_addresses(&self, addresses: HashMap<RaftNodeId, String>) {
+        *self.inner.addresses.lock().unwrap_or_else(|e| e.into_inner()) = addresses;
+    }
+
+    /// The peer `id` (at its registered address, else at `addr`), with its
+    /// sender task started on first use. A peer whose address changed gets a
+    /// new queue and connection.
     fn peer(&self, id: RaftNodeId, addr: &str) -> Arc<Peer> {
+        let registered =
+            self.inner.addresses.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        let addr = registered.as_deref().unwrap_or(addr);
         let mut peers = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(peer) = peers.get(&id).filter(|p| p.addr == addr) {
             return peer.clone();
@@ -319,7 +334,6 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 
     async fn new_client(&mut self, target: RaftNodeId, node: &BasicNode) -> GroupNetwork {
         GroupNetwork {
-            peer: self.network.peer(target, &node.addr),
             network: self.network.clone(),
             group: self.group,
             target,
@@ -331,7 +345,6 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 /// One group's client to one peer, as openraft uses it.
 pub struct GroupNetwork {
     network: Network,
-    peer: Arc<Peer>,
     group: u8,
     target: RaftNodeId,
     node: BasicNode,
@@ -340,12 +353,18 @@ pub struct GroupNetwork {
 type RpcResult<T> = std::result::Result<T, RPCError<RaftNodeId, BasicNode, RaftError<RaftNodeId>>>;
 
 impl GroupNetwork {
+    /// The peer, resolved at each use: its address may change while
+    /// openraft keeps this client.
+    fn peer(&self) -> Arc<Peer> {
+        self.network.peer(self.target, &self.node.addr)
+    }
+
     /// Queues an RPC for the peer's next batch and waits for its answer.
     async fn call(&self, rpc: Rpc, ttl: Duration) -> Result<Outcome> {
         let (tx, rx) = oneshot::channel();
         let deadline = Instant::now() + ttl;
         let pending = Pending { group: self.group, rpc, deadline, reply: tx };
-        self.peer
+        self.peer()
             .queue
             .send(pending)
             .map_err(|_| Error::Unreachable("the network is shut down".into()))?;
@@ -433,9 +452,10 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
         StreamingError<TypeConfig, Fatal<RaftNodeId>>,
     > {
         let inner = &self.network.inner;
+        let peer = self.peer();
         let target = snapshot::Target {
             client: &inner.snapshot_client,
-            addr: &self.peer.addr,
+            addr: &peer.addr,
             token: &inner.options.token,
             group: self.group,
             id: self.target,
@@ -456,14 +476,14 @@ impl RaftNetwork<TypeConfig> for GroupNetwork {
                 timeout,
             })),
             Ok(Ok(resp)) => {
-                self.peer.state.healthy.store(true, Ordering::Relaxed);
+                peer.state.healthy.store(true, Ordering::Relaxed);
                 Ok(resp)
             }
             Ok(Err(snapshot::SendError::Remote(fatal))) => Err(StreamingError::RemoteError(
                 RemoteError::new_with_node(self.target, self.node.clone(), fatal),
             )),
             Ok(Err(snapshot::SendError::Failed(Failure::Peer(e)))) => {
-                if self.peer.state.healthy.swap(false, Ordering::Relaxed) {
+                if peer.state.healthy.swap(false, Ordering::Relaxed) {
                     let _ = inner.links.failures.send(self.target);
                 }
                 Err(StreamingError::Unreachable(Unreachable::new(&e)))
