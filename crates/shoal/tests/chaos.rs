@@ -451,37 +451,45 @@ async fn leaderless(http: &reqwest::Client, urls: &Urls, bases: &[String]) -> Ve
     out
 }
 
-/// The cluster is whole: status reports no missing replica and no move in
-/// progress, every node serves every base, and every base answers a
-/// linearizable read (it has a leader).
-async fn healed(c: &Cluster, http: &reqwest::Client, urls: &Urls, bases: &[String]) -> bool {
+/// Whether the cluster is whole: status reports no missing replica and no
+/// move in progress, every node serves every base, and every base answers a
+/// linearizable read (it has a leader). If not, why not.
+async fn healed(
+    c: &Cluster,
+    http: &reqwest::Client,
+    urls: &Urls,
+    bases: &[String],
+) -> Result<(), String> {
     let via = &c.nodes["n1"];
-    let Ok(s) = shoal_client::Client::new(&via.url, Some(TOKEN.into()))
+    let s = shoal_client::Client::new(&via.url, Some(TOKEN.into()))
         .expect("client")
         .cluster_status()
         .await
-    else {
-        return false;
-    };
+        .map_err(|e| format!("status: {e}"))?;
     if !s.under_replicated.is_empty()
         || !s.on_dead_nodes.is_empty()
         || !s.moves_in_progress.is_empty()
     {
-        return false;
+        return Err(format!(
+            "status: under replicated {:?}, on dead nodes {:?}, moves in progress {}",
+            s.under_replicated,
+            s.on_dead_nodes,
+            s.moves_in_progress.len()
+        ));
     }
-    for base in bases {
-        if checksums(http, urls, base).await.values().any(|v| v.starts_with("error")) {
-            return false;
+    for (i, base) in bases.iter().enumerate() {
+        let sums = checksums(http, urls, base).await;
+        if sums.values().any(|v| v.starts_with("error")) {
+            return Err(format!("base {i} ({base}) not served everywhere: {sums:?}"));
         }
         let path = format!("/v1/bases/{base}/query");
         let body = json!({"sql": "SELECT count(*) FROM t"});
-        let url = &c.nodes["n1"].url;
-        match call(http, url, reqwest::Method::POST, &path, Some(&body), false).await {
+        match call(http, &via.url, reqwest::Method::POST, &path, Some(&body), false).await {
             Ok((StatusCode::OK, _)) => {}
-            _ => return false,
+            other => return Err(format!("base {i} ({base}) linearizable read: {other:?}")),
         }
     }
-    true
+    Ok(())
 }
 
 /// How a killed node comes back: on its old port (a server with a fixed
@@ -538,7 +546,11 @@ async fn read_all(
 
 /// Copies the processes' output somewhere that outlives the test, for a failure.
 fn keep_logs(c: &Cluster, seed: u64) -> String {
-    let to = std::env::temp_dir().join(format!("shoal-chaos-{seed}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let to = std::env::temp_dir().join(format!("shoal-chaos-{seed}-{now}"));
     for p in c.monitors.iter().chain(c.nodes.values()) {
         let name = p.dir.file_name().expect("name").to_string_lossy().to_string();
         let dir = to.join(&name);
@@ -677,10 +689,10 @@ async fn mixed_writes_under_node_kills_keep_replicas_equal_and_lose_no_acknowled
         urls.set(&victim, &node.url);
         let restarted = Instant::now();
         let deadline = restarted + Duration::from_secs(60);
-        while !healed(&c, &http, &urls, &bases).await {
+        while let Err(why) = healed(&c, &http, &urls, &bases).await {
             assert!(
                 Instant::now() < deadline,
-                "[seed {seed}] round {round}: the cluster did not heal within 60s of restarting {victim} (all nodes up); without a leader: {:?}; logs in {}",
+                "[seed {seed}] round {round}: the cluster did not heal within 60s of restarting {victim} (all nodes up): {why}; without a leader: {:?}; logs in {}",
                 leaderless(&http, &urls, &bases).await,
                 keep_logs(&c, seed)
             );
