@@ -221,11 +221,11 @@ impl Process {
             child: None,
             runs: 0,
         };
-        p.spawn();
+        p.spawn("127.0.0.1:0");
         p
     }
 
-    fn spawn(&mut self) {
+    fn spawn(&mut self, listen: &str) {
         let addr_file = self.dir.join("addr");
         let _ = std::fs::remove_file(&addr_file);
         self.runs += 1;
@@ -234,7 +234,7 @@ impl Process {
         let stderr =
             std::fs::File::create(self.dir.join(format!("stderr.{}", self.runs))).expect("stderr");
         let mut cmd = Command::new(bin());
-        cmd.args(&self.args).args(["--listen", "127.0.0.1:0", "--addr-file"]).arg(&addr_file);
+        cmd.args(&self.args).args(["--listen", listen, "--addr-file"]).arg(&addr_file);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOAL_")) {
             cmd.env_remove(k);
         }
@@ -276,7 +276,15 @@ impl Process {
     /// Starts it again with the same arguments and directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        self.spawn("127.0.0.1:0");
+    }
+
+    /// Starts it again on the port it had, as a server with a fixed address
+    /// would be restarted.
+    pub fn restart_same_port(&mut self) {
+        self.kill();
+        let listen = self.url.trim_start_matches("http://").to_string();
+        self.spawn(&listen);
     }
 
     /// Its output so far.
