@@ -371,14 +371,22 @@ impl MultiRaft {
     fn watch_peer_failures(self: Arc<Self>) {
         let mut failures = self.network.peer_failures();
         let weak = Arc::downgrade(&self);
+        // One round of elections per peer per election timeout: a link that
+        // flaps must not turn into an election storm.
+        let quiet = self.options.election_max;
         drop(self);
         tokio::spawn(async move {
+            let mut last: BTreeMap<RaftNodeId, std::time::Instant> = BTreeMap::new();
             loop {
                 let peer = match failures.recv().await {
                     Ok(peer) => peer,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => return,
                 };
+                if last.get(&peer).is_some_and(|t| t.elapsed() < quiet) {
+                    continue;
+                }
+                last.insert(peer, std::time::Instant::now());
                 let Some(multi) = weak.upgrade() else { return };
                 let groups: Vec<Raft> = multi
                     .groups

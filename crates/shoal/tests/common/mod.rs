@@ -59,7 +59,7 @@ impl Server {
         };
         cmd.args(extra)
             .env_remove("SHOAL_ADMIN_TOKEN")
-            .env("SHOAL_LOG", "info")
+            .env("SHOAL_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(stdout.try_clone().expect("clone"))
             .stderr(stderr);
@@ -239,7 +239,7 @@ impl Process {
             cmd.env_remove(k);
         }
         let child = cmd
-            .env("SHOAL_LOG", "info")
+            .env("SHOAL_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
