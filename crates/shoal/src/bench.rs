@@ -103,6 +103,8 @@ struct Report {
     duration_s: f64,
     ops: u64,
     errors: u64,
+    /// Requests sent again after a transient conflict (dqlite only).
+    retries: u64,
     ops_per_sec: f64,
     latency_ms: Latency,
 }
@@ -134,6 +136,10 @@ struct Client {
     worker: usize,
     /// Writes done, for distinct keys.
     written: u64,
+    /// dqlite writes sent again after "database is locked".
+    retries: u64,
+    /// What the last failed etcd or dqlite request answered.
+    last_error: String,
 }
 
 impl Client {
@@ -154,6 +160,8 @@ impl Client {
             payload: "x".repeat(PAYLOAD_LEN),
             worker,
             written: 0,
+            retries: 0,
+            last_error: String::new(),
         }
     }
 
@@ -270,11 +278,44 @@ impl Client {
             }
             (Target::Dqlite, _) => {
                 let path = format!("/bench-{}-{}", self.worker, self.written);
-                let payload = std::mem::take(&mut self.payload);
-                let r =
-                    self.conns.request(&self.home, "PUT", &path, None, payload.as_bytes()).await;
-                self.payload = payload;
-                dqlite_ok(r)
+                self.dqlite_put(&path).await
+            }
+        }
+    }
+
+    /// A dqlite-demo write. The demo runs each request on a connection of
+    /// Go's pool, and dqlite answers a write that meets another one's open
+    /// transaction with "database is locked" at once (there is no busy
+    /// timeout); like an application would, the client tries again after
+    /// a random pause (up to 1, 2, 4 ... 32 ms), for up to 5 s, and counts
+    /// the retries.
+    async fn dqlite_put(&mut self, path: &str) -> bool {
+        let give_up = Instant::now() + Duration::from_secs(5);
+        let mut backoff_ms = 1u64;
+        loop {
+            let r =
+                self.conns.request(&self.home, "PUT", path, None, self.payload.as_bytes()).await;
+            match r {
+                Ok(r) if r.status == 200 && r.body.starts_with(b"Error: database is locked") => {
+                    if Instant::now() > give_up {
+                        self.last_error = "database is locked, for 5 s".into();
+                        return false;
+                    }
+                    self.retries += 1;
+                    let ms = rand::rng().random_range(1..=backoff_ms);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    backoff_ms = (backoff_ms * 2).min(32);
+                }
+                r => {
+                    let ok = dqlite_ok(&r);
+                    if !ok {
+                        self.last_error = match r {
+                            Ok(r) => String::from_utf8_lossy(&r.body).trim().to_string(),
+                            Err(e) => e.to_string(),
+                        };
+                    }
+                    return ok;
+                }
             }
         }
     }
@@ -310,7 +351,7 @@ impl Client {
             }
             (Target::Dqlite, _) => {
                 let path = format!("/r-{key}");
-                dqlite_ok(self.conns.request(&self.home, "GET", &path, None, &[]).await)
+                dqlite_ok(&self.conns.request(&self.home, "GET", &path, None, &[]).await)
             }
         }
     }
@@ -320,14 +361,7 @@ impl Client {
         match self.target {
             Target::Shoal => false,
             Target::Etcd => self.etcd_put(&format!("bench/r/{key}")).await,
-            Target::Dqlite => {
-                let path = format!("/r-{key}");
-                let payload = std::mem::take(&mut self.payload);
-                let r =
-                    self.conns.request(&self.home, "PUT", &path, None, payload.as_bytes()).await;
-                self.payload = payload;
-                dqlite_ok(r)
-            }
+            Target::Dqlite => self.dqlite_put(&format!("/r-{key}")).await,
         }
     }
 
@@ -344,7 +378,7 @@ fn ok(r: anyhow::Result<Response>) -> bool {
 }
 
 /// dqlite-demo answers 200 to everything and reports failures in the body.
-fn dqlite_ok(r: std::io::Result<Response>) -> bool {
+fn dqlite_ok(r: &std::io::Result<Response>) -> bool {
     matches!(r, Ok(r) if r.status == 200 && !r.body.starts_with(b"Error"))
 }
 
@@ -423,13 +457,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                         return Ok(c);
                     }
                     if !c.load(key).await {
-                        anyhow::bail!("cannot load key {key} into {}", c.home.url());
+                        anyhow::bail!(
+                            "cannot load key {key} into {}: {}",
+                            c.home.url(),
+                            c.last_error
+                        );
                     }
                 }
             }));
         }
         for l in loads {
-            clients.push(l.await??);
+            let mut c = l.await??;
+            c.retries = 0;
+            clients.push(c);
         }
     }
 
@@ -468,11 +508,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
     let mut errors = 0;
+    let mut retries = 0;
     let mut cleaner = None;
     for t in tasks {
         let (h, e, c) = t.await?;
         hist.add(h).context("merging latency histograms")?;
         errors += e;
+        retries += c.retries;
         cleaner.get_or_insert(c);
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -490,6 +532,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         duration_s: elapsed,
         ops: hist.len(),
         errors,
+        retries,
         ops_per_sec: hist.len() as f64 / elapsed,
         latency_ms: Latency {
             p50: ms(hist.value_at_quantile(0.5)),
@@ -501,7 +544,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{:?} {:?} c={} bases={}: {} ops in {:.1}s = {:.0} ops/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors",
+            "{:?} {:?} c={} bases={}: {} ops in {:.1}s = {:.0} ops/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors, {} retries",
             report.target,
             report.workload,
             report.concurrency,
@@ -512,7 +555,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.latency_ms.p50,
             report.latency_ms.p99,
             report.latency_ms.max,
-            report.errors
+            report.errors,
+            report.retries
         );
     }
     if errors > 0 && hist.is_empty() {
