@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# Shoal next to etcd and dqlite on the same machine: a three-member etcd (JSON
+# gateway), a three-node dqlite-demo and a three-node Shoal cluster (plus one
+# monitor, replication factor 3, registered in that etcd under its own
+# namespace), each driven by `shoal bench` with single-row writes and point
+# reads at concurrency 1, 16 and 64. Everything listens on 127.0.0.1 only.
+# Prints one markdown table for docs/benchmarks.md.
+#   DURATION=10s bench/compare.sh
+# The systems run one after the other (dqlite is stopped before Shoal
+# starts; etcd stays up as Shoal's registry), so each has the machine to
+# itself, apart from the load generator.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+DURATION=${DURATION:-10s}
+CONCURRENCY=${CONCURRENCY:-1 16 64}
+WORKLOADS=${WORKLOADS:-write read}
+TOKEN=compare-bench-token
+
+# install_missing BINARY PACKAGE: apt-get installs PACKAGE if BINARY is absent.
+install_missing() {
+    command -v "$1" >/dev/null && return 0
+    echo "installing $2" >&2
+    apt-get install -y "$2" >&2 || { apt-get update >&2 && apt-get install -y "$2" >&2; }
+}
+install_missing etcd etcd-server
+install_missing dqlite-demo go-dqlite
+build_shoal
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+dir=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+# free_ports N: N distinct free TCP ports on 127.0.0.1.
+free_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()' "$1"
+}
+
+# wait_for SECONDS WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds.
+wait_for() {
+    local limit=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "timed out after ${limit}s waiting for $what; logs in $dir:" >&2
+            tail -n 20 "$dir"/*.log >&2 || true
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+ROWS=()
+# bench_all SYSTEM TARGET ENDPOINTS: every workload and concurrency; adds table rows.
+bench_all() {
+    local system=$1 target=$2 endpoints=$3 workload c out
+    for workload in $WORKLOADS; do
+        for c in $CONCURRENCY; do
+            echo "$system $workload c=$c" >&2
+            out=$("$SHOAL" bench --target "$target" --endpoint "$endpoints" --token "$TOKEN" \
+                --workload "$workload" --concurrency "$c" --duration "$DURATION" --json)
+            ROWS+=("$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; print("| %s | %s | %d | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], r["workload"], r["concurrency"], r["ops_per_sec"], l["p50"], l["p99"], r["errors"]))' "$system")")
+        done
+    done
+}
+
+# --- etcd: three members -----------------------------------------------------
+read -r -a P <<<"$(free_ports 6)"
+ETCD_CLIENTS=() ETCD_PEERS=()
+initial=""
+for i in 0 1 2; do
+    ETCD_CLIENTS+=("127.0.0.1:${P[$i]}")
+    ETCD_PEERS+=("127.0.0.1:${P[$((i + 3))]}")
+    initial+="${initial:+,}e$i=http://${ETCD_PEERS[$i]}"
+done
+for i in 0 1 2; do
+    etcd --name "e$i" --data-dir "$dir/etcd$i" \
+        --listen-client-urls "http://${ETCD_CLIENTS[$i]}" \
+        --advertise-client-urls "http://${ETCD_CLIENTS[$i]}" \
+        --listen-peer-urls "http://${ETCD_PEERS[$i]}" \
+        --initial-advertise-peer-urls "http://${ETCD_PEERS[$i]}" \
+        --initial-cluster "$initial" --initial-cluster-state new \
+        --initial-cluster-token shoal-bench >"$dir/etcd$i.log" 2>&1 &
+    PIDS+=($!)
+done
+for i in 0 1 2; do
+    wait_for 60 "etcd member $i" sh -c "curl -sf http://${ETCD_CLIENTS[$i]}/health | grep -q '\"health\":\"true\"'"
+done
+etcd_urls=$(printf 'http://%s,' "${ETCD_CLIENTS[@]}")
+bench_all etcd etcd "${etcd_urls%,}"
+
+# --- dqlite-demo: three nodes ------------------------------------------------
+read -r -a P <<<"$(free_ports 6)"
+DQ_API=() DQ_DB=()
+DQ_PIDS=()
+for i in 0 1 2; do
+    DQ_API+=("127.0.0.1:${P[$i]}")
+    DQ_DB+=("127.0.0.1:${P[$((i + 3))]}")
+    join=()
+    [ "$i" -gt 0 ] && join=(--join "${DQ_DB[0]}")
+    dqlite-demo --api "${DQ_API[$i]}" --db "${DQ_DB[$i]}" --dir "$dir/dqlite" "${join[@]}" \
+        >"$dir/dqlite$i.log" 2>&1 &
+    PIDS+=($!)
+    DQ_PIDS+=($!)
+    # The demo answers 200 (with an error text for a missing key) once its
+    # database is open.
+    wait_for 60 "dqlite node $i" curl -sf "http://${DQ_API[$i]}/ready"
+done
+wait_for 60 "three dqlite voters" sh -c "[ \$(dqlite -s ${DQ_DB[0]} demo .cluster | grep -c voter) -eq 3 ]"
+dq_urls=$(printf 'http://%s,' "${DQ_API[@]}")
+bench_all dqlite dqlite "${dq_urls%,}"
+for pid in "${DQ_PIDS[@]}"; do stop_pid "$pid"; done
+
+# --- Shoal: three nodes and a monitor, registered in the etcd above ------------
+common=(--registry "etcd://$(IFS=,; echo "${ETCD_CLIENTS[*]}")" --namespace "shoal-bench-$$"
+    --node-ttl 3s --admin-token "$TOKEN")
+SHOAL_URLS=""
+for n in n1 n2 n3; do
+    mkdir -p "$dir/$n"
+    "$SHOAL" node --node-id "$n" --data-dir "$dir/$n/data" --listen 127.0.0.1:0 \
+        --addr-file "$dir/$n/addr" "${common[@]}" >"$dir/shoal-$n.log" 2>&1 &
+    PIDS+=($!)
+done
+mkdir -p "$dir/m0"
+"$SHOAL" monitor --monitor-id m0 --replication-factor 3 --listen 127.0.0.1:0 \
+    --addr-file "$dir/m0/addr" "${common[@]}" >"$dir/shoal-monitor.log" 2>&1 &
+PIDS+=($!)
+for n in n1 n2 n3; do
+    wait_for 30 "shoal node $n" test -s "$dir/$n/addr"
+    SHOAL_URLS+="${SHOAL_URLS:+,}http://$(cat "$dir/$n/addr")"
+done
+first=${SHOAL_URLS%%,*}
+# The map is placed (epoch >= 1) and every replica is hosted.
+cluster_ready() {
+    curl -sf -H "Authorization: Bearer $TOKEN" "$first/v1/cluster" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s["epoch"] >= 1 and not s["moves_in_progress"] and not s["under_replicated"] else 1)'
+}
+wait_for 120 "the Shoal cluster to place and host every bucket" cluster_ready
+# Creating a base (and dropping it) works end to end.
+wait_for 60 "a base to be created" "$SHOAL" bench --endpoint "$SHOAL_URLS" --token "$TOKEN" \
+    --workload write --concurrency 1 --ops 1 --duration 5s
+bench_all shoal shoal "$SHOAL_URLS"
+
+echo "Machine: $(machine); $DURATION per run; load average before the runs: $LOAD_BEFORE"
+echo
+echo "| system | workload | concurrency | ops/s | p50 ms | p99 ms | errors |"
+echo "|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
