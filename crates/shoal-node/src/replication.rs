@@ -221,8 +221,9 @@ async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revisio
         let preferred = map.replicas(BucketId(b)).first() == Some(me);
         let Some(raft) = multi.group(b) else { continue };
         let m = raft.metrics().borrow().clone();
-        let caught_up =
-            m.last_applied.map(|l| l.index) >= m.last_log_index.map(|i| i.saturating_sub(1));
+        // Only a node that has applied its whole log: a campaign that cannot
+        // win leaves the group leaderless for an election timeout.
+        let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index;
         if preferred
             && m.current_leader.is_some_and(|l| l != multi.id())
             && multi.is_voter(b)

@@ -132,7 +132,7 @@ pub async fn start_replication(
             max_concurrent_changes: 4,
             interval: std::time::Duration::from_secs(1),
             remove_after: std::time::Duration::from_secs(600),
-            leader_moves_per_pass: 8,
+            leader_moves_per_pass: 2,
         },
         directory_tx,
         shutdown,
