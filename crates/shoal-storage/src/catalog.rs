@@ -3,7 +3,7 @@
 //!
 //! Like a base, the catalog records the log index of the last command it
 //! applied in the same transaction as the change, so create and drop commands
-//! replay exactly once. It also keeps the local log's index reservation.
+//! replay exactly once.
 
 use std::path::Path;
 
@@ -59,7 +59,7 @@ impl Catalog {
                  created_index INTEGER NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              INSERT OR IGNORE INTO meta (key, value)
-                 VALUES ('format', 1), ('applied_index', 0), ('reserved_index', 0);",
+                 VALUES ('format', 1), ('applied_index', 0);",
         )
         .map_err(map_sqlite_error)?;
         conn.execute_batch(&idempotency::schema(IDEMPOTENCY)).map_err(map_sqlite_error)?;
@@ -198,16 +198,6 @@ impl Catalog {
         self.conn
             .restore("main", src, None::<fn(rusqlite::backup::Progress)>)
             .map_err(map_sqlite_error)
-    }
-
-    /// The highest log index this bucket's local log has reserved.
-    pub fn reserved_index(&self) -> Result<u64> {
-        meta(&self.conn, "reserved_index")
-    }
-
-    /// Durably reserves log indexes up to `upto`.
-    pub fn reserve(&self, upto: u64) -> Result<()> {
-        set_meta(&self.conn, "reserved_index", upto)
     }
 }
 

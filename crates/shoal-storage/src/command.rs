@@ -1,7 +1,6 @@
 //! The command model: every change to a bucket is a [`Command`] applied at a
-//! log index. Today a local log hands out the indexes; with replication, the
-//! bucket's Raft log does, and every replica applies the same commands in the
-//! same order. A command therefore carries everything that must be equal on
+//! log index. The bucket's Raft log hands out the indexes, and every replica
+//! applies the same commands in the same order. A command therefore carries everything that must be equal on
 //! every replica (the creation time is fixed by whoever proposes it).
 
 use serde::{Deserialize, Serialize};

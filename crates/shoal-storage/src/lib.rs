@@ -3,7 +3,7 @@
 //! - [`Store`] owns every bucket's bases on a node: opens them lazily, bounds
 //!   how many are open, applies [`Command`]s and serves reads.
 //! - [`Command`] is the unit of change; every replica applies the same
-//!   commands at the same log indexes. [`LocalLog`] orders them on a single node.
+//!   commands at the same log indexes (the bucket's Raft log orders them).
 //! - The sandbox ([`sandbox`]) decides what user SQL may do.
 //! - [`rows`] builds the SQL behind the row API.
 //!
@@ -13,7 +13,6 @@ mod base;
 mod catalog;
 mod command;
 pub mod idempotency;
-mod log;
 pub mod rows;
 pub mod sandbox;
 mod store;
@@ -21,7 +20,6 @@ mod value;
 
 pub use base::{Base, Executed};
 pub use command::{Command, Output, Proposal};
-pub use log::LocalLog;
 pub use store::{Options, Store};
 pub use value::{json_to_sql, sql_to_json};
 
