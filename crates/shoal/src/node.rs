@@ -9,15 +9,13 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Args;
-use shoal_node::registration::{self, Assignment, RegistrationOptions};
 use shoal_storage::{Options, Store};
 use shoal_types::NodeId;
-use shoal_types::api::NodeInfo;
-use tokio::sync::watch;
 
 use crate::config::RegistryArgs;
 use crate::server::{
-    HttpArgs, bind, cluster_token, init_logging, serve, shutdown_channel, start_replication,
+    HttpArgs, NodeRegistration, bind, cluster_token, init_logging, serve, shutdown_channel,
+    spawn_registration, start_replication,
 };
 
 /// Flags of `shoal node`.
@@ -68,22 +66,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
 
     let shutdown = shutdown_channel();
     let me = node_id.clone();
-    let options = RegistrationOptions {
+    let node = NodeRegistration {
         node_id,
-        info: NodeInfo {
-            node_url,
-            local_node_url,
-            zone: args.zone.clone(),
-            capacity: args.capacity,
-            version: env!("CARGO_PKG_VERSION").into(),
-            registered_at: String::new(),
-        },
-        ttl: registry_options.node_ttl,
-        retry_interval: registry_options.retry_interval,
+        node_url,
+        local_node_url,
+        zone: args.zone.clone(),
+        capacity: args.capacity,
     };
-    let (assignment, _) = watch::channel(Assignment::default());
     let registration =
-        tokio::spawn(registration::run(registry.clone(), options, assignment, shutdown.clone()));
+        spawn_registration(registry.clone(), node, &registry_options, shutdown.clone());
     let store = Arc::new(Store::open(Some(&args.data_dir), Options::default())?);
     let replication = start_replication(
         &me,

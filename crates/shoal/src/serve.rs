@@ -12,15 +12,13 @@ use clap::Args;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use shoal_monitor::MonitorOptions;
-use shoal_node::registration::{self, Assignment, RegistrationOptions};
 use shoal_storage::{Options, Store};
-use shoal_types::api::NodeInfo;
 use shoal_types::placement::Topology;
 use shoal_types::{BUCKET_COUNT, NodeId};
-use tokio::sync::watch;
 
 use crate::server::{
-    HttpArgs, bind, init_logging, serve, shutdown_channel, start_replication, wait_until_leading,
+    HttpArgs, NodeRegistration, bind, init_logging, serve, shutdown_channel, spawn_registration,
+    start_replication, wait_until_leading,
 };
 
 /// Flags of `shoal serve`.
@@ -112,22 +110,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Standalone is a one-node cluster: the node registers, and a monitor
     // keeps its one-replica placement map, as they would in a cluster.
     let shutdown = shutdown_channel();
-    let node = RegistrationOptions {
+    let node = NodeRegistration {
         node_id: NodeId(args.node_id.clone()),
-        info: NodeInfo {
-            node_url: url.clone(),
-            local_node_url: url.clone(),
-            zone: "default".into(),
-            capacity: 1,
-            version: env!("CARGO_PKG_VERSION").into(),
-            registered_at: String::new(),
-        },
-        ttl: registry_options.node_ttl,
-        retry_interval: registry_options.retry_interval,
+        node_url: url.clone(),
+        local_node_url: url.clone(),
+        zone: "default".into(),
+        capacity: 1,
     };
-    let (assignment, _) = watch::channel(Assignment::default());
     let registration =
-        tokio::spawn(registration::run(registry.clone(), node, assignment, shutdown.clone()));
+        spawn_registration(registry.clone(), node, &registry_options, shutdown.clone());
     let monitor = MonitorOptions {
         id: format!("{}-monitor", args.node_id),
         url: Some(url),

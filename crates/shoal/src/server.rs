@@ -12,6 +12,7 @@ use axum::serve::ListenerExt as _;
 use clap::Args;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shoal_node::cluster::Cluster;
+use shoal_node::registration::{self, Assignment, RegistrationOptions};
 use shoal_node::replica::BucketStateMachine;
 use shoal_node::replication::{self, Directory, ReplicationOptions};
 use shoal_node::{AppState, Engine, ServerOptions};
@@ -21,6 +22,7 @@ use shoal_raft::network::{Network, NetworkOptions};
 use shoal_raft::{StateMachine, raft_id};
 use shoal_registry::Registry;
 use shoal_storage::Store;
+use shoal_types::api::NodeInfo;
 use shoal_types::api::{ClusterStatus, RebalanceRequest};
 use shoal_types::{BucketId, NodeId};
 use tokio::sync::watch;
@@ -140,6 +142,46 @@ pub async fn start_replication(
     let engine = Arc::new(Engine::new(store, multi.clone(), directory_rx, node.clone()));
     let routes = shoal_raft::network::router(multi.clone(), net_options);
     Ok(Replication { engine, multi, routes, task, _scratch: scratch })
+}
+
+/// Where and what a node registers.
+pub struct NodeRegistration {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// The URL end users reach it at.
+    pub node_url: String,
+    /// The URL other nodes and proxies reach it at.
+    pub local_node_url: String,
+    /// Its failure zone.
+    pub zone: String,
+    /// Its relative capacity.
+    pub capacity: u32,
+}
+
+/// Keeps the node registered (under a session lease of `node_ttl`) until
+/// `shutdown`.
+pub fn spawn_registration(
+    registry: Arc<dyn Registry>,
+    node: NodeRegistration,
+    registry_options: &shoal_registry::RegistryOptions,
+    shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let options = RegistrationOptions {
+        node_id: node.node_id,
+        info: NodeInfo {
+            node_url: node.node_url,
+            local_node_url: node.local_node_url,
+            zone: node.zone,
+            capacity: node.capacity,
+            version: env!("CARGO_PKG_VERSION").into(),
+            registered_at: String::new(),
+        },
+        ttl: registry_options.node_ttl,
+        retry_interval: registry_options.retry_interval,
+    };
+    // Nothing reads the assignment: replication follows the map itself.
+    let (assignment, _) = watch::channel(Assignment::default());
+    tokio::spawn(registration::run(registry, options, assignment, shutdown))
 }
 
 /// Waits (bounded) until this node hosts `groups` groups and each has a
