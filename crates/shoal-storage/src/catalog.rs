@@ -74,41 +74,46 @@ impl Catalog {
 
     /// Records a new base at log `index`; `Conflict` if it exists.
     pub fn create(&mut self, index: u64, info: &BaseInfo, key: Option<&str>) -> Result<Applied> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(map_sqlite_error)?;
-        if meta(&tx, "applied_index")? >= index {
-            return Ok(Applied::Replayed);
-        }
-        if let Some((first, _)) =
-            key.map(|k| idempotency::lookup(&tx, IDEMPOTENCY, k)).transpose()?.flatten()
-        {
-            return Ok(Applied::Repeated { index: first });
-        }
-        let exists: bool = tx
-            .query_row("SELECT 1 FROM bases WHERE id = ?1", [info.id.to_string()], |_| Ok(true))
-            .optional()
-            .map_err(map_sqlite_error)?
-            .unwrap_or(false);
-        if exists {
-            return Err(Error::Conflict(format!("base {} already exists", info.id)));
-        }
-        tx.execute(
-            "INSERT INTO bases (id, name, created_at, created_index) VALUES (?1, ?2, ?3, ?4)",
-            params![info.id.to_string(), info.name, info.created_at, index as i64],
-        )
-        .map_err(map_sqlite_error)?;
-        set_meta(&tx, "applied_index", index)?;
-        if let Some(k) = key {
-            idempotency::record(&tx, IDEMPOTENCY, k, index, "")?;
-        }
-        tx.commit().map_err(map_sqlite_error)?;
-        Ok(Applied::Done)
+        self.apply(index, key, |tx| {
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM bases WHERE id = ?1", [info.id.to_string()], |_| Ok(true))
+                .optional()
+                .map_err(map_sqlite_error)?
+                .unwrap_or(false);
+            if exists {
+                return Err(Error::Conflict(format!("base {} already exists", info.id)));
+            }
+            tx.execute(
+                "INSERT INTO bases (id, name, created_at, created_index) VALUES (?1, ?2, ?3, ?4)",
+                params![info.id.to_string(), info.name, info.created_at, index as i64],
+            )
+            .map(|_| ())
+            .map_err(map_sqlite_error)
+        })
     }
 
     /// Forgets a base at log `index`; `NotFound` if it does not exist.
     pub fn drop_base(&mut self, index: u64, id: &BaseId, key: Option<&str>) -> Result<Applied> {
+        self.apply(index, key, |tx| {
+            let n = tx
+                .execute("DELETE FROM bases WHERE id = ?1", [id.to_string()])
+                .map_err(map_sqlite_error)?;
+            if n == 0 {
+                return Err(Error::NotFound(format!("no base {id}")));
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs `change` at log `index` in one transaction that also records the
+    /// applied index and the idempotency key: skipped if the index was
+    /// applied before, answered from the key if it was seen before.
+    fn apply(
+        &mut self,
+        index: u64,
+        key: Option<&str>,
+        change: impl FnOnce(&Connection) -> Result<()>,
+    ) -> Result<Applied> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -121,12 +126,7 @@ impl Catalog {
         {
             return Ok(Applied::Repeated { index: first });
         }
-        let n = tx
-            .execute("DELETE FROM bases WHERE id = ?1", [id.to_string()])
-            .map_err(map_sqlite_error)?;
-        if n == 0 {
-            return Err(Error::NotFound(format!("no base {id}")));
-        }
+        change(&tx)?;
         set_meta(&tx, "applied_index", index)?;
         if let Some(k) = key {
             idempotency::record(&tx, IDEMPOTENCY, k, index, "")?;
