@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{BaseId, BucketId};
+use crate::{BaseId, BucketId, ErrorBody, NodeId};
 
 /// `POST /v1/bases`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -368,4 +368,119 @@ pub struct Checksum {
     pub checksum: String,
     /// The bucket's last applied log index on the replica that answered.
     pub applied_index: u64,
+}
+
+/// A node as a client sees it: its id and the URL clients and browsers
+/// reach it at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRef {
+    /// The node's id.
+    pub node_id: NodeId,
+    /// Its public URL (`node_url`, never the internal one).
+    pub node_url: String,
+}
+
+/// `GET /v1/bases/{id}/location`: where the bucket of a base id lives.
+/// The answer does not say whether the base exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseLocation {
+    /// The bucket the id maps to.
+    pub bucket: BucketId,
+    /// The replica leading the bucket's Raft group, when one is known.
+    pub leader: Option<NodeRef>,
+    /// Every replica the placement map gives the bucket, preferred first.
+    pub replicas: Vec<NodeRef>,
+    /// The epoch of the placement map this answer comes from.
+    pub epoch: u64,
+}
+
+/// What a change-feed event did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeOp {
+    /// A row was inserted: `table`, `rowid` and `row` are set.
+    Insert,
+    /// A row was updated: `table`, `rowid` and `row` (new values) are set.
+    Update,
+    /// A row was deleted: `table` and `rowid` are set, `row` holds the old values.
+    Delete,
+    /// The schema changed: `sql` holds the statement.
+    Ddl,
+    /// The base was dropped; nothing follows.
+    BaseDropped,
+}
+
+/// One committed change of a base, as the change feed sends it. All the
+/// events of one write share its log `index` and arrive together, in the
+/// order the write made them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeEvent {
+    /// The log index of the write that made the change.
+    pub index: u64,
+    /// What happened.
+    pub op: ChangeOp,
+    /// The table, for row events and DDL on a table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// The row's rowid, for row events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rowid: Option<i64>,
+    /// The row's values (without `_rowid`), for row events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row: Option<Row>,
+    /// The statement, for DDL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<String>,
+}
+
+/// `{"resync": true, "index": N}`: the changes after the index asked for
+/// are no longer retained; re-read the base and resume after `index`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resync {
+    /// Always true.
+    pub resync: bool,
+    /// The base's latest applied index on the replica that answered.
+    pub index: u64,
+}
+
+/// One message of the change feed: a change, a resync, or an error after
+/// which the server closes the feed (e.g. a subscriber too slow to keep up).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum FeedMessage {
+    /// A committed change.
+    Change(ChangeEvent),
+    /// Resync needed.
+    Resync(Resync),
+    /// The feed ends with this error.
+    Error(ErrorBody),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feed_messages_tell_themselves_apart() {
+        let change = r#"{"index":7,"op":"insert","table":"t","rowid":1,"row":{"a":1}}"#;
+        let FeedMessage::Change(e) = serde_json::from_str(change).expect("change") else {
+            panic!("a change parsed as something else");
+        };
+        assert_eq!((e.index, e.op, e.rowid), (7, ChangeOp::Insert, Some(1)));
+        assert_eq!(serde_json::to_string(&FeedMessage::Change(e)).expect("encode"), change);
+        let resync: FeedMessage =
+            serde_json::from_str(r#"{"resync":true,"index":9}"#).expect("resync");
+        assert_eq!(resync, FeedMessage::Resync(Resync { resync: true, index: 9 }));
+        let error: FeedMessage =
+            serde_json::from_str(r#"{"error":{"code":"unavailable","message":"slow"}}"#)
+                .expect("error");
+        assert!(matches!(error, FeedMessage::Error(_)));
+        let dropped = r#"{"index":3,"op":"base_dropped"}"#;
+        assert!(matches!(
+            serde_json::from_str(dropped).expect("dropped"),
+            FeedMessage::Change(ChangeEvent { op: ChangeOp::BaseDropped, .. })
+        ));
+    }
 }
