@@ -9,9 +9,9 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use shoal_storage::{Command, Output, rows};
 use shoal_types::api::{
-    BaseInfo, BaseList, Consistency, CreateBaseRequest, ExecuteRequest, ExecuteResponse,
-    InsertRowsRequest, InsertRowsResponse, QueryRequest, QueryResponse, Row, RowList, TableList,
-    UpdateRowRequest, WriteResponse,
+    BaseInfo, BaseList, BaseLocation, Consistency, CreateBaseRequest, ExecuteRequest,
+    ExecuteResponse, InsertRowsRequest, InsertRowsResponse, QueryRequest, QueryResponse, Row,
+    RowList, TableList, UpdateRowRequest, WriteResponse,
 };
 use shoal_types::{BaseId, Error};
 
@@ -302,4 +302,38 @@ pub async fn checksum(
         .map(|l| l.index)
         .unwrap_or(0);
     Ok(Json(shoal_types::api::Checksum { checksum, applied_index }))
+}
+
+/// `GET /v1/bases/{id}/location`: the bucket's replicas and leader, with the
+/// public URLs a client or browser reaches them at. A node that holds no
+/// replica (or knows no leader) asks the replicas, once.
+pub async fn location(
+    State(state): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<BaseLocation>> {
+    let bucket = base_id(&id)?.bucket();
+    let engine = engine(&state)?;
+    let (mine, hosted) = engine.location(bucket);
+    if (hosted && mine.leader.is_some()) || headers.contains_key(crate::forward::FORWARDED) {
+        return Ok(Json(mine));
+    }
+    for url in engine.replica_local_urls(bucket) {
+        let mut ask = state
+            .forwarder
+            .get(format!("{}/v1/bases/{id}/location", url.trim_end_matches('/')))
+            .header(crate::forward::FORWARDED, "1")
+            .timeout(std::time::Duration::from_secs(2));
+        if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+            ask = ask.header(axum::http::header::AUTHORIZATION, auth);
+        }
+        let Ok(answer) = ask.send().await else { continue };
+        if let Ok(theirs) = answer.json::<BaseLocation>().await
+            && theirs.leader.is_some()
+            && theirs.epoch >= mine.epoch
+        {
+            return Ok(Json(theirs));
+        }
+    }
+    Ok(Json(mine))
 }

@@ -553,6 +553,15 @@ async fn standalone_is_a_one_node_cluster() {
         assert!(v["requested_at"].is_string());
         let (s, _) = api.call_with(Method::GET, "/v1/cluster", None, None).await;
         assert_eq!(s, 401);
+        // A base id's location: its bucket, the one node as replica and leader.
+        let id = "3fa85f64-5717-4562-b3fc-2c963f66afa6";
+        let loc = api.ok(Method::GET, &format!("/v1/bases/{id}/location"), None).await;
+        assert_eq!(loc["bucket"], "3f");
+        assert_eq!(loc["leader"]["node_id"], "standalone");
+        assert_eq!(loc["leader"]["node_url"], server.url.as_str());
+        assert_eq!(loc["replicas"], json!([{"node_id": "standalone", "node_url": server.url}]));
+        assert!(loc["epoch"].as_u64() >= Some(1), "{loc}");
+        api.err(Method::GET, "/v1/bases/nope/location", None, 400, "invalid_input").await;
     })
     .await;
 }
