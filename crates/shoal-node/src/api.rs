@@ -36,7 +36,7 @@ fn unexpected(output: Output) -> Error {
 }
 
 /// Ids made from idempotency keys live in their own UUID namespace.
-const KEYED_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x5d7c_2f4e_8a1b_4c3d_9e6f_1a2b_3c4d_5e6f);
+pub const KEYED_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x5d7c_2f4e_8a1b_4c3d_9e6f_1a2b_3c4d_5e6f);
 
 pub async fn create_base(
     State(state): State<Arc<AppState>>,

@@ -1,4 +1,4 @@
-//! `shoal`: the one binary. Runs the servers (`serve`, `node`, `monitor`)
+//! `shoal`: the one binary. Runs the servers (`serve`, `node`, `monitor`, `proxy`)
 //! and is their client (`base`, `sql`, `tables`, `rows`, `cluster`, `bench`).
 
 mod bench;
@@ -6,6 +6,7 @@ mod cli;
 mod config;
 mod monitor;
 mod node;
+mod proxy;
 mod serve;
 mod server;
 
@@ -30,6 +31,8 @@ enum Command {
     Node(node::NodeArgs),
     /// Run a monitor: the elected one keeps the placement map of the cluster.
     Monitor(monitor::MonitorArgs),
+    /// Run a proxy: routes every base request to its bucket's leader (stateless; run any number).
+    Proxy(proxy::ProxyArgs),
     /// Show the cluster or ask for a rebalance.
     #[command(subcommand)]
     Cluster(cli::ClusterCommand),
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Node(args) => node::run(args).await,
             Command::Monitor(args) => monitor::run(args).await,
+            Command::Proxy(args) => proxy::run(args).await,
             Command::Cluster(c) => cli::cluster(c).await,
             Command::Base(c) => cli::base(c).await,
             Command::Sql(a) => cli::sql(a).await,

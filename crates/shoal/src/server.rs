@@ -1,4 +1,4 @@
-//! What every server command (`serve`, `node`, `monitor`) shares: logging,
+//! What every server command (`serve`, `node`, `monitor`, `proxy`) shares: logging,
 //! the HTTP listener and its options, the cluster view over the registry,
 //! and shutdown on SIGTERM or Ctrl-C.
 
@@ -208,6 +208,20 @@ pub async fn serve(
     token: String,
     replication: Option<&Replication>,
     registry: Arc<dyn Registry>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    serve_with(listener, http, token, replication, registry, None, shutdown).await
+}
+
+/// Serves the API, plus `extra` routes (a proxy's base routes), until
+/// `shutdown` turns true.
+pub async fn serve_with(
+    listener: Listener,
+    http: &HttpArgs,
+    token: String,
+    replication: Option<&Replication>,
+    registry: Arc<dyn Registry>,
+    extra: Option<axum::Router>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let engine = replication.map(|r| r.engine.clone());
@@ -227,6 +241,9 @@ pub async fn serve(
     let mut app = shoal_node::router(state);
     if let Some(r) = replication {
         app = app.merge(r.routes.clone());
+    }
+    if let Some(extra) = extra {
+        app = app.merge(extra);
     }
     if let Some(f) = &http.addr_file {
         std::fs::write(f, listener.addr.to_string())

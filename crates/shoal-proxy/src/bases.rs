@@ -1,0 +1,262 @@
+//! The base routes a proxy answers itself, or with more than one node:
+//! create (which needs an id to route by), list (every node holds only its
+//! buckets) and location.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+use shoal_node::error::ApiError;
+use shoal_node::forward::{FORWARDED, NO_FORWARD};
+use shoal_types::api::{BaseInfo, BaseList, BaseLocation, NodeRef};
+use shoal_types::{BaseId, BucketId, Error, NodeId};
+
+use crate::Proxy;
+use crate::forward::{base_id, body, join, relay_answer, send};
+
+/// How long the proxy waits for one node's part of a list or location answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The id a create request names, or the one the proxy picks for it.
+///
+/// Without an id in the body, a request with an `Idempotency-Key` gets the id
+/// the nodes would derive from that key, so that a retried create names the
+/// same base (and bucket); otherwise a random one.
+pub fn create_id(body: &Value, key: Option<&str>) -> Result<BaseId, Error> {
+    match body.get("id") {
+        None | Some(Value::Null) => Ok(match key {
+            Some(k) => BaseId(uuid::Uuid::new_v5(&shoal_node::api::KEYED_IDS, k.as_bytes())),
+            None => BaseId::random(),
+        }),
+        Some(Value::String(s)) => s.parse(),
+        Some(other) => {
+            Err(Error::InvalidInput(format!("\"id\" must be a UUID string, not {other}")))
+        }
+    }
+}
+
+/// `POST /v1/bases`: routed by the new base's id.
+pub async fn create(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
+    let (parts, b) = req.into_parts();
+    let bytes = match body(&proxy, b).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let mut request: Value = match serde_json::from_slice(&bytes) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return ApiError(Error::InvalidInput("the body must be a JSON object".into()))
+                .into_response();
+        }
+        Err(e) => {
+            return ApiError(Error::InvalidInput(format!("invalid JSON body: {e}")))
+                .into_response();
+        }
+    };
+    let key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    let id = match create_id(&request, key) {
+        Ok(id) => id,
+        Err(e) => return ApiError(e).into_response(),
+    };
+    request["id"] = Value::String(id.to_string());
+    let mut headers = parts.headers.clone();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let bytes = serde_json::to_vec(&request).unwrap_or_default().into();
+    send(&proxy, id.bucket(), Method::POST, "/v1/bases", &headers, bytes).await
+}
+
+/// `GET /v1/bases`: every live node lists the bases of the buckets it holds;
+/// the proxy merges their pages (each ordered by id) into one.
+///
+/// The nodes check the query string; a node's `4xx` is the answer. Replicas
+/// may lag their leader by a moment, so a base created or dropped just now
+/// can appear on one node and not yet on another: the merge is a union.
+pub async fn list(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let limit = list_limit(req.uri().query());
+    let auth = req.headers().get(header::AUTHORIZATION).cloned();
+    let nodes = proxy.view.live_nodes();
+    let asks = nodes.iter().map(|t| {
+        let mut r = proxy.http.get(join(&t.url, &format!("/v1/bases{query}"))).timeout(ASK_TIMEOUT);
+        if let Some(a) = &auth {
+            r = r.header(header::AUTHORIZATION, a);
+        }
+        r.send()
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut pages: Vec<(NodeId, BaseList)> = Vec::new();
+    for (t, answer) in nodes.iter().zip(answers) {
+        match answer {
+            Ok(a) if a.status().is_client_error() => return relay_answer(a).await,
+            Ok(a) if a.status().is_success() => match a.json::<BaseList>().await {
+                Ok(page) => pages.push((t.node.clone(), page)),
+                Err(e) => {
+                    tracing::warn!(node = %t.node.0, error = %e, "a node's base list is unreadable")
+                }
+            },
+            Ok(a) => {
+                tracing::warn!(node = %t.node.0, status = %a.status(), "a node cannot list its bases")
+            }
+            Err(e) => tracing::warn!(node = %t.node.0, error = %e, "a node cannot list its bases"),
+        }
+    }
+    // Every bucket must have had a replica answer, or the list has a hole.
+    let answered: BTreeSet<NodeId> = pages.iter().map(|(n, _)| n.clone()).collect();
+    let dir = proxy.view.directory();
+    let Some(map) = &dir.map else {
+        return ApiError(Error::Unavailable(
+            "the proxy has not read the placement map yet; retry shortly".into(),
+        ))
+        .into_response();
+    };
+    if let Some(b) = BucketId::all().find(|b| {
+        !map.replicas(*b).is_empty() && !map.replicas(*b).iter().any(|n| answered.contains(n))
+    }) {
+        return ApiError(Error::Unavailable(format!(
+            "no replica of bucket {b} answered; the list would be incomplete: retry shortly"
+        )))
+        .into_response();
+    }
+    Json(merge(pages.into_iter().map(|(_, p)| p), limit)).into_response()
+}
+
+/// The `limit` of a list query (the nodes' default when absent or unreadable:
+/// a bad one is refused by the nodes before this matters).
+fn list_limit(query: Option<&str>) -> usize {
+    query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("limit="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
+/// One page out of the nodes' pages: the first `limit` distinct bases by id.
+/// There are more when a node said so or when the union is longer.
+pub fn merge(pages: impl IntoIterator<Item = BaseList>, limit: usize) -> BaseList {
+    let mut all: BTreeMap<BaseId, BaseInfo> = BTreeMap::new();
+    let mut more = false;
+    for page in pages {
+        more |= page.next_after.is_some();
+        for b in page.bases {
+            all.entry(b.id).or_insert(b);
+        }
+    }
+    more |= all.len() > limit;
+    let bases: Vec<BaseInfo> = all.into_values().take(limit).collect();
+    let next_after = if more { bases.last().map(|b| b.id) } else { None };
+    BaseList { bases, next_after }
+}
+
+/// `GET /v1/bases/{id}/location`: the bucket's replicas from the proxy's
+/// map, and its leader as the bucket's replicas report it (the cached leader
+/// is asked first). When no replica can tell, the leader is the cached one,
+/// if any.
+pub async fn location(
+    State(proxy): State<Arc<Proxy>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let id = match base_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let bucket = id.bucket();
+    let dir = proxy.view.directory();
+    let node_ref = |n: &NodeId| {
+        dir.nodes.get(n).map(|i| NodeRef { node_id: n.clone(), node_url: i.node_url.clone() })
+    };
+    let (replicas, epoch) = match &dir.map {
+        Some(m) => (m.replicas(bucket).iter().filter_map(node_ref).collect(), m.epoch),
+        None => (Vec::new(), 0),
+    };
+    let mut mine = BaseLocation { bucket, leader: None, replicas, epoch };
+    for t in proxy.view.candidates(bucket) {
+        let mut ask = proxy
+            .http
+            .get(join(&t.url, &format!("/v1/bases/{id}/location")))
+            // Each node answers from its own Raft state, without asking others.
+            .header(FORWARDED, "1")
+            .header(NO_FORWARD, "1")
+            .timeout(ASK_TIMEOUT);
+        if let Some(a) = headers.get(header::AUTHORIZATION) {
+            ask = ask.header(header::AUTHORIZATION, a);
+        }
+        let Ok(answer) = ask.send().await else { continue };
+        let Ok(theirs) = answer.json::<BaseLocation>().await else { continue };
+        let Some(leader) = theirs.leader.clone() else { continue };
+        proxy.view.set_leader(bucket, leader.node_id.clone());
+        if theirs.epoch >= mine.epoch {
+            return Json(theirs).into_response();
+        }
+        mine.leader = Some(leader);
+        return Json(mine).into_response();
+    }
+    mine.leader = proxy.view.leader(bucket).and_then(|n| node_ref(&n));
+    Json(mine).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> BaseInfo {
+        let id: BaseId = id.parse().expect("id");
+        BaseInfo { id, name: None, bucket: id.bucket(), created_at: String::new() }
+    }
+
+    const A: &str = "00000000-0000-4000-8000-000000000001";
+    const B: &str = "10000000-0000-4000-8000-000000000002";
+    const C: &str = "20000000-0000-4000-8000-000000000003";
+    const D: &str = "30000000-0000-4000-8000-000000000004";
+
+    #[test]
+    fn pages_merge_in_id_order_without_duplicates() {
+        let p1 = BaseList { bases: vec![info(A), info(C)], next_after: None };
+        let p2 = BaseList { bases: vec![info(A), info(B)], next_after: None };
+        let all = merge([p1.clone(), p2.clone()], 10);
+        let ids: Vec<String> = all.bases.iter().map(|b| b.id.to_string()).collect();
+        assert_eq!(ids, [A, B, C]);
+        assert_eq!(all.next_after, None);
+        // Cut at the limit: the rest is on the next page.
+        let two = merge([p1, p2], 2);
+        assert_eq!(two.bases.len(), 2);
+        assert_eq!(two.next_after.map(|b| b.to_string()).as_deref(), Some(B));
+        // A node with more makes the page not the last.
+        let p3 = BaseList { bases: vec![info(D)], next_after: Some(info(D).id) };
+        assert!(merge([p3], 5).next_after.is_some());
+    }
+
+    #[test]
+    fn list_limit_reads_the_query() {
+        assert_eq!(list_limit(None), 100);
+        assert_eq!(list_limit(Some("after=x&limit=7")), 7);
+        assert_eq!(list_limit(Some("limit=bad")), 100);
+    }
+
+    #[test]
+    fn create_ids_come_from_the_body_the_key_or_chance() {
+        let given = serde_json::json!({"id": A});
+        assert_eq!(create_id(&given, Some("k")).expect("id").to_string(), A);
+        let keyed = create_id(&serde_json::json!({}), Some("key-1")).expect("id");
+        assert_eq!(create_id(&serde_json::json!({"id": null}), Some("key-1")).expect("id"), keyed);
+        assert_ne!(create_id(&serde_json::json!({}), Some("key-2")).expect("id"), keyed);
+        assert_ne!(
+            create_id(&serde_json::json!({}), None).expect("id"),
+            create_id(&serde_json::json!({}), None).expect("id")
+        );
+        assert!(matches!(
+            create_id(&serde_json::json!({"id": "nope"}), None),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            create_id(&serde_json::json!({"id": 7}), None),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+}

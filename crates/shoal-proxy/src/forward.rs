@@ -1,0 +1,307 @@
+//! Sending a base request to its bucket's leader, and the answer back.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use shoal_node::error::ApiError;
+use shoal_node::forward::NO_FORWARD;
+use shoal_types::{BaseId, BucketId, Error};
+
+use crate::Proxy;
+use crate::retry::{self, Next};
+use crate::view::Target;
+
+/// The request headers passed on to the node.
+const REQUEST_HEADERS: [HeaderName; 3] =
+    [header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")];
+
+/// The answer headers passed back to the client.
+const ANSWER_HEADERS: [HeaderName; 3] =
+    [header::CONTENT_TYPE, header::WWW_AUTHENTICATE, header::RETRY_AFTER];
+
+/// Parses a base id from a path segment (400 if it is not a UUID).
+pub fn base_id(id: &str) -> Result<BaseId, ApiError> {
+    id.parse().map_err(ApiError)
+}
+
+/// Whether a request asks for a WebSocket.
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Reads a request body, bounded by `--max-body-size`.
+pub async fn body(proxy: &Proxy, body: Body) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, proxy.options.max_body_bytes).await.map_err(|_| {
+        ApiError(Error::TooLarge(
+            "the request body is larger than the proxy accepts (see --max-body-size)".into(),
+        ))
+    })
+}
+
+/// `/v1/bases/{id}` and everything under it.
+pub async fn base(
+    State(proxy): State<Arc<Proxy>>,
+    Path(params): Path<Vec<(String, String)>>,
+    req: Request,
+) -> Response {
+    let id = params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str()).unwrap_or_default();
+    let bucket = match base_id(id) {
+        Ok(id) => id.bucket(),
+        Err(e) => return e.into_response(),
+    };
+    if is_upgrade(req.headers()) {
+        return crate::ws::relay(proxy, bucket, req).await;
+    }
+    let (parts, b) = req.into_parts();
+    let bytes = match body(&proxy, b).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    send(&proxy, bucket, parts.method, path, &parts.headers, bytes).await
+}
+
+/// Sends a request for `bucket` until a node gives an answer to pass on, or
+/// the retry deadline passes.
+pub async fn send(
+    proxy: &Proxy,
+    bucket: BucketId,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
+    let repeatable = retry::repeatable(
+        &method,
+        path.split('?').next().unwrap_or(path),
+        headers.contains_key("idempotency-key"),
+    );
+    let writes = method != Method::GET && method != Method::HEAD && !repeatable_read(&method, path);
+    let mut attempts = Attempts::new(proxy, bucket).with_path(path);
+    let mut last: Option<Response> = None;
+    while let Some((target, url)) = attempts.next().await {
+        let remaining = attempts.deadline.saturating_duration_since(Instant::now());
+        let mut out = proxy
+            .http
+            .request(method.clone(), &url)
+            .header(NO_FORWARD, "1")
+            .timeout(proxy.options.request_timeout.min(remaining.max(ATTEMPT_FLOOR)))
+            .body(body.clone());
+        for name in &REQUEST_HEADERS {
+            if let Some(v) = headers.get(name) {
+                out = out.header(name, v);
+            }
+        }
+        let answer = match out.send().await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(t) = &target {
+                    proxy.view.forget_leader(bucket, &t.node);
+                }
+                tracing::debug!(%url, error = %e, "a node did not answer");
+                match retry::after_failure(e.is_connect(), repeatable) {
+                    Next::TryNext | Next::Follow(_) => {
+                        metrics::counter!("shoal_proxy_retries_total").increment(1);
+                        continue;
+                    }
+                    Next::Answer => {
+                        return ApiError(Error::Unavailable(format!(
+                            "the node at {url} failed before answering ({e}); the write may or may \
+                             not have been applied: send it with an Idempotency-Key to make retries safe"
+                        )))
+                        .into_response();
+                    }
+                }
+            }
+        };
+        let status = answer.status();
+        let location = answer.headers().get(header::LOCATION).and_then(|v| v.to_str().ok());
+        match retry::after_answer(status, location, repeatable) {
+            Next::Follow(to) => {
+                if let Some(node) = proxy.view.node_at(&to) {
+                    proxy.view.set_leader(bucket, node);
+                }
+                attempts.follow(to);
+                continue;
+            }
+            Next::TryNext => {
+                if let Some(t) = &target {
+                    proxy.view.forget_leader(bucket, &t.node);
+                }
+                metrics::counter!("shoal_proxy_retries_total").increment(1);
+                last = Some(relay_answer(answer).await);
+                continue;
+            }
+            Next::Answer => {}
+        }
+        // A committed write came from the leader.
+        if writes
+            && status.is_success()
+            && let Some(t) = target
+        {
+            proxy.view.set_leader(bucket, t.node);
+        }
+        return relay_answer(answer).await;
+    }
+    last.unwrap_or_else(|| {
+        let why = if proxy.view.has_map() {
+            format!("no replica of bucket {bucket} answered in time; retry shortly")
+        } else {
+            "the proxy has not read the placement map yet; retry shortly".to_string()
+        };
+        ApiError(Error::Unavailable(why)).into_response()
+    })
+}
+
+/// The shortest time an attempt is given, even close to the deadline.
+const ATTEMPT_FLOOR: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn repeatable_read(method: &Method, path: &str) -> bool {
+    *method == Method::POST && path.split('?').next().unwrap_or(path).ends_with("/query")
+}
+
+/// Turns a node's answer into the proxy's.
+pub async fn relay_answer(answer: reqwest::Response) -> Response {
+    let status = answer.status();
+    let mut kept = HeaderMap::new();
+    for name in &ANSWER_HEADERS {
+        if let Some(v) = answer.headers().get(name) {
+            kept.insert(name.clone(), v.clone());
+        }
+    }
+    match answer.bytes().await {
+        Ok(body) => {
+            let mut resp = (status, body).into_response();
+            resp.headers_mut().extend(kept);
+            resp
+        }
+        Err(e) => ApiError(Error::Unavailable(format!("the node's answer was cut off: {e}")))
+            .into_response(),
+    }
+}
+
+/// The sequence of nodes one request goes to: the bucket's candidates in
+/// order, redirects as they come, and after each round a pause, until the
+/// deadline.
+pub struct Attempts<'a> {
+    proxy: &'a Proxy,
+    bucket: BucketId,
+    /// When to stop.
+    pub deadline: Instant,
+    queue: Vec<Target>,
+    follow: Option<String>,
+    round: u32,
+    hops: u32,
+    path: Option<String>,
+}
+
+/// Redirects followed in a row before the proxy pauses (leadership moving
+/// back and forth must not spin).
+const MAX_HOPS: u32 = 4;
+
+impl<'a> Attempts<'a> {
+    /// The attempts for a request of `bucket`.
+    pub fn new(proxy: &'a Proxy, bucket: BucketId) -> Attempts<'a> {
+        Attempts {
+            proxy,
+            bucket,
+            deadline: Instant::now() + proxy.options.retry_deadline,
+            queue: Vec::new(),
+            follow: None,
+            round: 0,
+            hops: 0,
+            path: None,
+        }
+    }
+
+    /// Sets the path and query appended to node URLs (default: none).
+    pub fn with_path(mut self, path: &str) -> Self {
+        self.path = Some(path.to_string());
+        self
+    }
+
+    /// Goes to `url` next.
+    pub fn follow(&mut self, url: String) {
+        self.follow = Some(url);
+    }
+
+    /// The next node (if it is a known one) and the URL to send to; `None`
+    /// once the deadline has passed.
+    pub async fn next(&mut self) -> Option<(Option<Target>, String)> {
+        loop {
+            if Instant::now() >= self.deadline {
+                return None;
+            }
+            if let Some(url) = self.follow.take()
+                && self.hops < MAX_HOPS
+            {
+                self.hops += 1;
+                let target = self.proxy.view.node_at(&url).and_then(|node| {
+                    self.proxy.view.live_nodes().into_iter().find(|t| t.node == node)
+                });
+                return Some((target, url));
+            }
+            if self.queue.is_empty() {
+                if self.round > 0 {
+                    let pause = retry::backoff(
+                        self.round - 1,
+                        self.proxy.options.backoff,
+                        self.proxy.options.max_backoff,
+                    );
+                    let left = self.deadline.saturating_duration_since(Instant::now());
+                    if pause >= left {
+                        return None;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+                self.round += 1;
+                self.hops = 0;
+                self.queue = self.proxy.view.candidates(self.bucket);
+                self.queue.reverse();
+                if self.queue.is_empty() {
+                    // No map or no live replica yet: wait for the next round.
+                    continue;
+                }
+            }
+            if let Some(t) = self.queue.pop() {
+                let url = format!("{}{}", t.url, self.path.as_deref().unwrap_or(""));
+                return Some((Some(t), url));
+            }
+        }
+    }
+}
+
+/// Adds the path to a node's base URL (used by callers that build URLs per target).
+pub fn join(base: &str, path: &str) -> String {
+    format!("{}{path}", base.trim_end_matches('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upgrades_are_recognized() {
+        let mut h = HeaderMap::new();
+        assert!(!is_upgrade(&h));
+        h.insert(header::UPGRADE, "WebSocket".parse().expect("value"));
+        assert!(is_upgrade(&h));
+        h.insert(header::UPGRADE, "h2c".parse().expect("value"));
+        assert!(!is_upgrade(&h));
+    }
+
+    #[test]
+    fn queries_are_reads() {
+        assert!(repeatable_read(&Method::POST, "/v1/bases/x/query?y=1"));
+        assert!(!repeatable_read(&Method::POST, "/v1/bases/x/execute"));
+        assert_eq!(join("http://a:1/", "/v1"), "http://a:1/v1");
+    }
+}

@@ -1,0 +1,182 @@
+//! Shoal's proxy: a stateless router in front of a cluster's nodes.
+//!
+//! A proxy follows the placement map and the live nodes in the registry
+//! ([`view`]) and sends every `/v1/bases/{id}/...` request, HTTP or
+//! WebSocket, to the node that leads the base's bucket, over the nodes'
+//! internal URLs (`local_node_url`). It asks the nodes not to forward
+//! (`X-Shoal-No-Forward: 1`): a node that does not lead answers `307` with
+//! the leader's URL, which the proxy follows and remembers. Where a node is
+//! down, holds no replica, or its group is electing, the proxy tries the
+//! bucket's other replicas with a short backoff, within a bounded time and
+//! only as far as repeating the request is safe ([`retry`]).
+//!
+//! What needs no base, `/v1/cluster` and the ops routes, is served by the
+//! same routes as on every other process (see the `shoal` binary); this
+//! crate adds the base routes:
+//! - `POST /v1/bases` picks the new base's id when the body has none (from
+//!   the `Idempotency-Key`, as the nodes do, else at random) so that it can
+//!   route by it;
+//! - `GET /v1/bases` asks every live node and merges their pages;
+//! - `GET /v1/bases/{id}/location` is answered from the proxy's map, with
+//!   the leader as a replica of the bucket reports it.
+//!
+//! Nothing here is persistent: any number of proxies can run side by side,
+//! and a restarted proxy rebuilds its view from the registry.
+
+mod bases;
+mod forward;
+pub mod retry;
+pub mod view;
+mod ws;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use shoal_node::error::ApiError;
+use shoal_types::Error;
+use tower_http::catch_panic::CatchPanicLayer;
+
+pub use view::{View, follow};
+
+/// How the proxy behaves.
+#[derive(Clone, Debug)]
+pub struct ProxyOptions {
+    /// The bearer token every `/v1` request must carry; it is passed on to the nodes.
+    pub admin_token: String,
+    /// The largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// How long one request may spend going from replica to replica
+    /// (failover, elections) before the proxy gives the last answer.
+    pub retry_deadline: Duration,
+    /// The first pause between two rounds over a bucket's replicas; it doubles each round.
+    pub backoff: Duration,
+    /// The longest pause between two rounds.
+    pub max_backoff: Duration,
+    /// How long one attempt at one node may take.
+    pub request_timeout: Duration,
+    /// How long opening a connection to a node may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            admin_token: String::new(),
+            max_body_bytes: 16 * 1024 * 1024,
+            retry_deadline: Duration::from_secs(10),
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// The proxy: its options, its view of the cluster and its HTTP client.
+pub struct Proxy {
+    options: ProxyOptions,
+    view: View,
+    http: reqwest::Client,
+}
+
+impl Proxy {
+    /// A proxy routing with `view`.
+    pub fn new(options: ProxyOptions, view: View) -> Result<Arc<Proxy>, Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(options.connect_timeout)
+            // Redirects are the nodes' way to name the leader: the proxy
+            // follows them itself, and learns from them.
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Arc::new(Proxy { options, view, http }))
+    }
+
+    /// The view of the cluster.
+    pub fn view(&self) -> &View {
+        &self.view
+    }
+}
+
+/// The proxy's base routes (`/v1/bases...`), behind the bearer token. Merge
+/// them with the routes every process serves.
+pub fn router(proxy: Arc<Proxy>) -> Router {
+    Router::new()
+        .route("/v1/bases", get(bases::list).post(bases::create))
+        .route("/v1/bases/{id}/location", get(bases::location))
+        .route("/v1/bases/{id}", any(forward::base))
+        .route("/v1/bases/{id}/{*rest}", any(forward::base))
+        .route_layer(middleware::from_fn_with_state(proxy.clone(), require_token))
+        .layer(middleware::from_fn(track))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError(Error::Internal("the proxy failed while handling this request".into()))
+                .into_response()
+        }))
+        .with_state(proxy)
+}
+
+/// Refuses requests without the cluster's bearer token, before anything is
+/// sent on.
+async fn require_token(
+    State(proxy): State<Arc<Proxy>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        None => ApiError(Error::Unauthorized(
+            "missing bearer token: send \"Authorization: Bearer TOKEN\"".into(),
+        ))
+        .into_response(),
+        Some(t) if !same(t.trim().as_bytes(), proxy.options.admin_token.as_bytes()) => {
+            ApiError(Error::Unauthorized("invalid bearer token".into())).into_response()
+        }
+        Some(_) => next.run(req).await,
+    }
+}
+
+/// Compares secrets in time that does not depend on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts the proxy's requests and their latency by route.
+async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("shoal_proxy_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("shoal_proxy_request_duration_seconds", "route" => route, "method" => method)
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_comparison() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"ab"));
+    }
+}

@@ -1,0 +1,245 @@
+//! The proxy's view of the cluster: the placement map and the live nodes,
+//! followed through registry watches, plus a cache of which node leads each
+//! bucket.
+//!
+//! The map says which nodes hold a bucket; only the group knows which of
+//! them leads it now. The cache is a hint learned from the nodes' own
+//! answers (a `307` names the leader, a committed write came from it) and
+//! dropped when that node stops answering. A wrong hint costs one extra hop:
+//! the node it names redirects.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use shoal_node::replication::Directory;
+use shoal_registry::{Registry, Revision, keys};
+use shoal_types::api::NodeInfo;
+use shoal_types::placement::PlacementMap;
+use shoal_types::{BucketId, Error, NodeId};
+use tokio::sync::watch;
+
+/// A node to send a request to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The node.
+    pub node: NodeId,
+    /// Its internal URL (`local_node_url`), without a trailing slash.
+    pub url: String,
+}
+
+/// The placement view and the leader cache.
+pub struct View {
+    directory: watch::Receiver<Directory>,
+    leaders: Mutex<HashMap<BucketId, NodeId>>,
+}
+
+impl View {
+    /// A view fed by `directory` (see [`follow`]).
+    pub fn new(directory: watch::Receiver<Directory>) -> View {
+        View { directory, leaders: Mutex::new(HashMap::new()) }
+    }
+
+    /// The latest map and nodes.
+    pub fn directory(&self) -> Directory {
+        self.directory.borrow().clone()
+    }
+
+    /// Whether a placement map has been read.
+    pub fn has_map(&self) -> bool {
+        self.directory.borrow().map.is_some()
+    }
+
+    /// The cached leader of `bucket`.
+    pub fn leader(&self, bucket: BucketId) -> Option<NodeId> {
+        self.leaders.lock().unwrap_or_else(|e| e.into_inner()).get(&bucket).cloned()
+    }
+
+    /// Remembers `node` as the leader of `bucket`.
+    pub fn set_leader(&self, bucket: BucketId, node: NodeId) {
+        self.leaders.lock().unwrap_or_else(|e| e.into_inner()).insert(bucket, node);
+    }
+
+    /// Forgets the leader of `bucket` if it is `node`.
+    pub fn forget_leader(&self, bucket: BucketId, node: &NodeId) {
+        let mut leaders = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        if leaders.get(&bucket) == Some(node) {
+            leaders.remove(&bucket);
+        }
+    }
+
+    /// The nodes to try for `bucket`, best first.
+    pub fn candidates(&self, bucket: BucketId) -> Vec<Target> {
+        candidates(&self.directory.borrow(), bucket, self.leader(bucket).as_ref())
+    }
+
+    /// The node whose internal URL starts `url` (e.g. a redirect's target).
+    pub fn node_at(&self, url: &str) -> Option<NodeId> {
+        node_at(&self.directory.borrow().nodes, url)
+    }
+
+    /// Every live node.
+    pub fn live_nodes(&self) -> Vec<Target> {
+        self.directory
+            .borrow()
+            .nodes
+            .iter()
+            .map(|(id, info)| Target { node: id.clone(), url: trim(&info.local_node_url) })
+            .collect()
+    }
+}
+
+fn trim(url: &str) -> String {
+    url.trim_end_matches('/').to_string()
+}
+
+/// The nodes to try for `bucket`: the cached leader first (if it is live),
+/// then the map's replicas that are live, in the map's order (the first
+/// replica is the one the nodes make leader when they can).
+pub fn candidates(dir: &Directory, bucket: BucketId, leader: Option<&NodeId>) -> Vec<Target> {
+    let mut out: Vec<Target> = Vec::new();
+    let mut push = |id: &NodeId| {
+        if out.iter().any(|t| &t.node == id) {
+            return;
+        }
+        if let Some(info) = dir.nodes.get(id) {
+            out.push(Target { node: id.clone(), url: trim(&info.local_node_url) });
+        }
+    };
+    if let Some(l) = leader {
+        push(l);
+    }
+    if let Some(map) = &dir.map {
+        for id in map.replicas(bucket) {
+            push(id);
+        }
+    }
+    out
+}
+
+/// The node whose `local_node_url` is a prefix of `url` at a path boundary.
+pub fn node_at(nodes: &std::collections::BTreeMap<NodeId, NodeInfo>, url: &str) -> Option<NodeId> {
+    nodes.iter().find_map(|(id, info)| {
+        let base = info.local_node_url.trim_end_matches('/');
+        let rest = url.strip_prefix(base)?;
+        (rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')).then(|| id.clone())
+    })
+}
+
+/// Reads the nodes and the map once; returns the directory and the revision read at.
+async fn read(registry: &dyn Registry) -> Result<(Directory, Revision), Error> {
+    let listing = registry.get_prefix(keys::NODES).await?;
+    let mut nodes = std::collections::BTreeMap::new();
+    for kv in &listing.kvs {
+        if let (Some(id), Ok(info)) =
+            (keys::node_of(&kv.key), serde_json::from_slice::<NodeInfo>(&kv.value))
+        {
+            nodes.insert(id, info);
+        }
+    }
+    let map = match registry.get(keys::PLACEMENT).await? {
+        Some(kv) => Some(PlacementMap::decode(&kv.value)?),
+        None => None,
+    };
+    Ok((Directory { map, nodes }, listing.revision))
+}
+
+/// Keeps `directory` up to date with the registry until `shutdown`: reads
+/// the nodes and the map, then waits for a change of either (or `interval`,
+/// as a safety net against a lost watch) and reads again.
+pub async fn follow(
+    registry: Arc<dyn Registry>,
+    directory: watch::Sender<Directory>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    while !*shutdown.borrow() {
+        match read(registry.as_ref()).await {
+            Ok((dir, revision)) => {
+                directory.send_replace(dir);
+                let from = Revision(revision.0 + 1);
+                let wait = async {
+                    let placement = registry.watch_prefix(keys::PLACEMENT, from).await;
+                    let nodes = registry.watch_prefix(keys::NODES, from).await;
+                    match (placement, nodes) {
+                        (Ok(mut p), Ok(mut n)) => {
+                            tokio::select! {
+                                _ = p.next() => {}
+                                _ = n.next() => {}
+                            }
+                        }
+                        _ => tokio::time::sleep(interval).await,
+                    }
+                };
+                tokio::select! {
+                    _ = wait => {}
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the placement map; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn info(url: &str) -> NodeInfo {
+        NodeInfo {
+            node_url: format!("{url}/public"),
+            local_node_url: url.to_string(),
+            zone: "z".into(),
+            capacity: 1,
+            version: "0".into(),
+            registered_at: String::new(),
+        }
+    }
+
+    fn nodes() -> BTreeMap<NodeId, NodeInfo> {
+        [
+            (NodeId("a".into()), info("http://127.0.0.1:7001")),
+            (NodeId("b".into()), info("http://127.0.0.1:70011/")),
+            (NodeId("c".into()), info("http://127.0.0.1:7003")),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn a_redirect_maps_back_to_its_node_at_a_path_boundary() {
+        let n = nodes();
+        assert_eq!(node_at(&n, "http://127.0.0.1:7001/v1/bases/x"), Some(NodeId("a".into())));
+        // A port that merely starts with another node's port is another node.
+        assert_eq!(node_at(&n, "http://127.0.0.1:70011/v1/bases/x"), Some(NodeId("b".into())));
+        assert_eq!(node_at(&n, "http://127.0.0.1:7003?x=1"), Some(NodeId("c".into())));
+        assert_eq!(node_at(&n, "http://127.0.0.1:7009/v1"), None);
+        assert_eq!(node_at(&n, "http://127.0.0.1:70"), None);
+    }
+
+    #[test]
+    fn candidates_put_the_cached_leader_first_and_skip_dead_nodes() {
+        let mut map = PlacementMap::empty(3, shoal_types::placement::Topology::Dynamic);
+        let bucket = BucketId(7);
+        map.buckets[7] = vec![NodeId("c".into()), NodeId("x".into()), NodeId("a".into())];
+        let dir = Directory { map: Some(map), nodes: nodes() };
+        let ids = |v: Vec<Target>| v.into_iter().map(|t| t.node.0).collect::<Vec<_>>();
+        assert_eq!(ids(candidates(&dir, bucket, None)), ["c", "a"]);
+        assert_eq!(ids(candidates(&dir, bucket, Some(&NodeId("a".into())))), ["a", "c"]);
+        // A cached leader that is not live is not tried.
+        assert_eq!(ids(candidates(&dir, bucket, Some(&NodeId("x".into())))), ["c", "a"]);
+        // Trailing slashes are cut so paths can be appended.
+        let b = candidates(&dir, bucket, Some(&NodeId("b".into())));
+        assert_eq!(b[0].url, "http://127.0.0.1:70011");
+        assert!(candidates(&Directory::default(), bucket, None).is_empty());
+    }
+}

@@ -1,0 +1,69 @@
+//! `shoal proxy`: a stateless router in front of a cluster. It follows the
+//! placement map in the registry and sends every base request (HTTP and
+//! WebSocket) to the bucket's leader; it also serves `/v1/cluster` like
+//! every other process. Run as many as you like.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use shoal_node::replication::Directory;
+use shoal_proxy::{Proxy, ProxyOptions, View};
+use tokio::sync::watch;
+
+use crate::config::RegistryArgs;
+use crate::server::{HttpArgs, bind, cluster_token, init_logging, serve_with, shutdown_channel};
+
+/// Flags of `shoal proxy`.
+#[derive(Args, Debug)]
+pub struct ProxyArgs {
+    /// The address to serve HTTP on.
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7090")]
+    listen: SocketAddr,
+    /// How long one request may go from replica to replica (a failover, an
+    /// election) before the proxy gives up and answers with the last error, e.g. 10s.
+    #[arg(long, env = "SHOAL_RETRY_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    retry_deadline: Duration,
+    /// How long one attempt at one node may take, e.g. 30s.
+    #[arg(long, env = "SHOAL_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    request_timeout: Duration,
+    #[command(flatten)]
+    http: HttpArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
+pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
+    init_logging();
+    let registry_options = args.registry.load()?;
+    let token = cluster_token(&args.http)?;
+    if args.retry_deadline.is_zero() || args.request_timeout.is_zero() {
+        anyhow::bail!("--retry-deadline and --request-timeout must be more than 0");
+    }
+    let registry = shoal_registry::connect(&registry_options).await?;
+    let listener = bind(args.listen).await?;
+    println!("Shoal proxy is serving http://{}", listener.addr);
+    println!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
+    let shutdown = shutdown_channel();
+    let (directory_tx, directory_rx) = watch::channel(Directory::default());
+    let follower = tokio::spawn(shoal_proxy::follow(
+        registry.clone(),
+        directory_tx,
+        registry_options.retry_interval.max(Duration::from_millis(100)) * 10,
+        shutdown.clone(),
+    ));
+    let options = ProxyOptions {
+        admin_token: token.clone(),
+        max_body_bytes: args.http.max_body_size,
+        retry_deadline: args.retry_deadline,
+        request_timeout: args.request_timeout,
+        ..ProxyOptions::default()
+    };
+    let proxy = Proxy::new(options, View::new(directory_rx))?;
+    let routes = shoal_proxy::router(Arc::clone(&proxy));
+    serve_with(listener, &args.http, token, None, registry, Some(routes), shutdown).await?;
+    let _ = follower.await;
+    tracing::info!("stopped");
+    Ok(())
+}
