@@ -10,6 +10,7 @@ use common::Process;
 use common::cluster::{Cluster, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use shoal_registry::Registry as _;
 
 /// One HTTP call; the body parsed as JSON when it is JSON.
 async fn call(
@@ -333,10 +334,15 @@ async fn every_api_call_works_through_either_proxy() {
     ws_refused(&a, &format!("/v1/bases/{one}/nothing-here"), 404).await;
     ws_refused(&b, "/v1/bases/not-a-uuid/changes", 400).await;
 
-    // Rebalance through the proxy reaches the monitor.
+    // A rebalance request through the proxy lands in the registry, where
+    // the monitor reads it.
     let before = c.map().await.expect("map").epoch;
-    expect(&b, Method::POST, "/v1/cluster/rebalance", None, StatusCode::ACCEPTED).await;
-    c.wait_map("rebalanced", Duration::from_secs(30), |m| m.epoch > before).await;
+    let req = expect(&b, Method::POST, "/v1/cluster/rebalance", None, StatusCode::ACCEPTED).await;
+    assert_eq!(req["epoch"], before);
+    let stored = c.registry().await.get(shoal_registry::keys::REBALANCE).await.expect("get");
+    let stored: Value =
+        serde_json::from_slice(&stored.expect("a rebalance request").value).expect("json");
+    assert_eq!(stored, req);
 
     // Drop, then the base is gone through both proxies.
     expect(&b, Method::DELETE, &format!("/v1/bases/{two}"), None, StatusCode::OK).await;
