@@ -50,7 +50,8 @@ enum Command {
 /// How a client command reaches the server.
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
-    /// The server's URL.
+    /// The server's URL, or several separated by commas (nodes, proxies or
+    /// both): the client moves to the next when one cannot be reached.
     #[arg(long, env = "SHOAL_ENDPOINT", default_value = "http://127.0.0.1:7070", global = true)]
     endpoint: String,
     /// The bearer token [default: the contents of ./shoal-data/admin.token, if present].
