@@ -143,7 +143,7 @@ async fn a_write_loop_rides_through_a_leader_kill_and_restart_without_errors_or_
     stop.store(true, Ordering::Relaxed);
     writer.await.expect("writer");
 
-    let p = progress.lock().expect("lock");
+    let p = std::mem::take(&mut *progress.lock().expect("lock"));
     println!("{} inserts, slowest {:.2}s", p.acked.len(), p.slowest.as_secs_f64());
     assert!(p.errors.is_empty(), "the loop saw errors: {:#?}\n{}", p.errors, c.logs());
     let after_kill = p.acked.iter().filter(|t| **t > killed_at).count();
