@@ -125,6 +125,11 @@ async fn a_write_loop_rides_through_a_leader_kill_and_restart_without_errors_or_
     })
     .await;
     let name = leader.node_id.0.clone();
+    {
+        let p = progress.lock().expect("lock");
+        let first = p.acked[49].duration_since(p.acked[0]).as_secs_f64();
+        println!("before the kill: 50 inserts in {first:.2}s");
+    }
     assert!(c.nodes.contains_key(&name), "unknown leader {name}");
     let before_kill = acked(&progress);
     c.nodes.get_mut(&name).expect("leader").kill();
