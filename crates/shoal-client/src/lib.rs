@@ -321,7 +321,14 @@ impl Client {
                 routes.failed(url, now);
                 true
             }
-            Failure::Answered(e) => retry::passing(e),
+            Failure::Answered(e) => {
+                let passing = retry::passing(e);
+                if passing && bucket.is_none() {
+                    // An endpoint that cannot serve now: try the next.
+                    routes.pass_over(url);
+                }
+                passing
+            }
         };
         if let Some(b) = bucket
             && moved

@@ -84,6 +84,12 @@ impl Routes {
     /// and if it is the current endpoint the next one becomes current.
     pub(crate) fn failed(&self, url: &str, now: Instant) {
         self.lock().down.insert(url.to_string(), now + self.down_for);
+        self.pass_over(url);
+    }
+
+    /// Makes the endpoint after `url` current, if `url` is the current one:
+    /// for an endpoint that answers but cannot serve now.
+    pub(crate) fn pass_over(&self, url: &str) {
         let n = self.endpoints.len();
         let cur = self.current.load(Ordering::Relaxed);
         if self.endpoints[cur % n] == url {
@@ -214,6 +220,12 @@ mod tests {
         // A failure of a URL that is not current (a leader) moves nothing.
         r.failed("http://elsewhere", t0);
         assert_eq!(r.current(), "http://n2");
+        // Passing over an endpoint moves on without marking it down.
+        r.pass_over("http://n2");
+        assert_eq!(r.current(), "http://n3");
+        assert!(!r.is_down("http://n2", t0));
+        r.pass_over("http://n3");
+        assert_eq!(r.current(), "http://n1");
     }
 
     #[test]

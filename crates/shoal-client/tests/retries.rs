@@ -283,3 +283,17 @@ async fn not_leader_sends_the_retry_to_the_leader_named() {
     assert_eq!(at_leader.len(), 1, "{at_leader:?}");
     assert_eq!(writes[0].header("idempotency-key"), at_leader[0].header("idempotency-key"));
 }
+
+#[tokio::test]
+async fn an_endpoint_that_cannot_serve_now_hands_over_to_the_next() {
+    let (busy, at_busy) = scripted(|_| {
+        Reply::Json(503, json!({"error": {"code": "unavailable", "message": "starting"}}))
+    })
+    .await;
+    let (ok, at_ok) = scripted(|_| Reply::Json(200, json!({"status": "ok", "version": "0"}))).await;
+    let client = Client::with_options(&[busy, ok.clone()], None, options(false)).expect("client");
+    client.health().await.expect("the second endpoint answers");
+    assert_eq!(at_busy.lock().expect("lock").len(), 1);
+    assert_eq!(at_ok.lock().expect("lock").len(), 1);
+    assert_eq!(client.endpoint(), ok);
+}
