@@ -15,8 +15,7 @@
 //! [`Options::retry_deadline`] (the rules are in `docs/client.md`): a
 //! request that never left is always retried; reads are retried on lost
 //! answers and passing errors; writes only when they carry an idempotency
-//! key, which the
-//! client makes up for every write unless told not to
+//! key, which the client makes up for every write unless told not to
 //! ([`Options::idempotency_keys`]). One key serves every attempt of a call,
 //! so the server applies a write at most once.
 
