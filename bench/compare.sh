@@ -6,6 +6,7 @@
 # reads at concurrency 1, 16 and 64. Everything listens on 127.0.0.1 only.
 # Prints one markdown table for docs/benchmarks.md.
 #   DURATION=10s bench/compare.sh
+#   SYSTEMS="etcd shoal" WORKLOADS=write CONCURRENCY=64 bench/compare.sh   (a subset)
 # The systems run one after the other (dqlite is stopped before Shoal
 # starts; etcd stays up as Shoal's registry), so each has the machine to
 # itself, apart from the load generator.
@@ -15,6 +16,8 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-1 16 64}
 WORKLOADS=${WORKLOADS:-write read}
+# Which systems to measure; etcd always runs, as Shoal's registry.
+SYSTEMS=${SYSTEMS:-etcd dqlite shoal}
 TOKEN=compare-bench-token
 
 # install_missing BINARY PACKAGE: apt-get installs PACKAGE if BINARY is absent.
@@ -24,7 +27,7 @@ install_missing() {
     apt-get install -y "$2" >&2 || { apt-get update >&2 && apt-get install -y "$2" >&2; }
 }
 install_missing etcd etcd-server
-install_missing dqlite-demo go-dqlite
+case " $SYSTEMS " in *" dqlite "*) install_missing dqlite-demo go-dqlite ;; esac
 build_shoal
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -98,9 +101,10 @@ for i in 0 1 2; do
     wait_for 60 "etcd member $i" sh -c "curl -sf http://${ETCD_CLIENTS[$i]}/health | grep -q '\"health\":\"true\"'"
 done
 etcd_urls=$(printf 'http://%s,' "${ETCD_CLIENTS[@]}")
-bench_all etcd etcd "${etcd_urls%,}"
+case " $SYSTEMS " in *" etcd "*) bench_all etcd etcd "${etcd_urls%,}" ;; esac
 
 # --- dqlite-demo: three nodes ------------------------------------------------
+if [[ " $SYSTEMS " == *" dqlite "* ]]; then
 read -r -a P <<<"$(free_ports 6)"
 DQ_API=() DQ_DB=()
 DQ_PIDS=()
@@ -121,8 +125,10 @@ wait_for 60 "three dqlite voters" sh -c "[ \$(dqlite -s ${DQ_DB[0]} demo .cluste
 dq_urls=$(printf 'http://%s,' "${DQ_API[@]}")
 bench_all dqlite dqlite "${dq_urls%,}"
 for pid in "${DQ_PIDS[@]}"; do stop_pid "$pid"; done
+fi
 
 # --- Shoal: three nodes and a monitor, registered in the etcd above ------------
+if [[ " $SYSTEMS " == *" shoal "* ]]; then
 common=(--registry "etcd://$(IFS=,; echo "${ETCD_CLIENTS[*]}")" --namespace "shoal-bench-$$"
     --node-ttl 3s --admin-token "$TOKEN")
 SHOAL_URLS=""
@@ -153,6 +159,7 @@ wait_for 120 "the Shoal cluster to place and host every bucket" cluster_ready
 wait_for 60 "a base to be created" "$SHOAL" bench --endpoint "$SHOAL_URLS" --token "$TOKEN" \
     --workload write --concurrency 1 --ops 1 --duration 5s
 bench_all shoal shoal "$SHOAL_URLS"
+fi
 
 echo "Machine: $(machine); $DURATION per run; load average before the runs: $LOAD_BEFORE"
 echo

@@ -1,27 +1,107 @@
-//! A Rust client for Shoal's HTTP API.
+//! A Rust client for Shoal's HTTP API that rides through failures.
 //!
 //! Every call returns Shoal's own [`Error`], rebuilt from the server's
 //! `{"error": {"code", "message"}}` answer, so callers match on variants,
 //! never on messages. A server that cannot be reached is `Unavailable`.
+//!
+//! A client takes one or more endpoints: nodes, proxies, or both. Requests
+//! about a base go to the leader of the base's bucket, which the client
+//! looks up (`GET /v1/bases/{id}/location` on any endpoint) and caches per
+//! bucket; any sign that leadership moved drops the cached leader. Other
+//! requests go to the current endpoint; one that cannot be reached hands
+//! over to the next.
+//!
+//! Failed attempts are retried with jittered exponential backoff until
+//! [`Options::retry_deadline`] (the rules are in `docs/client.md`): a
+//! request that never left is always retried; reads are retried on lost
+//! answers and passing errors; writes only when they carry an idempotency
+//! key, which the client makes up for every write unless told not to
+//! ([`Options::idempotency_keys`]). One key serves every attempt of a call,
+//! so the server applies a write at most once.
 
-use std::time::Duration;
+mod retry;
+mod routing;
 
-use reqwest::{Method, RequestBuilder, StatusCode};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{CONTENT_TYPE, LOCATION};
+use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_types::api::{
-    BaseInfo, BaseList, ClusterStatus, CreateBaseRequest, ExecuteRequest, ExecuteResponse, Health,
-    InsertRowsRequest, InsertRowsResponse, Params, QueryRequest, QueryResponse, RebalanceRequest,
-    Row, RowList, Statement, TableList, UpdateRowRequest, WriteResponse,
+    BaseInfo, BaseList, BaseLocation, ClusterStatus, CreateBaseRequest, ExecuteRequest,
+    ExecuteResponse, Health, InsertRowsRequest, InsertRowsResponse, Params, QueryRequest,
+    QueryResponse, RebalanceRequest, Row, RowList, Statement, TableList, UpdateRowRequest,
+    WriteResponse,
 };
-use shoal_types::{BaseId, Error, ErrorBody, Result};
+use shoal_types::{BaseId, BucketId, Error, ErrorBody, Result};
 
-/// A connection to one Shoal endpoint.
+use crate::retry::{Failure, Kind};
+use crate::routing::Routes;
+
+/// How a client connects, waits and retries.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long to wait for a TCP (and TLS) connection to one URL before
+    /// moving on to the next. Default 2 s.
+    pub connect_timeout: Duration,
+    /// How long one attempt may take, from sending to the end of the answer.
+    /// Default 30 s.
+    pub request_timeout: Duration,
+    /// How long after a call starts it may still begin a new attempt. No
+    /// attempt starts after it; one under way is not cut short. Default 20 s.
+    pub retry_deadline: Duration,
+    /// The pause before the first retry; it doubles on each retry after
+    /// that. Each pause is jittered into its upper half. Default 50 ms.
+    pub backoff_min: Duration,
+    /// The longest pause between two attempts. Default 1 s.
+    pub backoff_max: Duration,
+    /// How long a URL that could not be reached is avoided while others
+    /// are up. Default 2 s.
+    pub down_for: Duration,
+    /// Give every write an idempotency key (a random UUID) unless the caller
+    /// gave one, so that a write can be retried after a lost answer. Without
+    /// a key a write is retried only when it was never sent. Default true.
+    pub idempotency_keys: bool,
+    /// Send requests about a base straight to its bucket's leader, as the
+    /// location answer names it. Turn off when the nodes' URLs cannot be
+    /// reached from the client (nodes behind proxies): every request then
+    /// goes to the endpoints. Default true.
+    pub follow_leaders: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+            retry_deadline: Duration::from_secs(20),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            down_for: Duration::from_secs(2),
+            idempotency_keys: true,
+            follow_leaders: true,
+        }
+    }
+}
+
+/// A client of a Shoal cluster (or of one standalone server). Cheap to
+/// clone: clones share connections, endpoints and the leader cache.
 #[derive(Clone, Debug)]
 pub struct Client {
-    endpoint: String,
+    shared: Arc<Shared>,
+    /// The key the next write through this handle carries, set by
+    /// [`Client::with_idempotency_key`].
+    key: Option<String>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    routes: Routes,
     token: Option<String>,
     http: reqwest::Client,
+    options: Options,
 }
 
 /// Which rows to list.
@@ -41,80 +121,360 @@ pub struct RowsQuery {
     pub desc: Option<bool>,
 }
 
+impl RowsQuery {
+    fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut q = Vec::new();
+        if let Some(v) = self.limit {
+            q.push(("limit", v.to_string()));
+        }
+        if let Some(v) = self.offset {
+            q.push(("offset", v.to_string()));
+        }
+        if let Some(v) = &self.order_by {
+            q.push(("order_by", v.clone()));
+        }
+        if let Some(v) = self.desc {
+            q.push(("desc", v.to_string()));
+        }
+        q
+    }
+}
+
+/// One call, as every attempt sends it.
+struct Request {
+    method: Method,
+    path: String,
+    query: Vec<(&'static str, String)>,
+    body: Option<Vec<u8>>,
+    /// The base the request is about: it goes to the leader of its bucket.
+    base: Option<BaseId>,
+    kind: Kind,
+    key: Option<String>,
+}
+
+impl Request {
+    fn new(method: Method, path: String) -> Request {
+        Request {
+            method,
+            path,
+            query: Vec::new(),
+            body: None,
+            base: None,
+            kind: Kind::Read,
+            key: None,
+        }
+    }
+
+    fn base(mut self, id: BaseId) -> Request {
+        self.base = Some(id);
+        self
+    }
+
+    fn query(mut self, query: Vec<(&'static str, String)>) -> Request {
+        self.query = query;
+        self
+    }
+
+    fn json(mut self, body: &impl Serialize) -> Result<Request> {
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| Error::InvalidInput(format!("cannot encode the request: {e}")))?;
+        self.body = Some(bytes);
+        Ok(self)
+    }
+
+    /// Marks the request as a write, with `key` when it has one.
+    fn write(mut self, key: Option<String>) -> Request {
+        self.kind = Kind::Write { keyed: key.is_some() };
+        self.key = key;
+        self
+    }
+}
+
 impl Client {
-    /// A client for `endpoint` (e.g. `http://127.0.0.1:7070`) with a bearer token.
+    /// A client for `endpoint` (e.g. `http://127.0.0.1:7070`) with a bearer
+    /// token and default [`Options`]. Several endpoints may be given,
+    /// separated by commas (`http://n1:7070,http://n2:7070`).
     pub fn new(endpoint: &str, token: Option<String>) -> Result<Client> {
+        Client::with_options(&[endpoint], token, Options::default())
+    }
+
+    /// A client for several endpoints (nodes, proxies, or both).
+    pub fn with_endpoints<S: AsRef<str>>(endpoints: &[S], token: Option<String>) -> Result<Client> {
+        Client::with_options(endpoints, token, Options::default())
+    }
+
+    /// A client for several endpoints with chosen [`Options`]. Each item may
+    /// itself be a comma-separated list; `http://` is assumed when no scheme
+    /// is given.
+    pub fn with_options<S: AsRef<str>>(
+        endpoints: &[S],
+        token: Option<String>,
+        options: Options,
+    ) -> Result<Client> {
+        let endpoints = routing::parse_endpoints(endpoints)?;
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(60))
+            .connect_timeout(options.connect_timeout)
             .pool_max_idle_per_host(256)
+            // Redirects to a leader are followed here, so that the client
+            // learns where the leader is.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| Error::Internal(format!("cannot build HTTP client: {e}")))?;
-        Ok(Client { endpoint: endpoint.trim_end_matches('/').to_string(), token, http })
+        let routes = Routes::new(endpoints, options.down_for)?;
+        Ok(Client { shared: Arc::new(Shared { routes, token, http, options }), key: None })
     }
 
-    /// The endpoint this client talks to.
+    /// A handle whose next write carries `key` as its idempotency key: for
+    /// a caller that retries a write itself (across restarts, say) and must
+    /// not apply it twice. Use it for one write only: every write through
+    /// the handle carries the same key, and a second write with a key the
+    /// server has seen gets the first write's answer and changes nothing.
+    pub fn with_idempotency_key(&self, key: &str) -> Result<Client> {
+        retry::check_key(key)?;
+        Ok(Client { shared: self.shared.clone(), key: Some(key.to_string()) })
+    }
+
+    /// The endpoint this client uses now.
     pub fn endpoint(&self) -> &str {
-        &self.endpoint
+        self.shared.routes.current()
     }
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let r = self.http.request(method, format!("{}{path}", self.endpoint));
-        match &self.token {
-            Some(t) => r.bearer_auth(t),
-            None => r,
+    /// Every endpoint this client knows, in the order given.
+    pub fn endpoints(&self) -> &[String] {
+        self.shared.routes.endpoints()
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &Options {
+        &self.shared.options
+    }
+
+    /// The key a write made now carries.
+    fn write_key(&self) -> Option<String> {
+        self.key.clone().or_else(|| self.shared.options.idempotency_keys.then(retry::new_key))
+    }
+
+    /// Runs a call: attempts, retries and leader discovery.
+    async fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
+        let s = &self.shared;
+        let started = Instant::now();
+        let bucket = req.base.map(|b| b.bucket());
+        // Where the last answer said to go next.
+        let mut hint: Option<String> = None;
+        let mut retries = 0u32;
+        loop {
+            let url = match hint.take() {
+                Some(url) => url,
+                None => self.target(req.base).await,
+            };
+            let failure = match self.attempt(&url, &req).await {
+                Ok(v) => return Ok(v),
+                Err(f) => f,
+            };
+            let now = Instant::now();
+            hint = self.learn(&url, bucket, &failure, now);
+            if !retry::may_retry(req.kind, &failure) {
+                return Err(failure.into_error());
+            }
+            // A connection refused costs nothing to the server: go straight
+            // to the next URL while there is one that is up.
+            let pause = if matches!(failure, Failure::NotSent(_))
+                && hint.is_none()
+                && !s.routes.is_down(&s.routes.endpoint(now), now)
+            {
+                Duration::ZERO
+            } else {
+                let p = retry::backoff(
+                    retries,
+                    s.options.backoff_min,
+                    s.options.backoff_max,
+                    rand::random::<f64>(),
+                );
+                retries += 1;
+                p
+            };
+            if now + pause >= started + s.options.retry_deadline {
+                return Err(failure.into_error());
+            }
+            tracing::debug!(
+                "{} {} via {url} failed ({}); retrying in {pause:?}",
+                req.method,
+                req.path,
+                failure.error()
+            );
+            tokio::time::sleep(pause).await;
         }
     }
 
-    async fn send<T: DeserializeOwned>(&self, r: RequestBuilder) -> Result<T> {
-        let response = r.send().await.map_err(|e| self.transport(e))?;
+    /// Updates routes from a failed attempt to `url`; returns where the
+    /// failure says to go next, if it says.
+    fn learn(
+        &self,
+        url: &str,
+        bucket: Option<BucketId>,
+        failure: &Failure,
+        now: Instant,
+    ) -> Option<String> {
+        let routes = &self.shared.routes;
+        let moved = match failure {
+            Failure::NotSent(_) | Failure::Lost(_) => {
+                routes.failed(url, now);
+                true
+            }
+            Failure::Answered(e) => {
+                let passing = retry::passing(e);
+                if passing && bucket.is_none() {
+                    // An endpoint that cannot serve now: try the next.
+                    routes.pass_over(url);
+                }
+                passing
+            }
+        };
+        if let Some(b) = bucket
+            && moved
+        {
+            routes.forget_leader(b);
+        }
+        let next = match failure.error() {
+            Error::NotLeader { leader: Some(leader), .. } => Some(leader.clone()),
+            Error::Misdirected { replicas, .. } => {
+                replicas.iter().find(|r| !routes.is_down(r, now)).cloned()
+            }
+            _ => None,
+        };
+        next.map(|u| u.trim_end_matches('/').to_string())
+            .filter(|u| u != url && !routes.is_down(u, now) && self.shared.options.follow_leaders)
+    }
+
+    /// Where to send a request about `base` (or about no base) now.
+    async fn target(&self, base: Option<BaseId>) -> String {
+        let s = &self.shared;
+        if let Some(id) = base
+            && s.options.follow_leaders
+        {
+            if let Some(url) = s.routes.leader(id.bucket(), Instant::now()) {
+                return url;
+            }
+            if let Some(url) = self.locate(id).await {
+                return url;
+            }
+        }
+        s.routes.endpoint(Instant::now())
+    }
+
+    /// Asks the endpoints in turn where the leader of `id`'s bucket is, and
+    /// caches the answer. `None` when no endpoint knows a leader that is up.
+    async fn locate(&self, id: BaseId) -> Option<String> {
+        let s = &self.shared;
+        let timeout = s.options.request_timeout.min(Duration::from_secs(5));
+        for endpoint in s.routes.endpoints_in_turn(Instant::now()) {
+            let mut r = s.http.get(format!("{endpoint}/v1/bases/{id}/location")).timeout(timeout);
+            if let Some(t) = &s.token {
+                r = r.bearer_auth(t);
+            }
+            let answer = match r.send().await {
+                Ok(a) => a,
+                Err(_) => {
+                    s.routes.failed(&endpoint, Instant::now());
+                    continue;
+                }
+            };
+            if !answer.status().is_success() {
+                // Older servers have no location route; they forward.
+                return None;
+            }
+            let location: BaseLocation = answer.json().await.ok()?;
+            let leader = location.leader?.node_url.trim_end_matches('/').to_string();
+            if s.routes.is_down(&leader, Instant::now()) {
+                return None;
+            }
+            s.routes.learn_leader(location.bucket, leader.clone(), location.epoch);
+            return Some(leader);
+        }
+        None
+    }
+
+    /// One attempt of `req` against `url`.
+    async fn attempt<T: DeserializeOwned>(&self, url: &str, req: &Request) -> Result<T, Failure> {
+        let s = &self.shared;
+        let mut r = s
+            .http
+            .request(req.method.clone(), format!("{url}{}", req.path))
+            .timeout(s.options.request_timeout);
+        if !req.query.is_empty() {
+            r = r.query(&req.query);
+        }
+        if let Some(body) = &req.body {
+            r = r.header(CONTENT_TYPE, "application/json").body(body.clone());
+        }
+        if let Some(key) = &req.key {
+            r = r.header("idempotency-key", key);
+        }
+        if let Some(t) = &s.token {
+            r = r.bearer_auth(t);
+        }
+        let response = r.send().await.map_err(|e| transport(url, e))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        if status.is_redirection() {
+            // A node asked not to forward points at its bucket's leader.
+            let leader = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(routing::origin);
+            return Err(Failure::Answered(Error::NotLeader {
+                message: format!("{url} answered {status}: the bucket's leader is elsewhere"),
+                leader,
+            }));
+        }
+        let bytes = response.bytes().await.map_err(|e| transport(url, e))?;
         if status.is_success() {
             return serde_json::from_slice(&bytes).map_err(|e| {
-                Error::Internal(format!("unexpected answer from {}: {e}", self.endpoint))
+                Failure::Answered(Error::Internal(format!("unexpected answer from {url}: {e}")))
             });
         }
-        Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+        Err(Failure::Answered(match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => body.into(),
             Err(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
                 Error::TooLarge("request body too large".into())
             }
+            // A proxy or balancer in front of the nodes that has no node
+            // to send to.
+            Err(_) if matches!(status.as_u16(), 502..=504) => {
+                Error::Unavailable(format!("{url} answered {status}"))
+            }
             Err(_) => Error::Internal(format!(
-                "{} answered {status}: {}",
-                self.endpoint,
+                "{url} answered {status}: {}",
                 String::from_utf8_lossy(&bytes)
             )),
-        })
+        }))
     }
 
-    fn transport(&self, e: reqwest::Error) -> Error {
-        if e.is_timeout() {
-            Error::Timeout(format!("{} did not answer in time: {e}", self.endpoint))
-        } else {
-            Error::Unavailable(format!("cannot reach {}: {e}", self.endpoint))
-        }
-    }
-
-    /// `GET /healthz`.
+    /// `GET /healthz` on the current endpoint (or the next one up).
     pub async fn health(&self) -> Result<Health> {
-        self.send(self.request(Method::GET, "/healthz")).await
+        self.call(Request::new(Method::GET, "/healthz".into())).await
     }
 
     /// `GET /v1/cluster`.
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
-        self.send(self.request(Method::GET, "/v1/cluster")).await
+        self.call(Request::new(Method::GET, "/v1/cluster".into())).await
     }
 
-    /// `POST /v1/cluster/rebalance`.
+    /// `POST /v1/cluster/rebalance`. Retried only when it was never sent.
     pub async fn rebalance(&self) -> Result<RebalanceRequest> {
-        self.send(self.request(Method::POST, "/v1/cluster/rebalance")).await
+        self.call(Request::new(Method::POST, "/v1/cluster/rebalance".into()).write(None)).await
     }
 
-    /// Creates a base.
+    /// Creates a base. Without an id the client picks a random one, so that
+    /// the request can go to the leader of its bucket and a retry names the
+    /// same base.
     pub async fn create_base(&self, id: Option<BaseId>, name: Option<String>) -> Result<BaseInfo> {
-        self.send(self.request(Method::POST, "/v1/bases").json(&CreateBaseRequest { id, name }))
-            .await
+        let id = id.unwrap_or_else(BaseId::random);
+        let req = Request::new(Method::POST, "/v1/bases".into())
+            .base(id)
+            .json(&CreateBaseRequest { id: Some(id), name })?
+            .write(self.write_key());
+        self.call(req).await
     }
 
     /// Lists one page of bases.
@@ -130,17 +490,26 @@ impl Client {
         if let Some(a) = after {
             q.push(("after", a.to_string()));
         }
-        self.send(self.request(Method::GET, "/v1/bases").query(&q)).await
+        self.call(Request::new(Method::GET, "/v1/bases".into()).query(q)).await
     }
 
     /// One base.
     pub async fn get_base(&self, id: BaseId) -> Result<BaseInfo> {
-        self.send(self.request(Method::GET, &format!("/v1/bases/{id}"))).await
+        self.call(Request::new(Method::GET, format!("/v1/bases/{id}")).base(id)).await
+    }
+
+    /// Where the bucket of `id` lives, as the current endpoint (or the next
+    /// one up) sees it.
+    pub async fn location(&self, id: BaseId) -> Result<BaseLocation> {
+        self.call(Request::new(Method::GET, format!("/v1/bases/{id}/location"))).await
     }
 
     /// Drops a base.
     pub async fn drop_base(&self, id: BaseId) -> Result<WriteResponse> {
-        self.send(self.request(Method::DELETE, &format!("/v1/bases/{id}"))).await
+        let req = Request::new(Method::DELETE, format!("/v1/bases/{id}"))
+            .base(id)
+            .write(self.write_key());
+        self.call(req).await
     }
 
     /// Runs write statements.
@@ -150,22 +519,24 @@ impl Client {
         statements: Vec<Statement>,
         transaction: bool,
     ) -> Result<ExecuteResponse> {
-        self.send(
-            self.request(Method::POST, &format!("/v1/bases/{id}/execute"))
-                .json(&ExecuteRequest { statements, transaction }),
-        )
-        .await
+        let req = Request::new(Method::POST, format!("/v1/bases/{id}/execute"))
+            .base(id)
+            .json(&ExecuteRequest { statements, transaction })?
+            .write(self.write_key());
+        self.call(req).await
     }
 
     /// Runs one read-only statement.
     pub async fn query(&self, id: BaseId, sql: &str, params: Params) -> Result<QueryResponse> {
-        let req = QueryRequest { sql: sql.to_string(), params, consistency: Default::default() };
-        self.send(self.request(Method::POST, &format!("/v1/bases/{id}/query")).json(&req)).await
+        let body = QueryRequest { sql: sql.to_string(), params, consistency: Default::default() };
+        let req =
+            Request::new(Method::POST, format!("/v1/bases/{id}/query")).base(id).json(&body)?;
+        self.call(req).await
     }
 
     /// The tables of a base.
     pub async fn tables(&self, id: BaseId) -> Result<TableList> {
-        self.send(self.request(Method::GET, &format!("/v1/bases/{id}/tables"))).await
+        self.call(Request::new(Method::GET, format!("/v1/bases/{id}/tables")).base(id)).await
     }
 
     /// Inserts rows into a table.
@@ -175,29 +546,27 @@ impl Client {
         table: &str,
         rows: Vec<Row>,
     ) -> Result<InsertRowsResponse> {
-        self.send(
-            self.request(Method::POST, &format!("/v1/bases/{id}/tables/{}/rows", segment(table)))
-                .json(&InsertRowsRequest { rows }),
-        )
-        .await
+        let req =
+            Request::new(Method::POST, format!("/v1/bases/{id}/tables/{}/rows", segment(table)))
+                .base(id)
+                .json(&InsertRowsRequest { rows })?
+                .write(self.write_key());
+        self.call(req).await
     }
 
     /// Lists one page of rows.
     pub async fn list_rows(&self, id: BaseId, table: &str, q: &RowsQuery) -> Result<RowList> {
-        self.send(
-            self.request(Method::GET, &format!("/v1/bases/{id}/tables/{}/rows", segment(table)))
-                .query(q),
-        )
-        .await
+        let req =
+            Request::new(Method::GET, format!("/v1/bases/{id}/tables/{}/rows", segment(table)))
+                .base(id)
+                .query(q.pairs());
+        self.call(req).await
     }
 
     /// One row.
     pub async fn get_row(&self, id: BaseId, table: &str, rowid: i64) -> Result<Row> {
-        self.send(self.request(
-            Method::GET,
-            &format!("/v1/bases/{id}/tables/{}/rows/{rowid}", segment(table)),
-        ))
-        .await
+        let path = format!("/v1/bases/{id}/tables/{}/rows/{rowid}", segment(table));
+        self.call(Request::new(Method::GET, path).base(id)).await
     }
 
     /// Changes columns of one row.
@@ -208,23 +577,32 @@ impl Client {
         rowid: i64,
         values: Row,
     ) -> Result<WriteResponse> {
-        self.send(
-            self.request(
-                Method::PATCH,
-                &format!("/v1/bases/{id}/tables/{}/rows/{rowid}", segment(table)),
-            )
-            .json(&UpdateRowRequest { values }),
-        )
-        .await
+        let path = format!("/v1/bases/{id}/tables/{}/rows/{rowid}", segment(table));
+        let req = Request::new(Method::PATCH, path)
+            .base(id)
+            .json(&UpdateRowRequest { values })?
+            .write(self.write_key());
+        self.call(req).await
     }
 
     /// Deletes one row.
     pub async fn delete_row(&self, id: BaseId, table: &str, rowid: i64) -> Result<WriteResponse> {
-        self.send(self.request(
-            Method::DELETE,
-            &format!("/v1/bases/{id}/tables/{}/rows/{rowid}", segment(table)),
-        ))
-        .await
+        let path = format!("/v1/bases/{id}/tables/{}/rows/{rowid}", segment(table));
+        self.call(Request::new(Method::DELETE, path).base(id).write(self.write_key())).await
+    }
+}
+
+/// Classifies a transport failure: a connection that could not be made
+/// means the request never left; anything else may have reached the server.
+fn transport(url: &str, e: reqwest::Error) -> Failure {
+    if e.is_connect() {
+        Failure::NotSent(Error::Unavailable(format!("cannot reach {url}: {e}")))
+    } else if e.is_builder() {
+        Failure::Answered(Error::InvalidInput(format!("cannot make a request to {url}: {e}")))
+    } else if e.is_timeout() {
+        Failure::Lost(Error::Timeout(format!("{url} did not answer in time: {e}")))
+    } else {
+        Failure::Lost(Error::Unavailable(format!("lost the connection to {url}: {e}")))
     }
 }
 

@@ -72,30 +72,77 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         }
         return redirect;
     }
-    let mut out = state.forwarder.request(method, &target).header(FORWARDED, "1").body(bytes);
-    for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
-        if let Some(v) = headers.get(&name) {
-            out = out.header(name, v);
-        }
-    }
-    if let Some(v) = headers.get("idempotency-key") {
-        out = out.header("idempotency-key", v);
-    }
-    match out.send().await {
-        Ok(r) => {
-            let status = r.status();
-            let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
-            let body = r.bytes().await.unwrap_or_default();
-            let mut resp = (status, body).into_response();
-            if let Some(ct) = content_type {
-                resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+    // Leadership can move while a request travels: a forwarded request
+    // answered `not_leader` (nothing was proposed) follows the new leader's
+    // hint, a few hops at most.
+    let mut leader = leader;
+    let mut target = target;
+    for hop in 1..=MAX_HOPS {
+        let mut out = state
+            .forwarder
+            .request(method.clone(), &target)
+            .header(FORWARDED, "1")
+            .body(bytes.clone());
+        for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
+            if let Some(v) = headers.get(&name) {
+                out = out.header(name, v);
             }
-            resp
         }
-        // The leader we knew of is unreachable: the group is electing.
-        Err(e) => ApiError(Error::Unavailable(format!(
-            "the bucket's leader at {leader} is unreachable: {e}"
-        )))
-        .into_response(),
+        if let Some(v) = headers.get("idempotency-key") {
+            out = out.header("idempotency-key", v);
+        }
+        let r = match out.send().await {
+            Ok(r) => r,
+            // The leader we knew of is unreachable: the group is electing.
+            Err(e) => {
+                return ApiError(Error::Unavailable(format!(
+                    "the bucket's leader at {leader} is unreachable: {e}"
+                )))
+                .into_response();
+            }
+        };
+        let status = r.status();
+        let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
+        let body = r.bytes().await.unwrap_or_default();
+        if hop < MAX_HOPS
+            && let Some(next) = moved_to(&body).filter(|next| *next != leader)
+        {
+            target = format!("{}{path}", next.trim_end_matches('/'));
+            leader = next;
+            continue;
+        }
+        let mut resp = (status, body).into_response();
+        if let Some(ct) = content_type {
+            resp.headers_mut().insert(header::CONTENT_TYPE, ct);
+        }
+        return resp;
+    }
+    unreachable!("the last hop always returns")
+}
+
+/// How many leaders a request is forwarded to, at most.
+const MAX_HOPS: usize = 3;
+
+/// The new leader named by a `not_leader` answer, if it is one.
+fn moved_to(body: &[u8]) -> Option<String> {
+    let body: shoal_types::ErrorBody = serde_json::from_slice(body).ok()?;
+    (body.error.code == "not_leader").then_some(body.error.leader).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_not_leader_answers_with_a_hint_move_a_request() {
+        let moved = Error::NotLeader { message: "m".into(), leader: Some("http://b".into()) };
+        let body = serde_json::to_vec(&moved.to_body()).unwrap();
+        assert_eq!(moved_to(&body), Some("http://b".into()));
+        let unknown = Error::NotLeader { message: "m".into(), leader: None };
+        assert_eq!(moved_to(&serde_json::to_vec(&unknown.to_body()).unwrap()), None);
+        let other = Error::Unavailable("electing".into());
+        assert_eq!(moved_to(&serde_json::to_vec(&other.to_body()).unwrap()), None);
+        assert_eq!(moved_to(b"{\"results\": []}"), None);
+        assert_eq!(moved_to(b"not json"), None);
     }
 }

@@ -66,6 +66,10 @@ impl shoal_raft::StateMachine for BucketStateMachine {
         serde_json::to_vec(&answer).expect("an answer always serializes")
     }
 
+    fn sync(&self) -> std::io::Result<()> {
+        self.store.sync_bucket(self.bucket).map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
     fn snapshot(&self, dir: &Path) -> std::io::Result<()> {
         self.store
             .snapshot_bucket(self.bucket, dir)

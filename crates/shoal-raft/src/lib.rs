@@ -69,9 +69,15 @@ pub type Raft = openraft::Raft<TypeConfig>;
 /// `apply` must be deterministic, and idempotent for an index it has applied
 /// before: after a restart, the group replays entries from its last
 /// checkpoint, which may be older than what the state machine holds.
+///
+/// `apply` need not be durable on its own (the log is): the group calls
+/// [`StateMachine::sync`] before it records a checkpoint, and so before the
+/// log may drop the entries applied so far.
 pub trait StateMachine: Send + Sync + 'static {
     /// Applies the command at log `index` and returns the answer.
     fn apply(&self, index: u64, command: &[u8]) -> Vec<u8>;
+    /// Makes everything applied so far durable.
+    fn sync(&self) -> std::io::Result<()>;
     /// Writes a consistent copy of the whole state into `dir` (which exists
     /// and is empty).
     fn snapshot(&self, dir: &Path) -> std::io::Result<()>;

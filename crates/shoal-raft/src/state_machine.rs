@@ -1,11 +1,14 @@
 //! The adapter from a caller's [`StateMachine`] to openraft's state machine.
 //!
-//! Durability is the caller's: its `apply` makes each command durable with the
-//! command's index (Shoal's bases record the index in the same SQLite
-//! transaction). This adapter only keeps a checkpoint of the last applied log
-//! id and membership in the log store, written after each batch. After a
-//! crash the checkpoint may lag what the state machine holds; openraft then
-//! re-applies the entries after it, and the state machine skips the ones it
+//! The caller's `apply` records each command's index with its effect (Shoal's
+//! bases keep it in the same SQLite transaction), but need not make it
+//! durable at once: the log is. This adapter keeps a checkpoint of the last
+//! applied log id and membership in the log store, and records it only after
+//! [`StateMachine::sync`] has made everything up to it durable: at most once
+//! per [`CHECKPOINT_INTERVAL`] while the group applies, and always before a
+//! snapshot lets the log be compacted. After a crash (even of the machine)
+//! the checkpoint lags what the state machine holds; openraft re-applies the
+//! entries after it from the log, and the state machine skips the ones it
 //! has, so nothing is applied twice and nothing is lost.
 //!
 //! Snapshots are directories under `snapshot_root/{group}/{snapshot id}`,
@@ -15,6 +18,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
@@ -30,7 +34,11 @@ type Meta = SnapshotMeta<RaftNodeId, BasicNode>;
 /// How many snapshots of a group are kept on disk.
 const KEEP_SNAPSHOTS: usize = 2;
 
-#[derive(Default)]
+/// How often a group that keeps applying syncs its state machine and
+/// records a checkpoint. Longer means fewer syncs, and more entries to
+/// re-apply (and skip) after a restart.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+
 struct Applied {
     last: Option<LogId<RaftNodeId>>,
     membership: StoredMembership<RaftNodeId, BasicNode>,
@@ -38,6 +46,8 @@ struct Applied {
     snapshots: Vec<(Meta, PathBuf)>,
     /// Counts snapshots built, for unique ids.
     built: u64,
+    /// When the last checkpoint was recorded.
+    checkpointed_at: Instant,
 }
 
 /// One group's state machine, as openraft sees it.
@@ -48,6 +58,8 @@ pub struct GroupStateMachine {
     store: LogStore,
     dir: PathBuf,
     applied: Arc<Mutex<Applied>>,
+    /// One checkpoint at a time, so they are recorded in order.
+    checkpointing: Arc<tokio::sync::Mutex<()>>,
 }
 
 fn io_err(e: impl std::fmt::Display) -> StorageError<RaftNodeId> {
@@ -82,8 +94,16 @@ impl GroupStateMachine {
         }
         snapshots.sort_by_key(|(m, _)| m.last_log_id);
         let built = snapshots.len() as u64;
-        let applied = Applied { last, membership, snapshots, built };
-        Ok(GroupStateMachine { group, inner, store, dir, applied: Arc::new(Mutex::new(applied)) })
+        let applied =
+            Applied { last, membership, snapshots, built, checkpointed_at: Instant::now() };
+        Ok(GroupStateMachine {
+            group,
+            inner,
+            store,
+            dir,
+            applied: Arc::new(Mutex::new(applied)),
+            checkpointing: Arc::default(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -100,12 +120,19 @@ impl GroupStateMachine {
         }
     }
 
+    /// Syncs the state machine, then records what it had applied before the
+    /// sync as the checkpoint.
     async fn checkpoint(&self) -> Result<(), StorageError<RaftNodeId>> {
+        let _one = self.checkpointing.lock().await;
         let (last, membership) = {
             let a = self.lock();
             (a.last, a.membership.clone())
         };
-        self.store.save_applied(self.group, last, &membership).await.map_err(io_err)
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.sync()).await.map_err(io_err)?.map_err(io_err)?;
+        self.store.save_applied(self.group, last, &membership).await.map_err(io_err)?;
+        self.lock().checkpointed_at = Instant::now();
+        Ok(())
     }
 }
 
@@ -134,6 +161,9 @@ impl RaftSnapshotBuilder<TypeConfig> for GroupStateMachine {
             .await
             .map_err(io_err)?
             .map_err(io_err)?;
+        // openraft compacts the log up to the snapshot once this returns: the
+        // checkpoint must not be older than that.
+        self.checkpoint().await?;
         let meta = Meta { last_log_id: last, last_membership: membership, snapshot_id: id };
         let meta_bytes = serde_json::to_vec(&meta).map_err(io_err)?;
         std::fs::write(path.join("snapshot_meta.json"), meta_bytes).map_err(io_err)?;
@@ -188,7 +218,9 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         })
         .await
         .map_err(io_err)?;
-        self.checkpoint().await?;
+        if self.lock().checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL {
+            self.checkpoint().await?;
+        }
         Ok(responses)
     }
 

@@ -56,11 +56,14 @@ impl Base {
             None => Connection::open_in_memory(),
         }
         .map_err(map_sqlite_error)?;
-        // WAL: readers do not block the writer. synchronous=FULL: a commit is
-        // on disk before it returns, so an acknowledged write survives a crash.
+        // WAL: readers do not block the writer. synchronous=NORMAL: a commit
+        // reaches the operating system but is not fsync'd; the Raft log, which
+        // is fsync'd before a write is acknowledged, can replay it. The store
+        // syncs a bucket's files (`Store::sync_bucket`) before the log may
+        // forget those entries. Checkpoints still sync.
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
+             PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -1024;
              PRAGMA journal_size_limit = 1048576;

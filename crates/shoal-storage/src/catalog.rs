@@ -49,7 +49,7 @@ impl Catalog {
         .map_err(map_sqlite_error)?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;
+             PRAGMA synchronous = NORMAL;
              PRAGMA busy_timeout = 5000;
              PRAGMA cache_size = -64;
              PRAGMA wal_autocheckpoint = 100;

@@ -7,6 +7,7 @@
 //! catalogs, which hold a row per base. In memory mode nothing is evicted,
 //! because closing an in-memory database would lose it.
 
+use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,8 +57,25 @@ pub struct Store {
     open: Mutex<LruCache<BaseId, Arc<Mutex<Base>>>>,
     catalogs: Mutex<Vec<Option<Arc<Mutex<Catalog>>>>>,
     /// Held by every apply and for a whole snapshot or restore of the
-    /// bucket, so a snapshot is one consistent point of the bucket.
-    buckets: Vec<Mutex<()>>,
+    /// bucket, so a snapshot is one consistent point of the bucket. Holds
+    /// what the bucket changed since its last sync.
+    buckets: Vec<Mutex<Unsynced>>,
+}
+
+/// The files of a bucket written since they were last fsync'd.
+#[derive(Default)]
+struct Unsynced {
+    catalog: bool,
+    bases: BTreeSet<BaseId>,
+}
+
+/// fsyncs a file or directory; one that does not exist has nothing to sync.
+fn sync_file(path: &Path) -> Result<()> {
+    match std::fs::File::open(path) {
+        Ok(f) => Ok(f.sync_all()?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -84,7 +102,7 @@ impl Store {
             options,
             open: Mutex::new(open),
             catalogs: Mutex::new(vec![None; BUCKET_COUNT]),
-            buckets: (0..BUCKET_COUNT).map(|_| Mutex::new(())).collect(),
+            buckets: (0..BUCKET_COUNT).map(|_| Mutex::new(Unsynced::default())).collect(),
         })
     }
 
@@ -166,7 +184,14 @@ impl Store {
     /// Applies a command at log `index` with the client's idempotency key:
     /// a key answered before gets [`Output::Repeated`] and changes nothing.
     pub fn apply_keyed(&self, index: u64, command: &Command, key: Option<&str>) -> Result<Output> {
-        let _bucket = lock(&self.buckets[command.base().bucket().0 as usize]);
+        let mut unsynced = lock(&self.buckets[command.base().bucket().0 as usize]);
+        // Marked before applying: a failed apply may have written too.
+        match command {
+            Command::CreateBase { .. } | Command::DropBase { .. } => unsynced.catalog = true,
+            Command::Execute { base, .. } => {
+                unsynced.bases.insert(*base);
+            }
+        }
         match command {
             Command::CreateBase { id, name, created_at } => {
                 if name.as_ref().is_some_and(|n| n.len() > 1024) {
@@ -230,6 +255,27 @@ impl Store {
         }
     }
 
+    /// Makes everything applied to `bucket` so far durable: fsyncs the
+    /// write-ahead logs of its catalog and of every base written since the
+    /// last sync. (Commits are not fsync'd one by one; see [`Base::open`].)
+    /// A base closed since was checkpointed, and so synced, when it closed;
+    /// a dropped one has no files left.
+    pub fn sync_bucket(&self, bucket: BucketId) -> Result<()> {
+        let mut unsynced = lock(&self.buckets[bucket.0 as usize]);
+        let Some(dir) = self.bucket_dir(bucket) else {
+            *unsynced = Unsynced::default();
+            return Ok(());
+        };
+        if unsynced.catalog {
+            sync_file(&dir.join("catalog.db-wal"))?;
+        }
+        for id in &unsynced.bases {
+            sync_file(&dir.join(format!("{id}.db-wal")))?;
+        }
+        *unsynced = Unsynced::default();
+        Ok(())
+    }
+
     /// Writes a consistent copy of a bucket (its catalog and every base
     /// file) into `dir`, with SQLite's online backup. Applies to the bucket
     /// wait meanwhile.
@@ -279,9 +325,13 @@ impl Store {
                 std::fs::create_dir_all(&bucket_dir)?;
                 for f in &files {
                     if let Some(name) = f.file_name() {
-                        std::fs::copy(f, bucket_dir.join(name))?;
+                        let dest = bucket_dir.join(name);
+                        std::fs::copy(f, &dest)?;
+                        sync_file(&dest)?;
                     }
                 }
+                // The new names must be as durable as the files.
+                sync_file(&bucket_dir)?;
             }
             None => {
                 let mut catalog = Catalog::open(None)?;
@@ -463,6 +513,35 @@ mod tests {
             assert_eq!(r.rows, vec![vec![serde_json::json!(7)]]);
         }
         assert!(store.open_bases() <= 3);
+    }
+
+    #[test]
+    fn sync_covers_what_was_written_and_tolerates_files_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(Some(dir.path()), Options::default()).unwrap();
+        let (a, b) = (BaseId::random(), BaseId::random());
+        store.apply(1, &create(a)).unwrap();
+        store.apply(2, &table(a)).unwrap();
+        store.apply(3, &insert(a, 1)).unwrap();
+        {
+            let unsynced = lock(&store.buckets[a.bucket().0 as usize]);
+            assert!(unsynced.catalog);
+            assert!(unsynced.bases.contains(&a));
+        }
+        store.sync_bucket(a.bucket()).unwrap();
+        {
+            let unsynced = lock(&store.buckets[a.bucket().0 as usize]);
+            assert!(!unsynced.catalog && unsynced.bases.is_empty());
+        }
+        // Written, then dropped before the sync: its files are gone.
+        store.apply(4, &create(b)).unwrap();
+        store.apply(5, &table(b)).unwrap();
+        store.apply(6, &Command::DropBase { id: b }).unwrap();
+        store.sync_bucket(b.bucket()).unwrap();
+        // Written, then the whole bucket removed.
+        store.apply(7, &insert(a, 2)).unwrap();
+        store.remove_bucket(a.bucket()).unwrap();
+        store.sync_bucket(a.bucket()).unwrap();
     }
 
     #[test]

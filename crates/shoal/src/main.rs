@@ -53,12 +53,17 @@ enum Command {
 /// How a client command reaches the server.
 #[derive(Args, Clone, Debug)]
 pub struct ClientArgs {
-    /// The server's URL.
+    /// The server's URL, or several separated by commas (nodes, proxies or
+    /// both): the client moves to the next when one cannot be reached.
     #[arg(long, env = "SHOAL_ENDPOINT", default_value = "http://127.0.0.1:7070", global = true)]
     endpoint: String,
     /// The bearer token [default: the contents of ./shoal-data/admin.token, if present].
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// How long a command keeps retrying (other endpoints, a bucket electing
+    /// a new leader) before it gives up.
+    #[arg(long, env = "SHOAL_RETRY_DEADLINE", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
+    retry_deadline: std::time::Duration,
 }
 
 impl ClientArgs {
@@ -70,7 +75,9 @@ impl ClientArgs {
                 .ok()
                 .map(|t| t.trim().to_string()),
         };
-        Ok(shoal_client::Client::new(&self.endpoint, token)?)
+        let options =
+            shoal_client::Options { retry_deadline: self.retry_deadline, ..Default::default() };
+        Ok(shoal_client::Client::with_options(&[&self.endpoint], token, options)?)
     }
 }
 

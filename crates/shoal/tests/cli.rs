@@ -98,6 +98,7 @@ fn wrong_token_and_unreachable_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid bearer token"));
     let out = Command::new(bin())
         .args(["base", "list", "--endpoint", "http://127.0.0.1:9", "--token", "x"])
+        .args(["--retry-deadline", "1s"])
         .stdin(Stdio::null())
         .output()
         .expect("run");

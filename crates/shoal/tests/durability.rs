@@ -71,6 +71,12 @@ async fn acknowledged_writes_survive_sigkill() {
     // was acknowledged. Odd writers write pairs in one transaction.
     let acked: Arc<Mutex<Vec<Acked>>> = Arc::default();
     let deadline = Instant::now() + Duration::from_secs(30);
+    // Writers stop at their first error: give up soon after the kill
+    // instead of retrying through the default deadline.
+    let options =
+        shoal_client::Options { retry_deadline: Duration::from_secs(1), ..Default::default() };
+    let c = shoal_client::Client::with_options(&[&server.url], Some(server.token.clone()), options)
+        .expect("client");
     let mut tasks = Vec::new();
     for w in 0..12 {
         let c = c.clone();
