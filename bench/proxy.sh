@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# What `shoal proxy` costs: one three-node Shoal cluster (plus a monitor,
+# replication factor 3) on one etcd, and one proxy in front of it. `shoal
+# bench` runs single-row writes and point reads at concurrency 1, 16 and 64,
+# first straight to the nodes (the bench client finds each bucket's leader
+# itself), then through the proxy, in the same run. Everything listens on
+# 127.0.0.1 only. Prints one markdown table for docs/benchmarks.md.
+#   DURATION=5s bench/proxy.sh
+#   WORKLOADS=read CONCURRENCY=16 bench/proxy.sh   (a subset)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+DURATION=${DURATION:-10s}
+CONCURRENCY=${CONCURRENCY:-1 16 64}
+WORKLOADS=${WORKLOADS:-write read}
+TOKEN=proxy-bench-token
+
+if ! command -v etcd >/dev/null; then
+    echo "installing etcd-server" >&2
+    apt-get install -y etcd-server >&2 || { apt-get update >&2 && apt-get install -y etcd-server >&2; }
+fi
+build_shoal
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+dir=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+    rm -rf "$dir"
+}
+trap cleanup EXIT
+
+# free_ports N: N distinct free TCP ports on 127.0.0.1.
+free_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()' "$1"
+}
+
+# wait_for SECONDS WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds.
+wait_for() {
+    local limit=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "timed out after ${limit}s waiting for $what; logs in $dir:" >&2
+            tail -n 20 "$dir"/*.log >&2 || true
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# --- etcd: one member, the cluster's registry ----------------------------------
+read -r -a P <<<"$(free_ports 2)"
+etcd --name e0 --data-dir "$dir/etcd" \
+    --listen-client-urls "http://127.0.0.1:${P[0]}" \
+    --advertise-client-urls "http://127.0.0.1:${P[0]}" \
+    --listen-peer-urls "http://127.0.0.1:${P[1]}" \
+    --initial-advertise-peer-urls "http://127.0.0.1:${P[1]}" \
+    --initial-cluster "e0=http://127.0.0.1:${P[1]}" >"$dir/etcd.log" 2>&1 &
+PIDS+=($!)
+wait_for 60 "etcd" sh -c "curl -sf http://127.0.0.1:${P[0]}/health | grep -q '\"health\":\"true\"'"
+
+# --- Shoal: three nodes, a monitor and a proxy ------------------------------------
+common=(--registry "etcd://127.0.0.1:${P[0]}" --namespace "shoal-proxy-bench-$$"
+    --node-ttl 3s --admin-token "$TOKEN")
+NODE_URLS=""
+for n in n1 n2 n3; do
+    mkdir -p "$dir/$n"
+    "$SHOAL" node --node-id "$n" --data-dir "$dir/$n/data" --listen 127.0.0.1:0 \
+        --addr-file "$dir/$n/addr" "${common[@]}" >"$dir/shoal-$n.log" 2>&1 &
+    PIDS+=($!)
+done
+"$SHOAL" monitor --monitor-id m0 --replication-factor 3 --listen 127.0.0.1:0 \
+    --addr-file "$dir/monitor.addr" "${common[@]}" >"$dir/shoal-monitor.log" 2>&1 &
+PIDS+=($!)
+"$SHOAL" proxy --listen 127.0.0.1:0 --addr-file "$dir/proxy.addr" "${common[@]}" \
+    >"$dir/shoal-proxy.log" 2>&1 &
+PIDS+=($!)
+for n in n1 n2 n3; do
+    wait_for 30 "shoal node $n" test -s "$dir/$n/addr"
+    NODE_URLS+="${NODE_URLS:+,}http://$(cat "$dir/$n/addr")"
+done
+wait_for 30 "shoal proxy" test -s "$dir/proxy.addr"
+PROXY_URL="http://$(cat "$dir/proxy.addr")"
+# The map is placed (epoch >= 1) and every replica is hosted.
+cluster_ready() {
+    curl -sf -H "Authorization: Bearer $TOKEN" "$PROXY_URL/v1/cluster" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s["epoch"] >= 1 and not s["moves_in_progress"] and not s["under_replicated"] else 1)'
+}
+wait_for 120 "the Shoal cluster to place and host every bucket" cluster_ready
+wait_for 60 "a base to be created through the proxy" "$SHOAL" bench --endpoint "$PROXY_URL" \
+    --token "$TOKEN" --workload write --concurrency 1 --ops 1 --duration 5s
+
+ROWS=()
+for workload in $WORKLOADS; do
+    for c in $CONCURRENCY; do
+        for path in nodes proxy; do
+            endpoints=$NODE_URLS
+            [ "$path" = proxy ] && endpoints=$PROXY_URL
+            echo "$path $workload c=$c" >&2
+            out=$("$SHOAL" bench --endpoint "$endpoints" --token "$TOKEN" --workload "$workload" \
+                --concurrency "$c" --duration "$DURATION" --json)
+            ROWS+=("$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; print("| %s | %s | %d | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], r["workload"], r["concurrency"], r["ops_per_sec"], l["p50"], l["p99"], r["errors"]))' "$path")")
+        done
+    done
+done
+
+echo "Machine: $(machine); $DURATION per run; load average before the runs: $LOAD_BEFORE"
+echo
+echo "| path | workload | concurrency | ops/s | p50 ms | p99 ms | errors |"
+echo "|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
