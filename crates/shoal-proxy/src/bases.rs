@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
@@ -17,7 +18,7 @@ use shoal_types::api::{BaseInfo, BaseList, BaseLocation, NodeRef};
 use shoal_types::{BaseId, BucketId, Error, NodeId};
 
 use crate::Proxy;
-use crate::forward::{base_id, body, join, relay_answer, send};
+use crate::forward::{bad_path, base_id, body, join, relay_answer, send};
 
 /// How long the proxy waits for one node's part of a list or location answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -159,9 +160,13 @@ pub fn merge(pages: impl IntoIterator<Item = BaseList>, limit: usize) -> BaseLis
 /// if any.
 pub async fn location(
     State(proxy): State<Arc<Proxy>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Response {
+    let id = match id {
+        Ok(Path(id)) => id,
+        Err(r) => return bad_path(r),
+    };
     let id = match base_id(&id) {
         Ok(id) => id,
         Err(e) => return e.into_response(),

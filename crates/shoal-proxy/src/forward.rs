@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, Method, header};
 use axum::response::{IntoResponse, Response};
@@ -29,6 +30,17 @@ pub fn base_id(id: &str) -> Result<BaseId, ApiError> {
     id.parse().map_err(ApiError)
 }
 
+/// A path that does not decode (e.g. bad percent-encoding) as a JSON 400.
+pub fn bad_path(r: PathRejection) -> Response {
+    ApiError(Error::InvalidInput(format!("invalid path: {}", r.body_text()))).into_response()
+}
+
+/// `405` for a method a route does not take.
+pub async fn method_not_allowed() -> Response {
+    let body = Error::InvalidInput("method not allowed on this route".into()).to_body();
+    (axum::http::StatusCode::METHOD_NOT_ALLOWED, axum::Json(body)).into_response()
+}
+
 /// Whether a request asks for a WebSocket.
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
@@ -49,9 +61,13 @@ pub async fn body(proxy: &Proxy, body: Body) -> Result<Bytes, ApiError> {
 /// `/v1/bases/{id}` and everything under it.
 pub async fn base(
     State(proxy): State<Arc<Proxy>>,
-    Path(params): Path<Vec<(String, String)>>,
+    params: Result<Path<Vec<(String, String)>>, PathRejection>,
     req: Request,
 ) -> Response {
+    let params = match params {
+        Ok(Path(p)) => p,
+        Err(r) => return bad_path(r),
+    };
     let id = params.iter().find(|(k, _)| k == "id").map(|(_, v)| v.as_str()).unwrap_or_default();
     let bucket = match base_id(id) {
         Ok(id) => id.bucket(),

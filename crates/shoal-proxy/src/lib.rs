@@ -109,8 +109,14 @@ impl Proxy {
 /// them with the routes every process serves.
 pub fn router(proxy: Arc<Proxy>) -> Router {
     Router::new()
-        .route("/v1/bases", get(bases::list).post(bases::create))
-        .route("/v1/bases/{id}/location", get(bases::location))
+        .route(
+            "/v1/bases",
+            get(bases::list).post(bases::create).fallback(forward::method_not_allowed),
+        )
+        .route(
+            "/v1/bases/{id}/location",
+            get(bases::location).fallback(forward::method_not_allowed),
+        )
         .route("/v1/bases/{id}", any(forward::base))
         .route("/v1/bases/{id}/{*rest}", any(forward::base))
         .route_layer(middleware::from_fn_with_state(proxy.clone(), require_token))

@@ -1,0 +1,406 @@
+//! The proxy in-process, in front of fake nodes on 127.0.0.1 that answer
+//! what each test needs: redirects, misdirection, dead nodes, elections.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use shoal_node::replication::Directory;
+use shoal_proxy::{Proxy, ProxyOptions, View};
+use shoal_types::NodeId;
+use shoal_types::api::NodeInfo;
+use shoal_types::placement::{PlacementMap, Topology};
+use tokio::sync::watch;
+
+const TOKEN: &str = "routing-test-token";
+/// A base in bucket `ab`.
+const BASE: &str = "ab000000-0000-4000-8000-000000000001";
+
+/// What a fake node saw of one request.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Vec<u8>,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Response + Send + Sync>;
+
+/// A fake node: answers with `handler`, records every request.
+struct Fake {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Fake {
+    async fn start(handler: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Fake {
+        let handler: Handler = Arc::new(handler);
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let s = seen.clone();
+        let app = Router::new().fallback(move |req: Request| {
+            let (handler, seen) = (handler.clone(), s.clone());
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default().to_vec();
+                let path = parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default();
+                let one = Seen { method: parts.method, path, headers: parts.headers, body };
+                let answer = handler(&one);
+                seen.lock().expect("lock").push(one);
+                answer
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Fake { url, seen }
+    }
+
+    fn hits(&self) -> usize {
+        self.seen.lock().expect("lock").len()
+    }
+
+    fn last(&self) -> Seen {
+        self.seen.lock().expect("lock").last().cloned().expect("a request")
+    }
+}
+
+/// A URL where nothing listens.
+async fn dead_url() -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    format!("http://{}", l.local_addr().expect("addr"))
+}
+
+fn info(url: &str) -> NodeInfo {
+    NodeInfo {
+        node_url: format!("{url}/public"),
+        local_node_url: url.to_string(),
+        zone: "z".into(),
+        capacity: 1,
+        version: "0".into(),
+        registered_at: String::new(),
+    }
+}
+
+/// A directory where every bucket lives on `urls` (n1, n2, ...) in order.
+fn directory(urls: &[&str]) -> Directory {
+    let mut map = PlacementMap::empty(urls.len(), Topology::Dynamic);
+    map.epoch = 4;
+    let ids: Vec<NodeId> = (1..=urls.len()).map(|i| NodeId(format!("n{i}"))).collect();
+    for b in map.buckets.iter_mut() {
+        *b = ids.clone();
+    }
+    let nodes: BTreeMap<NodeId, NodeInfo> =
+        ids.iter().cloned().zip(urls.iter().map(|u| info(u))).collect();
+    Directory { map: Some(map), nodes }
+}
+
+struct Running {
+    url: String,
+    proxy: Arc<Proxy>,
+    _directory: watch::Sender<Directory>,
+}
+
+async fn proxy(dir: Directory, tweak: impl FnOnce(&mut ProxyOptions)) -> Running {
+    let mut options = ProxyOptions {
+        admin_token: TOKEN.into(),
+        retry_deadline: Duration::from_secs(2),
+        backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        ..ProxyOptions::default()
+    };
+    tweak(&mut options);
+    let (tx, rx) = watch::channel(dir);
+    let proxy = Proxy::new(options, View::new(rx)).expect("proxy");
+    let app = shoal_proxy::router(proxy.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Running { url, proxy, _directory: tx }
+}
+
+async fn call(
+    url: &str,
+    method: Method,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Value) {
+    let mut r = reqwest::Client::new()
+        .request(method, format!("{url}{path}"))
+        .bearer_auth(TOKEN)
+        .timeout(Duration::from_secs(20));
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    if let Some(b) = body {
+        r = r.header("content-type", "application/json").body(b.to_string());
+    }
+    let resp = r.send().await.expect("the proxy answers");
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn json_answer(status: StatusCode, v: Value) -> Response {
+    (status, axum::Json(v)).into_response()
+}
+
+fn unavailable() -> Response {
+    json_answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({"error": {"code": "unavailable", "message": "electing"}}),
+    )
+}
+
+#[tokio::test]
+async fn a_redirect_is_followed_and_its_target_remembered_as_leader() {
+    let n2 = Fake::start(|s| {
+        let ok = s.headers.get("x-shoal-no-forward").is_some()
+            && s.headers.get("authorization").and_then(|v| v.to_str().ok())
+                == Some(&format!("Bearer {TOKEN}"));
+        if ok {
+            json_answer(StatusCode::OK, json!({"from": "n2", "path": s.path}))
+        } else {
+            json_answer(StatusCode::BAD_REQUEST, json!({"error": {"code": "x", "message": "hdr"}}))
+        }
+    })
+    .await;
+    let n2_url = n2.url.clone();
+    let n1 = Fake::start(move |s| {
+        (StatusCode::TEMPORARY_REDIRECT, [("location", format!("{n2_url}{}", s.path))], "")
+            .into_response()
+    })
+    .await;
+    let p = proxy(directory(&[&n1.url, &n2.url]), |_| {}).await;
+    let path = format!("/v1/bases/{BASE}/tables?x=1");
+    let (s, v) = call(&p.url, Method::GET, &path, None, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v, json!({"from": "n2", "path": path}));
+    assert_eq!(p.proxy.view().leader(shoal_types::BucketId(0xab)), Some(NodeId("n2".into())));
+    // The next request goes straight to the leader.
+    let (s, _) = call(&p.url, Method::GET, &path, None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((n1.hits(), n2.hits()), (1, 2));
+}
+
+#[tokio::test]
+async fn dead_and_misdirected_nodes_are_skipped() {
+    let dead = dead_url().await;
+    let n2 = Fake::start(|_| {
+        json_answer(
+            StatusCode::MISDIRECTED_REQUEST,
+            json!({"error": {"code": "misdirected", "message": "not here"}}),
+        )
+    })
+    .await;
+    let n3 = Fake::start(|s| {
+        json_answer(StatusCode::OK, json!({"body": String::from_utf8_lossy(&s.body)}))
+    })
+    .await;
+    let p = proxy(directory(&[&dead, &n2.url, &n3.url]), |_| {}).await;
+    // Even an unkeyed write: neither node took it.
+    let (s, v) =
+        call(&p.url, Method::POST, &format!("/v1/bases/{BASE}/execute"), Some("{\"a\":1}"), &[])
+            .await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"body": "{\"a\":1}"})));
+    assert_eq!((n2.hits(), n3.hits()), (1, 1));
+    assert_eq!(n3.last().method, Method::POST);
+}
+
+#[tokio::test]
+async fn only_reads_and_keyed_writes_are_sent_again_after_a_503() {
+    let n1 = Fake::start(|_| unavailable()).await;
+    let n2 = Fake::start(|_| json_answer(StatusCode::OK, json!({"ok": true}))).await;
+    let p = proxy(directory(&[&n1.url, &n2.url]), |_| {}).await;
+    let exec = format!("/v1/bases/{BASE}/execute");
+    let (s, v) = call(&p.url, Method::POST, &exec, Some("{}"), &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["error"]["code"], "unavailable");
+    assert_eq!(n2.hits(), 0, "an unkeyed write was sent again");
+    let (s, _) = call(&p.url, Method::POST, &exec, Some("{}"), &[("idempotency-key", "k1")]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(n2.last().headers.get("idempotency-key").map(|v| v.as_bytes()), Some(&b"k1"[..]));
+    let (s, _) =
+        call(&p.url, Method::POST, &format!("/v1/bases/{BASE}/query"), Some("{}"), &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&p.url, Method::GET, &format!("/v1/bases/{BASE}"), None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(n2.hits(), 3);
+}
+
+#[tokio::test]
+async fn retries_stop_at_the_deadline_with_the_last_answer() {
+    let n1 = Fake::start(|_| unavailable()).await;
+    let n2 = Fake::start(|_| unavailable()).await;
+    let p =
+        proxy(directory(&[&n1.url, &n2.url]), |o| o.retry_deadline = Duration::from_millis(500))
+            .await;
+    let (s, v) = call(&p.url, Method::GET, &format!("/v1/bases/{BASE}"), None, &[]).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("unavailable"))
+    );
+    // It went round more than once, with pauses (not thousands of times).
+    let hits = n1.hits() + n2.hits();
+    assert!((3..200).contains(&hits), "{hits} attempts");
+    // Without a map there is nobody to ask.
+    let empty =
+        proxy(Directory::default(), |o| o.retry_deadline = Duration::from_millis(300)).await;
+    let (s, v) = call(&empty.url, Method::GET, &format!("/v1/bases/{BASE}"), None, &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("placement map"), "{v}");
+}
+
+#[tokio::test]
+async fn create_picks_the_id_to_route_by() {
+    let n1 = Fake::start(|s| {
+        let body: Value = serde_json::from_slice(&s.body).unwrap_or(Value::Null);
+        json_answer(StatusCode::CREATED, body)
+    })
+    .await;
+    let p = proxy(directory(&[&n1.url]), |_| {}).await;
+    let (s, v) = call(
+        &p.url,
+        Method::POST,
+        "/v1/bases",
+        Some("{\"name\":\"x\"}"),
+        &[("idempotency-key", "c1")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let want = uuid::Uuid::new_v5(&shoal_node::api::KEYED_IDS, b"c1").to_string();
+    assert_eq!(v, json!({"name": "x", "id": want}));
+    let (s, v) =
+        call(&p.url, Method::POST, "/v1/bases", Some(&format!("{{\"id\":\"{BASE}\"}}")), &[]).await;
+    assert_eq!((s, v), (StatusCode::CREATED, json!({"id": BASE})));
+    let (s, v) = call(&p.url, Method::POST, "/v1/bases", Some("{}"), &[]).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert!(v["id"].as_str().is_some_and(|id| id.parse::<uuid::Uuid>().is_ok()), "{v}");
+    assert_eq!(n1.hits(), 3);
+}
+
+#[tokio::test]
+async fn lists_merge_every_nodes_page() {
+    let page = |ids: &[&str], more: bool| {
+        let bases: Vec<Value> = ids
+            .iter()
+            .map(|id| json!({"id": id, "name": null, "bucket": &id[..2], "created_at": ""}))
+            .collect();
+        let mut v = json!({"bases": bases});
+        if more {
+            v["next_after"] = json!(ids.last());
+        }
+        v
+    };
+    let (a, b, c) = (
+        "01000000-0000-4000-8000-000000000000",
+        "02000000-0000-4000-8000-000000000000",
+        "03000000-0000-4000-8000-000000000000",
+    );
+    let p1 = page(&[a, c], false);
+    let p2 = page(&[b], false);
+    let n1 = Fake::start(move |s| {
+        if s.path.contains("limit=0") {
+            json_answer(
+                StatusCode::BAD_REQUEST,
+                json!({"error": {"code": "invalid_input", "message": "limit"}}),
+            )
+        } else {
+            json_answer(StatusCode::OK, p1.clone())
+        }
+    })
+    .await;
+    let n2 = Fake::start(move |_| json_answer(StatusCode::OK, p2.clone())).await;
+    let p = proxy(directory(&[&n1.url, &n2.url]), |_| {}).await;
+    let (s, v) = call(&p.url, Method::GET, "/v1/bases", None, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let ids: Vec<&str> =
+        v["bases"].as_array().expect("bases").iter().filter_map(|b| b["id"].as_str()).collect();
+    assert_eq!(ids, [a, b, c]);
+    let (s, v) = call(&p.url, Method::GET, "/v1/bases?limit=2", None, &[]).await;
+    assert_eq!((s, &v["next_after"]), (StatusCode::OK, &json!(b)));
+    assert!(n1.last().path.ends_with("?limit=2"), "{}", n1.last().path);
+    // The nodes check the query.
+    let (s, v) = call(&p.url, Method::GET, "/v1/bases?limit=0", None, &[]).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_input")));
+    // A bucket none of whose replicas answers makes the list incomplete: 503.
+    let dead = dead_url().await;
+    let half = proxy(directory(&[&dead]), |_| {}).await;
+    let (s, _) = call(&half.url, Method::GET, "/v1/bases", None, &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[tokio::test]
+async fn location_names_the_leader_a_replica_reports() {
+    let n1 = Fake::start(|_| {
+        json_answer(
+            StatusCode::OK,
+            json!({"bucket": "ab", "leader": null, "replicas": [], "epoch": 4}),
+        )
+    })
+    .await;
+    let n2_public = Arc::new(Mutex::new(String::new()));
+    let n2p = n2_public.clone();
+    let n2 = Fake::start(move |_| {
+        json_answer(
+            StatusCode::OK,
+            json!({"bucket": "ab", "leader": {"node_id": "n2", "node_url": *n2p.lock().expect("lock")},
+                   "replicas": [], "epoch": 3}),
+        )
+    })
+    .await;
+    *n2_public.lock().expect("lock") = format!("{}/public", n2.url);
+    let p = proxy(directory(&[&n1.url, &n2.url]), |_| {}).await;
+    let (s, v) = call(&p.url, Method::GET, &format!("/v1/bases/{BASE}/location"), None, &[]).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // The proxy's map is newer (epoch 4): its replicas, the node's leader.
+    assert_eq!(v["epoch"], 4);
+    assert_eq!(v["leader"], json!({"node_id": "n2", "node_url": format!("{}/public", n2.url)}));
+    assert_eq!(v["replicas"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["replicas"][0]["node_url"], format!("{}/public", n1.url));
+    assert_eq!(p.proxy.view().leader(shoal_types::BucketId(0xab)), Some(NodeId("n2".into())));
+    // Each node is asked for its own view, not to ask around.
+    assert!(n1.last().headers.contains_key("x-shoal-forwarded"));
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_by_the_proxy() {
+    let n1 = Fake::start(|_| json_answer(StatusCode::OK, json!({}))).await;
+    let p = proxy(directory(&[&n1.url]), |o| o.max_body_bytes = 1024).await;
+    let none =
+        reqwest::Client::new().get(format!("{}/v1/bases/{BASE}", p.url)).send().await.expect("up");
+    assert_eq!(none.status(), StatusCode::UNAUTHORIZED);
+    let (s, v) = call(&p.url, Method::GET, "/v1/bases/nope/tables", None, &[]).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_input")));
+    let (s, _) = call(&p.url, Method::GET, "/v1/bases/%FF%FE", None, &[]).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, v) = call(&p.url, Method::POST, &format!("/v1/bases/{BASE}/location"), None, &[]).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::METHOD_NOT_ALLOWED, Some("invalid_input"))
+    );
+    let (s, _) = call(&p.url, Method::DELETE, "/v1/bases", None, &[]).await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let big = "x".repeat(4096);
+    let (s, v) =
+        call(&p.url, Method::POST, &format!("/v1/bases/{BASE}/execute"), Some(&big), &[]).await;
+    assert_eq!(
+        (s, v["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large"))
+    );
+    for body in ["{nope", "[1]", "{\"id\": 3}", "{\"id\": \"x\"}"] {
+        let (s, _) = call(&p.url, Method::POST, "/v1/bases", Some(body), &[]).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    }
+    assert_eq!(n1.hits(), 0, "a refused request reached a node");
+}
