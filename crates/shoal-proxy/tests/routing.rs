@@ -404,3 +404,105 @@ async fn bad_requests_are_refused_by_the_proxy() {
     }
     assert_eq!(n1.hits(), 0, "a refused request reached a node");
 }
+
+/// A fake node serving a WebSocket under every path: it sends a greeting
+/// naming the path, echoes each text frame, and closes after `bye`.
+async fn ws_node() -> String {
+    use axum::extract::ws::{Message, WebSocketUpgrade};
+    let app = Router::new().fallback(|ws: WebSocketUpgrade, req: axum::http::Uri| async move {
+        ws.on_upgrade(move |mut socket| async move {
+            let hello = json!({"hello": req.to_string()}).to_string();
+            if socket.send(Message::Text(hello.into())).await.is_err() {
+                return;
+            }
+            while let Some(Ok(m)) = socket.recv().await {
+                match m {
+                    Message::Text(t) if t.as_str() == "bye" => {
+                        let _ = socket.send(Message::Close(None)).await;
+                        return;
+                    }
+                    Message::Text(t) => {
+                        let _ =
+                            socket.send(Message::Text(format!("echo {}", t.as_str()).into())).await;
+                    }
+                    Message::Close(_) => return,
+                    _ => {}
+                }
+            }
+        })
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+#[tokio::test]
+async fn websockets_are_relayed_to_the_leader_both_ways() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+    let n2 = ws_node().await;
+    let n2_url = n2.clone();
+    // n1 is a follower: it redirects the upgrade to the leader.
+    let n1 = Fake::start(move |s| {
+        (StatusCode::TEMPORARY_REDIRECT, [("location", format!("{n2_url}{}", s.path))], "")
+            .into_response()
+    })
+    .await;
+    let p = proxy(directory(&[&n1.url, &n2]), |_| {}).await;
+    let path = format!("/v1/bases/{BASE}/changes?after=3");
+    let mut req = format!("{}{path}", p.url.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("header"));
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(req).await.expect("upgraded through the proxy");
+    let next = |m: Option<Result<Message, _>>| match m {
+        Some(Ok(m)) => m,
+        other => panic!("expected a frame, got {other:?}"),
+    };
+    let hello =
+        next(tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("in time"));
+    assert_eq!(hello, Message::Text(json!({"hello": path}).to_string().into()));
+    ws.send(Message::Text("ping-1".into())).await.expect("send");
+    let echo =
+        next(tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("in time"));
+    assert_eq!(echo, Message::Text("echo ping-1".into()));
+    // The node closes: the client's side closes too.
+    ws.send(Message::Text("bye".into())).await.expect("send");
+    let end = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                return true;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(end, Ok(true), "the relay did not close the client's side");
+    assert_eq!(n1.hits(), 1);
+
+    // An upgrade the node refuses gives the node's status and body.
+    let refusing = Fake::start(|_| {
+        json_answer(StatusCode::NOT_FOUND, json!({"error": {"code": "not_found", "message": "no"}}))
+    })
+    .await;
+    let p = proxy(directory(&[&refusing.url]), |_| {}).await;
+    let mut req = format!("{}{path}", p.url.replacen("http://", "ws://", 1))
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert("authorization", format!("Bearer {TOKEN}").parse().expect("header"));
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+            assert_eq!(r.status().as_u16(), 404);
+            let body: Value =
+                serde_json::from_slice(r.body().as_deref().unwrap_or_default()).expect("json");
+            assert_eq!(body["error"]["code"], "not_found");
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+}
