@@ -455,6 +455,10 @@ async fn a_killed_leader_is_hidden_behind_the_proxy() {
         assert_eq!(v["rows"], json!([["before"], ["keyed"], ["plain"]]));
     }
 
+    // The list still has every bucket covered by a live replica.
+    let list = expect(&b, Method::GET, "/v1/bases", None, StatusCode::OK).await;
+    assert_eq!(list["bases"][0]["id"], base.as_str(), "{list}");
+
     // Both proxies' location answers name the new leader, as the survivors do.
     let new_leader =
         agreed_leader(&c, &[a.as_str(), b.as_str()], &base, Duration::from_secs(30), |l| {
