@@ -4,6 +4,8 @@
 //! `{"error": {"code", "message"}}` answer, so callers match on variants,
 //! never on messages. A server that cannot be reached is `Unavailable`.
 
+pub mod watch;
+
 use std::time::Duration;
 
 use reqwest::{Method, RequestBuilder, StatusCode};

@@ -120,6 +120,9 @@ impl BaseFeed {
 
 /// What a subscriber gets.
 pub struct Subscription {
+    /// The index the subscription starts after: the one asked for, or the
+    /// one of `resync`.
+    pub after: u64,
     /// Set when the index asked for is no longer retained: the base's
     /// latest index, after which the subscription continues.
     pub resync: Option<u64>,
@@ -253,7 +256,7 @@ impl Hub {
         if !feed.dropped {
             feed.subscribers.push(Subscriber { tx, reason: reason.clone() });
         }
-        Subscription { resync, backlog, live, reason }
+        Subscription { after, resync, backlog, live, reason }
     }
 
     /// How many subscribers the hub has, over all bases.

@@ -14,8 +14,8 @@ use shoal_types::NodeId;
 
 use crate::config::RegistryArgs;
 use crate::server::{
-    FeedArgs, HttpArgs, NodeRegistration, bind, cluster_token, init_logging, serve, shutdown_channel,
-    spawn_registration, start_replication,
+    FeedArgs, HttpArgs, NodeRegistration, bind, cluster_token, init_logging, serve,
+    shutdown_channel, spawn_registration, start_replication,
 };
 
 /// Flags of `shoal node`.

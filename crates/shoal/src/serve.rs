@@ -17,8 +17,8 @@ use shoal_types::placement::Topology;
 use shoal_types::{BUCKET_COUNT, NodeId};
 
 use crate::server::{
-    FeedArgs, HttpArgs, NodeRegistration, bind, init_logging, serve, shutdown_channel, spawn_registration,
-    start_replication, wait_until_leading,
+    FeedArgs, HttpArgs, NodeRegistration, bind, init_logging, serve, shutdown_channel,
+    spawn_registration, start_replication, wait_until_leading,
 };
 
 /// Flags of `shoal serve`.
