@@ -222,7 +222,7 @@ async fn dropping_the_base_ends_the_feed() {
     let (_dir, server) = Server::start(Mode::Memory, &[]);
     let client = server.client();
     let (id, ddl) = base_with_table(&client).await;
-    let mut w = watch(&[server.url.clone()], &server.token, id, Some(ddl));
+    let mut w = watch(std::slice::from_ref(&server.url), &server.token, id, Some(ddl));
     let index = exec(&client, id, "INSERT INTO t (v) VALUES ('a')", vec![]).await;
     assert_eq!(changes(&mut w, 1).await, vec![insert(index, 1, "a")]);
     let dropped = client.drop_base(id).await.expect("drop").index;
