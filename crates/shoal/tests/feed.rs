@@ -209,6 +209,16 @@ async fn bad_requests_are_refused_before_upgrading() {
     assert_eq!(get(format!("/v1/bases/{id}/changes"), None).await, (401, "unauthorized".into()));
     // Not a WebSocket request.
     assert_eq!(get(format!("/v1/bases/{id}/changes"), t).await, (400, "invalid_input".into()));
+    // The route is in the OpenAPI document.
+    let doc: Value = http
+        .get(format!("{}/v1/openapi.json", server.url))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    assert!(doc["paths"]["/v1/bases/{id}/changes"]["get"].is_object());
     // Through the WebSocket client: errors that a retry cannot fix end the watch.
     let urls = vec![server.url.clone()];
     let mut w = watch(&urls, &server.token, unknown, None);
