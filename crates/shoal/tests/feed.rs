@@ -212,6 +212,7 @@ async fn bad_requests_are_refused_before_upgrading() {
     // The route is in the OpenAPI document.
     let doc: Value = http
         .get(format!("{}/v1/openapi.json", server.url))
+        .bearer_auth(&server.token)
         .send()
         .await
         .expect("openapi")
