@@ -145,7 +145,12 @@ impl Subscription {
 pub struct Hub {
     options: FeedOptions,
     bases: Mutex<HashMap<BaseId, BaseFeed>>,
+    /// When every base was last pruned by age (see [`Hub::sweep`]).
+    last_sweep: Mutex<Instant>,
 }
+
+/// How often publishing also prunes the bases nobody writes to any more.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The maps stay consistent across a panic; keep serving.
@@ -160,7 +165,7 @@ fn unavailable(message: String) -> ErrorBody {
 impl Hub {
     /// An empty hub.
     pub fn new(options: FeedOptions) -> Hub {
-        Hub { options, bases: Mutex::new(HashMap::new()) }
+        Hub { options, bases: Mutex::new(HashMap::new()), last_sweep: Mutex::new(Instant::now()) }
     }
 
     /// Publishes the events of the write at `index` on base `id`, whose
@@ -171,6 +176,7 @@ impl Hub {
         }
         let now = Instant::now();
         let mut bases = lock(&self.bases);
+        self.sweep(&mut bases, now);
         let feed = bases.entry(id).or_insert_with(|| BaseFeed::new(previous));
         let batch: Batch = events.into();
         feed.count += batch.len();
@@ -188,6 +194,22 @@ impl Hub {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+    }
+
+    /// Retention by age is applied when a base is written or subscribed to;
+    /// this applies it, now and then, to the bases that went quiet, so that
+    /// what they keep goes once too old. A base's floor stays (a few bytes);
+    /// a dropped base is forgotten once its last event is too old.
+    fn sweep(&self, bases: &mut HashMap<BaseId, BaseFeed>, now: Instant) {
+        let mut last = lock(&self.last_sweep);
+        if now.saturating_duration_since(*last) < SWEEP_EVERY {
+            return;
+        }
+        *last = now;
+        for feed in bases.values_mut() {
+            feed.prune(&self.options, now);
+        }
+        bases.retain(|_, f| !(f.dropped && f.retained.is_empty()));
     }
 
     /// The base was dropped at `index`: sends `base_dropped` and ends its
