@@ -21,6 +21,7 @@
 
 mod retry;
 mod routing;
+pub mod watch;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod engine;
 pub mod error;
 mod extract;
+pub mod feed;
 pub mod forward;
 pub mod registration;
 pub mod replica;
@@ -78,7 +79,9 @@ pub fn router(state: Arc<AppState>) -> Router {
                 "/v1/bases/{id}/tables/{table}/rows/{rowid}",
                 get(api::get_row).patch(api::update_row).delete(api::delete_row),
             )
-            .route_layer(middleware::from_fn_with_state(state.clone(), forward::forward));
+            .route_layer(middleware::from_fn_with_state(state.clone(), forward::forward))
+            // Served by the local replica, leader or follower: not forwarded.
+            .route("/v1/bases/{id}/changes", get(feed::changes));
     }
     if state.cluster.is_some() {
         v1 = v1

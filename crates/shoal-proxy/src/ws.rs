@@ -1,7 +1,8 @@
 //! WebSocket requests under `/v1/bases/{id}/...` (the change feed): the
 //! proxy opens the same WebSocket to the bucket's leader first, then accepts
 //! the client's, and relays frames both ways until either side closes; then
-//! it closes the other.
+//! it closes the other. Pings are relayed, so a client sees the node's
+//! keep-alives.
 //!
 //! Finding the leader follows the HTTP rules (an upgrade is a GET: it is
 //! always safe to try again). A node that refuses the upgrade (an unknown
@@ -154,8 +155,10 @@ async fn pipe(client: WebSocket, upstream: Upstream) {
     }
 }
 
-/// A client frame for the node. Pings and pongs stay on their own hop:
-/// each side's WebSocket answers pings itself.
+/// A client frame for the node. Pings and pongs are relayed too: a feed's
+/// server pings an idle feed so that the client can tell a quiet feed from a
+/// dead one. (Each side's WebSocket also answers pings itself; an extra pong
+/// is harmless.)
 fn to_node_message(m: ws::Message) -> Option<tung::Message> {
     Some(match m {
         ws::Message::Text(t) => tung::Message::Text(t.as_str().into()),
@@ -163,7 +166,8 @@ fn to_node_message(m: ws::Message) -> Option<tung::Message> {
         ws::Message::Close(f) => tung::Message::Close(
             f.map(|f| CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() }),
         ),
-        ws::Message::Ping(_) | ws::Message::Pong(_) => return None,
+        ws::Message::Ping(b) => tung::Message::Ping(b),
+        ws::Message::Pong(b) => tung::Message::Pong(b),
     })
 }
 
@@ -175,7 +179,9 @@ fn to_client_message(m: tung::Message) -> Option<ws::Message> {
         tung::Message::Close(f) => ws::Message::Close(
             f.map(|f| ws::CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() }),
         ),
-        tung::Message::Ping(_) | tung::Message::Pong(_) | tung::Message::Frame(_) => return None,
+        tung::Message::Ping(b) => ws::Message::Ping(b),
+        tung::Message::Pong(b) => ws::Message::Pong(b),
+        tung::Message::Frame(_) => return None,
     })
 }
 
@@ -204,6 +210,10 @@ mod tests {
             close,
             ws::Message::Close(Some(ws::CloseFrame { code: 1000, reason: "bye".into() }))
         );
-        assert!(to_node_message(ws::Message::Ping(Default::default())).is_none());
+        let ping = bytes::Bytes::from_static(b"p");
+        assert_eq!(
+            to_client_message(tung::Message::Ping(ping.clone())),
+            Some(ws::Message::Ping(ping))
+        );
     }
 }

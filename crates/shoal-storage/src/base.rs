@@ -10,9 +10,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
-use shoal_types::api::{ColumnInfo, ExecuteResult, Params, QueryResponse, Statement, TableInfo};
+use shoal_types::api::{
+    ChangeEvent, ColumnInfo, ExecuteResult, Params, QueryResponse, Statement, TableInfo,
+};
 use shoal_types::{Error, Result};
 
+use crate::capture::Capture;
 use crate::sandbox::{self, Guard, Limits, Mode};
 use crate::value::{bind, sql_to_json};
 use crate::{Options, idempotency, map_sqlite_error};
@@ -40,6 +43,10 @@ pub enum Executed {
 pub struct Base {
     conn: Connection,
     guard: Guard,
+    /// What the commands applied to this base changed (for the change feed).
+    capture: Capture,
+    /// The applied index before the last command that was applied.
+    previous: u64,
 }
 
 impl Base {
@@ -74,7 +81,8 @@ impl Base {
         .map_err(map_sqlite_error)?;
         conn.execute_batch(&idempotency::schema(IDEMPOTENCY)).map_err(map_sqlite_error)?;
         let guard = sandbox::install(&conn).map_err(map_sqlite_error)?;
-        Ok(Base { conn, guard })
+        let capture = Capture::install(&conn);
+        Ok(Base { conn, guard, capture, previous: 0 })
     }
 
     /// The index of the last command applied to this base.
@@ -103,7 +111,33 @@ impl Base {
     /// applied index is recorded in the same transaction as the changes. A
     /// command at or below the applied index was applied before (a replay after
     /// restart) and is skipped: it returns no results.
+    ///
+    /// What an applied command changed is then ready for
+    /// [`Base::take_changes`]; a replay, a repeat or a failure changed nothing.
     pub fn execute(
+        &mut self,
+        index: u64,
+        statements: &[Statement],
+        transaction: bool,
+        options: &Options,
+        key: Option<&str>,
+    ) -> Result<Executed> {
+        self.capture.begin();
+        let result = self.execute_captured(index, statements, transaction, options, key);
+        self.capture.end();
+        if !matches!(result, Ok(Executed::Applied(_))) {
+            self.capture.take();
+        }
+        result
+    }
+
+    /// The change-feed events of the last command applied, with the
+    /// applied index before it; empty after a replay, repeat or failure.
+    pub fn take_changes(&mut self) -> (u64, Vec<ChangeEvent>) {
+        (self.previous, self.capture.take())
+    }
+
+    fn execute_captured(
         &mut self,
         index: u64,
         statements: &[Statement],
@@ -120,7 +154,8 @@ impl Base {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(map_sqlite_error)?;
-        if read_applied_index(&tx)? >= index {
+        let previous = read_applied_index(&tx)?;
+        if previous >= index {
             return Ok(Executed::Replayed);
         }
         let first = key.map(|k| idempotency::lookup(&tx, IDEMPOTENCY, k)).transpose()?.flatten();
@@ -132,6 +167,8 @@ impl Base {
         }
         let mut results = Vec::with_capacity(statements.len());
         for (i, s) in statements.iter().enumerate() {
+            let version = schema_version(&tx)?;
+            let mark = self.capture.mark();
             if transaction {
                 let r = run_write(&tx, &self.guard, limits, s).map_err(|e| match e {
                     Error::InvalidSql(m) if statements.len() > 1 => {
@@ -140,16 +177,22 @@ impl Base {
                     e => e,
                 });
                 results.push(r?);
+                let ddl = (schema_version(&tx)? != version).then_some(s.sql.as_str());
+                self.capture.finish_statement(&tx, index, ddl)?;
             } else {
                 let sp = tx.savepoint_with_name(format!("s{i}")).map_err(map_sqlite_error)?;
                 match run_write(&sp, &self.guard, limits, s) {
                     Ok(r) => {
+                        let ddl = (schema_version(&sp)? != version).then_some(s.sql.as_str());
+                        self.capture.finish_statement(&sp, index, ddl)?;
                         sp.commit().map_err(map_sqlite_error)?;
                         results.push(r)
                     }
                     Err(e) if e.is_deterministic() => {
-                        // Dropping the savepoint rolls it back.
+                        // Dropping the savepoint rolls it back, and its
+                        // changes leave the feed with it.
                         drop(sp);
+                        self.capture.rollback_to(mark);
                         results.push(ExecuteResult {
                             rows_affected: 0,
                             last_insert_rowid: tx.last_insert_rowid(),
@@ -168,6 +211,7 @@ impl Base {
             idempotency::record(&tx, IDEMPOTENCY, k, index, &answer)?;
         }
         tx.commit().map_err(map_sqlite_error)?;
+        self.previous = previous;
         Ok(Executed::Applied(results))
     }
 
@@ -314,6 +358,11 @@ fn read_applied_index(conn: &Connection) -> Result<u64> {
     })
     .map(|v| v as u64)
     .map_err(map_sqlite_error)
+}
+
+/// The schema's version: it moves whenever a statement changes the schema.
+fn schema_version(conn: &Connection) -> Result<u32> {
+    conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, u32>(0)).map_err(map_sqlite_error)
 }
 
 fn check_length(sql: &str, options: &Options) -> Result<()> {

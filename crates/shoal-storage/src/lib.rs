@@ -10,8 +10,10 @@
 //! Everything here is synchronous (rusqlite); async callers use a blocking pool.
 
 mod base;
+mod capture;
 mod catalog;
 mod command;
+pub mod feed;
 pub mod idempotency;
 pub mod rows;
 pub mod sandbox;

@@ -20,6 +20,7 @@ use shoal_types::{BUCKET_COUNT, BaseId, BucketId, Error, Result};
 use crate::base::{Base, Executed};
 use crate::catalog::{Applied, Catalog};
 use crate::command::{Command, Output};
+use crate::feed::{FeedOptions, Hub, Subscription};
 
 /// Bounds on user SQL and on open files.
 #[derive(Clone, Debug)]
@@ -36,6 +37,8 @@ pub struct Options {
     /// A step budget rather than a time, so that every replica stops at the
     /// same point.
     pub max_write_steps: u64,
+    /// What the change feed keeps.
+    pub feed: FeedOptions,
 }
 
 impl Default for Options {
@@ -46,6 +49,7 @@ impl Default for Options {
             max_result_rows: 10_000,
             statement_timeout: Duration::from_secs(5),
             max_write_steps: 100_000_000,
+            feed: FeedOptions::default(),
         }
     }
 }
@@ -60,6 +64,8 @@ pub struct Store {
     /// bucket, so a snapshot is one consistent point of the bucket. Holds
     /// what the bucket changed since its last sync.
     buckets: Vec<Mutex<Unsynced>>,
+    /// The change feed: what applies published.
+    feed: Hub,
 }
 
 /// The files of a bucket written since they were last fsync'd.
@@ -99,16 +105,35 @@ impl Store {
         };
         Ok(Store {
             dir: dir.map(Path::to_path_buf),
-            options,
             open: Mutex::new(open),
             catalogs: Mutex::new(vec![None; BUCKET_COUNT]),
             buckets: (0..BUCKET_COUNT).map(|_| Mutex::new(Unsynced::default())).collect(),
+            feed: Hub::new(options.feed.clone()),
+            options,
         })
     }
 
     /// The options this store runs with.
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// The change feed's hub.
+    pub fn feed(&self) -> &Hub {
+        &self.feed
+    }
+
+    /// Subscribes to the changes of base `id` after log index `after`
+    /// (see [`Hub::subscribe`]); `NotFound` if the base does not exist.
+    /// `None` subscribes from the base's applied index: to what comes next.
+    pub fn subscribe(&self, id: &BaseId, after: Option<u64>) -> Result<Subscription> {
+        let base = self.base(id)?;
+        let applied = lock(&base).applied_index()?;
+        // Nothing of this base happened at or before its creation, so asking
+        // for changes after an earlier index loses nothing.
+        let created = self.with_catalog(id.bucket(), |c| c.created_index(id))?.unwrap_or(0);
+        let after = after.unwrap_or(applied).max(created);
+        Ok(self.feed.subscribe(*id, after, applied))
     }
 
     /// How many bases are open now.
@@ -215,7 +240,10 @@ impl Store {
                 // create is one catalog transaction.
                 Ok(match catalog.create(index, &info, key)? {
                     Applied::Replayed => Output::Replayed,
-                    Applied::Done => Output::Created { base: info },
+                    Applied::Done => {
+                        self.feed.created(*id);
+                        Output::Created { base: info }
+                    }
                     Applied::Repeated { index } => {
                         let base = catalog.get(id)?.unwrap_or(info);
                         Output::Repeated { index, output: Box::new(Output::Created { base }) }
@@ -233,6 +261,7 @@ impl Store {
                     Applied::Done => {
                         lock(&self.open).pop(id);
                         self.remove_files(id)?;
+                        self.feed.dropped(*id, index);
                         Ok(Output::Dropped)
                     }
                 }
@@ -242,10 +271,15 @@ impl Store {
                     return Err(Error::InvalidInput("no statements given".into()));
                 }
                 let b = self.base(base)?;
-                let executed =
-                    lock(&b).execute(index, statements, *transaction, &self.options, key)?;
+                let mut b = lock(&b);
+                let executed = b.execute(index, statements, *transaction, &self.options, key)?;
                 Ok(match executed {
-                    Executed::Applied(results) => Output::Executed { results },
+                    Executed::Applied(results) => {
+                        // Published under the bucket lock: in log order.
+                        let (previous, events) = b.take_changes();
+                        self.feed.publish(*base, index, previous, events);
+                        Output::Executed { results }
+                    }
                     Executed::Replayed => Output::Replayed,
                     Executed::Repeated { index, results } => {
                         Output::Repeated { index, output: Box::new(Output::Executed { results }) }
@@ -313,6 +347,7 @@ impl Store {
     pub fn restore_bucket(&self, bucket: BucketId, dir: &Path) -> Result<()> {
         let _bucket = lock(&self.buckets[bucket.0 as usize]);
         self.forget_bucket(bucket);
+        self.feed.reset_bucket(bucket);
         let files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "db"))
@@ -373,6 +408,7 @@ impl Store {
     pub fn remove_bucket(&self, bucket: BucketId) -> Result<()> {
         let _bucket = lock(&self.buckets[bucket.0 as usize]);
         self.forget_bucket(bucket);
+        self.feed.reset_bucket(bucket);
         if let Some(d) = self.bucket_dir(bucket).filter(|d| d.exists()) {
             std::fs::remove_dir_all(d)?;
         }
@@ -461,7 +497,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_types::api::Statement;
+    use shoal_types::api::{ChangeEvent, ChangeOp, Statement};
 
     fn create(id: BaseId) -> Command {
         Command::CreateBase {
@@ -661,6 +697,191 @@ mod tests {
         assert_eq!(store.checksum(&a).unwrap(), store.checksum(&b).unwrap());
         store.apply(10, &insert(b, 2)).unwrap();
         assert_ne!(store.checksum(&a).unwrap(), store.checksum(&b).unwrap());
+    }
+
+    fn exec(id: BaseId, sqls: &[&str], transaction: bool) -> Command {
+        Command::Execute {
+            base: id,
+            statements: sqls
+                .iter()
+                .map(|s| Statement { sql: s.to_string(), params: Params::default() })
+                .collect(),
+            transaction,
+        }
+    }
+
+    /// Everything a subscription has now, backlog then live.
+    fn drain(s: &mut Subscription) -> Vec<ChangeEvent> {
+        let mut out: Vec<ChangeEvent> = s.backlog.drain(..).flat_map(|b| b.to_vec()).collect();
+        while let Ok(b) = s.live.try_recv() {
+            out.extend(b.iter().cloned());
+        }
+        out
+    }
+
+    fn summary(events: &[ChangeEvent]) -> Vec<(u64, ChangeOp, Option<i64>, serde_json::Value)> {
+        events
+            .iter()
+            .map(|e| {
+                let values = match (&e.row, &e.sql) {
+                    (Some(r), _) => serde_json::Value::Object(r.clone()),
+                    (None, Some(sql)) => sql.clone().into(),
+                    (None, None) => serde_json::Value::Null,
+                };
+                (e.index, e.op, e.rowid, values)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_feed_captures_rows_ddl_and_only_committed_changes() {
+        use serde_json::json;
+        let store = Store::open(None, Options::default()).unwrap();
+        let id = BaseId::random();
+        store.apply(1, &create(id)).unwrap();
+        let mut s = store.subscribe(&id, Some(0)).unwrap();
+        assert_eq!(s.resync, None);
+        let ddl = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, data BLOB)";
+        store.apply(2, &exec(id, &[ddl], true)).unwrap();
+        store
+            .apply(
+                3,
+                &exec(id, &["INSERT INTO t (name, data) VALUES ('a', x'01'), ('b', NULL)"], true),
+            )
+            .unwrap();
+        store.apply(4, &exec(id, &["UPDATE t SET name = 'c' WHERE id = 2"], true)).unwrap();
+        store.apply(5, &exec(id, &["DELETE FROM t WHERE id = 1"], true)).unwrap();
+        let events = drain(&mut s);
+        assert_eq!(
+            summary(&events),
+            vec![
+                (2, ChangeOp::Ddl, None, json!(ddl)),
+                (
+                    3,
+                    ChangeOp::Insert,
+                    Some(1),
+                    json!({"id": 1, "name": "a", "data": {"base64": "AQ=="}})
+                ),
+                (3, ChangeOp::Insert, Some(2), json!({"id": 2, "name": "b", "data": null})),
+                (4, ChangeOp::Update, Some(2), json!({"id": 2, "name": "c", "data": null})),
+                (5, ChangeOp::Delete, Some(1), serde_json::Value::Null),
+            ]
+        );
+        assert_eq!(events[0].table.as_deref(), Some("t"));
+        assert!(events[1..].iter().all(|e| e.table.as_deref() == Some("t")));
+
+        // A failing transaction publishes nothing.
+        let failing =
+            exec(id, &["INSERT INTO t (name) VALUES ('x')", "INSERT INTO nope VALUES (1)"], true);
+        assert!(store.apply(6, &failing).is_err());
+        // Without a transaction, only the statements that succeeded.
+        let mixed = exec(
+            id,
+            &[
+                "INSERT INTO t (id, name) VALUES (10, 'p')",
+                "INSERT INTO t (id, name) VALUES (10, 'dup')",
+                "INSERT INTO t (id, name) VALUES (11, 'q'), (10, 'dup2')",
+                "UPDATE t SET name = 'r' WHERE id = 10",
+            ],
+            false,
+        );
+        store.apply(7, &mixed).unwrap();
+        assert_eq!(
+            summary(&drain(&mut s)),
+            vec![
+                (7, ChangeOp::Insert, Some(10), json!({"id": 10, "name": "p", "data": null})),
+                (7, ChangeOp::Update, Some(10), json!({"id": 10, "name": "r", "data": null})),
+            ]
+        );
+        // A replay and an idempotent repeat publish nothing; keyed writes
+        // touch `_shoal_idempotency`, which never shows.
+        assert_eq!(store.apply(7, &mixed).unwrap(), Output::Replayed);
+        let one = exec(id, &["INSERT INTO t (id) VALUES (20)"], true);
+        store.apply_keyed(8, &one, Some("k1")).unwrap();
+        assert!(matches!(store.apply_keyed(9, &one, Some("k1")).unwrap(), Output::Repeated { .. }));
+        assert_eq!(
+            summary(&drain(&mut s)),
+            vec![(8, ChangeOp::Insert, Some(20), json!({"id": 20, "name": null, "data": null}))]
+        );
+        // DDL without a table of its own, and a WITHOUT ROWID table, whose
+        // rows SQLite's update hook does not report.
+        store
+            .apply(
+                10,
+                &exec(
+                    id,
+                    &[
+                        "CREATE VIEW v AS SELECT 1",
+                        "CREATE TABLE w (k TEXT PRIMARY KEY) WITHOUT ROWID",
+                        "INSERT INTO w VALUES ('a')",
+                    ],
+                    true,
+                ),
+            )
+            .unwrap();
+        let events = drain(&mut s);
+        assert_eq!(
+            events.iter().map(|e| (e.op, e.table.as_deref())).collect::<Vec<_>>(),
+            vec![(ChangeOp::Ddl, None), (ChangeOp::Ddl, Some("w"))]
+        );
+        // A write that changes nothing publishes nothing.
+        store.apply(11, &exec(id, &["DELETE FROM t WHERE id = 999"], true)).unwrap();
+        assert!(drain(&mut s).is_empty());
+        // Dropping the base ends the feed.
+        store.apply(12, &Command::DropBase { id }).unwrap();
+        assert_eq!(
+            summary(&drain(&mut s)),
+            vec![(12, ChangeOp::BaseDropped, None, serde_json::Value::Null)]
+        );
+        assert!(matches!(
+            s.live.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected)
+        ));
+        assert!(matches!(store.subscribe(&id, None), Err(Error::NotFound(_))));
+    }
+
+    #[test]
+    fn triggers_and_cascades_are_captured() {
+        use serde_json::json;
+        let store = Store::open(None, Options::default()).unwrap();
+        let id = BaseId::random();
+        store.apply(1, &create(id)).unwrap();
+        store
+            .apply(
+                2,
+                &exec(
+                    id,
+                    &[
+                        "CREATE TABLE p (id INTEGER PRIMARY KEY)",
+                        "CREATE TABLE c (id INTEGER PRIMARY KEY, p INTEGER REFERENCES p(id) ON DELETE CASCADE)",
+                        "CREATE TABLE log (msg TEXT)",
+                        "CREATE TRIGGER tr AFTER INSERT ON p BEGIN INSERT INTO log VALUES ('p' || new.id); END",
+                    ],
+                    true,
+                ),
+            )
+            .unwrap();
+        let mut s = store.subscribe(&id, None).unwrap();
+        store
+            .apply(3, &exec(id, &["INSERT INTO p VALUES (1)", "INSERT INTO c VALUES (5, 1)"], true))
+            .unwrap();
+        store.apply(4, &exec(id, &["DELETE FROM p"], true)).unwrap();
+        let got: Vec<_> = drain(&mut s)
+            .into_iter()
+            .map(|e| {
+                (e.index, e.op, e.table.unwrap_or_default(), e.row.map(serde_json::Value::Object))
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3, ChangeOp::Insert, "p".to_string(), Some(json!({"id": 1}))),
+                (3, ChangeOp::Insert, "log".to_string(), Some(json!({"msg": "p1"}))),
+                (3, ChangeOp::Insert, "c".to_string(), Some(json!({"id": 5, "p": 1}))),
+                (4, ChangeOp::Delete, "p".to_string(), None),
+                (4, ChangeOp::Delete, "c".to_string(), None),
+            ]
+        );
     }
 
     #[test]

@@ -402,7 +402,8 @@ pub enum ChangeOp {
     Insert,
     /// A row was updated: `table`, `rowid` and `row` (new values) are set.
     Update,
-    /// A row was deleted: `table` and `rowid` are set, `row` holds the old values.
+    /// A row was deleted: `table` and `rowid` are set (no `row`: SQLite
+    /// reports a delete once the row is gone).
     Delete,
     /// The schema changed: `sql` holds the statement.
     Ddl,

@@ -226,7 +226,15 @@ impl Client {
     ) -> anyhow::Result<Value> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let r = self.shoal(base, method, path, body).await?;
+            // Leadership may still be settling: a redirect chain is retried too.
+            let r = match self.shoal(base, method, path, body).await {
+                Ok(r) => r,
+                Err(e) if Instant::now() > deadline => return Err(e),
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
             if (200..300).contains(&r.status) {
                 return Ok(serde_json::from_slice(&r.body).unwrap_or_default());
             }

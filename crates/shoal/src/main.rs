@@ -1,5 +1,6 @@
-//! `shoal`: the one binary. Runs the servers (`serve`, `node`, `monitor`, `proxy`)
-//! and is their client (`base`, `sql`, `tables`, `rows`, `cluster`, `bench`).
+//! `shoal`: the one binary. Runs the servers (`serve`, `node`, `monitor`,
+//! `proxy`) and is their client (`base`, `sql`, `tables`, `rows`, `watch`,
+//! `cluster`, `bench`).
 
 mod bench;
 mod cli;
@@ -9,6 +10,7 @@ mod node;
 mod proxy;
 mod serve;
 mod server;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +50,8 @@ enum Command {
     Rows(cli::RowsCommand),
     /// Measure throughput and latency against a running server.
     Bench(bench::BenchArgs),
+    /// Print a base's changes as they are committed (resumes by itself).
+    Watch(watch::WatchArgs),
 }
 
 /// How a client command reaches the server.
@@ -102,6 +106,7 @@ fn main() -> ExitCode {
             Command::Tables(a) => cli::tables(a).await,
             Command::Rows(c) => cli::rows(c).await,
             Command::Bench(a) => bench::run(a).await,
+            Command::Watch(a) => watch::run(a).await,
         }
     });
     match result {

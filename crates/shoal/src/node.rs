@@ -14,8 +14,8 @@ use shoal_types::NodeId;
 
 use crate::config::RegistryArgs;
 use crate::server::{
-    HttpArgs, NodeRegistration, bind, cluster_token, init_logging, serve, shutdown_channel,
-    spawn_registration, start_replication,
+    FeedArgs, HttpArgs, NodeRegistration, bind, cluster_token, init_logging, serve,
+    shutdown_channel, spawn_registration, start_replication,
 };
 
 /// Flags of `shoal node`.
@@ -42,6 +42,8 @@ pub struct NodeArgs {
     /// The address to serve HTTP on.
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7070")]
     listen: SocketAddr,
+    #[command(flatten)]
+    feed: FeedArgs,
     #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
@@ -75,7 +77,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     };
     let registration =
         spawn_registration(registry.clone(), node, &registry_options, shutdown.clone());
-    let store = Arc::new(Store::open(Some(&args.data_dir), Options::default())?);
+    let store = Arc::new(Store::open(
+        Some(&args.data_dir),
+        Options { feed: args.feed.options(), ..Options::default() },
+    )?);
     let replication = start_replication(
         &me,
         Some(&args.data_dir),

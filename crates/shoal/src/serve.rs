@@ -17,8 +17,8 @@ use shoal_types::placement::Topology;
 use shoal_types::{BUCKET_COUNT, NodeId};
 
 use crate::server::{
-    HttpArgs, NodeRegistration, bind, init_logging, serve, shutdown_channel, spawn_registration,
-    start_replication, wait_until_leading,
+    FeedArgs, HttpArgs, NodeRegistration, bind, init_logging, serve, shutdown_channel,
+    spawn_registration, start_replication, wait_until_leading,
 };
 
 /// Flags of `shoal serve`.
@@ -58,6 +58,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SHOAL_NODE_ID", default_value = "standalone")]
     node_id: String,
     #[command(flatten)]
+    feed: FeedArgs,
+    #[command(flatten)]
     http: HttpArgs,
     #[command(flatten)]
     registry: crate::config::RegistryArgs,
@@ -87,6 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_result_rows: args.max_result_rows,
         statement_timeout: args.statement_timeout,
         max_write_steps: args.max_write_steps,
+        feed: args.feed.options(),
     };
     let store = Arc::new(Store::open(dir, options)?);
     // Connect before serving, so that a wrong or dead registry fails start-up

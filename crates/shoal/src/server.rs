@@ -41,6 +41,29 @@ pub struct HttpArgs {
     pub addr_file: Option<PathBuf>,
 }
 
+/// Change-feed flags of the commands that serve bases.
+#[derive(Args, Debug, Clone)]
+pub struct FeedArgs {
+    /// The most changes the change feed keeps per base, for subscribers that
+    /// resume (older ones get a resync).
+    #[arg(long, env = "SHOAL_FEED_RETENTION_CHANGES", default_value_t = 10_000)]
+    pub feed_retention_changes: usize,
+    /// The longest the change feed keeps a change (e.g. 10m, 1h).
+    #[arg(long, env = "SHOAL_FEED_RETENTION_AGE", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub feed_retention_age: std::time::Duration,
+}
+
+impl FeedArgs {
+    /// The store's feed options these flags describe.
+    pub fn options(&self) -> shoal_storage::feed::FeedOptions {
+        shoal_storage::feed::FeedOptions {
+            retention_changes: self.feed_retention_changes,
+            retention_age: self.feed_retention_age,
+            ..Default::default()
+        }
+    }
+}
+
 /// Starts logging to stderr; `SHOAL_LOG` filters (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")

@@ -10,7 +10,10 @@ use common::Process;
 use common::cluster::{Cluster, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use shoal_client::watch::{Watch, WatchEvent, WatchOptions};
 use shoal_registry::Registry as _;
+use shoal_types::BaseId;
+use shoal_types::api::{ChangeEvent, ChangeOp, FeedMessage};
 
 /// One HTTP call; the body parsed as JSON when it is JSON.
 async fn call(
@@ -256,6 +259,20 @@ async fn every_api_call_works_through_either_proxy() {
     expect(&a, Method::DELETE, &row, None, StatusCode::OK).await;
     expect(&b, Method::GET, &row, None, StatusCode::NOT_FOUND).await;
 
+    // The change feed through a proxy: the writes above, then a new one
+    // made through the other proxy.
+    let mut feed = watch(std::slice::from_ref(&a), &one, 0);
+    let seen = changes(&mut feed, 6).await;
+    let ops: Vec<ChangeOp> = seen.iter().map(|e| e.op).collect();
+    use ChangeOp::{Ddl, Delete, Insert, Update};
+    assert_eq!(ops, [Ddl, Insert, Insert, Insert, Update, Delete], "{seen:?}");
+    let ins = json!({"statements": [{"sql": "INSERT INTO t (k) VALUES (?)", "params": ["live"]}]});
+    let w = expect(&b, Method::POST, &exec, Some(ins), StatusCode::OK).await;
+    let live = changes(&mut feed, 1).await;
+    assert_eq!(live[0].index, w["index"].as_u64().expect("index"));
+    assert_eq!(live[0].row.as_ref().map(|r| r["k"].clone()), Some(json!("live")));
+    ws_refused(&b, &format!("/v1/bases/{one}/changes?after=x"), 400).await;
+
     // Checksum through the proxy equals the leader's own.
     let sum =
         expect(&a, Method::GET, &format!("/v1/bases/{one}/checksum"), None, StatusCode::OK).await;
@@ -354,6 +371,28 @@ async fn every_api_call_works_through_either_proxy() {
     assert!(text.contains("shoal_proxy_requests_total"), "{text}");
 }
 
+/// A change feed through `proxies`, from after `after`.
+fn watch(proxies: &[String], base: &str, after: u64) -> Watch {
+    let base: BaseId = base.parse().expect("id");
+    let options = WatchOptions { min_backoff: Duration::from_millis(50), ..Default::default() };
+    Watch::new(proxies, Some(TOKEN.to_string()), base, Some(after), options).expect("watch")
+}
+
+/// The next `n` change events of a feed (reconnect notices skipped), bounded.
+async fn changes(w: &mut Watch, n: usize) -> Vec<ChangeEvent> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while out.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, w.next()).await.expect("feed messages in time") {
+            Ok(Some(WatchEvent::Message(FeedMessage::Change(e)))) => out.push(e),
+            Ok(Some(WatchEvent::Reconnecting { .. })) => {}
+            other => panic!("expected a change after {} of {n}, got {other:?}", out.len()),
+        }
+    }
+    out
+}
+
 /// Opens a WebSocket through a proxy and expects it refused with `status`
 /// and a JSON error body.
 async fn ws_refused(proxy: &str, path: &str, status: u16) {
@@ -406,6 +445,16 @@ async fn a_killed_leader_is_hidden_behind_the_proxy() {
     let leader =
         agreed_leader(&c, &[a.as_str(), b.as_str()], &base, Duration::from_secs(20), |_| true)
             .await;
+    let before_index = {
+        let v = expect(&a, Method::POST, &query, Some(json!({"sql": "SELECT 1"})), StatusCode::OK)
+            .await;
+        drop(v);
+        let sum =
+            expect(&a, Method::GET, &format!("/v1/bases/{base}/checksum"), None, StatusCode::OK)
+                .await;
+        sum["applied_index"].as_u64().expect("applied index")
+    };
+    let mut feed = watch(&[a.clone(), b.clone()], &base, before_index);
     c.nodes.get_mut(&leader).expect("leader").kill();
     let killed = Instant::now();
 
@@ -454,6 +503,15 @@ async fn a_killed_leader_is_hidden_behind_the_proxy() {
         .await;
         assert_eq!(v["rows"], json!([["before"], ["keyed"], ["plain"]]));
     }
+
+    // The feed opened before the kill goes on through the proxy, from where
+    // it was, with what was written after.
+    let after: Vec<Option<Value>> = changes(&mut feed, 2)
+        .await
+        .iter()
+        .map(|e| e.row.as_ref().map(|r| r["k"].clone()))
+        .collect();
+    assert_eq!(after, [Some(json!("keyed")), Some(json!("plain"))]);
 
     // The list still has every bucket covered by a live replica.
     let list = expect(&b, Method::GET, "/v1/bases", None, StatusCode::OK).await;
