@@ -104,12 +104,13 @@ pub async fn send(
     let mut attempts = Attempts::new(proxy, bucket).with_path(path);
     let mut last: Option<Response> = None;
     while let Some((target, url)) = attempts.next().await {
-        let remaining = attempts.deadline.saturating_duration_since(Instant::now());
+        // The deadline bounds when attempts start, not how long a started
+        // one may run: a slow write is not cut short for being late.
         let mut out = proxy
             .http
             .request(method.clone(), &url)
             .header(NO_FORWARD, "1")
-            .timeout(proxy.options.request_timeout.min(remaining.max(ATTEMPT_FLOOR)))
+            .timeout(proxy.options.request_timeout)
             .body(body.clone());
         for name in &REQUEST_HEADERS {
             if let Some(v) = headers.get(name) {
@@ -176,9 +177,6 @@ pub async fn send(
         ApiError(Error::Unavailable(why)).into_response()
     })
 }
-
-/// The shortest time an attempt is given, even close to the deadline.
-const ATTEMPT_FLOOR: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn repeatable_read(method: &Method, path: &str) -> bool {
     *method == Method::POST && path.split('?').next().unwrap_or(path).ends_with("/query")

@@ -52,7 +52,9 @@ pub struct ProxyOptions {
     /// The largest request body accepted, in bytes.
     pub max_body_bytes: usize,
     /// How long one request may spend going from replica to replica
-    /// (failover, elections) before the proxy gives the last answer.
+    /// (failover, elections) before the proxy gives the last answer. No new
+    /// attempt starts after it; one already started may run for
+    /// `request_timeout`.
     pub retry_deadline: Duration,
     /// The first pause between two rounds over a bucket's replicas; it doubles each round.
     pub backoff: Duration,
