@@ -140,19 +140,27 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
+    match authorize(&headers, &state.options.admin_token) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Checks a request's `Authorization: Bearer TOKEN` against `token`; every
+/// process that serves `/v1` (nodes, monitors, proxies) refuses the same way.
+pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
-        None => ApiError(Error::Unauthorized(
+        None => Err(ApiError(Error::Unauthorized(
             "missing bearer token: send \"Authorization: Bearer TOKEN\"".into(),
-        ))
-        .into_response(),
-        Some(t) if !constant_time_eq(t.trim().as_bytes(), state.options.admin_token.as_bytes()) => {
-            ApiError(Error::Unauthorized("invalid bearer token".into())).into_response()
+        ))),
+        Some(t) if !constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => {
+            Err(ApiError(Error::Unauthorized("invalid bearer token".into())))
         }
-        Some(_) => next.run(req).await,
+        Some(_) => Ok(()),
     }
 }
 
@@ -163,6 +171,25 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Counts requests and their latency by route.
 async fn track(req: Request, next: Next) -> Response {
+    track_as(REQUEST_METRICS, req, next).await
+}
+
+/// The names of a process's request counter and latency histogram.
+pub struct RequestMetrics {
+    /// Requests, by route, method and status.
+    pub total: &'static str,
+    /// Latency in seconds, by route and method.
+    pub duration: &'static str,
+}
+
+/// What a node counts its requests under.
+const REQUEST_METRICS: RequestMetrics = RequestMetrics {
+    total: "shoal_http_requests_total",
+    duration: "shoal_http_request_duration_seconds",
+};
+
+/// Runs the request and records it, by matched route, under `names`.
+pub async fn track_as(names: RequestMetrics, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -172,9 +199,9 @@ async fn track(req: Request, next: Next) -> Response {
     let start = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
-    metrics::counter!("shoal_http_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
+    metrics::counter!(names.total, "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);
-    metrics::histogram!("shoal_http_request_duration_seconds", "route" => route, "method" => method)
+    metrics::histogram!(names.duration, "route" => route, "method" => method)
         .record(start.elapsed().as_secs_f64());
     response
 }

@@ -152,19 +152,7 @@ struct Ctx {
 /// One pass; returns the registry revision it read at.
 async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revision, Error> {
     let Ctx { registry, multi, store, options, directory, semaphore, busy } = ctx;
-    let listing = registry.get_prefix(keys::NODES).await?;
-    let mut nodes = BTreeMap::new();
-    for kv in &listing.kvs {
-        if let (Some(id), Ok(info)) =
-            (keys::node_of(&kv.key), serde_json::from_slice::<NodeInfo>(&kv.value))
-        {
-            nodes.insert(id, info);
-        }
-    }
-    let map = match registry.get(keys::PLACEMENT).await? {
-        Some(kv) => Some(PlacementMap::decode(&kv.value)?),
-        None => None,
-    };
+    let (Directory { map, nodes }, revision) = read_directory(registry.as_ref()).await?;
     // Reach every node where it registered, whatever a group's membership
     // still says (a node restarted at a new address is otherwise lost to
     // groups that cannot elect a leader to update it).
@@ -173,7 +161,7 @@ async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revisio
     );
     let dir = Directory { map: map.clone(), nodes };
     directory.send_replace(dir.clone());
-    let Some(map) = map else { return Ok(listing.revision) };
+    let Some(map) = map else { return Ok(revision) };
 
     let me = &options.node_id;
     let mine: BTreeSet<u8> =
@@ -272,7 +260,26 @@ async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revisio
             }
         }
     }
-    Ok(listing.revision)
+    Ok(revision)
+}
+
+/// Reads the live nodes and the placement map once; returns them with the
+/// registry revision they were read at (watch from the next one).
+pub async fn read_directory(registry: &dyn Registry) -> Result<(Directory, Revision), Error> {
+    let listing = registry.get_prefix(keys::NODES).await?;
+    let mut nodes = BTreeMap::new();
+    for kv in &listing.kvs {
+        if let (Some(id), Ok(info)) =
+            (keys::node_of(&kv.key), serde_json::from_slice::<NodeInfo>(&kv.value))
+        {
+            nodes.insert(id, info);
+        }
+    }
+    let map = match registry.get(keys::PLACEMENT).await? {
+        Some(kv) => Some(PlacementMap::decode(&kv.value)?),
+        None => None,
+    };
+    Ok((Directory { map, nodes }, listing.revision))
 }
 
 /// Turns a group error into Shoal's.

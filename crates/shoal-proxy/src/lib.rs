@@ -30,11 +30,11 @@ pub mod view;
 mod ws;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, header};
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -138,53 +138,17 @@ async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        None => ApiError(Error::Unauthorized(
-            "missing bearer token: send \"Authorization: Bearer TOKEN\"".into(),
-        ))
-        .into_response(),
-        Some(t) if !same(t.trim().as_bytes(), proxy.options.admin_token.as_bytes()) => {
-            ApiError(Error::Unauthorized("invalid bearer token".into())).into_response()
-        }
-        Some(_) => next.run(req).await,
+    match shoal_node::authorize(&headers, &proxy.options.admin_token) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
     }
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Counts the proxy's requests and their latency by route.
 async fn track(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let start = Instant::now();
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("shoal_proxy_requests_total", "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("shoal_proxy_request_duration_seconds", "route" => route, "method" => method)
-        .record(start.elapsed().as_secs_f64());
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(same(b"abc", b"abc"));
-        assert!(!same(b"abc", b"abd"));
-        assert!(!same(b"abc", b"ab"));
-    }
+    let names = shoal_node::RequestMetrics {
+        total: "shoal_proxy_requests_total",
+        duration: "shoal_proxy_request_duration_seconds",
+    };
+    shoal_node::track_as(names, req, next).await
 }

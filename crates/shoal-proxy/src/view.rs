@@ -15,8 +15,7 @@ use std::time::Duration;
 use shoal_node::replication::Directory;
 use shoal_registry::{Registry, Revision, keys};
 use shoal_types::api::NodeInfo;
-use shoal_types::placement::PlacementMap;
-use shoal_types::{BucketId, Error, NodeId};
+use shoal_types::{BucketId, NodeId};
 use tokio::sync::watch;
 
 /// A node to send a request to.
@@ -126,24 +125,6 @@ pub fn node_at(nodes: &std::collections::BTreeMap<NodeId, NodeInfo>, url: &str) 
     })
 }
 
-/// Reads the nodes and the map once; returns the directory and the revision read at.
-async fn read(registry: &dyn Registry) -> Result<(Directory, Revision), Error> {
-    let listing = registry.get_prefix(keys::NODES).await?;
-    let mut nodes = std::collections::BTreeMap::new();
-    for kv in &listing.kvs {
-        if let (Some(id), Ok(info)) =
-            (keys::node_of(&kv.key), serde_json::from_slice::<NodeInfo>(&kv.value))
-        {
-            nodes.insert(id, info);
-        }
-    }
-    let map = match registry.get(keys::PLACEMENT).await? {
-        Some(kv) => Some(PlacementMap::decode(&kv.value)?),
-        None => None,
-    };
-    Ok((Directory { map, nodes }, listing.revision))
-}
-
 /// Keeps `directory` up to date with the registry until `shutdown`: reads
 /// the nodes and the map, then waits for a change of either (or `interval`,
 /// as a safety net against a lost watch) and reads again.
@@ -154,7 +135,7 @@ pub async fn follow(
     mut shutdown: watch::Receiver<bool>,
 ) {
     while !*shutdown.borrow() {
-        match read(registry.as_ref()).await {
+        match shoal_node::replication::read_directory(registry.as_ref()).await {
             Ok((dir, revision)) => {
                 directory.send_replace(dir);
                 let from = Revision(revision.0 + 1);
@@ -228,7 +209,10 @@ mod tests {
 
     #[test]
     fn candidates_put_the_cached_leader_first_and_skip_dead_nodes() {
-        let mut map = PlacementMap::empty(3, shoal_types::placement::Topology::Dynamic);
+        let mut map = shoal_types::placement::PlacementMap::empty(
+            3,
+            shoal_types::placement::Topology::Dynamic,
+        );
         let bucket = BucketId(7);
         map.buckets[7] = vec![NodeId("c".into()), NodeId("x".into()), NodeId("a".into())];
         let dir = Directory { map: Some(map), nodes: nodes() };
