@@ -549,9 +549,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         },
     };
     if args.json {
-        println!("{}", serde_json::to_string(&report)?);
+        out!("{}", serde_json::to_string(&report)?);
     } else {
-        println!(
+        out!(
             "{:?} {:?} c={} bases={}: {} ops in {:.1}s = {:.0} ops/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} errors, {} retries",
             report.target,
             report.workload,

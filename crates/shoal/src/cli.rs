@@ -168,7 +168,7 @@ pub enum RowsCommand {
 }
 
 fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    out!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -188,8 +188,8 @@ fn print_table(header: &[String], rows: impl IntoIterator<Item = Vec<String>>) {
         t.add_row(r);
         n += 1;
     }
-    println!("{t}");
-    println!("({n} row{})", if n == 1 { "" } else { "s" });
+    out!("{t}");
+    out!("({n} row{})", if n == 1 { "" } else { "s" });
 }
 
 pub async fn base(cmd: BaseCommand) -> anyhow::Result<()> {
@@ -199,7 +199,7 @@ pub async fn base(cmd: BaseCommand) -> anyhow::Result<()> {
             if out.json {
                 return print_json(&info);
             }
-            println!("{}", info.id);
+            out!("{}", info.id);
             Ok(())
         }
         BaseCommand::List { limit, out, client } => {
@@ -240,7 +240,7 @@ pub async fn base(cmd: BaseCommand) -> anyhow::Result<()> {
         }
         BaseCommand::Drop { id, client } => {
             client.client()?.drop_base(id).await?;
-            println!("dropped {id}");
+            out!("dropped {id}");
             Ok(())
         }
     }
@@ -253,12 +253,12 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
             if out.json {
                 return print_json(&s);
             }
-            println!("registry:  {}", s.registry);
+            out!("registry:  {}", s.registry);
             match &s.monitor {
-                Some(m) => println!("monitor:   {} {}", m.id, m.url.as_deref().unwrap_or("")),
-                None => println!("monitor:   none elected"),
+                Some(m) => out!("monitor:   {} {}", m.id, m.url.as_deref().unwrap_or("")),
+                None => out!("monitor:   none elected"),
             }
-            println!(
+            out!(
                 "placement: epoch {}, {} topology, replication factor {}{}",
                 s.epoch,
                 s.topology,
@@ -282,16 +282,17 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
                     ]
                 }),
             );
-            println!("under-replicated buckets: {}", s.under_replicated.len());
-            println!("buckets with replicas on dead nodes: {}", s.on_dead_nodes.len());
-            println!("moves in progress: {}", s.moves_in_progress.len());
+            out!("under-replicated buckets: {}", s.under_replicated.len());
+            out!("buckets with replicas on dead nodes: {}", s.on_dead_nodes.len());
+            out!("moves in progress: {}", s.moves_in_progress.len());
             Ok(())
         }
         ClusterCommand::Rebalance { client } => {
             let r = client.client()?.rebalance().await?;
-            println!(
+            out!(
                 "rebalance requested at {} (map epoch {}); the active monitor carries it out",
-                r.requested_at, r.epoch
+                r.requested_at,
+                r.epoch
             );
             Ok(())
         }
@@ -323,9 +324,11 @@ pub async fn sql(a: SqlArgs) -> anyhow::Result<()> {
             return print_json(&r);
         }
         let res = r.results.first().context("the server returned no result")?;
-        println!(
+        out!(
             "{} row(s) affected, last insert rowid {}, log index {}",
-            res.rows_affected, res.last_insert_rowid, r.index
+            res.rows_affected,
+            res.last_insert_rowid,
+            r.index
         );
     }
     Ok(())
@@ -412,17 +415,17 @@ pub async fn rows(cmd: RowsCommand) -> anyhow::Result<()> {
                 _ => bail!("rows must be a JSON object or array of objects"),
             };
             let r = client.client()?.insert_rows(id, &table, rows).await?;
-            println!("inserted rowids {:?} at log index {}", r.rowids, r.index);
+            out!("inserted rowids {:?} at log index {}", r.rowids, r.index);
             Ok(())
         }
         RowsCommand::Update { id, table, rowid, json, client } => {
             let r = client.client()?.update_row(id, &table, rowid, parse_row(&json)?).await?;
-            println!("updated row {rowid} at log index {}", r.index);
+            out!("updated row {rowid} at log index {}", r.index);
             Ok(())
         }
         RowsCommand::Delete { id, table, rowid, client } => {
             let r = client.client()?.delete_row(id, &table, rowid).await?;
-            println!("deleted row {rowid} at log index {}", r.index);
+            out!("deleted row {rowid} at log index {}", r.index);
             Ok(())
         }
     }

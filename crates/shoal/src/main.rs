@@ -2,6 +2,15 @@
 //! `proxy`) and is their client (`base`, `sql`, `tables`, `rows`, `watch`,
 //! `cluster`, `bench`).
 
+/// Prints a line to standard output like `println!`, except that a reader
+/// that went away (`shoal watch --json | head`) ends the program quietly,
+/// with the status a shell reports for SIGPIPE, instead of a panic.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 mod bench;
 mod cli;
 mod config;
@@ -82,6 +91,19 @@ impl ClientArgs {
         let options =
             shoal_client::Options { retry_deadline: self.retry_deadline, ..Default::default() };
         Ok(shoal_client::Client::with_options(&[&self.endpoint], token, options)?)
+    }
+}
+
+/// Writes one line for [`out!`].
+fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{line}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(128 + 13);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
     }
 }
 

@@ -55,8 +55,8 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     let listener = bind(args.listen).await?;
     let url = format!("http://{}", listener.addr);
     let id = args.monitor_id.clone().unwrap_or_else(|| format!("monitor@{}", listener.addr));
-    println!("Shoal monitor {id} is serving {url}");
-    println!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
+    out!("Shoal monitor {id} is serving {url}");
+    out!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
     let shutdown = shutdown_channel();
     let options = MonitorOptions {
         id,

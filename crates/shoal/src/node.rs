@@ -63,8 +63,8 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let listener = bind(args.listen).await?;
     let node_url = args.node_url.clone().unwrap_or_else(|| format!("http://{}", listener.addr));
     let local_node_url = args.local_node_url.clone().unwrap_or_else(|| node_url.clone());
-    println!("Shoal node {node_id} is serving http://{} (node_url {node_url})", listener.addr);
-    println!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
+    out!("Shoal node {node_id} is serving http://{} (node_url {node_url})", listener.addr);
+    out!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
 
     let shutdown = shutdown_channel();
     let me = node_id.clone();

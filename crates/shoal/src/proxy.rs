@@ -43,8 +43,8 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     }
     let registry = shoal_registry::connect(&registry_options).await?;
     let listener = bind(args.listen).await?;
-    println!("Shoal proxy is serving http://{}", listener.addr);
-    println!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
+    out!("Shoal proxy is serving http://{}", listener.addr);
+    out!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
     let shutdown = shutdown_channel();
     let (directory_tx, directory_rx) = watch::channel(Directory::default());
     let follower = tokio::spawn(shoal_proxy::follow(

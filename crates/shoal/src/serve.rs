@@ -104,11 +104,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = bind(args.listen).await?;
     let url = format!("http://{}", listener.addr);
     match dir {
-        Some(d) => println!("Shoal is serving {url} with data in {}", d.display()),
-        None => println!("Shoal is serving {url} in memory: nothing is kept after it stops"),
+        Some(d) => out!("Shoal is serving {url} with data in {}", d.display()),
+        None => out!("Shoal is serving {url} in memory: nothing is kept after it stops"),
     }
-    println!("{token_note}");
-    println!("{registry_note}");
+    out!("{token_note}");
+    out!("{registry_note}");
 
     // Standalone is a one-node cluster: the node registers, and a monitor
     // keeps its one-replica placement map, as they would in a cluster.

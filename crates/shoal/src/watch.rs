@@ -43,8 +43,8 @@ pub async fn run(a: WatchArgs) -> anyhow::Result<()> {
             Some(WatchEvent::Reconnecting { endpoint, reason }) => {
                 eprintln!("feed from {endpoint} lost ({reason}); resuming");
             }
-            Some(WatchEvent::Message(m)) if a.json => println!("{}", serde_json::to_string(&m)?),
-            Some(WatchEvent::Message(m)) => println!("{}", line(&m)),
+            Some(WatchEvent::Message(m)) if a.json => out!("{}", serde_json::to_string(&m)?),
+            Some(WatchEvent::Message(m)) => out!("{}", line(&m)),
         }
     }
 }

@@ -162,3 +162,25 @@ fn bench_reports_and_cleans_up() {
         serde_json::from_str(&ok(&server, &["base", "list", "--json"])).expect("json");
     assert_eq!(list, serde_json::json!([]));
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_output_quietly() {
+    use std::os::unix::process::ExitStatusExt as _;
+    let (_dir, server) = Server::start(Mode::Memory, &[]);
+    ok(&server, &["base", "create", "--name", "one"]);
+    // The reading end of stdout is closed before the command prints: its
+    // write fails with EPIPE (Rust ignores SIGPIPE).
+    let mut child = Command::new(bin())
+        .args(["base", "list"])
+        .env("SHOAL_ENDPOINT", &server.url)
+        .env("SHOAL_TOKEN", &server.token)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(141), "{:?} {stderr}", out.status.signal());
+}
