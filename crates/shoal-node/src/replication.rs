@@ -96,6 +96,7 @@ pub async fn reconcile(
     let ctx = Ctx {
         semaphore: Arc::new(Semaphore::new(options.max_concurrent_changes.max(1))),
         busy: Arc::default(),
+        balance: Mutex::default(),
         registry: registry.clone(),
         multi,
         store,
@@ -147,11 +148,26 @@ struct Ctx {
     directory: watch::Sender<Directory>,
     semaphore: Arc<Semaphore>,
     busy: Arc<Mutex<BTreeSet<u8>>>,
+    /// Per group, what leader balancing remembers between passes.
+    balance: Mutex<BTreeMap<u8, Balance>>,
 }
+
+/// What leader balancing remembers of a group between passes.
+#[derive(Default)]
+struct Balance {
+    /// The group's last log index at the previous pass.
+    last_log: Option<u64>,
+    /// When this node last campaigned in the group to balance leadership.
+    campaigned: Option<Instant>,
+}
+
+/// How long a node waits before it campaigns again in the same group to
+/// balance leadership.
+const CAMPAIGN_BACKOFF: Duration = Duration::from_secs(10);
 
 /// One pass; returns the registry revision it read at.
 async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revision, Error> {
-    let Ctx { registry, multi, store, options, directory, semaphore, busy } = ctx;
+    let Ctx { registry, multi, store, options, directory, semaphore, busy, balance } = ctx;
     let (Directory { map, nodes }, revision) = read_directory(registry.as_ref()).await?;
     // Reach every node where it registered, whatever a group's membership
     // still says (a node restarted at a new address is otherwise lost to
@@ -198,28 +214,46 @@ async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revisio
     }
     // Leader balance: the map spreads each bucket's first replica evenly over
     // the nodes; where this node is first but does not lead, it campaigns
-    // (openraft 0.9's way to move leadership: the node with an up-to-date log
-    // wins). A few groups per pass, and only groups that have a leader, so
-    // this never competes with a failover.
-    let mut moved = 0;
-    for &b in &mine {
-        if moved >= options.leader_moves_per_pass {
-            break;
+    // (openraft 0.9's way to move leadership; it has no transfer). A campaign
+    // against a live leader is costly: the leader and the third member
+    // honour the leader's lease and refuse it, the higher term still deposes
+    // the leader, and the group has no leader until an election after the
+    // lease wins (measured: 1.5 s, and a continuous churn of such windows
+    // under a write load). So only quiet groups are moved: a leader, this
+    // node a voter that has applied its whole log, no new entry since the
+    // previous pass (the leader's log is then no longer than this node's),
+    // and no campaign of this node in the group for CAMPAIGN_BACKOFF. A few
+    // groups per pass; a busy group keeps its leader.
+    let mut campaigns = Vec::new();
+    {
+        let mut balance = balance.lock().unwrap_or_else(|e| e.into_inner());
+        balance.retain(|b, _| mine.contains(b));
+        for &b in &mine {
+            let Some(raft) = multi.group(b) else { continue };
+            let m = raft.metrics().borrow().clone();
+            let Balance { last_log, campaigned } = balance.entry(b).or_default();
+            let quiet = *last_log == m.last_log_index;
+            *last_log = m.last_log_index;
+            if campaigns.len() >= options.leader_moves_per_pass {
+                continue;
+            }
+            let preferred = map.replicas(BucketId(b)).first() == Some(me);
+            let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index;
+            let rested = campaigned.is_none_or(|t| t.elapsed() >= CAMPAIGN_BACKOFF);
+            if preferred
+                && m.current_leader.is_some_and(|l| l != multi.id())
+                && multi.is_voter(b)
+                && caught_up
+                && quiet
+                && rested
+            {
+                *campaigned = Some(Instant::now());
+                campaigns.push(raft);
+            }
         }
-        let preferred = map.replicas(BucketId(b)).first() == Some(me);
-        let Some(raft) = multi.group(b) else { continue };
-        let m = raft.metrics().borrow().clone();
-        // Only a node that has applied its whole log: a campaign that cannot
-        // win leaves the group leaderless for an election timeout.
-        let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index;
-        if preferred
-            && m.current_leader.is_some_and(|l| l != multi.id())
-            && multi.is_voter(b)
-            && caught_up
-        {
-            let _ = raft.trigger().elect().await;
-            moved += 1;
-        }
+    }
+    for raft in campaigns {
+        let _ = raft.trigger().elect().await;
     }
     for b in multi.hosted() {
         let bucket = BucketId(b);
