@@ -36,3 +36,36 @@ machine() {
 md_row() {
     python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; print("| %s | %d | %.0f | %.2f | %.2f | %.2f | %d |" % (r["workload"], r["concurrency"], r["ops_per_sec"], l["p50"], l["p99"], l["max"], r["errors"]))'
 }
+
+# install_missing BINARY PACKAGE: apt-get installs PACKAGE if BINARY is absent.
+install_missing() {
+    command -v "$1" >/dev/null && return 0
+    echo "installing $2" >&2
+    apt-get install -y "$2" >&2 || { apt-get update >&2 && apt-get install -y "$2" >&2; }
+}
+
+# free_ports N: N distinct free TCP ports on 127.0.0.1.
+free_ports() {
+    python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()' "$1"
+}
+
+# wait_for SECONDS WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds;
+# on a timeout prints the tail of the logs in the caller's $dir.
+wait_for() {
+    local limit=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "timed out after ${limit}s waiting for $what; logs in $dir:" >&2
+            tail -n 20 "$dir"/*.log >&2 || true
+            return 1
+        fi
+        sleep 0.2
+    done
+}

@@ -15,10 +15,7 @@ CONCURRENCY=${CONCURRENCY:-1 16 64}
 WORKLOADS=${WORKLOADS:-write read}
 TOKEN=proxy-bench-token
 
-if ! command -v etcd >/dev/null; then
-    echo "installing etcd-server" >&2
-    apt-get install -y etcd-server >&2 || { apt-get update >&2 && apt-get install -y etcd-server >&2; }
-fi
+install_missing etcd etcd-server
 build_shoal
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
@@ -29,31 +26,6 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-
-# free_ports N: N distinct free TCP ports on 127.0.0.1.
-free_ports() {
-    python3 -c '
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()' "$1"
-}
-
-# wait_for SECONDS WHAT COMMAND...: runs COMMAND every 0.2 s until it succeeds.
-wait_for() {
-    local limit=$1 what=$2
-    shift 2
-    local deadline=$((SECONDS + limit))
-    until "$@" >/dev/null 2>&1; do
-        if [ $SECONDS -ge $deadline ]; then
-            echo "timed out after ${limit}s waiting for $what; logs in $dir:" >&2
-            tail -n 20 "$dir"/*.log >&2 || true
-            return 1
-        fi
-        sleep 0.2
-    done
-}
 
 # --- etcd: one member, the cluster's registry ----------------------------------
 read -r -a P <<<"$(free_ports 2)"
