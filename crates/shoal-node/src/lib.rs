@@ -115,6 +115,7 @@ async fn openapi() -> Response {
 async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
     if let Some(engine) = &state.engine {
         metrics::gauge!("shoal_open_bases").set(engine.store().open_bases() as f64);
+        metrics::gauge!("shoal_feed_subscribers").set(engine.store().feed().subscribers() as f64);
         let hosted = engine.multi().hosted();
         let led = hosted.iter().filter(|g| engine.multi().is_leader(**g)).count();
         metrics::gauge!("shoal_raft_groups").set(hosted.len() as f64);

@@ -281,9 +281,13 @@ impl Hub {
         Subscription { after, resync, backlog, live, reason }
     }
 
-    /// How many subscribers the hub has, over all bases.
+    /// How many subscribers the hub has, over all bases (one whose feed
+    /// ended is not counted, even before the next write drops it).
     pub fn subscribers(&self) -> usize {
-        lock(&self.bases).values().map(|f| f.subscribers.len()).sum()
+        lock(&self.bases)
+            .values()
+            .map(|f| f.subscribers.iter().filter(|s| !s.tx.is_closed()).count())
+            .sum()
     }
 }
 
