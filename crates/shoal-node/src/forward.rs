@@ -63,11 +63,11 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         return response;
     }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let target = format!("{}{path}", leader.trim_end_matches('/'));
+    let url_at = |leader: &str| format!("{}{path}", leader.trim_end_matches('/'));
     if headers.contains_key(NO_FORWARD) {
         let mut redirect = response;
         *redirect.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-        if let Ok(v) = HeaderValue::from_str(&target) {
+        if let Ok(v) = HeaderValue::from_str(&url_at(&leader)) {
             redirect.headers_mut().insert(header::LOCATION, v);
         }
         return redirect;
@@ -76,11 +76,11 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
     // answered `not_leader` (nothing was proposed) follows the new leader's
     // hint, a few hops at most.
     let mut leader = leader;
-    let mut target = target;
-    for hop in 1..=MAX_HOPS {
+    let mut hops = 1;
+    loop {
         let mut out = state
             .forwarder
-            .request(method.clone(), &target)
+            .request(method.clone(), url_at(&leader))
             .header(FORWARDED, "1")
             .body(bytes.clone());
         for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
@@ -104,11 +104,11 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         let status = r.status();
         let content_type = r.headers().get(header::CONTENT_TYPE).cloned();
         let body = r.bytes().await.unwrap_or_default();
-        if hop < MAX_HOPS
+        if hops < MAX_HOPS
             && let Some(next) = moved_to(&body).filter(|next| *next != leader)
         {
-            target = format!("{}{path}", next.trim_end_matches('/'));
             leader = next;
+            hops += 1;
             continue;
         }
         let mut resp = (status, body).into_response();
@@ -117,7 +117,6 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         }
         return resp;
     }
-    unreachable!("the last hop always returns")
 }
 
 /// How many leaders a request is forwarded to, at most.
