@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use shoal_raft::multi::{GroupError, MultiRaft};
 use shoal_storage::{Command, Output, Store};
-use shoal_types::api::{BaseLocation, Consistency, NodeRef};
+use shoal_types::api::{BaseLocation, Consistency};
 use shoal_types::{BucketId, Error, Result};
 use tokio::sync::watch;
 
@@ -134,24 +134,16 @@ impl Engine {
 
 impl Engine {
     /// Where `bucket` lives, as this node knows it: the map's replicas and,
-    /// if this node hosts the bucket's group, its current leader. `None` when
-    /// this node hosts no replica of the bucket (ask one that does).
+    /// if this node hosts the bucket's group, its current leader; and
+    /// whether this node hosts it (if not, ask a node that does).
     pub fn location(&self, bucket: BucketId) -> (BaseLocation, bool) {
         let dir = self.directory.borrow();
-        let node_ref = |id: &shoal_types::NodeId| {
-            dir.nodes
-                .get(id)
-                .map(|info| NodeRef { node_id: id.clone(), node_url: info.node_url.clone() })
-        };
-        let (replicas, epoch) = match &dir.map {
-            Some(map) => (map.replicas(bucket).iter().filter_map(node_ref).collect(), map.epoch),
-            None => (Vec::new(), 0),
-        };
         let hosted = self.multi.group(bucket.0).is_some();
-        let leader = self.multi.leader(bucket.0).and_then(|(leader, _)| {
-            dir.nodes.keys().find(|id| shoal_raft::raft_id(id) == leader).and_then(node_ref)
-        });
-        (BaseLocation { bucket, leader, replicas, epoch }, hosted)
+        let leader = self
+            .multi
+            .leader(bucket.0)
+            .and_then(|(leader, _)| dir.nodes.keys().find(|id| shoal_raft::raft_id(id) == leader));
+        (dir.location(bucket, leader), hosted)
     }
 
     /// The internal URLs of a bucket's replicas other than this node, for

@@ -23,7 +23,7 @@ use shoal_raft::multi::{GroupError, MultiRaft};
 use shoal_raft::{RaftNodeId, raft_id};
 use shoal_registry::{Compare, CompareOp, Registry, Revision, Txn, TxnOp, keys};
 use shoal_storage::Store;
-use shoal_types::api::NodeInfo;
+use shoal_types::api::{BaseLocation, NodeInfo, NodeRef};
 use shoal_types::placement::PlacementMap;
 use shoal_types::{BucketId, Error, NodeId};
 use tokio::sync::{Semaphore, watch};
@@ -55,6 +55,22 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// A live node as clients see it.
+    pub fn node_ref(&self, id: &NodeId) -> Option<NodeRef> {
+        self.nodes.get(id).map(|i| NodeRef { node_id: id.clone(), node_url: i.node_url.clone() })
+    }
+
+    /// Where `bucket` lives by the map, naming `leader` if it is live.
+    pub fn location(&self, bucket: BucketId, leader: Option<&NodeId>) -> BaseLocation {
+        let (replicas, epoch) = match &self.map {
+            Some(map) => {
+                (map.replicas(bucket).iter().filter_map(|n| self.node_ref(n)).collect(), map.epoch)
+            }
+            None => (Vec::new(), 0),
+        };
+        BaseLocation { bucket, leader: leader.and_then(|l| self.node_ref(l)), replicas, epoch }
+    }
+
     /// The public URLs of a bucket's replicas.
     pub fn replica_urls(&self, bucket: BucketId) -> Vec<String> {
         let Some(map) = &self.map else { return Vec::new() };
@@ -107,24 +123,8 @@ pub async fn reconcile(
     while !*shutdown.borrow() {
         match pass(&ctx, &mut departed).await {
             Ok(revision) => {
-                // Wake on the next change of the map or the nodes, or after a while.
-                let from = Revision(revision.0 + 1);
-                let wait = async {
-                    let placement = registry.watch_prefix(keys::PLACEMENT, from).await;
-                    let nodes = registry.watch_prefix(keys::NODES, from).await;
-                    match (placement, nodes) {
-                        (Ok(mut p), Ok(mut n)) => {
-                            tokio::select! {
-                                _ = p.next() => {}
-                                _ = n.next() => {}
-                            }
-                        }
-                        _ => tokio::time::sleep(options.interval).await,
-                    }
-                };
                 tokio::select! {
-                    _ = wait => {}
-                    _ = tokio::time::sleep(options.interval) => {}
+                    _ = directory_changed(registry.as_ref(), revision, options.interval) => {}
                     _ = shutdown.changed() => return,
                 }
             }
@@ -314,6 +314,29 @@ pub async fn read_directory(registry: &dyn Registry) -> Result<(Directory, Revis
         None => None,
     };
     Ok((Directory { map, nodes }, listing.revision))
+}
+
+/// Returns on the first change of the map or the nodes after `revision`,
+/// or after `interval` at the latest (a safety net against a lost watch).
+pub async fn directory_changed(registry: &dyn Registry, revision: Revision, interval: Duration) {
+    let from = Revision(revision.0 + 1);
+    let wait = async {
+        let placement = registry.watch_prefix(keys::PLACEMENT, from).await;
+        let nodes = registry.watch_prefix(keys::NODES, from).await;
+        match (placement, nodes) {
+            (Ok(mut p), Ok(mut n)) => {
+                tokio::select! {
+                    _ = p.next() => {}
+                    _ = n.next() => {}
+                }
+            }
+            _ => tokio::time::sleep(interval).await,
+        }
+    };
+    tokio::select! {
+        _ = wait => {}
+        _ = tokio::time::sleep(interval) => {}
+    }
 }
 
 /// Turns a group error into Shoal's.

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use shoal_node::error::ApiError;
 use shoal_node::forward::{FORWARDED, NO_FORWARD};
-use shoal_types::api::{BaseInfo, BaseList, BaseLocation, NodeRef};
+use shoal_types::api::{BaseInfo, BaseList, BaseLocation};
 use shoal_types::{BaseId, BucketId, Error, NodeId};
 
 use crate::Proxy;
@@ -173,14 +173,7 @@ pub async fn location(
     };
     let bucket = id.bucket();
     let dir = proxy.view.directory();
-    let node_ref = |n: &NodeId| {
-        dir.nodes.get(n).map(|i| NodeRef { node_id: n.clone(), node_url: i.node_url.clone() })
-    };
-    let (replicas, epoch) = match &dir.map {
-        Some(m) => (m.replicas(bucket).iter().filter_map(node_ref).collect(), m.epoch),
-        None => (Vec::new(), 0),
-    };
-    let mut mine = BaseLocation { bucket, leader: None, replicas, epoch };
+    let mut mine = dir.location(bucket, None);
     for t in proxy.view.candidates(bucket) {
         let mut ask = proxy
             .http
@@ -202,7 +195,7 @@ pub async fn location(
         mine.leader = Some(leader);
         return Json(mine).into_response();
     }
-    mine.leader = proxy.view.leader(bucket).and_then(|n| node_ref(&n));
+    mine.leader = proxy.view.leader(bucket).and_then(|n| dir.node_ref(&n));
     Json(mine).into_response()
 }
 

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_node::replication::Directory;
-use shoal_registry::{Registry, Revision, keys};
+use shoal_node::replication::{Directory, directory_changed, read_directory};
+use shoal_registry::Registry;
 use shoal_types::api::NodeInfo;
 use shoal_types::{BucketId, NodeId};
 use tokio::sync::watch;
@@ -135,26 +135,11 @@ pub async fn follow(
     mut shutdown: watch::Receiver<bool>,
 ) {
     while !*shutdown.borrow() {
-        match shoal_node::replication::read_directory(registry.as_ref()).await {
+        match read_directory(registry.as_ref()).await {
             Ok((dir, revision)) => {
                 directory.send_replace(dir);
-                let from = Revision(revision.0 + 1);
-                let wait = async {
-                    let placement = registry.watch_prefix(keys::PLACEMENT, from).await;
-                    let nodes = registry.watch_prefix(keys::NODES, from).await;
-                    match (placement, nodes) {
-                        (Ok(mut p), Ok(mut n)) => {
-                            tokio::select! {
-                                _ = p.next() => {}
-                                _ = n.next() => {}
-                            }
-                        }
-                        _ => tokio::time::sleep(interval).await,
-                    }
-                };
                 tokio::select! {
-                    _ = wait => {}
-                    _ = tokio::time::sleep(interval) => {}
+                    _ = directory_changed(registry.as_ref(), revision, interval) => {}
                     _ = shutdown.changed() => return,
                 }
             }
