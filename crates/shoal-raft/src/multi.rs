@@ -39,6 +39,9 @@ pub struct MultiRaftOptions {
     pub keep_logs: u64,
     /// Where snapshots live (one directory per group).
     pub snapshot_dir: PathBuf,
+    /// How long a write or a read index waits for a group that is electing
+    /// (it knows no leader) to get one, instead of failing at once.
+    pub leader_wait: Duration,
 }
 
 impl MultiRaftOptions {
@@ -51,9 +54,13 @@ impl MultiRaftOptions {
             snapshot_every: 5000,
             keep_logs: 1000,
             snapshot_dir: data_dir.join("snapshots"),
+            leader_wait: Duration::from_secs(3),
         }
     }
 }
+
+/// The pause before looking for a new leader of an electing group.
+const PAUSE: Duration = Duration::from_millis(10);
 
 /// Why a write or a read did not happen here.
 #[derive(Debug, thiserror::Error)]
@@ -238,29 +245,65 @@ impl MultiRaft {
     }
 
     /// Proposes a command; returns its log index and the state machine's answer.
+    ///
+    /// A group that knows no leader (an election is under way) is given up
+    /// to [`MultiRaftOptions::leader_wait`] to elect one: the command is
+    /// then proposed here if this node won, or the error names the winner.
+    /// Nothing was proposed when openraft answers "forward to leader", so
+    /// trying again cannot apply a command twice.
     pub async fn write(&self, group: u8, command: Vec<u8>) -> Result<(u64, Vec<u8>), GroupError> {
         let raft = self.hosted_or_err(group)?;
-        match raft.client_write(Request(command)).await {
-            Ok(r) => Ok((r.log_id.index, r.data.0)),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(GroupError::NotLeader { group, leader: f.leader_id.zip(f.leader_node) })
+        let deadline = tokio::time::Instant::now() + self.options.leader_wait;
+        loop {
+            match raft.client_write(Request(command.clone())).await {
+                Ok(r) => return Ok((r.log_id.index, r.data.0)),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                    if f.leader_id.is_none() && self.await_leader(&raft, deadline).await {
+                        continue;
+                    }
+                    let leader = f.leader_id.zip(f.leader_node).or_else(|| self.leader(group));
+                    return Err(GroupError::NotLeader { group, leader });
+                }
+                Err(e) => return Err(GroupError::Unavailable { group, reason: e.to_string() }),
             }
-            Err(e) => Err(GroupError::Unavailable { group, reason: e.to_string() }),
         }
     }
 
     /// Confirms with a quorum that this node leads the group and waits until
     /// everything committed before now is applied: a read after this sees
-    /// every write acknowledged before it.
+    /// every write acknowledged before it. Waits for an electing group like
+    /// [`MultiRaft::write`].
     pub async fn read_index(&self, group: u8) -> Result<(), GroupError> {
         let raft = self.hosted_or_err(group)?;
-        match raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
-                Err(GroupError::NotLeader { group, leader: f.leader_id.zip(f.leader_node) })
+        let deadline = tokio::time::Instant::now() + self.options.leader_wait;
+        loop {
+            match raft.ensure_linearizable().await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    f,
+                ))) => {
+                    if f.leader_id.is_none() && self.await_leader(&raft, deadline).await {
+                        continue;
+                    }
+                    let leader = f.leader_id.zip(f.leader_node).or_else(|| self.leader(group));
+                    return Err(GroupError::NotLeader { group, leader });
+                }
+                Err(e) => return Err(GroupError::Unavailable { group, reason: e.to_string() }),
             }
-            Err(e) => Err(GroupError::Unavailable { group, reason: e.to_string() }),
         }
+    }
+
+    /// Waits until the group knows a leader, at most until `deadline`;
+    /// returns whether it does. The metrics can lag the core by a moment,
+    /// so it pauses briefly first: a stale leader in them must not make the
+    /// caller retry in a tight loop.
+    async fn await_leader(&self, raft: &Raft, deadline: tokio::time::Instant) -> bool {
+        tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + PAUSE)).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        raft.wait(Some(left)).metrics(|m| m.current_leader.is_some(), "a leader").await.is_ok()
     }
 
     /// Whether this node leads the group now (as far as it knows).

@@ -78,6 +78,7 @@ struct Node {
 }
 
 const GROUPS: u8 = 8;
+const LEADER_WAIT: Duration = Duration::from_secs(3);
 
 fn options(dir: &Path) -> MultiRaftOptions {
     MultiRaftOptions {
@@ -86,6 +87,7 @@ fn options(dir: &Path) -> MultiRaftOptions {
         election_max: Duration::from_millis(600),
         snapshot_every: 20,
         keep_logs: 5,
+        leader_wait: LEADER_WAIT,
         ..MultiRaftOptions::new(dir)
     }
 }
@@ -215,4 +217,54 @@ async fn groups_replicate_fail_over_and_catch_up() {
     for n in [a, b, c] {
         n.stop().await;
     }
+}
+
+/// A write to a group that is electing waits, bounded, for its new leader
+/// instead of failing at once with no leader to name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_waits_for_an_electing_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start("a", &tmp.path().join("a"), None).await;
+    let b = start("b", &tmp.path().join("b"), None).await;
+    let c = start("c", &tmp.path().join("c"), None).await;
+    let members: BTreeMap<RaftNodeId, BasicNode> =
+        [a.member(), b.member(), c.member()].into_iter().collect();
+    for n in [&b, &c] {
+        n.multi.open(0).await.unwrap();
+    }
+    a.multi.initialize(0, members).await.unwrap();
+    write(&[&a], 0, b"first").await;
+
+    // a led; with a and c gone, b campaigns and cannot win: it knows no leader.
+    let (c_addr, c_dir) = c.stop().await;
+    a.stop().await;
+    let raft = b.multi.group(0).unwrap();
+    raft.wait(Some(Duration::from_secs(20)))
+        .metrics(|m| m.current_leader.is_none(), "b knows no leader")
+        .await
+        .unwrap();
+
+    // Nobody to elect with: the wait is bounded, and the error says that no
+    // leader is known.
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(30), b.multi.write(0, b"second".to_vec()))
+        .await
+        .expect("the wait for a leader is bounded");
+    assert!(matches!(r, Err(GroupError::NotLeader { leader: None, .. })), "{r:?}");
+    assert!(started.elapsed() >= LEADER_WAIT, "gave up after {:?}", started.elapsed());
+
+    let multi = b.multi.clone();
+    let pending = tokio::spawn(async move { multi.write(0, b"third".to_vec()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished(), "the write gave up while the group was electing");
+    // c returns: b and c elect a leader and the waiting write goes through
+    // b, or names the leader that c became.
+    let c = start("c", &c_dir, Some(c_addr)).await;
+    match tokio::time::timeout(Duration::from_secs(20), pending).await.unwrap().unwrap() {
+        Ok(_) => {}
+        Err(GroupError::NotLeader { leader: Some((id, _)), .. }) => assert_eq!(id, c.id),
+        Err(e) => panic!("the write failed: {e}"),
+    }
+    b.stop().await;
+    c.stop().await;
 }
