@@ -6,10 +6,11 @@
 //! is either before or after a command, never in between, and replaying the
 //! log from `applied_index + 1` neither skips nor repeats an entry.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags};
 use shoal_types::api::{
     ChangeEvent, ColumnInfo, ExecuteResult, Params, QueryResponse, Statement, TableInfo,
 };
@@ -47,7 +48,36 @@ pub struct Base {
     capture: Capture,
     /// The applied index before the last command that was applied.
     previous: u64,
+    /// The commands applied since the last commit, in order.
+    uncommitted: Vec<Uncommitted>,
+    /// About how much memory `uncommitted` holds, in bytes.
+    uncommitted_bytes: usize,
 }
+
+/// A command applied since the last commit, as it took effect: kept to apply
+/// it again if SQLite rolls the open transaction back.
+struct Uncommitted {
+    index: u64,
+    /// The statements that took effect (a statement that failed on its own
+    /// changed nothing).
+    statements: Vec<Statement>,
+    /// The idempotency key and the answer recorded for it.
+    key: Option<(String, String)>,
+}
+
+/// How one run of a command's statements ended.
+enum Attempt {
+    /// They ran: their results, and the positions of those that took effect.
+    Done { results: Vec<ExecuteResult>, kept: Vec<usize> },
+    /// A statement failed and SQLite rolled back the whole open transaction.
+    Lost { statement: usize, error: Error },
+}
+
+/// The most commands applied between two commits of a base.
+const MAX_UNCOMMITTED: usize = 1000;
+
+/// The most bytes of statements kept between two commits of a base.
+const MAX_UNCOMMITTED_BYTES: usize = 4 << 20;
 
 impl Base {
     /// Opens (creating if needed) the base stored at `path`, or a new empty
@@ -80,9 +110,17 @@ impl Base {
         )
         .map_err(map_sqlite_error)?;
         conn.execute_batch(&idempotency::schema(IDEMPOTENCY)).map_err(map_sqlite_error)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let guard = sandbox::install(&conn).map_err(map_sqlite_error)?;
         let capture = Capture::install(&conn);
-        Ok(Base { conn, guard, capture, previous: 0 })
+        Ok(Base {
+            conn,
+            guard,
+            capture,
+            previous: 0,
+            uncommitted: Vec::new(),
+            uncommitted_bytes: 0,
+        })
     }
 
     /// The index of the last command applied to this base.
@@ -112,6 +150,9 @@ impl Base {
     /// command at or below the applied index was applied before (a replay after
     /// restart) and is skipped: it returns no results.
     ///
+    /// The change is visible to every later call on this base at once, but
+    /// reaches the file at the next [`Base::commit`] (see the module docs).
+    ///
     /// What an applied command changed is then ready for
     /// [`Base::take_changes`]; a replay, a repeat or a failure changed nothing.
     pub fn execute(
@@ -122,11 +163,17 @@ impl Base {
         options: &Options,
         key: Option<&str>,
     ) -> Result<Executed> {
+        self.recover()?;
         self.capture.begin();
         let result = self.execute_captured(index, statements, transaction, options, key);
         self.capture.end();
         if !matches!(result, Ok(Executed::Applied(_))) {
             self.capture.take();
+        }
+        if self.uncommitted.len() >= MAX_UNCOMMITTED
+            || self.uncommitted_bytes >= MAX_UNCOMMITTED_BYTES
+        {
+            self.commit()?;
         }
         result
     }
@@ -135,6 +182,65 @@ impl Base {
     /// applied index before it; empty after a replay, repeat or failure.
     pub fn take_changes(&mut self) -> (u64, Vec<ChangeEvent>) {
         (self.previous, self.capture.take())
+    }
+
+    /// Writes the commands applied since the last commit to the file (its
+    /// write-ahead log; not fsync'd, see [`Base::open`]).
+    pub fn commit(&mut self) -> Result<()> {
+        self.recover()?;
+        if !self.conn.is_autocommit() {
+            self.guard.leave();
+            run_cached(&self.conn, "COMMIT")?;
+        }
+        self.uncommitted.clear();
+        self.uncommitted_bytes = 0;
+        Ok(())
+    }
+
+    /// Whether commands were applied since the last commit.
+    pub fn has_uncommitted(&self) -> bool {
+        !self.uncommitted.is_empty()
+    }
+
+    /// Opens the transaction that applied commands share, if none is open.
+    fn begin(&mut self) -> Result<()> {
+        if self.conn.is_autocommit() {
+            run_cached(&self.conn, "BEGIN IMMEDIATE")?;
+        }
+        Ok(())
+    }
+
+    /// Makes the open transaction hold every command applied since the
+    /// last commit again, if SQLite rolled it back. SQLite does that on its
+    /// own after some errors: a write interrupted by the step budget, a
+    /// conflict resolved with `OR ROLLBACK`, I/O errors. The commands are
+    /// applied again, in order, as they took effect the first time (without
+    /// the statements that failed); they do the same on the same state.
+    fn recover(&mut self) -> Result<()> {
+        if self.uncommitted.is_empty() || !self.conn.is_autocommit() {
+            return Ok(());
+        }
+        tracing::warn!(
+            commands = self.uncommitted.len(),
+            "SQLite rolled back a base's open transaction; applying its commands again"
+        );
+        let lost = |e: Error| {
+            Error::Internal(format!("applying the commands of a rolled back transaction: {e}"))
+        };
+        self.guard.leave();
+        self.begin().map_err(lost)?;
+        // They passed their step budget the first time.
+        let limits = Limits { read_deadline: None, write_budget: u64::MAX / 1000 };
+        for c in &self.uncommitted {
+            for s in &c.statements {
+                run_write(&self.conn, &self.guard, limits, s).map_err(lost)?;
+            }
+            write_applied_index(&self.conn, c.index).map_err(lost)?;
+            if let Some((k, answer)) = &c.key {
+                idempotency::record(&self.conn, IDEMPOTENCY, k, c.index, answer).map_err(lost)?;
+            }
+        }
+        Ok(())
     }
 
     fn execute_captured(
@@ -150,69 +256,143 @@ impl Base {
         }
         let limits = Limits { read_deadline: None, write_budget: options.max_write_steps / 1000 };
         self.guard.leave();
-        let mut tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(map_sqlite_error)?;
-        let previous = read_applied_index(&tx)?;
+        self.begin()?;
+        let previous = read_applied_index(&self.conn)?;
         if previous >= index {
             return Ok(Executed::Replayed);
         }
-        let first = key.map(|k| idempotency::lookup(&tx, IDEMPOTENCY, k)).transpose()?.flatten();
+        let first =
+            key.map(|k| idempotency::lookup(&self.conn, IDEMPOTENCY, k)).transpose()?.flatten();
         if let Some((first, answer)) = first {
             let results = serde_json::from_str(&answer).map_err(|e| {
                 Error::InvalidData(format!("stored answer for an idempotency key: {e}"))
             })?;
             return Ok(Executed::Repeated { index: first, results });
         }
+        // Statements whose failure rolled back the whole transaction: they
+        // are not run again, and report that failure.
+        let mut failed: BTreeMap<usize, Error> = BTreeMap::new();
+        loop {
+            run_cached(&self.conn, "SAVEPOINT command")?;
+            let attempt = self.run_command(index, statements, transaction, limits, &failed);
+            let (results, kept) = match attempt {
+                Ok(Attempt::Done { results, kept }) => (results, kept),
+                Ok(Attempt::Lost { statement, error }) => {
+                    // Start the command over on the recovered transaction,
+                    // without what this attempt captured.
+                    failed.insert(statement, error);
+                    self.capture.end();
+                    self.recover()?;
+                    self.capture.begin();
+                    continue;
+                }
+                Err(e) => {
+                    self.abort_command()?;
+                    return Err(e);
+                }
+            };
+            let finish = (|| {
+                write_applied_index(&self.conn, index)?;
+                let answer = key
+                    .map(|k| {
+                        let answer = serde_json::to_string(&results)
+                            .map_err(|e| Error::Internal(e.to_string()))?;
+                        idempotency::record(&self.conn, IDEMPOTENCY, k, index, &answer)?;
+                        Ok::<_, Error>((k.to_string(), answer))
+                    })
+                    .transpose()?;
+                run_cached(&self.conn, "RELEASE command")?;
+                Ok(answer)
+            })();
+            let answer = match finish {
+                Ok(answer) => answer,
+                Err(e) => {
+                    self.abort_command()?;
+                    return Err(e);
+                }
+            };
+            let kept: Vec<Statement> = kept.into_iter().map(|i| statements[i].clone()).collect();
+            self.uncommitted_bytes += kept.iter().map(approximate_size).sum::<usize>()
+                + answer.as_ref().map_or(0, |(k, a)| k.len() + a.len());
+            self.uncommitted.push(Uncommitted { index, statements: kept, key: answer });
+            self.previous = previous;
+            return Ok(Executed::Applied(results));
+        }
+    }
+
+    /// Runs a command's statements inside its savepoint.
+    fn run_command(
+        &mut self,
+        index: u64,
+        statements: &[Statement],
+        transaction: bool,
+        limits: Limits,
+        failed: &BTreeMap<usize, Error>,
+    ) -> Result<Attempt> {
         let mut results = Vec::with_capacity(statements.len());
+        let mut kept = Vec::with_capacity(statements.len());
         for (i, s) in statements.iter().enumerate() {
-            let version = schema_version(&tx)?;
+            if let Some(e) = failed.get(&i) {
+                results.push(self.failure(e));
+                continue;
+            }
+            let version = schema_version(&self.conn)?;
             let mark = self.capture.mark();
             if transaction {
-                let r = run_write(&tx, &self.guard, limits, s).map_err(|e| match e {
+                let r = run_write(&self.conn, &self.guard, limits, s).map_err(|e| match e {
                     Error::InvalidSql(m) if statements.len() > 1 => {
                         Error::InvalidSql(format!("statement {}: {m}", i + 1))
                     }
                     e => e,
-                });
-                results.push(r?);
-                let ddl = (schema_version(&tx)? != version).then_some(s.sql.as_str());
-                self.capture.finish_statement(&tx, index, ddl)?;
-            } else {
-                let sp = tx.savepoint_with_name(format!("s{i}")).map_err(map_sqlite_error)?;
-                match run_write(&sp, &self.guard, limits, s) {
-                    Ok(r) => {
-                        let ddl = (schema_version(&sp)? != version).then_some(s.sql.as_str());
-                        self.capture.finish_statement(&sp, index, ddl)?;
-                        sp.commit().map_err(map_sqlite_error)?;
-                        results.push(r)
-                    }
-                    Err(e) if e.is_deterministic() => {
-                        // Dropping the savepoint rolls it back, and its
-                        // changes leave the feed with it.
-                        drop(sp);
-                        self.capture.rollback_to(mark);
-                        results.push(ExecuteResult {
-                            rows_affected: 0,
-                            last_insert_rowid: tx.last_insert_rowid(),
-                            error: Some(e.to_body().error),
-                        });
-                    }
-                    Err(e) => return Err(e),
+                })?;
+                let ddl = (schema_version(&self.conn)? != version).then_some(s.sql.as_str());
+                self.capture.finish_statement(&self.conn, index, ddl)?;
+                results.push(r);
+                kept.push(i);
+                continue;
+            }
+            run_cached(&self.conn, "SAVEPOINT statement")?;
+            match run_write(&self.conn, &self.guard, limits, s) {
+                Ok(r) => {
+                    let ddl = (schema_version(&self.conn)? != version).then_some(s.sql.as_str());
+                    self.capture.finish_statement(&self.conn, index, ddl)?;
+                    run_cached(&self.conn, "RELEASE statement")?;
+                    results.push(r);
+                    kept.push(i);
                 }
+                Err(error) if error.is_deterministic() && self.conn.is_autocommit() => {
+                    return Ok(Attempt::Lost { statement: i, error });
+                }
+                Err(e) if e.is_deterministic() => {
+                    // Its changes leave the feed with it.
+                    run_cached(&self.conn, "ROLLBACK TO statement")?;
+                    run_cached(&self.conn, "RELEASE statement")?;
+                    self.capture.rollback_to(mark);
+                    results.push(self.failure(&e));
+                }
+                Err(e) => return Err(e),
             }
         }
-        tx.execute("UPDATE _shoal_meta SET value = ?1 WHERE key = 'applied_index'", [index as i64])
-            .map_err(map_sqlite_error)?;
-        if let Some(k) = key {
-            let answer =
-                serde_json::to_string(&results).map_err(|e| Error::Internal(e.to_string()))?;
-            idempotency::record(&tx, IDEMPOTENCY, k, index, &answer)?;
+        Ok(Attempt::Done { results, kept })
+    }
+
+    /// The result of a statement that failed on its own.
+    fn failure(&self, e: &Error) -> ExecuteResult {
+        ExecuteResult {
+            rows_affected: 0,
+            last_insert_rowid: self.conn.last_insert_rowid(),
+            error: Some(e.to_body().error),
         }
-        tx.commit().map_err(map_sqlite_error)?;
-        self.previous = previous;
-        Ok(Executed::Applied(results))
+    }
+
+    /// Undoes what a command that failed did, keeping the commands before it.
+    fn abort_command(&mut self) -> Result<()> {
+        if self.conn.is_autocommit() {
+            // SQLite rolled back everything: bring the others back.
+            return self.recover();
+        }
+        run_cached(&self.conn, "ROLLBACK TO command")?;
+        run_cached(&self.conn, "RELEASE command")
     }
 
     /// Runs one read-only statement.
@@ -223,6 +403,7 @@ impl Base {
         options: &Options,
     ) -> Result<QueryResponse> {
         check_length(sql, options)?;
+        self.recover()?;
         let deadline = Instant::now() + options.statement_timeout;
         let guard = self.guard.clone();
         guard.enter(Mode::Read, Limits { read_deadline: Some(deadline), write_budget: 0 });
@@ -233,6 +414,7 @@ impl Base {
 
     /// The user tables of this base with their columns, ordered by name.
     pub fn tables(&mut self) -> Result<Vec<TableInfo>> {
+        self.recover()?;
         self.guard.leave();
         let names: Vec<String> = {
             let mut stmt = self
@@ -293,6 +475,7 @@ impl Base {
     /// hold the same data.
     pub fn checksum(&mut self) -> Result<String> {
         use sha2::Digest as _;
+        self.recover()?;
         self.guard.leave();
         let mut h = sha2::Sha256::new();
         let objects: Vec<(String, String, String)> = {
@@ -339,7 +522,8 @@ impl Base {
     }
 
     /// Copies this base into a new file at `dest` with SQLite's online backup.
-    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+    pub fn backup_to(&mut self, dest: &Path) -> Result<()> {
+        self.commit()?;
         self.conn.backup("main", dest, None).map_err(map_sqlite_error)
     }
 
@@ -352,17 +536,65 @@ impl Base {
     }
 }
 
+impl Drop for Base {
+    /// A base leaves memory (evicted, closed, dropped) with what it applied
+    /// committed. If that fails the base has lost commands that its bucket
+    /// counts as applied, and serving on would let replicas diverge: the
+    /// process stops, and the restart applies them again from the Raft log.
+    fn drop(&mut self) {
+        if self.uncommitted.is_empty() {
+            return;
+        }
+        if let Err(error) = self.commit() {
+            tracing::error!(%error, "a base could not commit what it applied; stopping");
+            std::process::abort();
+        }
+    }
+}
+
 fn read_applied_index(conn: &Connection) -> Result<u64> {
-    conn.query_row("SELECT value FROM _shoal_meta WHERE key = 'applied_index'", [], |r| {
-        r.get::<_, i64>(0)
-    })
-    .map(|v| v as u64)
-    .map_err(map_sqlite_error)
+    conn.prepare_cached("SELECT value FROM _shoal_meta WHERE key = 'applied_index'")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, i64>(0)))
+        .map(|v| v as u64)
+        .map_err(map_sqlite_error)
+}
+
+/// Runs a statement without parameters or results, prepared once.
+fn run_cached(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(map_sqlite_error)
+}
+
+/// About how many bytes a statement holds.
+fn approximate_size(s: &Statement) -> usize {
+    fn value(v: &serde_json::Value) -> usize {
+        match v {
+            serde_json::Value::String(s) => s.len() + 24,
+            serde_json::Value::Array(a) => a.iter().map(value).sum::<usize>() + 24,
+            serde_json::Value::Object(o) => {
+                o.iter().map(|(k, v)| k.len() + value(v)).sum::<usize>() + 24
+            }
+            _ => 16,
+        }
+    }
+    let params: usize = match &s.params {
+        Params::Positional(v) => v.iter().map(value).sum(),
+        Params::Named(m) => m.iter().map(|(k, v)| k.len() + value(v)).sum(),
+    };
+    s.sql.len() + params
+}
+
+fn write_applied_index(conn: &Connection, index: u64) -> Result<()> {
+    conn.prepare_cached("UPDATE _shoal_meta SET value = ?1 WHERE key = 'applied_index'")
+        .and_then(|mut s| s.execute([index as i64]))
+        .map(|_| ())
+        .map_err(map_sqlite_error)
 }
 
 /// The schema's version: it moves whenever a statement changes the schema.
 fn schema_version(conn: &Connection) -> Result<u32> {
-    conn.query_row("PRAGMA schema_version", [], |r| r.get::<_, u32>(0)).map_err(map_sqlite_error)
+    conn.prepare_cached("PRAGMA schema_version")
+        .and_then(|mut s| s.query_row([], |r| r.get::<_, u32>(0)))
+        .map_err(map_sqlite_error)
 }
 
 fn check_length(sql: &str, options: &Options) -> Result<()> {
@@ -389,6 +621,14 @@ fn is_vacuum(sql: &str) -> bool {
     s.len() >= 6 && s[..6].eq_ignore_ascii_case("vacuum")
 }
 
+/// Longer statements are prepared each time instead of kept in the
+/// connection's statement cache, so that the cache stays small.
+const MAX_CACHED_SQL: usize = 4096;
+
+/// How many prepared statements a base keeps: Shoal's own few and the
+/// users' most recent writes.
+const STATEMENT_CACHE: usize = 32;
+
 fn run_write(
     conn: &Connection,
     guard: &Guard,
@@ -400,8 +640,18 @@ fn run_write(
     }
     guard.enter(Mode::Write, limits);
     let result = (|| {
-        let mut stmt = conn.prepare(&s.sql).map_err(|e| sql_error(guard, e))?;
-        bind(&mut stmt, &s.params)?;
+        // Prepared under the write sandbox, so a cached statement passed
+        // the same checks (SQLite re-prepares it, checks included, when the
+        // schema changes). Reads never take statements from this cache.
+        let (mut cached, mut plain);
+        let stmt: &mut rusqlite::Statement = if s.sql.len() <= MAX_CACHED_SQL {
+            cached = conn.prepare_cached(&s.sql).map_err(|e| sql_error(guard, e))?;
+            &mut cached
+        } else {
+            plain = conn.prepare(&s.sql).map_err(|e| sql_error(guard, e))?;
+            &mut plain
+        };
+        bind(stmt, &s.params)?;
         let before = conn.total_changes();
         let mut rows = stmt.raw_query();
         // Step to the end; rows a write returns (RETURNING) are not sent back.
@@ -554,6 +804,104 @@ mod tests {
         assert!(matches!(err, Error::Constraint(_)), "{err:?}");
         assert_eq!(count(&mut b), 0);
         assert_eq!(b.applied_index().unwrap(), 1);
+    }
+
+    fn names(b: &mut Base) -> Vec<serde_json::Value> {
+        b.query("SELECT name FROM t ORDER BY id", &Params::default(), &test_options())
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|mut r| r.remove(0))
+            .collect()
+    }
+
+    /// Statements whose failure makes SQLite roll back the whole open
+    /// transaction (an interrupted write, `OR ROLLBACK`) must not take the
+    /// commands applied before them, and not yet committed, with them.
+    #[test]
+    fn a_rolled_back_transaction_keeps_the_commands_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let o = Options { max_write_steps: 100_000, ..test_options() };
+        let mut b = Base::open(Some(&path)).unwrap();
+        let create = st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)");
+        exec(&mut b, 1, &[create], true, &o).unwrap();
+        exec(&mut b, 2, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        assert!(b.has_uncommitted());
+
+        // Standing alone: the failing statement reports its error, the
+        // others apply, and so does everything before.
+        let endless = "INSERT INTO t (name) WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL \
+                       SELECT x+1 FROM c) SELECT 'n' || x FROM c";
+        let r = exec(
+            &mut b,
+            3,
+            &[
+                st("INSERT INTO t (name) VALUES ('b')"),
+                st("INSERT OR ROLLBACK INTO t (name) VALUES ('a')"),
+                st("INSERT INTO t (name) VALUES ('c')"),
+                st(endless),
+                st("INSERT INTO t (name) VALUES ('d')"),
+            ],
+            false,
+            &o,
+        )
+        .unwrap();
+        let codes: Vec<Option<String>> =
+            r.iter().map(|r| r.error.as_ref().map(|e| e.code.clone())).collect();
+        assert_eq!(
+            codes,
+            [None, Some("constraint_violation".into()), None, Some("limit_exceeded".into()), None]
+        );
+        assert_eq!(names(&mut b), [json!("a"), json!("b"), json!("c"), json!("d")]);
+        assert_eq!(b.applied_index().unwrap(), 3);
+
+        // All or nothing: the command fails, the ones before stay.
+        let err = exec(
+            &mut b,
+            4,
+            &[
+                st("INSERT INTO t (name) VALUES ('e')"),
+                st("INSERT OR ROLLBACK INTO t (name) VALUES ('b')"),
+            ],
+            true,
+            &o,
+        )
+        .unwrap_err();
+        assert_eq!(err.code(), "constraint_violation", "{err:?}");
+        assert_eq!(names(&mut b), [json!("a"), json!("b"), json!("c"), json!("d")]);
+        assert_eq!(b.applied_index().unwrap(), 3);
+
+        // What was applied reaches the file when the base closes.
+        drop(b);
+        let mut b = Base::open(Some(&path)).unwrap();
+        assert_eq!(names(&mut b), [json!("a"), json!("b"), json!("c"), json!("d")]);
+        assert_eq!(b.applied_index().unwrap(), 3);
+    }
+
+    /// Applied commands are visible on the base at once, and in the file
+    /// once committed.
+    #[test]
+    fn applied_commands_reach_the_file_on_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let o = test_options();
+        let mut b = Base::open(Some(&path)).unwrap();
+        let create = st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)");
+        exec(&mut b, 1, &[create], true, &o).unwrap();
+        exec(&mut b, 2, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        let in_file = || {
+            let c = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+            c.query_row("SELECT value FROM _shoal_meta WHERE key = 'applied_index'", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(names(&mut b), [json!("a")]);
+        assert_eq!(in_file(), 0);
+        b.commit().unwrap();
+        assert!(!b.has_uncommitted());
+        assert_eq!(in_file(), 2);
     }
 
     #[test]

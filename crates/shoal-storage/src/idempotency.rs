@@ -39,24 +39,26 @@ pub fn schema(table: &str) -> String {
 
 /// The first answer to `key`, with the log index it was applied at.
 pub fn lookup(conn: &Connection, table: &str, key: &str) -> Result<Option<(u64, String)>> {
-    conn.query_row(&format!("SELECT idx, answer FROM {table} WHERE key = ?1"), [key], |r| {
-        Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?))
-    })
-    .optional()
-    .map_err(map_sqlite_error)
+    conn.prepare_cached(&format!("SELECT idx, answer FROM {table} WHERE key = ?1"))
+        .and_then(|mut s| {
+            s.query_row([key], |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, String>(1)?)))
+                .optional()
+        })
+        .map_err(map_sqlite_error)
 }
 
 /// Records the answer to `key` and forgets the oldest keys beyond [`KEEP`].
 pub fn record(conn: &Connection, table: &str, key: &str, index: u64, answer: &str) -> Result<()> {
-    conn.execute(
-        &format!("INSERT INTO {table} (key, idx, answer) VALUES (?1, ?2, ?3)"),
-        params![key, index as i64, answer],
-    )
-    .map_err(map_sqlite_error)?;
-    conn.execute(
-        &format!("DELETE FROM {table} WHERE idx < (SELECT idx FROM {table} ORDER BY idx DESC LIMIT 1 OFFSET ?1)"),
-        [KEEP],
-    )
-    .map_err(map_sqlite_error)?;
+    // Keys are only ever inserted here and deleted below, oldest first, so
+    // their rowids are consecutive: the newest KEEP keys are those within
+    // KEEP of the one just inserted, and pruning is one range delete on the
+    // rowid (the same on every replica, which hold the same rows).
+    let rowid = conn
+        .prepare_cached(&format!("INSERT INTO {table} (key, idx, answer) VALUES (?1, ?2, ?3)"))
+        .and_then(|mut s| s.insert(params![key, index as i64, answer]))
+        .map_err(map_sqlite_error)?;
+    conn.prepare_cached(&format!("DELETE FROM {table} WHERE rowid <= ?1"))
+        .and_then(|mut s| s.execute([rowid - KEEP]))
+        .map_err(map_sqlite_error)?;
     Ok(())
 }

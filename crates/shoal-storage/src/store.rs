@@ -296,6 +296,7 @@ impl Store {
     /// a dropped one has no files left.
     pub fn sync_bucket(&self, bucket: BucketId) -> Result<()> {
         let mut unsynced = lock(&self.buckets[bucket.0 as usize]);
+        self.commit_bases(&unsynced)?;
         let Some(dir) = self.bucket_dir(bucket) else {
             *unsynced = Unsynced::default();
             return Ok(());
@@ -310,11 +311,25 @@ impl Store {
         Ok(())
     }
 
+    /// Commits what was applied to the open bases written since the last
+    /// sync (a base that was closed since committed when it closed).
+    fn commit_bases(&self, unsynced: &Unsynced) -> Result<()> {
+        for id in &unsynced.bases {
+            let base = lock(&self.open).peek(id).cloned();
+            if let Some(base) = base {
+                lock(&base).commit()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Writes a consistent copy of a bucket (its catalog and every base
     /// file) into `dir`, with SQLite's online backup. Applies to the bucket
     /// wait meanwhile.
     pub fn snapshot_bucket(&self, bucket: BucketId, dir: &Path) -> Result<()> {
-        let _bucket = lock(&self.buckets[bucket.0 as usize]);
+        let unsynced = lock(&self.buckets[bucket.0 as usize]);
+        // The copies read the files.
+        self.commit_bases(&unsynced)?;
         let ids = self.with_catalog(bucket, |c| {
             c.backup_to(&dir.join("catalog.db"))?;
             c.all_ids()
