@@ -5,6 +5,13 @@
 //! same SQLite transaction as the command's changes, so after a crash a base
 //! is either before or after a command, never in between, and replaying the
 //! log from `applied_index + 1` neither skips nor repeats an entry.
+//!
+//! Commands share one open transaction, each in a savepoint, until
+//! [`Base::commit`] (the store commits when the bucket syncs, before a
+//! snapshot, after [`MAX_UNCOMMITTED`] commands and when the base closes).
+//! Every read uses the same connection and sees what was applied. SQLite may
+//! roll back the whole transaction after some errors; the base then applies
+//! the commands it held again (see `recover`). docs/storage.md has the why.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -10,8 +10,8 @@
 //! A statement that changed the schema (its `schema_version` moved) adds a
 //! `ddl` event with its SQL text before its row events.
 //!
-//! Events are buffered for the whole command and handed out only after its
-//! transaction committed: a failing statement's events are dropped with the
+//! Events are buffered for the whole command and handed out only once it
+//! has applied: a failing statement's events are dropped with the
 //! statement (with per-statement savepoints) or with the whole command.
 //!
 //! Not captured, because SQLite's update hook does not report them: rows
@@ -153,7 +153,7 @@ impl Capture {
         Ok(())
     }
 
-    /// The events of the last command, once it committed.
+    /// The events of the last command, once it applied.
     pub(crate) fn take(&mut self) -> Vec<ChangeEvent> {
         std::mem::take(&mut self.events)
     }

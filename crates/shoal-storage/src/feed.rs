@@ -2,7 +2,8 @@
 //! subscribers waiting for more.
 //!
 //! The store publishes the events of each applied command here, under its
-//! bucket lock and in log order, after the command's transaction committed.
+//! bucket lock and in log order, once the command is applied (its savepoint
+//! released; see the base module on the shared transaction).
 //! Every replica applies the same commands at the same indexes, so every
 //! replica's hub holds the same events at the same indexes: a subscriber
 //! that resumes on another replica "after index L" loses nothing and sees
