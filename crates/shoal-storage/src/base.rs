@@ -55,6 +55,9 @@ pub struct Base {
     capture: Capture,
     /// The applied index before the last command that was applied.
     previous: u64,
+    /// The applied index as `_shoal_meta` holds it in the open transaction,
+    /// once read: only this base's commands move it.
+    applied: Option<u64>,
     /// The commands applied since the last commit, in order.
     uncommitted: Vec<Uncommitted>,
     /// About how much memory `uncommitted` holds, in bytes.
@@ -125,6 +128,7 @@ impl Base {
             guard,
             capture,
             previous: 0,
+            applied: None,
             uncommitted: Vec::new(),
             uncommitted_bytes: 0,
         })
@@ -132,13 +136,17 @@ impl Base {
 
     /// The index of the last command applied to this base.
     pub fn applied_index(&self) -> Result<u64> {
-        read_applied_index(&self.conn)
+        match self.applied {
+            Some(index) => Ok(index),
+            None => read_applied_index(&self.conn),
+        }
     }
 
     /// Records that this base begins at log `index`: commands before it are
     /// not for this base. Never moves the applied index backwards.
     pub fn start_at(&mut self, index: u64) -> Result<()> {
         self.guard.leave();
+        self.applied = None;
         self.conn
             .execute(
                 "UPDATE _shoal_meta SET value = max(value, ?1) WHERE key = 'applied_index'",
@@ -264,7 +272,7 @@ impl Base {
         let limits = Limits { read_deadline: None, write_budget: options.max_write_steps / 1000 };
         self.guard.leave();
         self.begin()?;
-        let previous = read_applied_index(&self.conn)?;
+        let previous = self.applied_index()?;
         if previous >= index {
             return Ok(Executed::Replayed);
         }
@@ -323,6 +331,7 @@ impl Base {
                 + answer.as_ref().map_or(0, |(k, a)| k.len() + a.len());
             self.uncommitted.push(Uncommitted { index, statements: kept, key: answer });
             self.previous = previous;
+            self.applied = Some(index);
             return Ok(Executed::Applied(results));
         }
     }
@@ -537,6 +546,13 @@ impl Base {
     /// Replaces this base's content with the database file at `src`.
     pub fn restore_from(&mut self, src: &Path) -> Result<()> {
         self.guard.leave();
+        self.applied = None;
+        // Whatever was applied is replaced.
+        self.uncommitted.clear();
+        self.uncommitted_bytes = 0;
+        if !self.conn.is_autocommit() {
+            run_cached(&self.conn, "ROLLBACK")?;
+        }
         self.conn
             .restore("main", src, None::<fn(rusqlite::backup::Progress)>)
             .map_err(map_sqlite_error)
