@@ -243,6 +243,7 @@ async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revisio
             if preferred
                 && m.current_leader.is_some_and(|l| l != multi.id())
                 && multi.is_voter(b)
+                && multi.may_campaign(b)
                 && caught_up
                 && quiet
                 && rested

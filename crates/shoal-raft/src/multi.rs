@@ -100,6 +100,13 @@ pub struct MultiRaft {
     groups: RwLock<BTreeMap<u8, Raft>>,
     /// Serializes opening and closing groups.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Groups whose elections are paused (see
+    /// [`MultiRaft::guard_elections`]), with when a majority of their voters
+    /// became reachable again, if it did.
+    paused: RwLock<BTreeMap<u8, Option<std::time::Instant>>>,
+    /// When the node started: peers count as reachable for a moment, so a
+    /// restarted node can elect before its first exchanges.
+    started: std::time::Instant,
 }
 
 impl MultiRaft {
@@ -133,11 +140,14 @@ impl MultiRaft {
             factory,
             groups: RwLock::new(BTreeMap::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            paused: RwLock::new(BTreeMap::new()),
+            started: std::time::Instant::now(),
         });
         for group in multi.log_store.groups().map_err(|e| e.to_string())? {
             multi.open(group).await.map_err(|e| e.to_string())?;
         }
         multi.clone().watch_peer_failures();
+        multi.clone().guard_elections();
         Ok(multi)
     }
 
@@ -210,6 +220,7 @@ impl MultiRaft {
     pub async fn stop(&self, group: u8) {
         let _l = self.lifecycle.lock().await;
         let raft = self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
+        self.paused.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
         if let Some(raft) = raft {
             let _ = raft.shutdown().await;
         }
@@ -220,6 +231,7 @@ impl MultiRaft {
     pub async fn close(&self, group: u8) -> Result<(), GroupError> {
         let _l = self.lifecycle.lock().await;
         let raft = self.groups.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
+        self.paused.write().unwrap_or_else(|e| e.into_inner()).remove(&group);
         if let Some(raft) = raft {
             let _ = raft.shutdown().await;
         }
@@ -405,6 +417,132 @@ impl MultiRaft {
         })
     }
 
+    /// Whether this node may campaign in the group: it can reach a majority
+    /// of the group's voters (itself included).
+    pub fn may_campaign(&self, group: u8) -> bool {
+        !self.paused.read().unwrap_or_else(|e| e.into_inner()).contains_key(&group)
+    }
+
+    /// Pauses the elections of a group while this node cannot reach a
+    /// majority of its voters, and resumes them when it can again.
+    ///
+    /// Openraft 0.9 has no pre-vote: a node that is cut off from the others
+    /// keeps campaigning, each time with a higher term, and when it comes
+    /// back that term deposes the leaders of its groups (each then has no
+    /// leader for an election). So every half heartbeat (`p`) the node probes
+    /// the peers it has not heard from within `p` (an empty batch on the RPC
+    /// connection, which must answer within `p`), and switches off the
+    /// election timer (`runtime_config().elect(false)`) of every group whose
+    /// voters it has not, for a majority, heard from within the window
+    /// `election_min - 3p`. A node cut off at `t` pauses by `t + window + 2p`,
+    /// before its first election timeout can expire; a healthy link is
+    /// heard from at least every `2p` plus a round trip, well within the
+    /// window. A crashed peer pauses nothing on the nodes that still reach
+    /// each other: they are a majority.
+    ///
+    /// Elections resume an election timeout (the upper bound) after a
+    /// majority is reachable again: the timer has long expired, and would
+    /// fire at once; meanwhile a live leader reaches this node and resets it.
+    ///
+    /// The fast failover on a failed link ([`MultiRaft::watch_peer_failures`])
+    /// asks the same question first, with fresh probes.
+    fn guard_elections(self: Arc<Self>) {
+        let weak = Arc::downgrade(&self);
+        let period = self.options.heartbeat / 2;
+        let window = self.options.election_min.saturating_sub(period * 3).max(period * 2);
+        drop(self);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(period);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(multi) = weak.upgrade() else { return };
+                multi.guard_once(period, window).await;
+            }
+        });
+    }
+
+    async fn guard_once(&self, tick: Duration, window: Duration) {
+        let groups: Vec<(u8, Raft)> = self
+            .groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(g, r)| (*g, r.clone()))
+            .collect();
+        let mut voters: Vec<(u8, Raft, Vec<RaftNodeId>)> = Vec::with_capacity(groups.len());
+        let mut peers: BTreeMap<RaftNodeId, String> = BTreeMap::new();
+        for (group, raft) in groups {
+            let m = raft.metrics().borrow().clone();
+            let membership = m.membership_config.membership();
+            let ids: Vec<RaftNodeId> = membership.voter_ids().collect();
+            for id in ids.iter().filter(|id| **id != self.id) {
+                if let Some(node) = membership.get_node(id) {
+                    peers.entry(*id).or_insert_with(|| node.addr.clone());
+                }
+            }
+            voters.push((group, raft, ids));
+        }
+        let now = std::time::Instant::now();
+        let fresh = |id: RaftNodeId, within: Duration| {
+            self.network.last_ok(id).is_some_and(|t| now.duration_since(t) < within)
+        };
+        let probes = peers
+            .iter()
+            .filter(|(id, _)| !fresh(**id, tick))
+            .map(|(id, addr)| self.network.probe(*id, addr, tick));
+        futures_util::future::join_all(probes).await;
+
+        let now = std::time::Instant::now();
+        let starting = now.duration_since(self.started) < window;
+        let reachable = |id: RaftNodeId| {
+            id == self.id
+                || starting
+                || self.network.last_ok(id).is_some_and(|t| now.duration_since(t) < window)
+        };
+        let mut paused = Vec::new();
+        let mut resumed = Vec::new();
+        for (group, raft, ids) in voters {
+            let quorum = ids.iter().filter(|id| reachable(**id)).count() * 2 > ids.len();
+            let mut set = self.paused.write().unwrap_or_else(|e| e.into_inner());
+            match (set.get(&group).copied(), quorum) {
+                (None, true) => {}
+                (None, false) | (Some(Some(_)), false) => {
+                    if set.insert(group, None).is_none() {
+                        raft.runtime_config().elect(false);
+                        paused.push(group);
+                    }
+                }
+                (Some(None), true) => {
+                    set.insert(group, Some(now));
+                }
+                (Some(Some(since)), true) => {
+                    // Back in touch: the leader, if alive, has had time to
+                    // reach this node and reset its election timer, which
+                    // would otherwise expire the moment it is switched on.
+                    if now.duration_since(since) >= self.options.election_max {
+                        set.remove(&group);
+                        raft.runtime_config().elect(true);
+                        resumed.push(group);
+                    }
+                }
+                (Some(None), false) => {}
+            }
+        }
+        if !paused.is_empty() {
+            tracing::warn!(
+                groups = paused.len(),
+                "cannot reach a majority of the voters: elections paused in these groups"
+            );
+        }
+        if !resumed.is_empty() {
+            tracing::info!(
+                groups = resumed.len(),
+                "a majority is reachable again: elections resumed"
+            );
+        }
+    }
+
     /// On a failed connection to a peer, the groups it led elect a new
     /// leader now instead of waiting out the leader lease. Every survivor
     /// first campaigns, which ends its own lease (0.9 voters refuse to vote
@@ -417,6 +555,7 @@ impl MultiRaft {
         // One round of elections per peer per election timeout: a link that
         // flaps must not turn into an election storm.
         let quiet = self.options.election_max;
+        let probe_timeout = self.options.heartbeat / 2;
         drop(self);
         tokio::spawn(async move {
             let mut last: BTreeMap<RaftNodeId, std::time::Instant> = BTreeMap::new();
@@ -431,23 +570,55 @@ impl MultiRaft {
                 }
                 last.insert(peer, std::time::Instant::now());
                 let Some(multi) = weak.upgrade() else { return };
-                let groups: Vec<Raft> = multi
+                let groups: Vec<(u8, Raft)> = multi
                     .groups
                     .read()
                     .unwrap_or_else(|e| e.into_inner())
-                    .values()
-                    .cloned()
+                    .iter()
+                    .map(|(g, r)| (*g, r.clone()))
                     .collect();
+                // The groups the peer led, with their other voters.
+                let led: Vec<(Raft, Vec<(RaftNodeId, String)>)> = groups
+                    .into_iter()
+                    .filter_map(|(group, raft)| {
+                        let m = raft.metrics().borrow().clone();
+                        if m.current_leader != Some(peer) || !multi.may_campaign(group) {
+                            return None;
+                        }
+                        let membership = m.membership_config.membership();
+                        let others = membership
+                            .voter_ids()
+                            .filter(|v| *v != peer)
+                            .map(|v| (v, membership.get_node(&v).map(|n| n.addr.clone())))
+                            .map(|(v, addr)| (v, addr.unwrap_or_default()))
+                            .collect();
+                        Some((raft, others))
+                    })
+                    .collect();
+                // This node may be the one that was cut off, not the peer:
+                // campaign only where the voters it reaches now, itself
+                // included, are a majority without the peer.
+                let mut to_probe: BTreeMap<RaftNodeId, String> = BTreeMap::new();
+                for (_, others) in &led {
+                    for (id, addr) in others.iter().filter(|(id, _)| *id != multi.id) {
+                        to_probe.entry(*id).or_insert_with(|| addr.clone());
+                    }
+                }
+                let asked = std::time::Instant::now();
+                let probes =
+                    to_probe.iter().map(|(id, addr)| multi.network.probe(*id, addr, probe_timeout));
+                futures_util::future::join_all(probes).await;
+                let reached = |id: RaftNodeId| {
+                    id == multi.id || multi.network.last_ok(id).is_some_and(|t| t >= asked)
+                };
                 let mut again = Vec::new();
-                for raft in groups {
-                    let m = raft.metrics().borrow().clone();
-                    if m.current_leader != Some(peer) {
+                for (raft, others) in led {
+                    let voters = others.len() + 1;
+                    if others.iter().filter(|(id, _)| reached(*id)).count() * 2 <= voters {
                         continue;
                     }
                     let _ = raft.trigger().elect().await;
-                    let first =
-                        m.membership_config.membership().voter_ids().filter(|v| *v != peer).min();
-                    if first == Some(multi.id) {
+                    if others.iter().map(|(id, _)| *id).min() == Some(multi.id) {
                         again.push(raft);
                     }
                 }

@@ -78,7 +78,7 @@ struct Node {
 }
 
 const GROUPS: u8 = 8;
-const LEADER_WAIT: Duration = Duration::from_secs(3);
+const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 fn options(dir: &Path) -> MultiRaftOptions {
     MultiRaftOptions {
@@ -235,10 +235,13 @@ async fn a_write_waits_for_an_electing_group() {
     a.multi.initialize(0, members).await.unwrap();
     write(&[&a], 0, b"first").await;
 
-    // a led; with a and c gone, b campaigns and cannot win: it knows no leader.
+    // a led; with a and c gone, b campaigns and cannot win: it knows no
+    // leader. (Its election timer is off while it reaches no majority, so
+    // the campaign is called for.)
     let (c_addr, c_dir) = c.stop().await;
     a.stop().await;
     let raft = b.multi.group(0).unwrap();
+    raft.trigger().elect().await.unwrap();
     raft.wait(Some(Duration::from_secs(20)))
         .metrics(|m| m.current_leader.is_none(), "b knows no leader")
         .await
@@ -267,4 +270,126 @@ async fn a_write_waits_for_an_electing_group() {
     }
     b.stop().await;
     c.stop().await;
+}
+
+/// A TCP relay on 127.0.0.1 toward one node, which a test can cut: then it
+/// closes the connections it carries and every new one at once.
+struct Relay {
+    url: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+async fn relay(to: SocketAddr) -> Relay {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cut = Arc::new(AtomicBool::new(false));
+    let flag = cut.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if flag.load(Ordering::SeqCst) {
+                continue;
+            }
+            let flag = flag.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await else { return };
+                let cut = async {
+                    while !flag.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut => {}
+                }
+            });
+        }
+    });
+    Relay { url, cut, task }
+}
+
+impl Relay {
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn term(node: &Node, group: u8) -> u64 {
+    node.multi.group(group).unwrap().metrics().borrow().current_term
+}
+
+/// A node cut off from the others stops campaigning instead of raising its
+/// term again and again, so when it comes back the leaders stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_does_not_depose_leaders_when_it_returns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start("a", &tmp.path().join("a"), None).await;
+    let b = start("b", &tmp.path().join("b"), None).await;
+    let c = start("c", &tmp.path().join("c"), None).await;
+    let nodes = [&a, &b, &c];
+    // Every node reaches every other through a relay of its own.
+    let mut relays: BTreeMap<(RaftNodeId, RaftNodeId), Relay> = BTreeMap::new();
+    for from in nodes {
+        let mut addresses = std::collections::HashMap::new();
+        for to in nodes.iter().filter(|n| n.id != from.id) {
+            let r = relay(to.addr).await;
+            addresses.insert(to.id, r.url.clone());
+            relays.insert((from.id, to.id), r);
+        }
+        from.multi.network().set_addresses(addresses);
+    }
+    let members: BTreeMap<RaftNodeId, BasicNode> =
+        [a.member(), b.member(), c.member()].into_iter().collect();
+    for g in 0..GROUPS {
+        for n in [&b, &c] {
+            n.multi.open(g).await.unwrap();
+        }
+        a.multi.initialize(g, members.clone()).await.unwrap();
+        write(&[&a], g, b"x").await;
+    }
+    let before: Vec<u64> = (0..GROUPS).map(|g| term(&a, g)).collect();
+    let leaders: Vec<Option<RaftNodeId>> =
+        (0..GROUPS).map(|g| a.multi.leader(g).map(|(id, _)| id)).collect();
+    assert!(leaders.iter().all(|l| *l == Some(a.id)), "{leaders:?}");
+
+    // c is cut off for many election timeouts.
+    let c_links = |r: &(RaftNodeId, RaftNodeId)| r.0 == c.id || r.1 == c.id;
+    relays.iter().filter(|(k, _)| c_links(k)).for_each(|(_, r)| r.set_cut(true));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for g in 0..GROUPS {
+        assert!(!c.multi.may_campaign(g), "group {g}: c still campaigns");
+        let (was, now) = (before[g as usize], term(&c, g));
+        assert!(now <= was + 1, "group {g}: c campaigned again and again: term {was} -> {now}");
+    }
+    // a and b reach each other: their elections stay on, and nothing moved.
+    for g in 0..GROUPS {
+        assert!(a.multi.may_campaign(g) && b.multi.may_campaign(g));
+        assert_eq!(term(&a, g), before[g as usize]);
+    }
+
+    // c comes back: it follows the leaders it had.
+    relays.iter().filter(|(k, _)| c_links(k)).for_each(|(_, r)| r.set_cut(false));
+    for g in 0..GROUPS {
+        write(&[&a, &b, &c], g, b"y").await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(0..GROUPS).all(|g| c.multi.may_campaign(g)) {
+        assert!(Instant::now() < deadline, "c's elections were not resumed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for g in 0..GROUPS {
+        let leader = a.multi.leader(g).map(|(id, _)| id);
+        assert_eq!(leader, Some(a.id), "group {g} changed leader");
+        let (was, now) = (before[g as usize], term(&a, g));
+        assert!(now <= was + 1, "group {g} held elections: term {was} -> {now}");
+        wait_values(&c, g, &[b"x".to_vec(), b"y".to_vec()]).await;
+    }
+    for r in relays.values() {
+        r.task.abort();
+    }
+    for n in [a, b, c] {
+        n.stop().await;
+    }
 }

@@ -78,6 +78,27 @@ struct PeerState {
     /// Whether the last exchange with the peer worked; a failure event is
     /// sent when this turns false.
     healthy: AtomicBool,
+    /// When an exchange with the peer last worked.
+    last_ok: Mutex<Option<Instant>>,
+}
+
+impl PeerState {
+    /// Records how an exchange ended; a failed connection is published once.
+    fn record(&self, outcome: std::result::Result<(), &Failure>, links: &Links) {
+        match outcome {
+            Ok(()) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                *self.last_ok.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            }
+            Err(Failure::Peer(e)) => {
+                if self.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::info!(peer = self.id, error = %e, "raft link to peer failed");
+                    let _ = links.failures.send(self.id);
+                }
+            }
+            Err(Failure::Status(_)) => {}
+        }
+    }
 }
 
 /// An RPC waiting for its batch.
@@ -145,6 +166,45 @@ impl Network {
         }
     }
 
+    /// When an exchange with peer `id` last worked, if one ever did.
+    pub fn last_ok(&self, id: RaftNodeId) -> Option<std::time::Instant> {
+        let peer = self.inner.peers.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()?;
+        let last = *peer.state.last_ok.lock().unwrap_or_else(|e| e.into_inner());
+        last.map(Instant::into_std)
+    }
+
+    /// Checks that peer `id` (at its registered address, else at `addr`)
+    /// answers: an empty batch on the same connection as the RPCs, within
+    /// `timeout`. Updates what [`Network::last_ok`] says, and publishes a
+    /// failed connection like an RPC would.
+    pub async fn probe(&self, id: RaftNodeId, addr: &str, timeout: Duration) {
+        let peer = self.peer(id, addr);
+        let links = &self.inner.links;
+        let exchange = async {
+            let body = wire::encode(&BatchRequest { version: wire::VERSION, calls: Vec::new() })?;
+            let resp = self
+                .inner
+                .rpc_client
+                .post(&peer.state.batch_url)
+                .bearer_auth(&self.inner.options.token)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| transport_error(&e))?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                return Err(Failure::Status(Error::Unreachable(format!("status {status}"))));
+            }
+            resp.bytes().await.map_err(|e| transport_error(&e))?;
+            Ok(())
+        };
+        let result = match tokio::time::timeout(timeout, exchange).await {
+            Ok(r) => r,
+            Err(_) => Err(Failure::Status(Error::Timeout)),
+        };
+        peer.state.record(result.as_ref().map(|_| ()), links);
+    }
+
     /// Tells the network where nodes are now, as they registered. A node
     /// that restarted at a new address is reached there by every group at
     /// once, even groups that have no leader to update their membership.
@@ -168,6 +228,7 @@ impl Network {
             id,
             batch_url: format!("{}{}", addr.trim_end_matches('/'), wire::BATCH_PATH),
             healthy: AtomicBool::new(true),
+            last_ok: Mutex::new(None),
         });
         let peer = Arc::new(Peer { addr: addr.to_string(), state: state.clone(), queue });
         peers.insert(id, peer.clone());
@@ -273,19 +334,10 @@ async fn send_batch(sender: &Sender, peer: &PeerState, batch: Vec<Pending>) {
         Ok(r) => r,
         Err(_) => Err(Failure::Status(Error::Timeout)),
     };
+    peer.record(result.as_ref().map(|_| ()), &sender.links);
     let error = match result {
-        Ok(()) => {
-            peer.healthy.store(true, Ordering::Relaxed);
-            Error::InvalidData("no answer in the batch response".into())
-        }
-        Err(Failure::Peer(e)) => {
-            if peer.healthy.swap(false, Ordering::Relaxed) {
-                tracing::info!(peer = peer.id, error = %e, "raft link to peer failed");
-                let _ = sender.links.failures.send(peer.id);
-            }
-            e
-        }
-        Err(Failure::Status(e)) => e,
+        Ok(()) => Error::InvalidData("no answer in the batch response".into()),
+        Err(Failure::Peer(e)) | Err(Failure::Status(e)) => e,
     };
     for tx in replies.into_iter().flatten() {
         let _ = tx.send(Err(error.clone()));
