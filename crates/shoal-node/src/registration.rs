@@ -65,12 +65,64 @@ pub async fn run(
     }
 }
 
+/// The registration of `node_id` if another data directory holds it (its
+/// instance differs from `instance`); registry errors count as none.
+pub async fn held_elsewhere(
+    registry: &Arc<dyn Registry>,
+    node_id: &NodeId,
+    instance: &str,
+) -> shoal_registry::Result<Option<NodeInfo>> {
+    let Some(kv) = registry.get(&keys::node(node_id)).await? else { return Ok(None) };
+    let Ok(info) = serde_json::from_slice::<NodeInfo>(&kv.value) else { return Ok(None) };
+    Ok((!info.instance.is_empty() && info.instance != instance).then_some(info))
+}
+
+/// Waits, up to `wait`, until no other data directory holds the
+/// registration of `node_id`: a node that restarts keeps its registration
+/// (same instance), and one whose data directory was replaced waits for the
+/// old registration to expire. Fails if it is still held after `wait`:
+/// another process runs with this node id.
+pub async fn claim(
+    registry: &Arc<dyn Registry>,
+    node_id: &NodeId,
+    instance: &str,
+    wait: Duration,
+) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut said = false;
+    loop {
+        let other = match held_elsewhere(registry, node_id, instance).await {
+            Ok(None) | Err(_) => return Ok(()),
+            Ok(Some(other)) => other,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "node id {node_id} is registered by another process (another data directory, \
+                 at {}, since {}); stop it, or give this node its own --node-id",
+                other.node_url, other.registered_at
+            ));
+        }
+        if !said {
+            tracing::warn!(node = %node_id, other = %other.node_url, "node id is registered by another data directory; waiting for that registration to expire");
+            said = true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// One session: register, then follow the map until the session is lost.
 async fn term(
     registry: &Arc<dyn Registry>,
     options: &RegistrationOptions,
     assignment: &watch::Sender<Assignment>,
 ) -> shoal_registry::Result<()> {
+    if let Some(other) = held_elsewhere(registry, &options.node_id, &options.info.instance).await? {
+        // Taken while this node was away: never overwrite another process.
+        return Err(shoal_registry::Error::Internal(format!(
+            "node id {} is registered by another process (at {}); not registering over it",
+            options.node_id, other.node_url
+        )));
+    }
     let session = Session::new(registry.clone(), SessionOptions { ttl: options.ttl }).await?;
     let info = NodeInfo {
         registered_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),

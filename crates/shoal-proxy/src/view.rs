@@ -168,6 +168,7 @@ mod tests {
             capacity: 1,
             version: "0".into(),
             registered_at: String::new(),
+            instance: String::new(),
         }
     }
 

@@ -86,6 +86,7 @@ fn info(url: &str) -> NodeInfo {
         capacity: 1,
         version: "0".into(),
         registered_at: String::new(),
+        instance: String::new(),
     }
 }
 

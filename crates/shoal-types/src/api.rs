@@ -264,6 +264,11 @@ pub struct NodeInfo {
     pub version: String,
     /// When this registration was made, RFC 3339.
     pub registered_at: String,
+    /// Names the node's data directory (made when the directory was
+    /// first used): a registration of the same node id with another
+    /// instance belongs to another process.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance: String,
 }
 
 /// What a node reports under `status/{node_id}` (leased): the buckets it

@@ -14,7 +14,7 @@ use shoal_types::NodeId;
 
 use crate::config::RegistryArgs;
 use crate::server::{
-    FeedArgs, HttpArgs, NodeRegistration, bind, cluster_token, init_logging, serve,
+    FeedArgs, HttpArgs, NodeRegistration, bind, cluster_token, init_logging, instance_id, serve,
     shutdown_channel, spawn_registration, start_replication,
 };
 
@@ -74,9 +74,10 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         local_node_url,
         zone: args.zone.clone(),
         capacity: args.capacity,
+        instance: instance_id(Some(&args.data_dir))?,
     };
     let registration =
-        spawn_registration(registry.clone(), node, &registry_options, shutdown.clone());
+        spawn_registration(registry.clone(), node, &registry_options, shutdown.clone()).await?;
     let store = Arc::new(Store::open(
         Some(&args.data_dir),
         Options { feed: args.feed.options(), ..Options::default() },

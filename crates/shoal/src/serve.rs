@@ -17,7 +17,7 @@ use shoal_types::placement::Topology;
 use shoal_types::{BUCKET_COUNT, NodeId};
 
 use crate::server::{
-    FeedArgs, HttpArgs, NodeRegistration, bind, init_logging, serve, shutdown_channel,
+    FeedArgs, HttpArgs, NodeRegistration, bind, init_logging, instance_id, serve, shutdown_channel,
     spawn_registration, start_replication, wait_until_leading,
 };
 
@@ -119,9 +119,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         local_node_url: url.clone(),
         zone: "default".into(),
         capacity: 1,
+        instance: instance_id(dir)?,
     };
     let registration =
-        spawn_registration(registry.clone(), node, &registry_options, shutdown.clone());
+        spawn_registration(registry.clone(), node, &registry_options, shutdown.clone()).await?;
     let monitor = MonitorOptions {
         id: format!("{}-monitor", args.node_id),
         url: Some(url),

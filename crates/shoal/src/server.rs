@@ -179,16 +179,43 @@ pub struct NodeRegistration {
     pub zone: String,
     /// Its relative capacity.
     pub capacity: u32,
+    /// Names its data directory (see [`instance_id`]).
+    pub instance: String,
 }
 
 /// Keeps the node registered (under a session lease of `node_ttl`) until
 /// `shutdown`.
-pub fn spawn_registration(
+/// The instance id of a data directory: made on first use and kept in
+/// `DATA_DIR/instance`. Without a directory, a new one per process.
+pub fn instance_id(dir: Option<&std::path::Path>) -> anyhow::Result<String> {
+    let Some(dir) = dir else { return Ok(uuid::Uuid::new_v4().to_string()) };
+    let path = dir.join("instance");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
+        Ok(_) => anyhow::bail!("{} is empty: remove it to make a new one", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id = uuid::Uuid::new_v4().to_string();
+            std::fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// Registers the node and keeps it registered until shutdown. First makes
+/// sure no other process holds the node id: waits up to twice the node TTL
+/// for another data directory's registration to expire, then fails.
+pub async fn spawn_registration(
     registry: Arc<dyn Registry>,
     node: NodeRegistration,
     registry_options: &shoal_registry::RegistryOptions,
     shutdown: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let wait = registry_options.node_ttl * 2 + std::time::Duration::from_secs(1);
+    registration::claim(&registry, &node.node_id, &node.instance, wait)
+        .await
+        .map_err(anyhow::Error::msg)?;
     let options = RegistrationOptions {
         node_id: node.node_id,
         info: NodeInfo {
@@ -198,13 +225,14 @@ pub fn spawn_registration(
             capacity: node.capacity,
             version: env!("CARGO_PKG_VERSION").into(),
             registered_at: String::new(),
+            instance: node.instance,
         },
         ttl: registry_options.node_ttl,
         retry_interval: registry_options.retry_interval,
     };
     // Nothing reads the assignment: replication follows the map itself.
     let (assignment, _) = watch::channel(Assignment::default());
-    tokio::spawn(registration::run(registry, options, assignment, shutdown))
+    Ok(tokio::spawn(registration::run(registry, options, assignment, shutdown)))
 }
 
 /// Waits (bounded) until this node hosts `groups` groups and each has a

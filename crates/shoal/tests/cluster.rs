@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, TOKEN, TTL, TTL_SECS};
 use shoal_placement::moves;
+use shoal_registry::{Registry as _, keys};
 use shoal_types::NodeId;
 use shoal_types::placement::PlacementMap;
 
@@ -241,4 +242,64 @@ async fn cluster_processes_refuse_bad_flags() {
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("belongs to node \"other\"")
     );
+}
+
+/// A second process given a live node's id (with its own data directory)
+/// must not take that node's registration over: it waits for it to expire,
+/// then gives up with an error, and the live node stays registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_cannot_take_a_live_node_id() {
+    let mut c = Cluster::new().await;
+    c.start_node("n1");
+    let registry = c.registry().await;
+    let key = keys::node(&NodeId("n1".into()));
+    let registered = || async {
+        registry
+            .get(&key)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|kv| serde_json::from_slice::<shoal_types::api::NodeInfo>(&kv.value).ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let live = loop {
+        if let Some(info) = registered().await {
+            break info;
+        }
+        assert!(Instant::now() < deadline, "n1 did not register:\n{}", c.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(live.node_url, c.nodes["n1"].url);
+    assert!(!live.instance.is_empty());
+
+    let other = c.dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    let stderr = std::fs::File::create(other.join("stderr")).expect("stderr");
+    let mut child = std::process::Command::new(common::bin())
+        .args(["node", "--node-id", "n1", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(other.join("data"))
+        .args(c.common())
+        .env_remove("SHOAL_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn");
+    // It waits up to twice the TTL and a second for the registration to go.
+    let deadline = Instant::now() + Duration::from_secs(TTL_SECS * 2 + 30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the second n1 kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let err = std::fs::read_to_string(other.join("stderr")).unwrap_or_default();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("node id n1 is registered by another process"), "{err}");
+    let still = registered().await.expect("n1 is still registered");
+    assert_eq!((still.node_url, still.instance), (live.node_url, live.instance));
 }
