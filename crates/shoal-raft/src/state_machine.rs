@@ -5,8 +5,9 @@
 //! durable at once: the log is. This adapter keeps a checkpoint of the last
 //! applied log id and membership in the log store, and records it only after
 //! [`StateMachine::sync`] has made everything up to it durable: at most once
-//! per [`CHECKPOINT_INTERVAL`] while the group applies, and always before a
-//! snapshot lets the log be compacted. After a crash (even of the machine)
+//! per [`CHECKPOINT_INTERVAL`] while the group applies, within about two
+//! intervals after it stops applying, and always before a snapshot lets the
+//! log be compacted. After a crash (even of the machine)
 //! the checkpoint lags what the state machine holds; openraft re-applies the
 //! entries after it from the log, and the state machine skips the ones it
 //! has, so nothing is applied twice and nothing is lost.
@@ -48,6 +49,8 @@ struct Applied {
     built: u64,
     /// When the last checkpoint was recorded.
     checkpointed_at: Instant,
+    /// What the last checkpoint recorded.
+    checkpointed: Option<LogId<RaftNodeId>>,
 }
 
 /// One group's state machine, as openraft sees it.
@@ -94,16 +97,24 @@ impl GroupStateMachine {
         }
         snapshots.sort_by_key(|(m, _)| m.last_log_id);
         let built = snapshots.len() as u64;
-        let applied =
-            Applied { last, membership, snapshots, built, checkpointed_at: Instant::now() };
-        Ok(GroupStateMachine {
+        let applied = Applied {
+            last,
+            membership,
+            snapshots,
+            built,
+            checkpointed_at: Instant::now(),
+            checkpointed: last,
+        };
+        let sm = GroupStateMachine {
             group,
             inner,
             store,
             dir,
             applied: Arc::new(Mutex::new(applied)),
             checkpointing: Arc::default(),
-        })
+        };
+        sm.checkpoint_when_idle();
+        Ok(sm)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Applied> {
@@ -131,8 +142,52 @@ impl GroupStateMachine {
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || inner.sync()).await.map_err(io_err)?.map_err(io_err)?;
         self.store.save_applied(self.group, last, &membership).await.map_err(io_err)?;
-        self.lock().checkpointed_at = Instant::now();
+        let mut a = self.lock();
+        a.checkpointed_at = Instant::now();
+        a.checkpointed = last;
         Ok(())
+    }
+
+    /// Checkpoints a group that stopped applying: what it applied in its
+    /// last second would otherwise wait, unsynced, for its next write. Ends
+    /// when openraft drops the state machine.
+    fn checkpoint_when_idle(&self) {
+        let weak = Arc::downgrade(&self.applied);
+        let (group, inner, store, dir, checkpointing) = (
+            self.group,
+            self.inner.clone(),
+            self.store.clone(),
+            self.dir.clone(),
+            self.checkpointing.clone(),
+        );
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(applied) = weak.upgrade() else { return };
+                let due = {
+                    let a = applied.lock().unwrap_or_else(|e| e.into_inner());
+                    a.last != a.checkpointed && a.checkpointed_at.elapsed() >= CHECKPOINT_INTERVAL
+                };
+                if !due {
+                    continue;
+                }
+                let sm = GroupStateMachine {
+                    group,
+                    inner: inner.clone(),
+                    store: store.clone(),
+                    dir: dir.clone(),
+                    applied,
+                    checkpointing: checkpointing.clone(),
+                };
+                if let Err(error) = sm.checkpoint().await {
+                    // The next apply or snapshot checkpoints again; a
+                    // failing sync fails that one too.
+                    tracing::warn!(group, %error, "checkpoint of an idle group failed");
+                }
+            }
+        });
     }
 }
 
@@ -284,5 +339,71 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             meta: meta.clone(),
             snapshot: Box::new(SnapshotFiles { dir: dir.clone() }),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::Request;
+    use crate::log_store::LogStoreOptions;
+
+    /// Counts what it applied and how often it was synced.
+    #[derive(Default)]
+    struct Counter {
+        applied: AtomicU64,
+        synced: AtomicU64,
+    }
+
+    impl StateMachine for Counter {
+        fn apply(&self, index: u64, _command: &[u8]) -> Vec<u8> {
+            self.applied.store(index, Ordering::SeqCst);
+            Vec::new()
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            self.synced.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        fn snapshot(&self, _dir: &Path) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn restore(&self, _dir: &Path) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A group that stops applying is synced and checkpointed anyway, a
+    /// moment later, instead of at its next write.
+    #[tokio::test]
+    async fn an_idle_group_is_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(&dir.path().join("log"), LogStoreOptions::default()).unwrap();
+        let counter = Arc::new(Counter::default());
+        let mut sm =
+            GroupStateMachine::open(7, counter.clone(), store.clone(), &dir.path().join("snap"))
+                .await
+                .unwrap();
+        let log_id = LogId::new(CommittedLeaderId::new(1, 0), 3);
+        let entry =
+            Entry::<TypeConfig> { log_id, payload: EntryPayload::Normal(Request(b"x".to_vec())) };
+        sm.apply(vec![entry]).await.unwrap();
+        assert_eq!(counter.applied.load(Ordering::SeqCst), 3);
+        // Too soon after the last checkpoint for apply to take one.
+        assert_eq!(store.read_applied(7).await.unwrap().0, None);
+
+        let deadline = Instant::now() + 3 * CHECKPOINT_INTERVAL + Duration::from_secs(2);
+        while store.read_applied(7).await.unwrap().0 != Some(log_id) {
+            assert!(Instant::now() < deadline, "the idle group was not checkpointed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(counter.synced.load(Ordering::SeqCst) >= 1, "checkpointed without a sync");
+        // Nothing new applied: no more syncs.
+        let synced = counter.synced.load(Ordering::SeqCst);
+        tokio::time::sleep(2 * CHECKPOINT_INTERVAL).await;
+        assert_eq!(counter.synced.load(Ordering::SeqCst), synced);
     }
 }
