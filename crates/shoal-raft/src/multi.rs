@@ -166,6 +166,12 @@ impl MultiRaft {
         self.groups.read().unwrap_or_else(|e| e.into_inner()).get(&group).cloned()
     }
 
+    /// The groups open now, with their Raft handles.
+    fn groups_now(&self) -> Vec<(u8, Raft)> {
+        let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        groups.iter().map(|(g, r)| (*g, r.clone())).collect()
+    }
+
     /// The groups this node hosts.
     pub fn hosted(&self) -> BTreeSet<u8> {
         self.groups.read().unwrap_or_else(|e| e.into_inner()).keys().copied().collect()
@@ -463,13 +469,7 @@ impl MultiRaft {
     }
 
     async fn guard_once(&self, tick: Duration, window: Duration) {
-        let groups: Vec<(u8, Raft)> = self
-            .groups
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(g, r)| (*g, r.clone()))
-            .collect();
+        let groups = self.groups_now();
         let mut voters: Vec<(u8, Raft, Vec<RaftNodeId>)> = Vec::with_capacity(groups.len());
         let mut peers: BTreeMap<RaftNodeId, String> = BTreeMap::new();
         for (group, raft) in groups {
@@ -570,13 +570,7 @@ impl MultiRaft {
                 }
                 last.insert(peer, std::time::Instant::now());
                 let Some(multi) = weak.upgrade() else { return };
-                let groups: Vec<(u8, Raft)> = multi
-                    .groups
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .iter()
-                    .map(|(g, r)| (*g, r.clone()))
-                    .collect();
+                let groups = multi.groups_now();
                 // The groups the peer led, with their other voters.
                 let led: Vec<(Raft, Vec<(RaftNodeId, String)>)> = groups
                     .into_iter()

@@ -130,6 +130,27 @@ impl Node {
     }
 }
 
+/// Three started nodes, a, b and c, in `tmp`.
+async fn three(tmp: &Path) -> (Node, Node, Node) {
+    let a = start("a", &tmp.join("a"), None).await;
+    let b = start("b", &tmp.join("b"), None).await;
+    let c = start("c", &tmp.join("c"), None).await;
+    (a, b, c)
+}
+
+/// Opens `groups` on b and c and initializes them on a, with all three as
+/// voters.
+async fn initialize(a: &Node, b: &Node, c: &Node, groups: std::ops::Range<u8>) {
+    let members: BTreeMap<RaftNodeId, BasicNode> =
+        [a.member(), b.member(), c.member()].into_iter().collect();
+    for g in groups {
+        for n in [b, c] {
+            n.multi.open(g).await.unwrap();
+        }
+        a.multi.initialize(g, members.clone()).await.unwrap();
+    }
+}
+
 /// Writes through whichever node leads `group`, retrying (bounded) while
 /// leadership settles.
 async fn write(nodes: &[&Node], group: u8, value: &[u8]) -> u64 {
@@ -171,17 +192,8 @@ async fn wait_values(node: &Node, group: u8, want: &[Vec<u8>]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_replicate_fail_over_and_catch_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = start("a", &tmp.path().join("a"), None).await;
-    let b = start("b", &tmp.path().join("b"), None).await;
-    let c = start("c", &tmp.path().join("c"), None).await;
-    let members: BTreeMap<RaftNodeId, BasicNode> =
-        [a.member(), b.member(), c.member()].into_iter().collect();
-    for g in 0..GROUPS {
-        for n in [&b, &c] {
-            n.multi.open(g).await.unwrap();
-        }
-        a.multi.initialize(g, members.clone()).await.unwrap();
-    }
+    let (a, b, c) = three(tmp.path()).await;
+    initialize(&a, &b, &c, 0..GROUPS).await;
 
     let mut expected: BTreeMap<u8, Vec<Vec<u8>>> = BTreeMap::new();
     for round in 0..10u32 {
@@ -224,15 +236,8 @@ async fn groups_replicate_fail_over_and_catch_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_waits_for_an_electing_group() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = start("a", &tmp.path().join("a"), None).await;
-    let b = start("b", &tmp.path().join("b"), None).await;
-    let c = start("c", &tmp.path().join("c"), None).await;
-    let members: BTreeMap<RaftNodeId, BasicNode> =
-        [a.member(), b.member(), c.member()].into_iter().collect();
-    for n in [&b, &c] {
-        n.multi.open(0).await.unwrap();
-    }
-    a.multi.initialize(0, members).await.unwrap();
+    let (a, b, c) = three(tmp.path()).await;
+    initialize(&a, &b, &c, 0..1).await;
     write(&[&a], 0, b"first").await;
 
     // a led; with a and c gone, b campaigns and cannot win: it knows no
@@ -324,9 +329,7 @@ fn term(node: &Node, group: u8) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_does_not_depose_leaders_when_it_returns() {
     let tmp = tempfile::tempdir().unwrap();
-    let a = start("a", &tmp.path().join("a"), None).await;
-    let b = start("b", &tmp.path().join("b"), None).await;
-    let c = start("c", &tmp.path().join("c"), None).await;
+    let (a, b, c) = three(tmp.path()).await;
     let nodes = [&a, &b, &c];
     // Every node reaches every other through a relay of its own.
     let mut relays: BTreeMap<(RaftNodeId, RaftNodeId), Relay> = BTreeMap::new();
@@ -339,13 +342,8 @@ async fn a_node_cut_off_does_not_depose_leaders_when_it_returns() {
         }
         from.multi.network().set_addresses(addresses);
     }
-    let members: BTreeMap<RaftNodeId, BasicNode> =
-        [a.member(), b.member(), c.member()].into_iter().collect();
+    initialize(&a, &b, &c, 0..GROUPS).await;
     for g in 0..GROUPS {
-        for n in [&b, &c] {
-            n.multi.open(g).await.unwrap();
-        }
-        a.multi.initialize(g, members.clone()).await.unwrap();
         write(&[&a], g, b"x").await;
     }
     let before: Vec<u64> = (0..GROUPS).map(|g| term(&a, g)).collect();
