@@ -271,7 +271,6 @@ impl Base {
         }
         let limits = Limits { read_deadline: None, write_budget: options.max_write_steps / 1000 };
         self.guard.leave();
-        self.begin()?;
         let previous = self.applied_index()?;
         if previous >= index {
             return Ok(Executed::Replayed);
@@ -288,6 +287,10 @@ impl Base {
         // are not run again, and report that failure.
         let mut failed: BTreeMap<usize, Error> = BTreeMap::new();
         loop {
+            // Outside a transaction a savepoint would start (and its release
+            // commit) one of its own: the command must join the shared one,
+            // which a rollback may have ended even with nothing to recover.
+            self.begin()?;
             run_cached(&self.conn, "SAVEPOINT command")?;
             let attempt = self.run_command(index, statements, transaction, limits, &failed);
             let (results, kept) = match attempt {
@@ -900,6 +903,43 @@ mod tests {
         let mut b = Base::open(Some(&path)).unwrap();
         assert_eq!(names(&mut b), [json!("a"), json!("b"), json!("c"), json!("d")]);
         assert_eq!(b.applied_index().unwrap(), 3);
+    }
+
+    /// The same right after a commit, with no command to bring back: the
+    /// command and the ones after it still run inside the shared
+    /// transaction, and nothing is applied twice.
+    #[test]
+    fn a_rolled_back_transaction_right_after_a_commit_applies_nothing_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let o = test_options();
+        let mut b = Base::open(Some(&path)).unwrap();
+        let create = st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)");
+        exec(&mut b, 1, &[create], true, &o).unwrap();
+        exec(&mut b, 2, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        b.commit().unwrap();
+        let r = exec(
+            &mut b,
+            3,
+            &[
+                st("INSERT INTO t (name) VALUES ('b')"),
+                st("INSERT OR ROLLBACK INTO t (name) VALUES ('a')"),
+                st("INSERT INTO t (name) VALUES ('c')"),
+            ],
+            false,
+            &o,
+        )
+        .unwrap();
+        assert!(r[1].error.is_some() && r[0].error.is_none() && r[2].error.is_none(), "{r:?}");
+        exec(&mut b, 4, &[st("INSERT INTO t (name) VALUES ('d')")], true, &o).unwrap();
+        exec(&mut b, 5, &[st("INSERT INTO t (name) VALUES ('e')")], true, &o).unwrap();
+        let all = [json!("a"), json!("b"), json!("c"), json!("d"), json!("e")];
+        assert_eq!(names(&mut b), all);
+        assert!(b.has_uncommitted());
+        drop(b);
+        let mut b = Base::open(Some(&path)).unwrap();
+        assert_eq!(names(&mut b), all);
+        assert_eq!(b.applied_index().unwrap(), 5);
     }
 
     /// Applied commands are visible on the base at once, and in the file
