@@ -503,6 +503,11 @@ impl MultiRaft {
         let mut paused = Vec::new();
         let mut resumed = Vec::new();
         for (group, raft, ids) in voters {
+            if ids.is_empty() {
+                // Not initialized yet (a replica waiting to be added): it
+                // has nobody to campaign among.
+                continue;
+            }
             let quorum = ids.iter().filter(|id| reachable(**id)).count() * 2 > ids.len();
             let mut set = self.paused.write().unwrap_or_else(|e| e.into_inner());
             match (set.get(&group).copied(), quorum) {
