@@ -841,18 +841,26 @@ mod tests {
             .collect()
     }
 
+    /// A base in a file in `dir` with table `t` and its row 'a', applied at
+    /// indexes 1 and 2 and not committed.
+    fn file_base_with_a(dir: &Path) -> (Base, std::path::PathBuf) {
+        let path = dir.join("b.db");
+        let o = test_options();
+        let mut b = Base::open(Some(&path)).unwrap();
+        let create = st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)");
+        exec(&mut b, 1, &[create], true, &o).unwrap();
+        exec(&mut b, 2, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        (b, path)
+    }
+
     /// Statements whose failure makes SQLite roll back the whole open
     /// transaction (an interrupted write, `OR ROLLBACK`) must not take the
     /// commands applied before them, and not yet committed, with them.
     #[test]
     fn a_rolled_back_transaction_keeps_the_commands_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.db");
         let o = Options { max_write_steps: 100_000, ..test_options() };
-        let mut b = Base::open(Some(&path)).unwrap();
-        let create = st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)");
-        exec(&mut b, 1, &[create], true, &o).unwrap();
-        exec(&mut b, 2, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        let (mut b, path) = file_base_with_a(dir.path());
         assert!(b.has_uncommitted());
 
         // Standing alone: the failing statement reports its error, the
@@ -911,12 +919,8 @@ mod tests {
     #[test]
     fn a_rolled_back_transaction_right_after_a_commit_applies_nothing_twice() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.db");
         let o = test_options();
-        let mut b = Base::open(Some(&path)).unwrap();
-        let create = st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)");
-        exec(&mut b, 1, &[create], true, &o).unwrap();
-        exec(&mut b, 2, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        let (mut b, path) = file_base_with_a(dir.path());
         b.commit().unwrap();
         let r = exec(
             &mut b,
@@ -947,12 +951,7 @@ mod tests {
     #[test]
     fn applied_commands_reach_the_file_on_commit() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("b.db");
-        let o = test_options();
-        let mut b = Base::open(Some(&path)).unwrap();
-        let create = st("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)");
-        exec(&mut b, 1, &[create], true, &o).unwrap();
-        exec(&mut b, 2, &[st("INSERT INTO t (name) VALUES ('a')")], true, &o).unwrap();
+        let (mut b, path) = file_base_with_a(dir.path());
         let in_file = || {
             let c = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
             c.query_row("SELECT value FROM _shoal_meta WHERE key = 'applied_index'", [], |r| {
