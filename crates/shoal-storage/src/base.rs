@@ -83,6 +83,10 @@ enum Attempt {
     Lost { statement: usize, error: Error },
 }
 
+/// Sets the connection's last insert rowid to 0, with a row of its own.
+const RESET_LAST_INSERT_ROWID: &str =
+    "INSERT OR REPLACE INTO _shoal_meta (rowid, key, value) VALUES (0, 'last_insert_rowid', 0)";
+
 /// The most commands applied between two commits of a base.
 const MAX_UNCOMMITTED: usize = 1000;
 
@@ -292,6 +296,11 @@ impl Base {
             // which a rollback may have ended even with nothing to recover.
             self.begin()?;
             run_cached(&self.conn, "SAVEPOINT command")?;
+            // SQLite's last insert rowid belongs to the connection: whatever
+            // it last inserted, Shoal's own rows included, and nothing after
+            // the base was reopened. A command reports only its own inserts
+            // (0 before the first), the same on every replica.
+            run_cached(&self.conn, RESET_LAST_INSERT_ROWID)?;
             let attempt = self.run_command(index, statements, transaction, limits, &failed);
             let (results, kept) = match attempt {
                 Ok(Attempt::Done { results, kept }) => (results, kept),
@@ -839,6 +848,42 @@ mod tests {
             .into_iter()
             .map(|mut r| r.remove(0))
             .collect()
+    }
+
+    /// `last_insert_rowid` counts only the request's own inserts, so a base
+    /// that was reopened answers like one that was not.
+    #[test]
+    fn last_insert_rowid_is_the_requests_own() {
+        let o = test_options();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut kept, _) = file_base_with_a(dir.path());
+        kept.commit().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let (mut reopened, other_path) = file_base_with_a(other.path());
+        drop(reopened);
+        reopened = Base::open(Some(&other_path)).unwrap();
+        let commands: [(&[Statement], Option<&str>); 3] = [
+            (&[st("UPDATE t SET name = 'a2' WHERE name = 'a'")], Some("k1")),
+            (&[st("INSERT INTO t (name) VALUES ('b')"), st("UPDATE t SET name = 'b2'")], None),
+            (&[st("DELETE FROM t WHERE name = 'nobody'")], Some("k2")),
+        ];
+        let mut answers = Vec::new();
+        for b in [&mut kept, &mut reopened] {
+            let mut rowids = Vec::new();
+            for (i, (statements, key)) in commands.iter().enumerate() {
+                let Executed::Applied(r) =
+                    b.execute(3 + i as u64, statements, false, &o, *key).unwrap()
+                else {
+                    panic!("not applied")
+                };
+                rowids.push(r.iter().map(|r| r.last_insert_rowid).collect::<Vec<_>>());
+            }
+            answers.push(rowids);
+        }
+        // Nothing inserted yet in a request: 0, not Shoal's own rows (the
+        // applied index, the idempotency keys) nor the previous request's.
+        assert_eq!(answers[0], [vec![0], vec![2, 2], vec![0]]);
+        assert_eq!(answers[0], answers[1]);
     }
 
     /// A base in a file in `dir` with table `t` and its row 'a', applied at

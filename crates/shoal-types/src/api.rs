@@ -104,7 +104,8 @@ pub struct ExecuteRequest {
 pub struct ExecuteResult {
     /// Rows inserted, updated or deleted.
     pub rows_affected: u64,
-    /// The rowid of the last row inserted (by this or an earlier statement).
+    /// The rowid of the last row inserted by this statement or an earlier
+    /// one of the same request; 0 if none inserted a row yet.
     pub last_insert_rowid: i64,
     /// Set only when `transaction` was false and this statement failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
