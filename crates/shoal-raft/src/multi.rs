@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{
+    CheckIsLeaderError, ClientWriteError, ForwardToLeader, InitializeError, RaftError,
+};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 
 use crate::log_store::LogStore;
@@ -84,6 +86,16 @@ pub enum GroupError {
         /// Why.
         reason: String,
     },
+}
+
+/// How one call to a group's core ended, for [`MultiRaft::led`].
+enum Call<T> {
+    /// It was answered.
+    Done(T),
+    /// Only the leader can answer (named, if this node knows it).
+    Forward(ForwardToLeader<RaftNodeId, BasicNode>),
+    /// It failed otherwise.
+    Failed(String),
 }
 
 /// Builds the state machine of a group.
@@ -263,28 +275,21 @@ impl MultiRaft {
     }
 
     /// Proposes a command; returns its log index and the state machine's answer.
-    ///
-    /// A group that knows no leader (an election is under way) is given up
-    /// to [`MultiRaftOptions::leader_wait`] to elect one: the command is
-    /// then proposed here if this node won, or the error names the winner.
-    /// Nothing was proposed when openraft answers "forward to leader", so
-    /// trying again cannot apply a command twice.
+    /// Waits for an electing group (see [`MultiRaft::led`]).
     pub async fn write(&self, group: u8, command: Vec<u8>) -> Result<(u64, Vec<u8>), GroupError> {
-        let raft = self.hosted_or_err(group)?;
-        let deadline = tokio::time::Instant::now() + self.options.leader_wait;
-        loop {
-            match raft.client_write(Request(command.clone())).await {
-                Ok(r) => return Ok((r.log_id.index, r.data.0)),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                    if f.leader_id.is_none() && self.await_leader(&raft, deadline).await {
-                        continue;
+        self.led(group, |raft| {
+            let command = command.clone();
+            async move {
+                match raft.client_write(Request(command)).await {
+                    Ok(r) => Call::Done((r.log_id.index, r.data.0)),
+                    Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                        Call::Forward(f)
                     }
-                    let leader = f.leader_id.zip(f.leader_node).or_else(|| self.leader(group));
-                    return Err(GroupError::NotLeader { group, leader });
+                    Err(e) => Call::Failed(e.to_string()),
                 }
-                Err(e) => return Err(GroupError::Unavailable { group, reason: e.to_string() }),
             }
-        }
+        })
+        .await
     }
 
     /// Confirms with a quorum that this node leads the group and waits until
@@ -292,21 +297,43 @@ impl MultiRaft {
     /// every write acknowledged before it. Waits for an electing group like
     /// [`MultiRaft::write`].
     pub async fn read_index(&self, group: u8) -> Result<(), GroupError> {
+        self.led(group, |raft| async move {
+            match raft.ensure_linearizable().await {
+                Ok(_) => Call::Done(()),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Call::Forward(f)
+                }
+                Err(e) => Call::Failed(e.to_string()),
+            }
+        })
+        .await
+    }
+
+    /// Runs `call` on the group's core, which only its leader can answer.
+    ///
+    /// A group that knows no leader (an election is under way) is given up
+    /// to [`MultiRaftOptions::leader_wait`] to elect one: the call is then
+    /// made again, here if this node won, or the error names the winner.
+    /// Nothing was proposed when openraft answers "forward to leader", so
+    /// calling again cannot apply a command twice.
+    async fn led<T, F, Fut>(&self, group: u8, mut call: F) -> Result<T, GroupError>
+    where
+        F: FnMut(Raft) -> Fut,
+        Fut: std::future::Future<Output = Call<T>>,
+    {
         let raft = self.hosted_or_err(group)?;
         let deadline = tokio::time::Instant::now() + self.options.leader_wait;
         loop {
-            match raft.ensure_linearizable().await {
-                Ok(_) => return Ok(()),
-                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
-                    f,
-                ))) => {
+            match call(raft.clone()).await {
+                Call::Done(t) => return Ok(t),
+                Call::Forward(f) => {
                     if f.leader_id.is_none() && self.await_leader(&raft, deadline).await {
                         continue;
                     }
                     let leader = f.leader_id.zip(f.leader_node).or_else(|| self.leader(group));
                     return Err(GroupError::NotLeader { group, leader });
                 }
-                Err(e) => return Err(GroupError::Unavailable { group, reason: e.to_string() }),
+                Call::Failed(reason) => return Err(GroupError::Unavailable { group, reason }),
             }
         }
     }
