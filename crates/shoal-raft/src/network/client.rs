@@ -181,20 +181,9 @@ impl Network {
         let peer = self.peer(id, addr);
         let links = &self.inner.links;
         let exchange = async {
-            let body = wire::encode(&BatchRequest { version: wire::VERSION, calls: Vec::new() })?;
-            let resp = self
-                .inner
-                .rpc_client
-                .post(&peer.state.batch_url)
-                .bearer_auth(&self.inner.options.token)
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| transport_error(&e))?;
-            if !resp.status().is_success() {
-                let status = resp.status();
-                return Err(Failure::Status(Error::Unreachable(format!("status {status}"))));
-            }
+            let empty = BatchRequest { version: wire::VERSION, calls: Vec::new() };
+            let (client, token) = (&self.inner.rpc_client, &self.inner.options.token);
+            let resp = post_batch(client, token, &peer.state.batch_url, &empty).await?;
             resp.bytes().await.map_err(|e| transport_error(&e))?;
             Ok(())
         };
@@ -303,18 +292,8 @@ async fn send_batch(sender: &Sender, peer: &PeerState, batch: Vec<Pending>) {
     sender.links.rpcs.fetch_add(calls.len() as u64, Ordering::Relaxed);
 
     let exchange = async {
-        let body = wire::encode(&BatchRequest { version: wire::VERSION, calls })?;
-        let mut resp = sender
-            .client
-            .post(&peer.batch_url)
-            .bearer_auth(&sender.token)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
-        if !resp.status().is_success() {
-            return Err(Failure::Status(Error::Unreachable(format!("status {}", resp.status()))));
-        }
+        let batch = BatchRequest { version: wire::VERSION, calls };
+        let mut resp = post_batch(&sender.client, &sender.token, &peer.batch_url, &batch).await?;
         let mut decoder = FrameDecoder::default();
         while let Some(chunk) = resp.chunk().await.map_err(|e| transport_error(&e))? {
             decoder.push(&chunk);
@@ -342,6 +321,28 @@ async fn send_batch(sender: &Sender, peer: &PeerState, batch: Vec<Pending>) {
     for tx in replies.into_iter().flatten() {
         let _ = tx.send(Err(error.clone()));
     }
+}
+
+/// Sends a batch request; an answer with an error status is a failure of
+/// the exchange, not of the peer.
+async fn post_batch(
+    client: &reqwest::Client,
+    token: &str,
+    url: &str,
+    batch: &BatchRequest,
+) -> std::result::Result<reqwest::Response, Failure> {
+    let body = wire::encode(batch)?;
+    let resp = client
+        .post(url)
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| transport_error(&e))?;
+    if !resp.status().is_success() {
+        return Err(Failure::Status(Error::Unreachable(format!("status {}", resp.status()))));
+    }
+    Ok(resp)
 }
 
 /// Why an exchange failed.
