@@ -14,8 +14,8 @@ use shoal_types::NodeId;
 
 use crate::config::RegistryArgs;
 use crate::server::{
-    FeedArgs, HttpArgs, NodeRegistration, bind, cluster_token, init_logging, instance_id, serve,
-    shutdown_channel, spawn_registration, start_replication,
+    FeedArgs, HttpArgs, NodeRegistration, bind, cluster_token, init_logging, instance_id,
+    read_or_make_marker, serve, shutdown_channel, spawn_registration, start_replication,
 };
 
 /// Flags of `shoal node`.
@@ -113,19 +113,13 @@ fn check_node_id(id: &str) -> anyhow::Result<NodeId> {
 fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let marker = dir.join("node_id");
-    match std::fs::read_to_string(&marker) {
-        Ok(owner) if owner.trim() == node.0 => Ok(()),
-        Ok(owner) => anyhow::bail!(
-            "{} belongs to node {:?}, not {:?}: give each node its own --data-dir",
+    let owner = read_or_make_marker(&dir.join("node_id"), || node.0.clone())?;
+    if owner != node.0 {
+        anyhow::bail!(
+            "{} belongs to node {owner:?}, not {:?}: give each node its own --data-dir",
             dir.display(),
-            owner.trim(),
             node.0
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::write(&marker, format!("{}\n", node.0))
-                .with_context(|| format!("cannot write {}", marker.display()))
-        }
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", marker.display())),
+        );
     }
+    Ok(())
 }

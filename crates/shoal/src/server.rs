@@ -190,14 +190,26 @@ pub struct NodeRegistration {
 pub fn instance_id(dir: Option<&std::path::Path>) -> anyhow::Result<String> {
     let Some(dir) = dir else { return Ok(uuid::Uuid::new_v4().to_string()) };
     let path = dir.join("instance");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_string()),
-        Ok(_) => anyhow::bail!("{} is empty: remove it to make a new one", path.display()),
+    let id = read_or_make_marker(&path, || uuid::Uuid::new_v4().to_string())?;
+    if id.is_empty() {
+        anyhow::bail!("{} is empty: remove it to make a new one", path.display());
+    }
+    Ok(id)
+}
+
+/// The content of the one-line marker file at `path`, trimmed; if there is
+/// no such file, `make()`'s value, written there first.
+pub fn read_or_make_marker(
+    path: &std::path::Path,
+    make: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(content) => Ok(content.trim().to_string()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let id = uuid::Uuid::new_v4().to_string();
-            std::fs::write(&path, format!("{id}\n"))
+            let value = make();
+            std::fs::write(path, format!("{value}\n"))
                 .with_context(|| format!("cannot write {}", path.display()))?;
-            Ok(id)
+            Ok(value)
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
