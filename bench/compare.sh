@@ -25,13 +25,9 @@ case " $SYSTEMS " in *" dqlite "*) install_missing dqlite-demo go-dqlite ;; esac
 build_shoal
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
-dir=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+# A scratch directory in $dir; the processes put in PIDS are stopped, and
+# the directory removed, when the script exits.
+work_dir
 
 ROWS=()
 # bench_all SYSTEM TARGET ENDPOINTS: every workload and concurrency; adds table rows.

@@ -28,6 +28,14 @@ stop_pid() {
     fi
 }
 
+# work_dir: makes the scratch directory $dir and the process list PIDS;
+# on exit, stops every PID in PIDS (waiting for each) and removes $dir.
+work_dir() {
+    dir=$(mktemp -d)
+    PIDS=()
+    trap 'for pid in "${PIDS[@]}"; do stop_pid "$pid"; done; rm -rf "$dir"' EXIT
+}
+
 machine() {
     echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr)"
 }

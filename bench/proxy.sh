@@ -19,13 +19,9 @@ install_missing etcd etcd-server
 build_shoal
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
-dir=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-    rm -rf "$dir"
-}
-trap cleanup EXIT
+# A scratch directory in $dir; the processes put in PIDS are stopped, and
+# the directory removed, when the script exits.
+work_dir
 
 # --- etcd: one member, the cluster's registry ----------------------------------
 read -r -a P <<<"$(free_ports 2)"
