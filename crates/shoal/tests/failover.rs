@@ -13,7 +13,7 @@ use common::{Mode, Server};
 use serde_json::json;
 use shoal_client::{Client, Options};
 use shoal_types::api::{Row, Statement};
-use shoal_types::{BaseId, BucketId, Error};
+use shoal_types::{BaseId, Error};
 
 /// A URL nothing listens on.
 fn dead_url() -> String {
@@ -57,14 +57,8 @@ struct Progress {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_loop_rides_through_a_leader_kill_and_restart_without_errors_or_duplicates() {
     let mut c = Cluster::new().await;
-    for n in ["n1", "n2", "n3"] {
-        c.start_node(n);
-    }
-    c.start_monitor(&[]);
-    c.wait_map("three replicas per bucket", Duration::from_secs(60), |m| {
-        BucketId::all().all(|b| m.replicas(b).len() == 3)
-    })
-    .await;
+    c.start_three_nodes();
+    c.wait_three_replicas().await;
     let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
     let client = Client::with_endpoints(&urls, Some(TOKEN.into())).expect("client");
 

@@ -362,10 +362,7 @@ async fn write_anywhere(urls: &[String], id: BaseId, sql: &str, params: Vec<Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn followers_send_the_leaders_events_and_a_watcher_survives_failover() {
     let mut c = Cluster::new().await;
-    for n in ["n1", "n2", "n3"] {
-        c.start_node(n);
-    }
-    c.start_monitor(&[]);
+    c.start_three_nodes();
     let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
     let deadline = Instant::now() + Duration::from_secs(90);
     let id = loop {

@@ -78,23 +78,9 @@ async fn until_available(
 }
 
 async fn start(c: &mut Cluster, proxy_extra: &[&str]) -> Vec<Process> {
-    for n in ["n1", "n2", "n3"] {
-        c.start_node(n);
-    }
-    c.start_monitor(&[]);
-    c.wait_map("3 replicas everywhere", Duration::from_secs(60), |m| {
-        m.buckets.iter().all(|b| b.len() == 3)
-    })
-    .await;
-    (0..2)
-        .map(|i| {
-            let dir = c.dir.path().join(format!("proxy-{i}"));
-            let mut args = vec!["proxy".to_string()];
-            args.extend(proxy_extra.iter().map(|s| s.to_string()));
-            args.extend(c.common());
-            Process::start(&dir, &args)
-        })
-        .collect()
+    c.start_three_nodes();
+    c.wait_three_replicas().await;
+    (0..2).map(|i| c.start_proxy(i, proxy_extra)).collect()
 }
 
 /// The leader of a base's bucket as the nodes report it: the node that

@@ -41,21 +41,10 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_watcher_and_writers_ride_through_a_leader_restart_through_proxies() {
     let mut c = Cluster::new().await;
-    for n in ["n1", "n2", "n3"] {
-        c.start_node(n);
-    }
-    c.start_monitor(&[]);
-    c.wait_map("3 replicas everywhere", Duration::from_secs(60), |m| {
-        m.buckets.iter().all(|b| b.len() == 3)
-    })
-    .await;
-    let proxies: Vec<Process> = (0..2)
-        .map(|i| {
-            let mut args = vec!["proxy".to_string(), "--retry-deadline".into(), "20s".into()];
-            args.extend(c.common());
-            Process::start(&c.dir.path().join(format!("proxy-{i}")), &args)
-        })
-        .collect();
+    c.start_three_nodes();
+    c.wait_three_replicas().await;
+    let proxies: Vec<Process> =
+        (0..2).map(|i| c.start_proxy(i, &["--retry-deadline", "20s"])).collect();
     let endpoints: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
     // Every request goes through the proxies: the client does not look for
     // the leader itself.

@@ -78,10 +78,7 @@ async fn leader_of(http: &reqwest::Client, c: &Cluster, base: &str) -> Option<St
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_loss_under_load_loses_no_acknowledged_write_and_replicas_converge() {
     let mut c = Cluster::new().await;
-    for n in ["n1", "n2", "n3"] {
-        c.start_node(n);
-    }
-    c.start_monitor(&[]);
+    c.start_three_nodes();
     let http = reqwest::Client::new();
     let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
 
@@ -242,10 +239,7 @@ async fn leader_loss_under_load_loses_no_acknowledged_write_and_replicas_converg
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
     let mut c = Cluster::new().await;
-    for n in ["n1", "n2", "n3"] {
-        c.start_node(n);
-    }
-    c.start_monitor(&[]);
+    c.start_three_nodes();
     let http = reqwest::Client::new();
     let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
 
@@ -375,10 +369,7 @@ async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_leaders_spread_over_the_nodes() {
     let mut c = Cluster::new().await;
-    for n in ["n1", "n2", "n3"] {
-        c.start_node(n);
-    }
-    c.start_monitor(&[]);
+    c.start_three_nodes();
     let http = reqwest::Client::new();
     let gauge = |text: &str, name: &str| -> u64 {
         text.lines()

@@ -71,6 +71,31 @@ impl Cluster {
         self.monitors.push(Process::start(&dir, &args));
     }
 
+    /// Starts nodes n1, n2 and n3 and one monitor (replication factor 3).
+    pub fn start_three_nodes(&mut self) {
+        for n in ["n1", "n2", "n3"] {
+            self.start_node(n);
+        }
+        self.start_monitor(&[]);
+    }
+
+    /// Waits (bounded) until the map gives every bucket three replicas.
+    pub async fn wait_three_replicas(&self) {
+        self.wait_map("three replicas per bucket", Duration::from_secs(60), |m| {
+            m.buckets.iter().all(|b| b.len() == 3)
+        })
+        .await;
+    }
+
+    /// Starts a proxy in its own directory (`proxy-{n}`), with `extra` flags
+    /// before the cluster's common ones.
+    pub fn start_proxy(&self, n: usize, extra: &[&str]) -> Process {
+        let mut args = vec!["proxy".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(self.common());
+        Process::start(&self.dir.path().join(format!("proxy-{n}")), &args)
+    }
+
     pub async fn registry(&self) -> impl Registry {
         self.etcd.registry("clustertest").await
     }
