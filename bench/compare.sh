@@ -94,32 +94,7 @@ fi
 
 # --- Shoal: three nodes and a monitor, registered in the etcd above ------------
 if [[ " $SYSTEMS " == *" shoal "* ]]; then
-common=(--registry "etcd://$(IFS=,; echo "${ETCD_CLIENTS[*]}")" --namespace "shoal-bench-$$"
-    --node-ttl 3s --admin-token "$TOKEN")
-SHOAL_URLS=""
-for n in n1 n2 n3; do
-    mkdir -p "$dir/$n"
-    "$SHOAL" node --node-id "$n" --data-dir "$dir/$n/data" --listen 127.0.0.1:0 \
-        --addr-file "$dir/$n/addr" "${common[@]}" >"$dir/shoal-$n.log" 2>&1 &
-    PIDS+=($!)
-done
-mkdir -p "$dir/m0"
-"$SHOAL" monitor --monitor-id m0 --replication-factor 3 --listen 127.0.0.1:0 \
-    --addr-file "$dir/m0/addr" "${common[@]}" >"$dir/shoal-monitor.log" 2>&1 &
-PIDS+=($!)
-for n in n1 n2 n3; do
-    wait_for 30 "shoal node $n" test -s "$dir/$n/addr"
-    SHOAL_URLS+="${SHOAL_URLS:+,}http://$(cat "$dir/$n/addr")"
-done
-first=${SHOAL_URLS%%,*}
-# The map is placed (epoch >= 1) and every replica is hosted.
-cluster_ready() {
-    curl -sf -H "Authorization: Bearer $TOKEN" "$first/v1/cluster" | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-sys.exit(0 if s["epoch"] >= 1 and not s["moves_in_progress"] and not s["under_replicated"] else 1)'
-}
-wait_for 120 "the Shoal cluster to place and host every bucket" cluster_ready
+start_shoal_cluster "etcd://$(IFS=,; echo "${ETCD_CLIENTS[*]}")" "shoal-bench-$$"
 # Creating a base (and dropping it) works end to end.
 wait_for 60 "a base to be created" "$SHOAL" bench --endpoint "$SHOAL_URLS" --token "$TOKEN" \
     --workload write --concurrency 1 --ops 1 --duration 5s

@@ -36,6 +36,42 @@ work_dir() {
     trap 'for pid in "${PIDS[@]}"; do stop_pid "$pid"; done; rm -rf "$dir"' EXIT
 }
 
+# start_shoal_cluster REGISTRY NAMESPACE: three `shoal node`s and a monitor
+# (replication factor 3) under $dir, registered in REGISTRY under NAMESPACE
+# with the admin token $TOKEN. Adds them to PIDS, sets SHOAL_COMMON (the
+# flags they share) and SHOAL_URLS (the nodes, comma-separated), and waits
+# until the map is placed and every replica is hosted.
+start_shoal_cluster() {
+    SHOAL_COMMON=(--registry "$1" --namespace "$2" --node-ttl 3s --admin-token "$TOKEN")
+    SHOAL_URLS=""
+    local n
+    for n in n1 n2 n3; do
+        mkdir -p "$dir/$n"
+        "$SHOAL" node --node-id "$n" --data-dir "$dir/$n/data" --listen 127.0.0.1:0 \
+            --addr-file "$dir/$n/addr" "${SHOAL_COMMON[@]}" >"$dir/shoal-$n.log" 2>&1 &
+        PIDS+=($!)
+    done
+    mkdir -p "$dir/m0"
+    "$SHOAL" monitor --monitor-id m0 --replication-factor 3 --listen 127.0.0.1:0 \
+        --addr-file "$dir/m0/addr" "${SHOAL_COMMON[@]}" >"$dir/shoal-monitor.log" 2>&1 &
+    PIDS+=($!)
+    for n in n1 n2 n3; do
+        wait_for 30 "shoal node $n" test -s "$dir/$n/addr"
+        SHOAL_URLS+="${SHOAL_URLS:+,}http://$(cat "$dir/$n/addr")"
+    done
+    wait_for 120 "the Shoal cluster to place and host every bucket" \
+        shoal_cluster_ready "${SHOAL_URLS%%,*}"
+}
+
+# shoal_cluster_ready URL: the map is placed (epoch >= 1) and every replica
+# is hosted, as the node at URL sees it.
+shoal_cluster_ready() {
+    curl -sf -H "Authorization: Bearer $TOKEN" "$1/v1/cluster" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+sys.exit(0 if s["epoch"] >= 1 and not s["moves_in_progress"] and not s["under_replicated"] else 1)'
+}
+
 machine() {
     echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(free -g | awk '/Mem:/ {print $2}') GiB RAM, $(uname -sr)"
 }

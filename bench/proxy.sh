@@ -35,35 +35,12 @@ PIDS+=($!)
 wait_for 60 "etcd" sh -c "curl -sf http://127.0.0.1:${P[0]}/health | grep -q '\"health\":\"true\"'"
 
 # --- Shoal: three nodes, a monitor and a proxy ------------------------------------
-common=(--registry "etcd://127.0.0.1:${P[0]}" --namespace "shoal-proxy-bench-$$"
-    --node-ttl 3s --admin-token "$TOKEN")
-NODE_URLS=""
-for n in n1 n2 n3; do
-    mkdir -p "$dir/$n"
-    "$SHOAL" node --node-id "$n" --data-dir "$dir/$n/data" --listen 127.0.0.1:0 \
-        --addr-file "$dir/$n/addr" "${common[@]}" >"$dir/shoal-$n.log" 2>&1 &
-    PIDS+=($!)
-done
-"$SHOAL" monitor --monitor-id m0 --replication-factor 3 --listen 127.0.0.1:0 \
-    --addr-file "$dir/monitor.addr" "${common[@]}" >"$dir/shoal-monitor.log" 2>&1 &
-PIDS+=($!)
-"$SHOAL" proxy --listen 127.0.0.1:0 --addr-file "$dir/proxy.addr" "${common[@]}" \
+start_shoal_cluster "etcd://127.0.0.1:${P[0]}" "shoal-proxy-bench-$$"
+"$SHOAL" proxy --listen 127.0.0.1:0 --addr-file "$dir/proxy.addr" "${SHOAL_COMMON[@]}" \
     >"$dir/shoal-proxy.log" 2>&1 &
 PIDS+=($!)
-for n in n1 n2 n3; do
-    wait_for 30 "shoal node $n" test -s "$dir/$n/addr"
-    NODE_URLS+="${NODE_URLS:+,}http://$(cat "$dir/$n/addr")"
-done
 wait_for 30 "shoal proxy" test -s "$dir/proxy.addr"
 PROXY_URL="http://$(cat "$dir/proxy.addr")"
-# The map is placed (epoch >= 1) and every replica is hosted.
-cluster_ready() {
-    curl -sf -H "Authorization: Bearer $TOKEN" "$PROXY_URL/v1/cluster" | python3 -c '
-import json, sys
-s = json.load(sys.stdin)
-sys.exit(0 if s["epoch"] >= 1 and not s["moves_in_progress"] and not s["under_replicated"] else 1)'
-}
-wait_for 120 "the Shoal cluster to place and host every bucket" cluster_ready
 wait_for 60 "a base to be created through the proxy" "$SHOAL" bench --endpoint "$PROXY_URL" \
     --token "$TOKEN" --workload write --concurrency 1 --ops 1 --duration 5s
 
@@ -71,7 +48,7 @@ ROWS=()
 for workload in $WORKLOADS; do
     for c in $CONCURRENCY; do
         for path in nodes proxy; do
-            endpoints=$NODE_URLS
+            endpoints=$SHOAL_URLS
             [ "$path" = proxy ] && endpoints=$PROXY_URL
             echo "$path $workload c=$c" >&2
             out=$("$SHOAL" bench --endpoint "$endpoints" --token "$TOKEN" --workload "$workload" \
