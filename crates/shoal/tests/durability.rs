@@ -161,12 +161,7 @@ async fn open_bases_are_bounded() {
     for b in &bases {
         assert_eq!(keys(&server, *b).await, BTreeSet::from([b.to_string()]));
     }
-    let metrics = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     let open: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("shoal_open_bases "))

@@ -85,12 +85,7 @@ async fn a_watcher_sees_every_change_once_in_order_and_resumes_exactly() {
     let mut from_start = watch(&urls, &server.token, id, Some(0));
     let first = next(&mut from_start, Duration::from_secs(10)).await;
     // Both feeds are open, and /metrics counts them.
-    let metrics = reqwest::get(format!("{}/metrics", server.url))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
+    let metrics = server.metrics().await;
     assert!(metrics.contains("shoal_feed_subscribers 2"), "{metrics}");
     assert!(
         matches!(&first, Some(FeedMessage::Change(e)) if e.op == ChangeOp::Ddl && e.index == ddl_index

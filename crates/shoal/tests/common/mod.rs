@@ -147,6 +147,12 @@ impl Server {
         Client::new(&self.url, Some(self.token.clone())).expect("client")
     }
 
+    /// What its `/metrics` says now.
+    pub async fn metrics(&self) -> String {
+        let resp = reqwest::get(format!("{}/metrics", self.url)).await.expect("metrics");
+        resp.text().await.expect("metrics text")
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
