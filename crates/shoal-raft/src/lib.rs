@@ -15,6 +15,7 @@
 
 pub use openraft::BasicNode;
 
+pub mod engine;
 pub mod log_store;
 pub mod multi;
 pub mod network;
