@@ -172,11 +172,22 @@ fn log_key(group: u8, index: u64) -> LogKey {
     key
 }
 
+/// Counters since open, for benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogStats {
+    /// Batches written (each the writes of one or more loop turns).
+    pub writes: u64,
+    /// fsyncs.
+    pub fsyncs: u64,
+}
+
 /// The database.
 pub struct LogDb {
     db: Database,
     log: Keyspace,
     meta: Keyspace,
+    writes: std::sync::atomic::AtomicU64,
+    fsyncs: std::sync::atomic::AtomicU64,
 }
 
 impl LogDb {
@@ -212,7 +223,15 @@ impl LogDb {
                 }
             }
         }
-        Ok(LogDb { db, log, meta })
+        Ok(LogDb { db, log, meta, writes: Default::default(), fsyncs: Default::default() })
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> LogStats {
+        LogStats {
+            writes: self.writes.load(std::sync::atomic::Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+        }
     }
 
     /// Reads what is stored of every group that has anything.
@@ -315,7 +334,9 @@ impl LogDb {
             }
         }
         batch.commit()?;
+        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if batches.iter().any(|b| b.sync) {
+            self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.db.persist(PersistMode::SyncData)?;
         } else {
             self.db.persist(PersistMode::Buffer)?;

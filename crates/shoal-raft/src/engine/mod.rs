@@ -311,6 +311,7 @@ struct Inner<S: StateMachine> {
     board: Arc<Board>,
     transport: Arc<Transport>,
     options: Options,
+    db: Arc<logdb::LogDb>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
@@ -357,7 +358,7 @@ impl<S: StateMachine> MultiRaft<S> {
             snapshots.clone(),
             Arc::new(deliver),
         );
-        let threads = raft_loop::start(
+        let (threads, db) = raft_loop::start(
             options.clone(),
             factory,
             inbox_tx.clone(),
@@ -373,6 +374,7 @@ impl<S: StateMachine> MultiRaft<S> {
                 board,
                 transport,
                 options,
+                db,
                 threads: Mutex::new(threads),
             }),
         })
@@ -519,6 +521,11 @@ impl<S: StateMachine> MultiRaft<S> {
     /// The current term of a hosted group.
     pub fn term(&self, group: u8) -> u64 {
         self.inner.board.slot(group).term.load(Ordering::Relaxed)
+    }
+
+    /// The log's counters since start.
+    pub fn log_stats(&self) -> logdb::LogStats {
+        self.inner.db.stats()
     }
 
     /// The options the engine runs with.

@@ -150,7 +150,7 @@ pub(crate) fn start<S: StateMachine>(
     board: Arc<Board>,
     transport: Arc<Transport>,
     snapshots: Snapshots,
-) -> Result<Vec<std::thread::JoinHandle<()>>, logdb::Error> {
+) -> Result<(Vec<std::thread::JoinHandle<()>>, Arc<LogDb>), logdb::Error> {
     let io = |e: std::io::Error| logdb::Error::Io(e.to_string());
     let db = Arc::new(LogDb::open(&opts.dir.join("log"))?);
     let records = db.load()?;
@@ -192,11 +192,12 @@ pub(crate) fn start<S: StateMachine>(
         let storage = GroupStorage::from_record(group, lp.db.clone(), record);
         lp.host(group, storage).map_err(|e| logdb::Error::InvalidData(e.to_string()))?;
     }
+    let db = lp.db.clone();
     let handle = std::thread::Builder::new()
         .name("shoal-raft-loop".into())
         .spawn(move || lp.run())
         .map_err(io)?;
-    Ok(vec![handle, apply])
+    Ok((vec![handle, apply], db))
 }
 
 fn not_hosted<T>(group: u8) -> Result<T, GroupError> {
