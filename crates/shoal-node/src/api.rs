@@ -295,12 +295,7 @@ pub async fn checksum(
     let base = base_id(&id)?;
     let engine = engine(&state)?;
     let checksum = engine.read(base.bucket(), p.consistency, move |s| s.checksum(&base)).await?;
-    let applied_index = engine
-        .multi()
-        .group(base.bucket().0)
-        .and_then(|r| r.metrics().borrow().last_applied)
-        .map(|l| l.index)
-        .unwrap_or(0);
+    let applied_index = engine.multi().applied(base.bucket().0);
     Ok(Json(shoal_types::api::Checksum { checksum, applied_index }))
 }
 

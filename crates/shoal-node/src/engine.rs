@@ -14,21 +14,24 @@
 
 use std::sync::Arc;
 
-use shoal_raft::multi::{GroupError, MultiRaft};
+use shoal_raft::{GroupError, RaftNodeId};
 use shoal_storage::{Command, Output, Store};
 use shoal_types::api::{BaseLocation, Consistency};
-use shoal_types::{BucketId, Error, Result};
+use shoal_types::{BucketId, Error, NodeId, Result};
 use tokio::sync::watch;
 
-use crate::replica;
-use crate::replication::{Directory, group_error};
+use crate::replica::{self, BucketStateMachine};
+use crate::replication::Directory;
+
+/// The node's Raft groups.
+pub type MultiRaft = shoal_raft::MultiRaft<BucketStateMachine>;
 
 /// The write and read paths of one node.
 pub struct Engine {
     store: Arc<Store>,
-    multi: Arc<MultiRaft>,
+    multi: MultiRaft,
     directory: watch::Receiver<Directory>,
-    node: shoal_types::NodeId,
+    node: NodeId,
 }
 
 impl Engine {
@@ -36,9 +39,9 @@ impl Engine {
     /// what `directory` knows of the map.
     pub fn new(
         store: Arc<Store>,
-        multi: Arc<MultiRaft>,
+        multi: MultiRaft,
         directory: watch::Receiver<Directory>,
-        node: shoal_types::NodeId,
+        node: NodeId,
     ) -> Engine {
         Engine { store, multi, directory, node }
     }
@@ -49,12 +52,31 @@ impl Engine {
     }
 
     /// The groups.
-    pub fn multi(&self) -> &Arc<MultiRaft> {
+    pub fn multi(&self) -> &MultiRaft {
         &self.multi
+    }
+
+    /// The node a Raft id belongs to, among the live ones.
+    pub fn node_of(&self, id: RaftNodeId) -> Option<NodeId> {
+        self.directory.borrow().node_of(id)
     }
 
     fn routing_error(&self, e: GroupError) -> Error {
         match e {
+            GroupError::NotLeader { group, leader } => {
+                let url = leader.and_then(|id| {
+                    let dir = self.directory.borrow();
+                    dir.node_of(id)
+                        .and_then(|n| dir.nodes.get(&n).map(|i| i.local_node_url.clone()))
+                });
+                Error::NotLeader {
+                    message: format!("this node does not lead bucket {}", BucketId(group)),
+                    leader: url,
+                }
+            }
+            GroupError::Unavailable { group, reason } => {
+                Error::Unavailable(format!("bucket {} cannot serve now: {reason}", BucketId(group)))
+            }
             GroupError::NotHosted(b) => {
                 let dir = self.directory.borrow();
                 let bucket = BucketId(b);
@@ -71,7 +93,6 @@ impl Engine {
                     }
                 }
             }
-            other => group_error(other),
         }
     }
 
@@ -82,10 +103,10 @@ impl Engine {
         let bucket = command.base().bucket();
         let (index, answer) = self
             .multi
-            .write(bucket.0, replica::encode(&command, key))
+            .write(bucket.0, replica::encode(command, key))
             .await
             .map_err(|e| self.routing_error(e))?;
-        match replica::decode(&answer)? {
+        match answer? {
             Output::Repeated { index, output } => Ok((index, *output)),
             output => {
                 metrics::counter!("shoal_writes_applied_total").increment(1);
@@ -101,14 +122,14 @@ impl Engine {
         consistency: Consistency,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        if self.multi.group(bucket.0).is_none() {
+        if !self.multi.is_hosted(bucket.0) {
             return Err(self.routing_error(GroupError::NotHosted(bucket.0)));
         }
         match consistency {
             Consistency::None => {}
             Consistency::Leader if self.multi.is_leader(bucket.0) => {}
             Consistency::Leader => {
-                return Err(group_error(GroupError::NotLeader {
+                return Err(self.routing_error(GroupError::NotLeader {
                     group: bucket.0,
                     leader: self.multi.leader(bucket.0),
                 }));
@@ -138,12 +159,9 @@ impl Engine {
     /// whether this node hosts it (if not, ask a node that does).
     pub fn location(&self, bucket: BucketId) -> (BaseLocation, bool) {
         let dir = self.directory.borrow();
-        let hosted = self.multi.group(bucket.0).is_some();
-        let leader = self
-            .multi
-            .leader(bucket.0)
-            .and_then(|(leader, _)| dir.nodes.keys().find(|id| shoal_raft::raft_id(id) == leader));
-        (dir.location(bucket, leader), hosted)
+        let hosted = self.multi.is_hosted(bucket.0);
+        let leader = self.multi.leader(bucket.0).and_then(|id| dir.node_of(id));
+        (dir.location(bucket, leader.as_ref()), hosted)
     }
 
     /// The internal URLs of a bucket's replicas other than this node, for

@@ -14,6 +14,7 @@ pub mod error;
 mod extract;
 pub mod feed;
 pub mod forward;
+pub mod node;
 pub mod registration;
 pub mod replica;
 pub mod replication;
@@ -34,6 +35,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 
 pub use engine::Engine;
 use error::ApiError;
+pub use node::{Node, NodeConfig, RaftSettings};
 
 /// The OpenAPI document of the API.
 pub const OPENAPI: &str = include_str!("openapi.json");

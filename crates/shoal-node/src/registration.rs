@@ -1,6 +1,6 @@
 //! A node's side of the control plane: register under `nodes/{node_id}` with
-//! a session lease, keep it alive, watch the placement map and report the
-//! buckets the node has taken on under `status/{node_id}` (leased too).
+//! a session lease, keep it alive, and keep `status/{node_id}` (leased too)
+//! up to date with what replication reports the node hosts and leads.
 //!
 //! A node that loses its session (the registry was unreachable for longer
 //! than the TTL) has lost its registration with it: it says so, and
@@ -11,10 +11,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use shoal_registry::{Registry, Revision, Session, SessionOptions, WatchMessage, keys};
+use shoal_registry::{Registry, Session, SessionOptions, keys};
+use shoal_types::NodeId;
 use shoal_types::api::{NodeInfo, NodeReport};
-use shoal_types::placement::PlacementMap;
-use shoal_types::{BucketId, NodeId};
 use tokio::sync::watch;
 
 /// How a node registers.
@@ -30,31 +29,19 @@ pub struct RegistrationOptions {
     pub retry_interval: Duration,
 }
 
-/// What the node knows of its place in the cluster.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Assignment {
-    /// Whether the node is registered now.
-    pub registered: bool,
-    /// The epoch of the last map seen.
-    pub epoch: u64,
-    /// The buckets the map gives this node.
-    pub buckets: Vec<BucketId>,
-}
-
-/// Keeps the node registered until `shutdown` turns true, publishing its
-/// assignment on `assignment`.
+/// Keeps the node registered, and its report written, until `shutdown`
+/// turns true.
 pub async fn run(
     registry: Arc<dyn Registry>,
     options: RegistrationOptions,
-    assignment: watch::Sender<Assignment>,
+    report: watch::Receiver<NodeReport>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     while !*shutdown.borrow() {
         let result = tokio::select! {
-            r = term(&registry, &options, &assignment) => r,
+            r = term(&registry, &options, report.clone()) => r,
             _ = shutdown.changed() => return,
         };
-        assignment.send_modify(|a| a.registered = false);
         if let Err(e) = result {
             tracing::warn!(node = %options.node_id, error = %e, "node registration lost; registering again");
         }
@@ -110,11 +97,12 @@ pub async fn claim(
     }
 }
 
-/// One session: register, then follow the map until the session is lost.
+/// One session: register, then keep the report written until the session
+/// is lost.
 async fn term(
     registry: &Arc<dyn Registry>,
     options: &RegistrationOptions,
-    assignment: &watch::Sender<Assignment>,
+    mut report: watch::Receiver<NodeReport>,
 ) -> shoal_registry::Result<()> {
     if let Some(other) = held_elsewhere(registry, &options.node_id, &options.info.instance).await? {
         // Taken while this node was away: never overwrite another process.
@@ -132,57 +120,20 @@ async fn term(
         serde_json::to_vec(&info).map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
     registry.put(&keys::node(&options.node_id), &value, Some(session.lease())).await?;
     tracing::info!(node = %options.node_id, lease = %session.lease(), "node registered");
-    assignment.send_modify(|a| a.registered = true);
-    tokio::select! {
-        r = follow_map(registry, options, &session, assignment) => r,
-        reason = session.lost() => Err(shoal_registry::Error::SessionLost(reason)),
-    }
-}
-
-/// Reconciles with every map: records and reports this node's buckets.
-async fn follow_map(
-    registry: &Arc<dyn Registry>,
-    options: &RegistrationOptions,
-    session: &Session,
-    assignment: &watch::Sender<Assignment>,
-) -> shoal_registry::Result<()> {
-    loop {
-        let listing = registry.get_prefix(keys::PLACEMENT).await?;
-        let map = listing.kvs.iter().find(|kv| kv.key == keys::PLACEMENT).and_then(|kv| {
-            match PlacementMap::decode(&kv.value) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot read the placement map");
-                    None
-                }
+    let write_reports = async {
+        loop {
+            let current = report.borrow_and_update().clone();
+            let value = serde_json::to_vec(&current)
+                .map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
+            registry.put(&keys::status(&options.node_id), &value, Some(session.lease())).await?;
+            if report.changed().await.is_err() {
+                // Replication stopped: the last report stays until the lease ends.
+                std::future::pending::<()>().await;
             }
-        });
-        let report = match &map {
-            Some(m) => NodeReport {
-                epoch: m.epoch,
-                buckets: BucketId::all()
-                    .filter(|b| m.replicas(*b).contains(&options.node_id))
-                    .collect(),
-            },
-            None => NodeReport::default(),
-        };
-        let value = serde_json::to_vec(&report)
-            .map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
-        registry.put(&keys::status(&options.node_id), &value, Some(session.lease())).await?;
-        if assignment.borrow().epoch != report.epoch
-            || assignment.borrow().buckets != report.buckets
-        {
-            tracing::info!(node = %options.node_id, epoch = report.epoch, buckets = report.buckets.len(), "placement reconciled");
         }
-        assignment.send_modify(|a| {
-            a.epoch = report.epoch;
-            a.buckets = report.buckets.clone();
-        });
-        let mut watch =
-            registry.watch_prefix(keys::PLACEMENT, Revision(listing.revision.0 + 1)).await?;
-        match watch.next().await {
-            Some(Ok(WatchMessage::Event(_))) | Some(Ok(WatchMessage::Resync { .. })) | None => {}
-            Some(Err(e)) => return Err(e),
-        }
+    };
+    tokio::select! {
+        r = write_reports => r,
+        reason = session.lost() => Err(shoal_registry::Error::SessionLost(reason)),
     }
 }

@@ -1,43 +1,48 @@
 //! Replication: the node's buckets as Raft groups that follow the placement map.
 //!
-//! The reconciler runs on every node and, for every map it sees:
-//! - opens a group for each bucket the map gives this node;
-//! - initializes a bucket's group exactly once in the whole cluster: the
-//!   first node to create `groups/{bucket}` in the registry (a
-//!   create-if-absent transaction) initializes it with the map's replicas;
-//!   everyone else waits to be contacted by the group's leader;
-//! - on the nodes that lead a group, moves its membership toward the map's
-//!   replicas: new replicas join as learners, catch up from the log or a
-//!   snapshot, then become voters; replicas that left are removed. At most
-//!   `max_concurrent_changes` groups change at once per node, which also
-//!   bounds the snapshots in flight;
-//! - closes the groups of buckets this node no longer holds once it is no
-//!   longer a member, and removes their data.
+//! One loop follows the map on every node and, for every map and node change
+//! it sees (and every `interval`):
+//! - tells the engine where every live node is (its registered address, so a
+//!   node that restarted elsewhere is reached at once);
+//! - opens a group for each bucket the map gives this node, and starts a new
+//!   bucket's group exactly once in the whole cluster: the first node to
+//!   create `groups/{bucket}` in the registry (a create-if-absent
+//!   transaction) records the map's replicas there as the first voters, and
+//!   every first voter starts the group with exactly those (the first listed
+//!   campaigns at once). A replica added later starts empty and is sent a
+//!   snapshot by the group's leader;
+//! - gives the engine each group's target voters (the map's live replicas);
+//!   on the leader the engine moves the membership there (learner, catch-up,
+//!   joint change), at most `max_concurrent_changes` groups at once;
+//! - balances leadership: a leader hands a group to the map's first replica
+//!   (Raft leadership transfer: no write is lost, no leaderless gap);
+//! - stops the groups of buckets this node no longer holds once it is no
+//!   longer a voter, keeps their data for `remove_after`, then deletes it;
+//! - reports under `status/{node}` (through the registration's session) what
+//!   this node actually hosts (a voter with a configuration) and leads.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal_raft::BasicNode;
-use shoal_raft::multi::{GroupError, MultiRaft};
 use shoal_raft::{RaftNodeId, raft_id};
 use shoal_registry::{Compare, CompareOp, Registry, Revision, Txn, TxnOp, keys};
 use shoal_storage::Store;
-use shoal_types::api::{BaseLocation, NodeInfo, NodeRef};
+use shoal_types::api::{BaseLocation, NodeInfo, NodeRef, NodeReport};
 use shoal_types::placement::PlacementMap;
 use shoal_types::{BucketId, Error, NodeId};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
+
+use crate::engine::MultiRaft;
 
 /// How the reconciler behaves.
 #[derive(Clone, Debug)]
 pub struct ReplicationOptions {
     /// This node.
     pub node_id: NodeId,
-    /// Groups changing membership at once on this node.
-    pub max_concurrent_changes: usize,
     /// How often to look again when nothing changed (retries after failures).
     pub interval: Duration,
-    /// Groups this node campaigns for per pass to balance leadership.
+    /// Groups this node hands to their preferred leader per pass.
     pub leader_moves_per_pass: usize,
     /// How long the data of a replica that left is kept before it is
     /// deleted. Until then it is not served, and if the map gives the bucket
@@ -80,48 +85,54 @@ impl Directory {
             .collect()
     }
 
-    /// The Raft members the map wants for a bucket (live nodes only: an
-    /// address is needed to reach them).
-    pub fn voters(&self, bucket: BucketId) -> BTreeMap<RaftNodeId, BasicNode> {
-        let Some(map) = &self.map else { return BTreeMap::new() };
-        map.replicas(bucket)
-            .iter()
-            .filter_map(|n| {
-                self.nodes
-                    .get(n)
-                    .map(|i| (raft_id(n), BasicNode { addr: i.local_node_url.clone() }))
-            })
-            .collect()
+    /// The Raft voters the map wants for a bucket, in the map's order
+    /// (live nodes only: an address is needed to reach them).
+    pub fn voters(&self, bucket: BucketId) -> Vec<RaftNodeId> {
+        let Some(map) = &self.map else { return Vec::new() };
+        map.replicas(bucket).iter().filter(|n| self.nodes.contains_key(*n)).map(raft_id).collect()
+    }
+
+    /// The live node whose Raft id is `id`.
+    pub fn node_of(&self, id: RaftNodeId) -> Option<NodeId> {
+        self.nodes.keys().find(|n| raft_id(n) == id).cloned()
     }
 }
 
-/// The registry key that marks a bucket's group as initialized.
+/// The registry key that records a bucket's first voters.
 fn group_key(bucket: BucketId) -> Vec<u8> {
     format!("groups/{bucket}").into_bytes()
+}
+
+/// What `groups/{bucket}` holds: the group's first voters (version 1).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct GroupClaim {
+    version: u32,
+    voters: Vec<NodeId>,
 }
 
 /// Follows the map until `shutdown`.
 pub async fn reconcile(
     registry: Arc<dyn Registry>,
-    multi: Arc<MultiRaft>,
+    multi: MultiRaft,
     store: Arc<Store>,
     options: ReplicationOptions,
     directory: watch::Sender<Directory>,
+    report: watch::Sender<NodeReport>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let ctx = Ctx {
-        semaphore: Arc::new(Semaphore::new(options.max_concurrent_changes.max(1))),
-        busy: Arc::default(),
-        balance: Mutex::default(),
+    let mut ctx = Ctx {
         registry: registry.clone(),
         multi,
         store,
         options: options.clone(),
         directory,
+        report,
+        departed: BTreeMap::new(),
+        targets: BTreeMap::new(),
+        moved: BTreeMap::new(),
     };
-    let mut departed: BTreeMap<u8, Instant> = BTreeMap::new();
     while !*shutdown.borrow() {
-        match pass(&ctx, &mut departed).await {
+        match pass(&mut ctx).await {
             Ok(revision) => {
                 tokio::select! {
                     _ = directory_changed(registry.as_ref(), revision, options.interval) => {}
@@ -139,163 +150,166 @@ pub async fn reconcile(
     }
 }
 
-/// What every pass works with.
+/// What passes share.
 struct Ctx {
     registry: Arc<dyn Registry>,
-    multi: Arc<MultiRaft>,
+    multi: MultiRaft,
     store: Arc<Store>,
     options: ReplicationOptions,
     directory: watch::Sender<Directory>,
-    semaphore: Arc<Semaphore>,
-    busy: Arc<Mutex<BTreeSet<u8>>>,
-    /// Per group, what leader balancing remembers between passes.
-    balance: Mutex<BTreeMap<u8, Balance>>,
+    report: watch::Sender<NodeReport>,
+    /// Replicas that left the map, and since when.
+    departed: BTreeMap<u8, Instant>,
+    /// The targets last given to the engine.
+    targets: BTreeMap<u8, Vec<RaftNodeId>>,
+    /// When this node last handed a group's leadership over.
+    moved: BTreeMap<u8, Instant>,
 }
 
-/// What leader balancing remembers of a group between passes.
-#[derive(Default)]
-struct Balance {
-    /// The group's last log index at the previous pass.
-    last_log: Option<u64>,
-    /// When this node last campaigned in the group to balance leadership.
-    campaigned: Option<Instant>,
-}
-
-/// How long a node waits before it campaigns again in the same group to
-/// balance leadership.
-const CAMPAIGN_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a node waits before it hands the same group over again.
+const MOVE_BACKOFF: Duration = Duration::from_secs(10);
 
 /// One pass; returns the registry revision it read at.
-async fn pass(ctx: &Ctx, departed: &mut BTreeMap<u8, Instant>) -> Result<Revision, Error> {
-    let Ctx { registry, multi, store, options, directory, semaphore, busy, balance } = ctx;
-    let (Directory { map, nodes }, revision) = read_directory(registry.as_ref()).await?;
-    // Reach every node where it registered, whatever a group's membership
-    // still says (a node restarted at a new address is otherwise lost to
-    // groups that cannot elect a leader to update it).
-    multi.network().set_addresses(
-        nodes.iter().map(|(id, info)| (raft_id(id), info.local_node_url.clone())).collect(),
+async fn pass(ctx: &mut Ctx) -> Result<Revision, Error> {
+    let (dir, revision) = read_directory(ctx.registry.as_ref()).await?;
+    let multi = ctx.multi.clone();
+    multi.transport().set_addresses(
+        dir.nodes.iter().map(|(id, info)| (raft_id(id), info.local_node_url.clone())).collect(),
     );
-    let dir = Directory { map: map.clone(), nodes };
-    directory.send_replace(dir.clone());
-    let Some(map) = map else { return Ok(revision) };
-
-    let me = &options.node_id;
+    ctx.directory.send_replace(dir.clone());
+    let Some(map) = dir.map.clone() else {
+        publish(ctx, 0, &BTreeSet::new());
+        return Ok(revision);
+    };
+    let me = ctx.options.node_id.clone();
     let mine: BTreeSet<u8> =
-        BucketId::all().filter(|b| map.replicas(*b).contains(me)).map(|b| b.0).collect();
+        BucketId::all().filter(|b| map.replicas(*b).contains(&me)).map(|b| b.0).collect();
     // Replicas that left: deleted after the grace period, unless the map
     // gave the bucket back (then the group resumes from its kept state).
-    departed.retain(|b, _| !mine.contains(b));
-    let expired: Vec<u8> = departed
+    ctx.departed.retain(|b, _| !mine.contains(b));
+    let expired: Vec<u8> = ctx
+        .departed
         .iter()
-        .filter(|(_, at)| at.elapsed() >= options.remove_after)
+        .filter(|(_, at)| at.elapsed() >= ctx.options.remove_after)
         .map(|(b, _)| *b)
         .collect();
     for b in expired {
         tracing::info!(bucket = %BucketId(b), "deleting the data of a replica that left");
-        multi.close(b).await.map_err(group_error)?;
-        store.remove_bucket(BucketId(b))?;
-        departed.remove(&b);
+        multi.remove(b).await;
+        ctx.store.remove_bucket(BucketId(b))?;
+        ctx.departed.remove(&b);
     }
     for &b in &mine {
-        let raft = multi.open(b).await.map_err(group_error)?;
-        let uninitialized =
-            raft.metrics().borrow().membership_config.membership().voter_ids().next().is_none();
-        if uninitialized {
-            let key = group_key(BucketId(b));
-            let claim = Txn::new()
-                .when([Compare::create_revision(key.clone(), CompareOp::Equal, Revision(0))])
-                .and_then([TxnOp::put(key, me.0.as_bytes().to_vec(), None)]);
-            if registry.txn(claim).await?.succeeded {
-                let voters = dir.voters(BucketId(b));
-                tracing::info!(bucket = %BucketId(b), voters = voters.len(), "initializing the bucket's group");
-                multi.initialize(b, voters).await.map_err(group_error)?;
-            }
-        }
-    }
-    // Leader balance: the map spreads each bucket's first replica evenly over
-    // the nodes; where this node is first but does not lead, it campaigns
-    // (openraft 0.9's way to move leadership; it has no transfer). A campaign
-    // against a live leader is costly: the leader and the third member
-    // honour the leader's lease and refuse it, the higher term still deposes
-    // the leader, and the group has no leader until an election after the
-    // lease wins (measured: 1.5 s, and a continuous churn of such windows
-    // under a write load). So only quiet groups are moved: a leader, this
-    // node a voter that has applied its whole log, no new entry since the
-    // previous pass (the leader's log is then no longer than this node's),
-    // and no campaign of this node in the group for CAMPAIGN_BACKOFF. A few
-    // groups per pass; a busy group keeps its leader.
-    let mut campaigns = Vec::new();
-    {
-        let mut balance = balance.lock().unwrap_or_else(|e| e.into_inner());
-        balance.retain(|b, _| mine.contains(b));
-        for &b in &mine {
-            let Some(raft) = multi.group(b) else { continue };
-            let m = raft.metrics().borrow().clone();
-            let Balance { last_log, campaigned } = balance.entry(b).or_default();
-            let quiet = *last_log == m.last_log_index;
-            *last_log = m.last_log_index;
-            if campaigns.len() >= options.leader_moves_per_pass {
-                continue;
-            }
-            let preferred = map.replicas(BucketId(b)).first() == Some(me);
-            let caught_up = m.last_applied.map(|l| l.index) == m.last_log_index;
-            let rested = campaigned.is_none_or(|t| t.elapsed() >= CAMPAIGN_BACKOFF);
-            if preferred
-                && m.current_leader.is_some_and(|l| l != multi.id())
-                && multi.is_voter(b)
-                && multi.may_campaign(b)
-                && caught_up
-                && quiet
-                && rested
-            {
-                *campaigned = Some(Instant::now());
-                campaigns.push(raft);
-            }
-        }
-    }
-    for raft in campaigns {
-        let _ = raft.trigger().elect().await;
-    }
-    for b in multi.hosted() {
         let bucket = BucketId(b);
-        if multi.is_leader(b) {
-            let voters = dir.voters(bucket);
-            if voters.is_empty() || !multi.needs_reconcile(b, &voters) {
-                continue;
-            }
-            if !busy.lock().unwrap_or_else(|e| e.into_inner()).insert(b) {
-                continue;
-            }
-            let (multi, semaphore, busy) = (multi.clone(), semaphore.clone(), busy.clone());
-            tokio::spawn(async move {
-                if let Ok(_permit) = semaphore.acquire().await {
-                    match multi.reconcile(b, voters).await {
-                        Ok(true) => tracing::info!(%bucket, "group membership follows the map"),
-                        Ok(false) => {}
-                        Err(e) => {
-                            tracing::warn!(%bucket, error = %e, "membership change failed; will retry")
-                        }
-                    }
-                }
-                busy.lock().unwrap_or_else(|e| e.into_inner()).remove(&b);
-            });
-        } else if !mine.contains(&b) {
-            // Gone from the map: the leader keeps a leaving member as a
-            // learner until it has seen the change (MultiRaft::reconcile);
-            // once this node is no voter, it lets go. Until then it may be
-            // needed for a quorum.
-            let still_member = multi.is_voter(b);
-            if !still_member {
-                // Stop serving, keep the data: the leader still counts this
-                // node's acknowledgements until it removes it, so the state
-                // must not vanish while the node could be asked back.
-                tracing::info!(%bucket, "this node no longer holds the bucket; its replica stops");
-                multi.stop(b).await;
-                departed.insert(b, Instant::now());
-            }
+        multi.open(b).await.map_err(|e| Error::Unavailable(e.to_string()))?;
+        if !multi.is_initialized(b) {
+            start_group(ctx, &map, bucket).await?;
         }
     }
+    // Every hosted group learns where its voters should be, including the
+    // groups this node is leaving: if it leads one, it starts the move.
+    let hosted = multi.hosted();
+    for &b in &hosted {
+        let voters = dir.voters(BucketId(b));
+        if !voters.is_empty() && ctx.targets.get(&b) != Some(&voters) {
+            multi.set_target(b, voters.clone());
+            ctx.targets.insert(b, voters);
+        }
+    }
+    ctx.targets.retain(|b, _| hosted.contains(b));
+    // Leader balance: the map spreads each bucket's first replica evenly over
+    // the nodes; a leader that is not first hands the group over to it. A
+    // transfer loses nothing and leaves no leaderless gap (writes meanwhile
+    // wait for the new leader); the engine gives up on one that does not
+    // finish within an election timeout.
+    let mut moves = 0;
+    ctx.moved.retain(|b, at| mine.contains(b) && at.elapsed() < MOVE_BACKOFF);
+    for &b in &mine {
+        if moves >= ctx.options.leader_moves_per_pass {
+            break;
+        }
+        let Some(first) = map.replicas(BucketId(b)).first() else { continue };
+        if *first == me
+            || !dir.nodes.contains_key(first)
+            || !multi.is_leader(b)
+            || ctx.moved.contains_key(&b)
+        {
+            continue;
+        }
+        multi.transfer_leader(b, raft_id(first));
+        ctx.moved.insert(b, Instant::now());
+        moves += 1;
+    }
+    for b in hosted {
+        if !mine.contains(&b) && !multi.is_voter(b) && !multi.is_leader(b) {
+            // Gone from the map and demoted by the group: stop serving,
+            // keep the data a while (the map may give the bucket back).
+            tracing::info!(bucket = %BucketId(b), "this node no longer holds the bucket; its replica stops");
+            multi.stop(b).await;
+            ctx.departed.insert(b, Instant::now());
+        }
+    }
+    publish(ctx, map.epoch, &mine);
     Ok(revision)
+}
+
+/// Starts a bucket's group: with the first voters recorded in the registry,
+/// recording them first if nobody has.
+async fn start_group(ctx: &Ctx, map: &PlacementMap, bucket: BucketId) -> Result<(), Error> {
+    let me = &ctx.options.node_id;
+    let key = group_key(bucket);
+    let wanted = GroupClaim { version: 1, voters: map.replicas(bucket).to_vec() };
+    let value = serde_json::to_vec(&wanted).map_err(|e| Error::Internal(e.to_string()))?;
+    let claim = Txn::new()
+        .when([Compare::create_revision(key.clone(), CompareOp::Equal, Revision(0))])
+        .and_then([TxnOp::put(key.clone(), value, None)]);
+    let voters = if ctx.registry.txn(claim).await?.succeeded {
+        wanted.voters
+    } else {
+        let Some(kv) = ctx.registry.get(&key).await? else { return Ok(()) };
+        match serde_json::from_slice::<GroupClaim>(&kv.value) {
+            // A first voter whose own start was lost (it crashed before
+            // writing it) starts with the recorded voters, while the map
+            // still gives the bucket to them; anyone else waits for the
+            // leader's snapshot.
+            Ok(c)
+                if c.version == 1 && c.voters.contains(me) && c.voters == map.replicas(bucket) =>
+            {
+                c.voters
+            }
+            _ => return Ok(()),
+        }
+    };
+    if voters.contains(me) {
+        let ids = voters.iter().map(raft_id).collect();
+        let started = ctx
+            .multi
+            .bootstrap(bucket.0, ids)
+            .await
+            .map_err(|e| Error::Unavailable(e.to_string()))?;
+        if started {
+            tracing::debug!(%bucket, voters = voters.len(), "started the bucket's group");
+        }
+    }
+    Ok(())
+}
+
+/// Publishes what this node hosts and leads, if it changed.
+fn publish(ctx: &Ctx, epoch: u64, mine: &BTreeSet<u8>) {
+    let multi = &ctx.multi;
+    let buckets: Vec<BucketId> = mine
+        .iter()
+        .filter(|b| multi.is_initialized(**b) && multi.is_voter(**b))
+        .map(|b| BucketId(*b))
+        .collect();
+    let leads: Vec<BucketId> =
+        multi.hosted().into_iter().filter(|b| multi.is_leader(*b)).map(BucketId).collect();
+    let report = NodeReport { epoch, buckets, leads };
+    ctx.report.send_if_modified(|r| {
+        let changed = *r != report;
+        *r = report;
+        changed
+    });
 }
 
 /// Reads the live nodes and the placement map once; returns them with the
@@ -337,22 +351,5 @@ pub async fn directory_changed(registry: &dyn Registry, revision: Revision, inte
     tokio::select! {
         _ = wait => {}
         _ = tokio::time::sleep(interval) => {}
-    }
-}
-
-/// Turns a group error into Shoal's.
-pub fn group_error(e: GroupError) -> Error {
-    match e {
-        GroupError::NotHosted(b) => Error::Misdirected {
-            message: format!("this node holds no replica of bucket {}", BucketId(b)),
-            replicas: Vec::new(),
-        },
-        GroupError::NotLeader { group, leader } => Error::NotLeader {
-            message: format!("this node does not lead bucket {}", BucketId(group)),
-            leader: leader.map(|(_, node)| node.addr),
-        },
-        GroupError::Unavailable { group, reason } => {
-            Error::Unavailable(format!("bucket {} cannot serve now: {reason}", BucketId(group)))
-        }
     }
 }

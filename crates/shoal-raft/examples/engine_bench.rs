@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use shoal_raft::engine::{GroupError, MultiRaft, Options, StateMachine};
+use shoal_raft::{GroupError, MultiRaft, Options, StateMachine};
 
 struct Counter(u64);
 
@@ -109,16 +109,25 @@ async fn main() -> anyhow::Result<()> {
     let idle_start = (Instant::now(), cpu_seconds());
     tokio::time::sleep(Duration::from_secs(5)).await;
     let idle_cpu = (cpu_seconds() - idle_start.1) / idle_start.0.elapsed().as_secs_f64();
-    println!("idle: {:.2} % of one core for all three nodes ({:.2} % per node)", idle_cpu * 100.0, idle_cpu * 100.0 / 3.0);
+    println!(
+        "idle: {:.2} % of one core for all three nodes ({:.2} % per node)",
+        idle_cpu * 100.0,
+        idle_cpu * 100.0 / 3.0
+    );
 
     let nodes = Arc::new(nodes);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let before = (Instant::now(), cpu_seconds(), nodes.iter().map(|n| n.transport().stats()).collect::<Vec<_>>());
+    let before = (
+        Instant::now(),
+        cpu_seconds(),
+        nodes.iter().map(|n| n.transport().stats()).collect::<Vec<_>>(),
+    );
     let mut tasks = Vec::new();
     for w in 0..writers {
-        let (nodes, stop, done, errors) = (nodes.clone(), stop.clone(), done.clone(), errors.clone());
+        let (nodes, stop, done, errors) =
+            (nodes.clone(), stop.clone(), done.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut x = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -157,7 +166,12 @@ async fn main() -> anyhow::Result<()> {
     let cpu = cpu_seconds() - before.1;
     let writes = done.load(Ordering::Relaxed);
     latencies.sort();
-    let pct = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "{writers} writers, {seconds} s: {writes} writes, {:.0} writes/s, {} errors; latency p50 {:?} p99 {:?}",
         writes as f64 / elapsed,

@@ -278,8 +278,12 @@ pub struct NodeInfo {
 pub struct NodeReport {
     /// The epoch of the placement map the node last reconciled with.
     pub epoch: u64,
-    /// The buckets the node hosts.
+    /// The buckets the node hosts: it holds a replica that votes in the
+    /// bucket's group (a replica still catching up is not counted).
     pub buckets: Vec<BucketId>,
+    /// The buckets whose group this node leads.
+    #[serde(default)]
+    pub leads: Vec<BucketId>,
 }
 
 /// What the monitor remembers of every node it has seen, under

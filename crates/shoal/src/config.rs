@@ -1,5 +1,6 @@
-//! Configuration shared by the server commands: where `shoal.toml` is and the
-//! registry settings, layered defaults < file < `SHOAL_*` environment < flags.
+//! Configuration shared by the server commands: where `shoal.toml` is, the
+//! registry settings (top-level keys) and the Raft settings of nodes (table
+//! `[raft]`), each layered defaults < file < `SHOAL_*` environment < flags.
 //!
 //! The registry crate does the layering and validation (each error names the
 //! key as the user spelled it); this module only gathers the raw layers.
@@ -39,17 +40,24 @@ pub struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    /// The registry options from file, environment and flags.
-    pub fn load(&self) -> anyhow::Result<RegistryOptions> {
-        let env: HashMap<String, String> = std::env::vars().collect();
-        let path = self.config.clone().or_else(|| env.get("SHOAL_CONFIG").map(PathBuf::from));
-        let file = match &path {
+    /// The configuration file's contents (empty without one).
+    pub fn file(&self) -> anyhow::Result<toml::Table> {
+        let path =
+            self.config.clone().or_else(|| std::env::var_os("SHOAL_CONFIG").map(PathBuf::from));
+        Ok(match &path {
             Some(p) => read_toml(p)?,
             None if std::path::Path::new("shoal.toml").exists() => {
                 read_toml(&PathBuf::from("shoal.toml"))?
             }
             None => toml::Table::new(),
-        };
+        })
+    }
+
+    /// The registry options from file, environment and flags.
+    pub fn load(&self) -> anyhow::Result<RegistryOptions> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let mut file = self.file()?;
+        file.remove("raft");
         let flags: Vec<(&str, &str)> = [
             ("registry", &self.registry),
             ("namespace", &self.namespace),
@@ -69,4 +77,134 @@ fn read_toml(path: &PathBuf) -> anyhow::Result<toml::Table> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.parse::<toml::Table>().with_context(|| format!("{} is not valid TOML", path.display()))
+}
+
+/// Raft flags of the commands that run a node. Like the registry flags they
+/// read no environment themselves: `SHOAL_RAFT_*` is its own layer.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RaftArgs {
+    /// One tick of every Raft group's clock, e.g. 100ms [env: SHOAL_RAFT_TICK].
+    #[arg(long)]
+    raft_tick: Option<String>,
+    /// Ticks between a leader's heartbeats [env: SHOAL_RAFT_HEARTBEAT_TICKS] [default: 2].
+    #[arg(long)]
+    raft_heartbeat_ticks: Option<String>,
+    /// Ticks without a leader before a follower campaigns (randomized up to twice that) [env: SHOAL_RAFT_ELECTION_TICKS] [default: 10].
+    #[arg(long)]
+    raft_election_ticks: Option<String>,
+    /// How long a write waits for a bucket without a leader, e.g. 3s [env: SHOAL_RAFT_LEADER_WAIT].
+    #[arg(long)]
+    raft_leader_wait: Option<String>,
+    /// Applied log entries kept behind each checkpoint [env: SHOAL_RAFT_KEEP_LOGS] [default: 1000].
+    #[arg(long)]
+    raft_keep_logs: Option<String>,
+    /// How often a busy bucket syncs its bases and records a checkpoint, e.g. 1s [env: SHOAL_RAFT_CHECKPOINT_INTERVAL].
+    #[arg(long)]
+    raft_checkpoint_interval: Option<String>,
+    /// Buckets changing membership at once on a node [env: SHOAL_RAFT_MAX_CONCURRENT_CHANGES] [default: 4].
+    #[arg(long)]
+    raft_max_concurrent_changes: Option<String>,
+    /// Snapshots a node sends at once [env: SHOAL_RAFT_MAX_SNAPSHOT_SENDS] [default: 2].
+    #[arg(long)]
+    raft_max_snapshot_sends: Option<String>,
+}
+
+/// The keys of `[raft]`.
+const RAFT_KEYS: [&str; 8] = [
+    "tick",
+    "heartbeat_ticks",
+    "election_ticks",
+    "leader_wait",
+    "keep_logs",
+    "checkpoint_interval",
+    "max_concurrent_changes",
+    "max_snapshot_sends",
+];
+
+impl RaftArgs {
+    /// The Raft settings from the file's `[raft]` table, the environment
+    /// and the flags.
+    pub fn load(&self, file: &toml::Table) -> anyhow::Result<shoal_node::RaftSettings> {
+        let env: HashMap<String, String> = std::env::vars().collect();
+        let mut layers: Vec<(String, String, String)> = Vec::new();
+        match file.get("raft") {
+            None => {}
+            Some(toml::Value::Table(t)) => {
+                for (key, value) in t {
+                    if !RAFT_KEYS.contains(&key.as_str()) {
+                        anyhow::bail!("shoal.toml: [raft]: unknown key {key:?}");
+                    }
+                    let raw = match value {
+                        toml::Value::String(s) => s.clone(),
+                        toml::Value::Integer(i) => i.to_string(),
+                        other => anyhow::bail!(
+                            "shoal.toml: raft.{key}: expected a string or a number, got {other}"
+                        ),
+                    };
+                    layers.push((key.clone(), raw, format!("shoal.toml: raft.{key}")));
+                }
+            }
+            Some(other) => anyhow::bail!("shoal.toml: raft: expected a table, got {other}"),
+        }
+        for key in RAFT_KEYS {
+            let name = format!("SHOAL_RAFT_{}", key.to_ascii_uppercase());
+            if let Some(raw) = env.get(&name) {
+                layers.push((key.to_string(), raw.clone(), name));
+            }
+        }
+        let flags = [
+            ("tick", &self.raft_tick),
+            ("heartbeat_ticks", &self.raft_heartbeat_ticks),
+            ("election_ticks", &self.raft_election_ticks),
+            ("leader_wait", &self.raft_leader_wait),
+            ("keep_logs", &self.raft_keep_logs),
+            ("checkpoint_interval", &self.raft_checkpoint_interval),
+            ("max_concurrent_changes", &self.raft_max_concurrent_changes),
+            ("max_snapshot_sends", &self.raft_max_snapshot_sends),
+        ];
+        for (key, value) in flags {
+            if let Some(raw) = value {
+                layers.push((
+                    key.to_string(),
+                    raw.clone(),
+                    format!("--raft-{}", key.replace('_', "-")),
+                ));
+            }
+        }
+        let mut s = shoal_node::RaftSettings::default();
+        for (key, raw, label) in layers {
+            let duration = || {
+                humantime::parse_duration(raw.trim()).map_err(|_| {
+                    anyhow::anyhow!("{label}: invalid duration {raw:?} (e.g. \"100ms\", \"3s\")")
+                })
+            };
+            let count = || {
+                raw.trim().parse::<u64>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                    anyhow::anyhow!("{label}: expected a whole number of at least 1, got {raw:?}")
+                })
+            };
+            match key.as_str() {
+                "tick" => s.tick = duration()?,
+                "heartbeat_ticks" => s.heartbeat_ticks = count()? as usize,
+                "election_ticks" => s.election_ticks = count()? as usize,
+                "leader_wait" => s.leader_wait = duration()?,
+                "keep_logs" => s.keep_logs = count()?,
+                "checkpoint_interval" => s.checkpoint_interval = duration()?,
+                "max_concurrent_changes" => s.max_concurrent_changes = count()? as usize,
+                "max_snapshot_sends" => s.max_snapshot_sends = count()? as usize,
+                _ => unreachable!("keys are checked above"),
+            }
+        }
+        if s.tick < std::time::Duration::from_millis(1) {
+            anyhow::bail!("raft tick must be at least 1ms");
+        }
+        if s.election_ticks <= s.heartbeat_ticks {
+            anyhow::bail!(
+                "raft election_ticks ({}) must be larger than heartbeat_ticks ({})",
+                s.election_ticks,
+                s.heartbeat_ticks
+            );
+        }
+        Ok(s)
+    }
 }

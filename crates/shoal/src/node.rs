@@ -5,17 +5,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use std::sync::Arc;
-
 use anyhow::Context as _;
 use clap::Args;
-use shoal_storage::{Options, Store};
+use shoal_node::Node;
+use shoal_storage::Options;
 use shoal_types::NodeId;
 
-use crate::config::RegistryArgs;
+use crate::config::{RaftArgs, RegistryArgs};
 use crate::server::{
-    FeedArgs, HttpArgs, NodeRegistration, bind, cluster_token, init_logging, instance_id,
-    read_or_make_marker, serve, shutdown_channel, spawn_registration, start_replication,
+    FeedArgs, HttpArgs, NodeIdentity, bind, cluster_token, init_logging, instance_id, node_config,
+    read_or_make_marker, serve, shutdown_channel,
 };
 
 /// Flags of `shoal node`.
@@ -48,11 +47,14 @@ pub struct NodeArgs {
     http: HttpArgs,
     #[command(flatten)]
     registry: RegistryArgs,
+    #[command(flatten)]
+    raft: RaftArgs,
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     init_logging();
     let registry_options = args.registry.load()?;
+    let raft = args.raft.load(&args.registry.file()?)?;
     let token = cluster_token(&args.http)?;
     let node_id = check_node_id(&args.node_id)?;
     if args.capacity == 0 {
@@ -67,8 +69,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     out!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
 
     let shutdown = shutdown_channel();
-    let me = node_id.clone();
-    let node = NodeRegistration {
+    let identity = NodeIdentity {
         node_id,
         node_url,
         local_node_url,
@@ -76,24 +77,12 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         capacity: args.capacity,
         instance: instance_id(Some(&args.data_dir))?,
     };
-    let registration =
-        spawn_registration(registry.clone(), node, &registry_options, shutdown.clone()).await?;
-    let store = Arc::new(Store::open(
-        Some(&args.data_dir),
-        Options { feed: args.feed.options(), ..Options::default() },
-    )?);
-    let replication = start_replication(
-        &me,
-        Some(&args.data_dir),
-        store,
-        registry.clone(),
-        &token,
-        shutdown.clone(),
-    )
-    .await?;
-    serve(listener, &args.http, token, Some(&replication), registry, shutdown).await?;
-    replication.multi.shutdown().await;
-    let _ = tokio::join!(registration, replication.task);
+    let store = Options { feed: args.feed.options(), ..Options::default() };
+    let config =
+        node_config(identity, Some(&args.data_dir), store, raft, &token, &registry_options);
+    let node = Node::start(config, registry.clone(), shutdown.clone()).await?;
+    serve(listener, &args.http, token, Some(&node), registry, shutdown).await?;
+    node.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -4,7 +4,6 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -12,13 +11,14 @@ use clap::Args;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use shoal_monitor::MonitorOptions;
-use shoal_storage::{Options, Store};
+use shoal_node::Node;
+use shoal_storage::Options;
 use shoal_types::placement::Topology;
 use shoal_types::{BUCKET_COUNT, NodeId};
 
 use crate::server::{
-    FeedArgs, HttpArgs, NodeRegistration, bind, init_logging, instance_id, serve, shutdown_channel,
-    spawn_registration, start_replication, wait_until_leading,
+    FeedArgs, HttpArgs, NodeIdentity, bind, init_logging, instance_id, node_config, serve,
+    shutdown_channel,
 };
 
 /// Flags of `shoal serve`.
@@ -63,11 +63,14 @@ pub struct ServeArgs {
     http: HttpArgs,
     #[command(flatten)]
     registry: crate::config::RegistryArgs,
+    #[command(flatten)]
+    raft: crate::config::RaftArgs,
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging();
     let registry_options = args.registry.load()?;
+    let raft = args.raft.load(&args.registry.file()?)?;
     if args.max_open_bases == 0
         || args.max_result_rows == 0
         || args.max_sql_length == 0
@@ -91,7 +94,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_write_steps: args.max_write_steps,
         feed: args.feed.options(),
     };
-    let store = Arc::new(Store::open(dir, options)?);
     // Connect before serving, so that a wrong or dead registry fails start-up
     // with the endpoints it tried.
     let registry = shoal_registry::connect(&registry_options).await?;
@@ -113,7 +115,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Standalone is a one-node cluster: the node registers, and a monitor
     // keeps its one-replica placement map, as they would in a cluster.
     let shutdown = shutdown_channel();
-    let node = NodeRegistration {
+    let identity = NodeIdentity {
         node_id: NodeId(args.node_id.clone()),
         node_url: url.clone(),
         local_node_url: url.clone(),
@@ -121,8 +123,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         capacity: 1,
         instance: instance_id(dir)?,
     };
-    let registration =
-        spawn_registration(registry.clone(), node, &registry_options, shutdown.clone()).await?;
     let monitor = MonitorOptions {
         id: format!("{}-monitor", args.node_id),
         url: Some(url),
@@ -134,19 +134,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let monitor = tokio::spawn(shoal_monitor::run(registry.clone(), monitor, shutdown.clone()));
 
-    let replication = start_replication(
-        &NodeId(args.node_id.clone()),
-        dir,
-        store,
-        registry.clone(),
-        &token,
-        shutdown.clone(),
-    )
-    .await?;
-    wait_until_leading(&replication, BUCKET_COUNT).await?;
-    serve(listener, &args.http, token, Some(&replication), registry, shutdown).await?;
-    replication.multi.shutdown().await;
-    let _ = tokio::join!(registration, monitor, replication.task);
+    let config = node_config(identity, dir, options, raft, &token, &registry_options);
+    let node = Node::start(config, registry.clone(), shutdown.clone()).await?;
+    node.wait_until_leading(BUCKET_COUNT, Duration::from_secs(120)).await?;
+    serve(listener, &args.http, token, Some(&node), registry, shutdown).await?;
+    node.stop().await;
+    let _ = monitor.await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -12,19 +12,11 @@ use axum::serve::ListenerExt as _;
 use clap::Args;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use shoal_node::cluster::Cluster;
-use shoal_node::registration::{self, Assignment, RegistrationOptions};
-use shoal_node::replica::BucketStateMachine;
-use shoal_node::replication::{self, Directory, ReplicationOptions};
-use shoal_node::{AppState, Engine, ServerOptions};
-use shoal_raft::log_store::{LogStore, LogStoreOptions};
-use shoal_raft::multi::{MultiRaft, MultiRaftOptions, StateMachineFactory};
-use shoal_raft::network::{Network, NetworkOptions};
-use shoal_raft::{StateMachine, raft_id};
+use shoal_node::{AppState, Node, NodeConfig, ServerOptions};
 use shoal_registry::Registry;
-use shoal_storage::Store;
+use shoal_types::NodeId;
 use shoal_types::api::NodeInfo;
 use shoal_types::api::{ClusterStatus, RebalanceRequest};
-use shoal_types::{BucketId, NodeId};
 use tokio::sync::watch;
 
 /// HTTP flags of every server command (the listen address is per command).
@@ -67,7 +59,7 @@ impl FeedArgs {
 /// Starts logging to stderr; `SHOAL_LOG` filters (default `info`).
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
 }
 
@@ -97,78 +89,8 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<Listener> {
     Ok(Listener { listener, addr })
 }
 
-/// What a node needs to replicate its buckets.
-pub struct Replication {
-    /// The engine for the HTTP API.
-    pub engine: Arc<Engine>,
-    /// The node's groups.
-    pub multi: Arc<MultiRaft>,
-    /// The routes other nodes send Raft messages to.
-    pub routes: axum::Router,
-    /// The reconciler task.
-    pub task: tokio::task::JoinHandle<()>,
-    /// For `--memory`: the directory snapshots would use, removed on exit.
-    pub _scratch: Option<tempfile::TempDir>,
-}
-
-/// Starts the node's Raft groups, following the placement map in `registry`.
-pub async fn start_replication(
-    node: &NodeId,
-    data_dir: Option<&std::path::Path>,
-    store: Arc<Store>,
-    registry: Arc<dyn Registry>,
-    token: &str,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Replication> {
-    let (log_store, scratch, raft_dir) = match data_dir {
-        Some(d) => {
-            let dir = d.join("raft");
-            (LogStore::open(&dir.join("log"), LogStoreOptions::default())?, None, dir)
-        }
-        // The log store has no in-memory mode: a memory server keeps its
-        // Raft log in a temporary directory that goes away with it.
-        None => {
-            let tmp = tempfile::tempdir().context("cannot make a scratch directory")?;
-            let dir = tmp.path().to_path_buf();
-            (LogStore::open(&dir.join("log"), LogStoreOptions::default())?, Some(tmp), dir)
-        }
-    };
-    let net_options = NetworkOptions { token: token.to_string(), ..NetworkOptions::default() };
-    let network = Network::new(net_options.clone())?;
-    let s = store.clone();
-    let factory: StateMachineFactory = Arc::new(move |g: u8| -> Arc<dyn StateMachine> {
-        Arc::new(BucketStateMachine::new(s.clone(), BucketId(g)))
-    });
-    let mut options = MultiRaftOptions::new(&raft_dir);
-    if data_dir.is_none() {
-        // In memory there is nobody to send a snapshot to and nowhere to keep one.
-        options.snapshot_every = u64::MAX;
-    }
-    let multi = MultiRaft::start(raft_id(node), log_store, network, factory, options)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot start the Raft groups: {e}"))?;
-    let (directory_tx, directory_rx) = watch::channel(Directory::default());
-    let task = tokio::spawn(replication::reconcile(
-        registry,
-        multi.clone(),
-        store.clone(),
-        ReplicationOptions {
-            node_id: node.clone(),
-            max_concurrent_changes: 4,
-            interval: std::time::Duration::from_secs(1),
-            remove_after: std::time::Duration::from_secs(600),
-            leader_moves_per_pass: 2,
-        },
-        directory_tx,
-        shutdown,
-    ));
-    let engine = Arc::new(Engine::new(store, multi.clone(), directory_rx, node.clone()));
-    let routes = shoal_raft::network::router(multi.clone(), net_options);
-    Ok(Replication { engine, multi, routes, task, _scratch: scratch })
-}
-
-/// Where and what a node registers.
-pub struct NodeRegistration {
+/// Who a node is and where it is reached: what it registers.
+pub struct NodeIdentity {
     /// The node's id.
     pub node_id: NodeId,
     /// The URL end users reach it at.
@@ -183,8 +105,37 @@ pub struct NodeRegistration {
     pub instance: String,
 }
 
-/// Keeps the node registered (under a session lease of `node_ttl`) until
-/// `shutdown`.
+/// Everything a node starts with.
+pub fn node_config(
+    identity: NodeIdentity,
+    data_dir: Option<&std::path::Path>,
+    store: shoal_storage::Options,
+    raft: shoal_node::RaftSettings,
+    token: &str,
+    registry_options: &shoal_registry::RegistryOptions,
+) -> NodeConfig {
+    NodeConfig {
+        node_id: identity.node_id,
+        data_dir: data_dir.map(std::path::Path::to_path_buf),
+        store,
+        raft,
+        token: token.to_string(),
+        info: NodeInfo {
+            node_url: identity.node_url,
+            local_node_url: identity.local_node_url,
+            zone: identity.zone,
+            capacity: identity.capacity,
+            version: env!("CARGO_PKG_VERSION").into(),
+            registered_at: String::new(),
+            instance: identity.instance,
+        },
+        node_ttl: registry_options.node_ttl,
+        retry_interval: registry_options.retry_interval,
+        remove_after: std::time::Duration::from_secs(600),
+        leader_moves_per_pass: 2,
+    }
+}
+
 /// The instance id of a data directory: made on first use and kept in
 /// `DATA_DIR/instance`. Without a directory, a new one per process.
 pub fn instance_id(dir: Option<&std::path::Path>) -> anyhow::Result<String> {
@@ -215,65 +166,16 @@ pub fn read_or_make_marker(
     }
 }
 
-/// Registers the node and keeps it registered until shutdown. First makes
-/// sure no other process holds the node id: waits up to twice the node TTL
-/// for another data directory's registration to expire, then fails.
-pub async fn spawn_registration(
-    registry: Arc<dyn Registry>,
-    node: NodeRegistration,
-    registry_options: &shoal_registry::RegistryOptions,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let wait = registry_options.node_ttl * 2 + std::time::Duration::from_secs(1);
-    registration::claim(&registry, &node.node_id, &node.instance, wait)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let options = RegistrationOptions {
-        node_id: node.node_id,
-        info: NodeInfo {
-            node_url: node.node_url,
-            local_node_url: node.local_node_url,
-            zone: node.zone,
-            capacity: node.capacity,
-            version: env!("CARGO_PKG_VERSION").into(),
-            registered_at: String::new(),
-            instance: node.instance,
-        },
-        ttl: registry_options.node_ttl,
-        retry_interval: registry_options.retry_interval,
-    };
-    // Nothing reads the assignment: replication follows the map itself.
-    let (assignment, _) = watch::channel(Assignment::default());
-    Ok(tokio::spawn(registration::run(registry, options, assignment, shutdown)))
-}
-
-/// Waits (bounded) until this node hosts `groups` groups and each has a
-/// leader: a standalone server announces itself only once every bucket can
-/// take writes.
-pub async fn wait_until_leading(replication: &Replication, groups: usize) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let hosted = replication.multi.hosted();
-        if hosted.len() >= groups && hosted.iter().all(|g| replication.multi.leader(*g).is_some()) {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            anyhow::bail!("only {} of {groups} buckets were ready after 120 s", hosted.len());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-}
-
 /// Serves the API until `shutdown` turns true.
 pub async fn serve(
     listener: Listener,
     http: &HttpArgs,
     token: String,
-    replication: Option<&Replication>,
+    node: Option<&Node>,
     registry: Arc<dyn Registry>,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    serve_with(listener, http, token, replication, registry, None, shutdown).await
+    serve_with(listener, http, token, node, registry, None, shutdown).await
 }
 
 /// Serves the API, plus `extra` routes (a proxy's base routes), until
@@ -282,12 +184,12 @@ pub async fn serve_with(
     listener: Listener,
     http: &HttpArgs,
     token: String,
-    replication: Option<&Replication>,
+    node: Option<&Node>,
     registry: Arc<dyn Registry>,
     extra: Option<axum::Router>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let engine = replication.map(|r| r.engine.clone());
+    let engine = node.map(|n| n.engine().clone());
     let metrics = PrometheusBuilder::new()
         .set_buckets(&[
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -302,8 +204,8 @@ pub async fn serve_with(
         forwarder: shoal_node::forward::client(),
     });
     let mut app = shoal_node::router(state);
-    if let Some(r) = replication {
-        app = app.merge(r.routes.clone());
+    if let Some(n) = node {
+        app = app.merge(n.routes());
     }
     if let Some(extra) = extra {
         app = app.merge(extra);

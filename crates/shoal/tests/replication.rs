@@ -295,9 +295,10 @@ async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
     // Every base whose bucket n4 now holds reaches n4 with the same content
     // as its other replicas; nodes that lost a bucket no longer serve it.
     let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
     'outer: loop {
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(Instant::now() < deadline, "replicas did not converge\n{}", c.logs());
+        assert!(Instant::now() < deadline, "replicas did not converge: {last}\n{}", c.logs());
         for base in &bases {
             let bucket: shoal_types::BaseId = base.parse().expect("id");
             let replicas = after.replicas(bucket.bucket());
@@ -319,10 +320,14 @@ async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
                             "{v}"
                         );
                     }
-                    _ => continue 'outer,
+                    (holds, other) => {
+                        last = format!("{base} on {name} (holds: {holds}): {other:?}");
+                        continue 'outer;
+                    }
                 }
             }
             if sums.len() != 1 {
+                last = format!("{base}: checksums differ: {sums:?}");
                 continue 'outer;
             }
         }

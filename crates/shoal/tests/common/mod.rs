@@ -59,7 +59,7 @@ impl Server {
         };
         cmd.args(extra)
             .env_remove("SHOAL_ADMIN_TOKEN")
-            .env("SHOAL_LOG", "info,openraft=warn")
+            .env("SHOAL_LOG", log_filter())
             .stdin(Stdio::null())
             .stdout(stdout.try_clone().expect("clone"))
             .stderr(stderr);
@@ -245,7 +245,7 @@ impl Process {
             cmd.env_remove(k);
         }
         let child = cmd
-            .env("SHOAL_LOG", "info,openraft=warn")
+            .env("SHOAL_LOG", log_filter())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
@@ -311,4 +311,10 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The log filter of the processes tests start: `SHOAL_TEST_LOG`, else
+/// info with raft-rs's own lines at warn.
+pub fn log_filter() -> String {
+    std::env::var("SHOAL_TEST_LOG").unwrap_or_else(|_| "info,raft=warn".into())
 }

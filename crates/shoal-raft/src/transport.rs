@@ -24,7 +24,7 @@
 //! reported to the loop once ([`Delivery::PeerDown`]), its queued frames are
 //! dropped (Raft resends), and it is dialled again with a backoff.
 //!
-//! Snapshots go out of band, on their own requests ([`super::snapshot`]), at
+//! Snapshots go out of band, on their own requests ([`crate::snapshot`]), at
 //! most `max_snapshot_sends` at a time.
 
 use std::collections::HashMap;
@@ -44,8 +44,8 @@ use raft::prelude::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::RaftNodeId;
-use super::snapshot::{self, Snapshots};
+use crate::RaftNodeId;
+use crate::snapshot::{self, Snapshots};
 
 /// The wire version this build speaks.
 pub const WIRE_VERSION: u32 = 1;
@@ -80,7 +80,7 @@ pub enum Delivery {
         /// The group.
         group: u8,
         /// The `MsgSnapshot`.
-        message: Message,
+        message: Box<Message>,
         /// The received files.
         dir: std::path::PathBuf,
     },
@@ -329,7 +329,7 @@ impl Transport {
             .with_state(self.clone())
     }
 
-    fn authorized(&self, headers: &HeaderMap) -> Result<(), Response> {
+    fn authorized(&self, headers: &HeaderMap) -> Result<(), (StatusCode, String)> {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -343,22 +343,22 @@ impl Transport {
             }
             _ => Err((
                 StatusCode::UNAUTHORIZED,
-                "a node-to-node request needs the cluster's bearer token",
-            )
-                .into_response()),
+                "a node-to-node request needs the cluster's bearer token".into(),
+            )),
         }
     }
 
-    fn version_ok(headers: &HeaderMap, want: u32) -> Result<(), Response> {
+    fn version_ok(headers: &HeaderMap, want: u32) -> Result<(), (StatusCode, String)> {
         let given = headers.get(VERSION_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("none");
         if given == want.to_string() {
             Ok(())
         } else {
             Err((
                 StatusCode::BAD_REQUEST,
-                format!("this node speaks raft wire version {want}, the request {given}: run one Shoal version across the cluster"),
-            )
-                .into_response())
+                format!(
+                    "this node speaks raft wire version {want}, the request {given}: run one Shoal version across the cluster"
+                ),
+            ))
         }
     }
 }
@@ -369,10 +369,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn accept_stream(State(t): State<Arc<Transport>>, mut req: Request) -> Response {
     if let Err(r) = t.authorized(req.headers()) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = Transport::version_ok(req.headers(), WIRE_VERSION) {
-        return r;
+        return r.into_response();
     }
     let upgrade = req.headers().get(header::UPGRADE).and_then(|v| v.to_str().ok());
     if upgrade != Some("shoal-raft") {
@@ -431,16 +431,20 @@ async fn read_frames<R: tokio::io::AsyncRead + Unpin>(
 
 async fn accept_snapshot(State(t): State<Arc<Transport>>, req: Request) -> Response {
     if let Err(r) = t.authorized(req.headers()) {
-        return r;
+        return r.into_response();
     }
     if let Err(r) = Transport::version_ok(req.headers(), snapshot::VERSION) {
-        return r;
+        return r.into_response();
     }
     let stream = req.into_body().into_data_stream().map_err(std::io::Error::other);
     let mut reader = tokio_util::io::StreamReader::new(stream);
     match snapshot::receive(&t.snapshots, &mut reader, SNAPSHOT_IDLE).await {
         Ok((group, message, dir)) => {
-            if (t.deliver)(Delivery::Snapshot { group, message, dir: dir.clone() }) {
+            if (t.deliver)(Delivery::Snapshot {
+                group,
+                message: Box::new(message),
+                dir: dir.clone(),
+            }) {
                 StatusCode::OK.into_response()
             } else {
                 let _ = std::fs::remove_dir_all(dir);
@@ -613,12 +617,17 @@ mod tests {
     #[test]
     fn frames_round_trip() {
         let mut f = FrameBuf::new();
-        let mut m = Message::default();
-        m.to = 2;
-        m.from = 1;
-        m.term = 9;
-        m.entries =
-            vec![raft::prelude::Entry { index: 4, data: b"abc".to_vec(), ..Default::default() }];
+        let m = Message {
+            to: 2,
+            from: 1,
+            term: 9,
+            entries: vec![raft::prelude::Entry {
+                index: 4,
+                data: b"abc".to_vec(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
         f.push(3, &m);
         f.push(200, &Message::default());
         let (bytes, n) = f.finish();

@@ -42,14 +42,14 @@ use raft::prelude::{
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
-use super::apply::{self, Task};
-use super::logdb::{self, ApplyState, Batch, LogDb, Op, Writer};
-use super::snapshot::Snapshots;
-use super::storage::GroupStorage;
-use super::transport::{FrameBuf, Transport};
-use super::{
+use crate::apply::{self, Task};
+use crate::logdb::{self, ApplyState, Batch, LogDb, Op, Writer};
+use crate::snapshot::Snapshots;
+use crate::storage::GroupStorage;
+use crate::transport::{FrameBuf, Transport};
+use crate::{
     Admin, Answered, Board, Factory, GroupError, GroupStatus, Input, Options, RaftNodeId,
-    StateMachine,
+    StateMachine, View,
 };
 
 type Reply<A> = oneshot::Sender<Answered<A>>;
@@ -270,7 +270,7 @@ impl<S: StateMachine> Loop<S> {
     /// Starts hosting `group` with `storage`.
     fn host(&mut self, group: u8, storage: GroupStorage) -> raft::Result<()> {
         let config = self.raft_config(storage.checkpoint());
-        let raw = RawNode::new(&config, storage, &super::logger::for_group(group))?;
+        let raw = RawNode::new(&config, storage, &crate::logger::for_group(group))?;
         self.incarnations += 1;
         let now = Instant::now();
         let applied = raw.raft.raft_log.applied;
@@ -294,6 +294,13 @@ impl<S: StateMachine> Loop<S> {
             build_after: now,
             campaign_at: None,
         }));
+        let id = self.opts.id;
+        let g = self.group(group).expect("just hosted");
+        let voters = g.raw.raft.prs().conf().to_conf_state().voters;
+        if voters == [id] {
+            // Alone: nobody to wait for (a standalone node restarts ready).
+            let _ = g.raw.campaign();
+        }
         self.publish(group);
         self.touch(group);
         Ok(())
@@ -318,12 +325,30 @@ impl<S: StateMachine> Loop<S> {
     /// Tells readers what the group looks like now.
     fn publish(&self, group: u8) {
         let Some(g) = self.groups[group as usize].as_deref() else {
-            self.board.set(group, false, 0, StateRole::Follower, 0, false);
+            let view = View {
+                hosted: false,
+                initialized: false,
+                leader: 0,
+                role: StateRole::Follower,
+                term: 0,
+                voter: false,
+            };
+            self.board.set(group, view);
             return;
         };
         let r = &g.raw.raft;
         let voter = r.prs().conf().voters().contains(self.opts.id);
-        self.board.set(group, true, r.leader_id, r.state, r.term, voter);
+        let initialized = g.raw.store().is_initialized();
+        let view = View {
+            hosted: true,
+            initialized,
+            leader: r.leader_id,
+            role: r.state,
+            term: r.term,
+            voter,
+        };
+        self.board.set(group, view);
+        self.board.set_applied(group, g.applied);
     }
 
     /// Stops hosting `group`: every request waiting on it fails.
@@ -370,7 +395,7 @@ impl<S: StateMachine> Loop<S> {
                     }
                 }
             }
-            Input::Snapshot { group, message, dir } => self.incoming_snapshot(group, message, dir),
+            Input::Snapshot { group, message, dir } => self.incoming_snapshot(group, *message, dir),
             Input::SnapshotSent { group, to, ok } => {
                 if let Some(g) = self.group(group) {
                     let status = if ok { SnapshotStatus::Finish } else { SnapshotStatus::Failure };
@@ -600,6 +625,7 @@ impl<S: StateMachine> Loop<S> {
             if let Some(last) = p.last_index {
                 g.raw.mut_store().persisted_to(last);
             }
+            let restored = p.snapshot.is_some();
             if let Some(index) = p.snapshot {
                 if index > g.raw.raft.raft_log.applied {
                     g.raw.advance_apply_to(index);
@@ -607,6 +633,9 @@ impl<S: StateMachine> Loop<S> {
                 g.applied = index;
             }
             self.route(p.group, p.messages);
+            if restored {
+                self.publish(p.group);
+            }
             self.touch(p.group);
         }
     }
@@ -614,10 +643,9 @@ impl<S: StateMachine> Loop<S> {
     fn applied(&mut self, group: u8, index: u64, term: u64, synced: bool) {
         let keep = self.opts.keep_logs;
         let Some(g) = self.groups[group as usize].as_deref_mut() else { return };
-        if index > g.raw.raft.raft_log.applied {
-            g.raw.advance_apply_to(index);
-        }
-        g.applied = g.applied.max(index);
+        // Configuration changes first, then the applied index: raft-rs
+        // decides on leaving a joint configuration when the index passes
+        // the change, and must see the change applied by then.
         let mut conf_changed = false;
         while g.pending_cc.front().is_some_and(|(i, _)| *i <= index) {
             let (i, cc) = g.pending_cc.pop_front().expect("checked");
@@ -631,6 +659,10 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
         }
+        if index > g.raw.raft.raft_log.applied {
+            g.raw.advance_apply_to(index);
+        }
+        g.applied = g.applied.max(index);
         g.raw.mut_store().trim_cache(g.applied);
         let applied = g.applied;
         let mut ready = Vec::new();
@@ -649,14 +681,16 @@ impl<S: StateMachine> Loop<S> {
             let conf = g.raw.raft.prs().conf().to_conf_state();
             self.batch.ops.push((group, Op::Applied(ApplyState { index, term, conf })));
             let (first, _) = g.raw.store().bounds();
-            if index >= first + 2 * keep {
-                if let Some(op) = g.raw.mut_store().compact(index - keep) {
-                    self.batch.ops.push((group, op));
-                }
+            if index >= first + 2 * keep
+                && let Some(op) = g.raw.mut_store().compact(index - keep)
+            {
+                self.batch.ops.push((group, op));
             }
         }
         if conf_changed {
             self.publish(group);
+        } else {
+            self.board.set_applied(group, applied);
         }
         self.touch(group);
     }
@@ -750,11 +784,12 @@ impl<S: StateMachine> Loop<S> {
             }
             Admin::Transfer { group, to } => {
                 let id = self.opts.id;
-                if let Some(g) = self.group(group) {
-                    if g.raw.raft.state == StateRole::Leader && to != id {
-                        g.raw.transfer_leader(to);
-                        self.touch(group);
-                    }
+                if let Some(g) = self.group(group)
+                    && g.raw.raft.state == StateRole::Leader
+                    && to != id
+                {
+                    g.raw.transfer_leader(to);
+                    self.touch(group);
                 }
             }
             Admin::Campaign { group } => {
@@ -777,22 +812,32 @@ impl<S: StateMachine> Loop<S> {
         if g.raw.store().is_initialized() {
             return Ok(false);
         }
-        if g.inflight > 0 || g.restoring.is_some() || g.incoming.is_some() {
+        if g.inflight > 0 || g.restoring.is_some() || g.incoming.is_some() || g.raw.has_ready() {
             return Err(GroupError::Unavailable {
                 group,
                 reason: "the group is busy; retry".into(),
             });
         }
         let mut storage = std::mem::replace(g.raw.mut_store(), GroupStorage::empty(group, db));
-        let op = storage.bootstrap(voters);
-        self.batch.ops.push((group, op));
+        let first = voters.first().copied();
+        let seen = g.raw.raft.hard_state();
+        for op in storage.bootstrap(voters, &seen) {
+            self.batch.ops.push((group, op));
+        }
         self.batch.sync = true;
         let old = self.unhost(group);
         let target = old.and_then(|g| g.target);
         self.host(group, storage)
             .map_err(|e| GroupError::Unavailable { group, reason: e.to_string() })?;
+        let id = self.opts.id;
         if let Some(g) = self.group(group) {
             g.target = target;
+            // The first voter campaigns at once rather than after an
+            // election timeout: a new group (a one-voter group above all)
+            // takes writes sooner, and leaders start spread as listed.
+            if first == Some(id) {
+                let _ = g.raw.campaign();
+            }
         }
         Ok(true)
     }
@@ -892,11 +937,15 @@ impl<S: StateMachine> Loop<S> {
         let changing = self.changing.len();
         let in_set = self.changing.contains(&group);
         let Some(g) = self.groups[group as usize].as_deref_mut() else { return };
-        let Some(target) = g.target.as_ref() else { return };
         let r = &g.raw.raft;
-        if r.state != StateRole::Leader || target.is_empty() {
+        let Some(target) =
+            g.target.as_ref().filter(|t| !t.is_empty() && r.state == StateRole::Leader)
+        else {
+            // Only a leader changes membership: a group led elsewhere now
+            // does not hold one of this node's change slots.
+            self.changing.remove(&group);
             return;
-        }
+        };
         let cs = r.prs().conf().to_conf_state();
         let voters: BTreeSet<u64> = cs.voters.iter().copied().collect();
         let learners: BTreeSet<u64> = cs.learners.iter().copied().collect();
@@ -1024,7 +1073,7 @@ impl<S: StateMachine> Loop<S> {
             self.route(group, msgs);
         }
         if !committed.is_empty() {
-            self.to_apply(group, committed);
+            self.hand_to_apply(group, committed);
         }
         for rs in read_states {
             self.read_state(group, rs.index, &rs.request_ctx);
@@ -1066,7 +1115,7 @@ impl<S: StateMachine> Loop<S> {
 
     /// Hands committed entries to the apply thread, with the proposers
     /// waiting on them.
-    fn to_apply(&mut self, group: u8, entries: Vec<Entry>) {
+    fn hand_to_apply(&mut self, group: u8, entries: Vec<Entry>) {
         let Some(g) = self.group(group) else { return };
         let mut waiters = Vec::new();
         for e in &entries {
@@ -1125,8 +1174,9 @@ enum Step {
 /// The next membership step toward `target`: add a missing member as a
 /// learner; promote a caught-up learner (in a joint change that demotes a
 /// leaving voter, if any); demote a leaving voter once every target member
-/// votes; remove a leaving learner once it has seen the change that demoted
-/// it (or is gone). A leader that must leave hands leadership to a
+/// votes; remove a leaving learner once it has committed the change that
+/// demoted it (so it applies it and lets go of the group even though the
+/// leader no longer talks to it), or once it stopped answering. A leader that must leave hands leadership to a
 /// caught-up voter first.
 fn next_step(
     id: RaftNodeId,
@@ -1182,7 +1232,7 @@ fn next_step(
     }
     let gone = learners.iter().find(|l| {
         !target.contains(l)
-            && r.prs().get(**l).is_none_or(|p| p.matched >= last_cc || !p.recent_active)
+            && r.prs().get(**l).is_none_or(|p| p.committed_index >= last_cc || !p.recent_active)
     });
     match gone {
         Some(&l) => change(vec![single(ConfChangeType::RemoveNode, l)]),

@@ -211,7 +211,7 @@ pub async fn send(
     let resp = client
         .post(url)
         .bearer_auth(token)
-        .header(super::transport::VERSION_HEADER, VERSION.to_string())
+        .header(crate::transport::VERSION_HEADER, VERSION.to_string())
         .body(body)
         .send()
         .await

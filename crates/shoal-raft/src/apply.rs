@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use raft::prelude::{Entry, EntryType};
 use tokio::sync::oneshot;
 
-use super::snapshot::Snapshots;
-use super::{Answered, Factory, GroupError, Input, StateMachine};
+use crate::snapshot::Snapshots;
+use crate::{Answered, Factory, GroupError, Input, StateMachine};
 
 /// Work for the apply thread.
 pub(crate) enum Task<A> {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use super::logdb::{ApplyState, GroupRecord, LogDb, Op};
+use crate::logdb::{ApplyState, GroupRecord, LogDb, Op};
 
 /// The index and term a new group's log starts after. Initial members are
 /// created as if restored from a snapshot at this index, so any member that
@@ -84,19 +84,25 @@ impl GroupStorage {
         }
     }
 
-    /// The state of a new group whose first voters are `voters`, and the op
-    /// that stores it.
-    pub fn bootstrap(&mut self, voters: Vec<u64>) -> Op {
+    /// The state of a new group whose first voters are `voters`, and the ops
+    /// that store it. `seen` is the group's hard state so far: a node asked
+    /// to vote before it started the group keeps its term and vote (its log
+    /// was empty, so nothing else is lost).
+    pub fn bootstrap(&mut self, voters: Vec<u64>, seen: &HardState) -> [Op; 2] {
         let conf = ConfState { voters, ..Default::default() };
         let applied = ApplyState { index: INIT_INDEX, term: INIT_TERM, conf: conf.clone() };
-        self.hard_state = HardState { term: INIT_TERM, vote: 0, commit: INIT_INDEX };
+        self.hard_state = if seen.term > INIT_TERM {
+            HardState { term: seen.term, vote: seen.vote, commit: INIT_INDEX }
+        } else {
+            HardState { term: INIT_TERM, vote: 0, commit: INIT_INDEX }
+        };
         self.conf_state = conf;
         self.truncated = (INIT_INDEX, INIT_TERM);
         self.last = (INIT_INDEX, INIT_TERM);
         self.persisted = INIT_INDEX;
         self.checkpoint = INIT_INDEX;
         self.cache.clear();
-        Op::Snapshot { delete: None, applied }
+        [Op::Snapshot { delete: None, applied }, Op::HardState(self.hard_state.clone())]
     }
 
     /// Whether the group has a configuration (it was bootstrapped, or
@@ -307,11 +313,19 @@ impl raft::Storage for GroupStorage {
         Ok(self.last.0)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        // A snapshot is useful only if the log goes on right after it.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // A snapshot is useful only if the log goes on right after it, and
+        // if its configuration has the recipient (raft-rs refuses to restore
+        // one that does not: a member added after it was built).
         let least = request_index.max(self.truncated.0);
+        let has = |s: &Snapshot| {
+            let c = s.get_metadata().get_conf_state();
+            [&c.voters, &c.learners, &c.voters_outgoing, &c.learners_next]
+                .iter()
+                .any(|ids| ids.contains(&to))
+        };
         match &self.snapshot {
-            Some(s) if s.get_metadata().index >= least => Ok(s.clone()),
+            Some(s) if s.get_metadata().index >= least && has(s) => Ok(s.clone()),
             _ => {
                 self.wanted.set(least.max(1));
                 Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
@@ -338,7 +352,7 @@ mod tests {
     #[test]
     fn appends_replace_a_conflicting_tail() {
         let (_dir, mut s) = storage();
-        s.bootstrap(vec![1]);
+        s.bootstrap(vec![1], &HardState::default());
         assert_eq!(s.bounds(), (6, 5));
         assert!(matches!(
             s.append((6..=9).map(|i| entry(i, 5)).collect()),
@@ -362,10 +376,9 @@ mod tests {
     #[test]
     fn entries_come_from_disk_once_dropped_from_the_cache() {
         let (_dir, mut s) = storage();
-        s.bootstrap(vec![1]);
+        s.bootstrap(vec![1], &HardState::default());
         let op = s.append((6..=400).map(|i| entry(i, 5)).collect());
-        s.db.write(&[super::super::logdb::Batch { ops: vec![(3, op)], sync: false }])
-            .expect("write");
+        s.db.write(&[crate::logdb::Batch { ops: vec![(3, op)], sync: false }]).expect("write");
         s.persisted_to(400);
         s.trim_cache(400);
         assert!(s.cache.len() < 300);
@@ -382,13 +395,21 @@ mod tests {
     #[test]
     fn a_snapshot_is_asked_for_until_one_is_built() {
         let (_dir, mut s) = storage();
-        s.bootstrap(vec![1, 2]);
+        s.bootstrap(vec![1, 2], &HardState::default());
         assert!(s.snapshot(0, 2).is_err());
         assert_eq!(s.snapshot_wanted(), Some(5));
         let mut snap = Snapshot::default();
         snap.mut_metadata().index = 7;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        s.set_snapshot(snap);
+        // Node 2 is not in that snapshot's configuration: it needs a newer one.
+        assert!(s.snapshot(0, 2).is_err());
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 8;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        snap.mut_metadata().mut_conf_state().learners = vec![2];
         s.set_snapshot(snap);
         assert_eq!(s.snapshot_wanted(), None);
-        assert_eq!(s.snapshot(0, 2).expect("snapshot").get_metadata().index, 7);
+        assert_eq!(s.snapshot(0, 2).expect("snapshot").get_metadata().index, 8);
     }
 }
