@@ -30,22 +30,27 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 work_dir
 
 ROWS=()
-# bench_all SYSTEM TARGET ENDPOINTS: every workload and concurrency; adds table rows.
+# bench_all SYSTEM TARGET ENDPOINTS PID...: every workload and concurrency;
+# adds table rows. The CPU column is the user+system time of the server
+# processes PID... over the run, divided by the acknowledged operations.
 bench_all() {
-    local system=$1 target=$2 endpoints=$3 workload c out
+    local system=$1 target=$2 endpoints=$3 workload c out before after
+    shift 3
     for workload in $WORKLOADS; do
         for c in $CONCURRENCY; do
             echo "$system $workload c=$c" >&2
+            before=$(cpu_seconds "$@")
             out=$("$SHOAL" bench --target "$target" --endpoint "$endpoints" --token "$TOKEN" \
                 --workload "$workload" --concurrency "$c" --duration "$DURATION" --json)
-            ROWS+=("$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; print("| %s | %s | %d | %.0f | %.2f | %.2f | %d |" % (sys.argv[1], r["workload"], r["concurrency"], r["ops_per_sec"], l["p50"], l["p99"], r["errors"]))' "$system")")
+            after=$(cpu_seconds "$@")
+            ROWS+=("$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; cpu=(float(sys.argv[3])-float(sys.argv[2]))/max(r["ops"],1)*1e6; print("| %s | %s | %d | %.0f | %.2f | %.2f | %d | %.0f |" % (sys.argv[1], r["workload"], r["concurrency"], r["ops_per_sec"], l["p50"], l["p99"], r["errors"], cpu))' "$system" "$before" "$after")")
         done
     done
 }
 
 # --- etcd: three members -----------------------------------------------------
 read -r -a P <<<"$(free_ports 6)"
-ETCD_CLIENTS=() ETCD_PEERS=()
+ETCD_CLIENTS=() ETCD_PEERS=() ETCD_PIDS=()
 initial=""
 for i in 0 1 2; do
     ETCD_CLIENTS+=("127.0.0.1:${P[$i]}")
@@ -61,12 +66,13 @@ for i in 0 1 2; do
         --initial-cluster "$initial" --initial-cluster-state new \
         --initial-cluster-token shoal-bench >"$dir/etcd$i.log" 2>&1 &
     PIDS+=($!)
+    ETCD_PIDS+=($!)
 done
 for i in 0 1 2; do
     wait_for 60 "etcd member $i" sh -c "curl -sf http://${ETCD_CLIENTS[$i]}/health | grep -q '\"health\":\"true\"'"
 done
 etcd_urls=$(printf 'http://%s,' "${ETCD_CLIENTS[@]}")
-case " $SYSTEMS " in *" etcd "*) bench_all etcd etcd "${etcd_urls%,}" ;; esac
+case " $SYSTEMS " in *" etcd "*) bench_all etcd etcd "${etcd_urls%,}" "${ETCD_PIDS[@]}" ;; esac
 
 # --- dqlite-demo: three nodes ------------------------------------------------
 if [[ " $SYSTEMS " == *" dqlite "* ]]; then
@@ -88,7 +94,7 @@ for i in 0 1 2; do
 done
 wait_for 60 "three dqlite voters" sh -c "[ \$(dqlite -s ${DQ_DB[0]} demo .cluster | grep -c voter) -eq 3 ]"
 dq_urls=$(printf 'http://%s,' "${DQ_API[@]}")
-bench_all dqlite dqlite "${dq_urls%,}"
+bench_all dqlite dqlite "${dq_urls%,}" "${DQ_PIDS[@]}"
 for pid in "${DQ_PIDS[@]}"; do stop_pid "$pid"; done
 fi
 
@@ -98,11 +104,11 @@ start_shoal_cluster "etcd://$(IFS=,; echo "${ETCD_CLIENTS[*]}")" "shoal-bench-$$
 # Creating a base (and dropping it) works end to end.
 wait_for 60 "a base to be created" "$SHOAL" bench --endpoint "$SHOAL_URLS" --token "$TOKEN" \
     --workload write --concurrency 1 --ops 1 --duration 5s
-bench_all shoal shoal "$SHOAL_URLS"
+bench_all shoal shoal "$SHOAL_URLS" "${SHOAL_PIDS[@]}"
 fi
 
 echo "Machine: $(machine); $DURATION per run; load average before the runs: $LOAD_BEFORE"
 echo
-echo "| system | workload | concurrency | ops/s | p50 ms | p99 ms | errors |"
-echo "|---|---|---|---|---|---|---|"
+echo "| system | workload | concurrency | ops/s | p50 ms | p99 ms | errors | server CPU µs/op |"
+echo "|---|---|---|---|---|---|---|---|"
 printf '%s\n' "${ROWS[@]}"

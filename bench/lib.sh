@@ -39,17 +39,20 @@ work_dir() {
 # start_shoal_cluster REGISTRY NAMESPACE: three `shoal node`s and a monitor
 # (replication factor 3) under $dir, registered in REGISTRY under NAMESPACE
 # with the admin token $TOKEN. Adds them to PIDS, sets SHOAL_COMMON (the
-# flags they share) and SHOAL_URLS (the nodes, comma-separated), and waits
+# flags they share), SHOAL_URLS (the nodes, comma-separated) and SHOAL_PIDS
+# (the nodes' process ids), and waits
 # until the map is placed and every replica is hosted.
 start_shoal_cluster() {
     SHOAL_COMMON=(--registry "$1" --namespace "$2" --node-ttl 3s --admin-token "$TOKEN")
     SHOAL_URLS=""
     local n
+    SHOAL_PIDS=()
     for n in n1 n2 n3; do
         mkdir -p "$dir/$n"
         "$SHOAL" node --node-id "$n" --data-dir "$dir/$n/data" --listen 127.0.0.1:0 \
             --addr-file "$dir/$n/addr" "${SHOAL_COMMON[@]}" >"$dir/shoal-$n.log" 2>&1 &
         PIDS+=($!)
+        SHOAL_PIDS+=($!)
     done
     mkdir -p "$dir/m0"
     "$SHOAL" monitor --monitor-id m0 --replication-factor 3 --listen 127.0.0.1:0 \
@@ -70,6 +73,16 @@ shoal_cluster_ready() {
 import json, sys
 s = json.load(sys.stdin)
 sys.exit(0 if s["epoch"] >= 1 and not s["moves_in_progress"] and not s["under_replicated"] else 1)'
+}
+
+# cpu_seconds PID...: the user+system CPU time the processes have used, in seconds.
+cpu_seconds() {
+    local pid total=0 hz
+    hz=$(getconf CLK_TCK)
+    for pid in "$@"; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    python3 -c "print($total / $hz)"
 }
 
 machine() {

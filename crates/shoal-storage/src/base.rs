@@ -1,9 +1,10 @@
 //! One base: one SQLite database (a WAL-mode file, or memory).
 //!
-//! A base holds the user's tables plus `_shoal_meta`, where it records the
-//! log index of the last command applied to it. That record is written in the
-//! same SQLite transaction as the command's changes, so after a crash a base
-//! is either before or after a command, never in between, and replaying the
+//! A base holds the user's tables plus `_shoal_meta`, where it records its
+//! format version and the log index of the last command applied to it. That
+//! record is written in the same SQLite transaction as the commands' changes
+//! (once, just before the transaction commits), so after a crash a base is
+//! either before or after a command, never in between, and replaying the
 //! log from `applied_index + 1` neither skips nor repeats an entry.
 //!
 //! Commands share one open transaction, each in a savepoint, until
@@ -31,6 +32,9 @@ use crate::{Options, idempotency, map_sqlite_error};
 /// The table of a base's idempotency keys.
 const IDEMPOTENCY: &str = "_shoal_idempotency";
 
+/// The layout version of a base file (`_shoal_meta.format`).
+const FORMAT: i64 = 1;
+
 /// What an execute did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Executed {
@@ -55,9 +59,12 @@ pub struct Base {
     capture: Capture,
     /// The applied index before the last command that was applied.
     previous: u64,
-    /// The applied index as `_shoal_meta` holds it in the open transaction,
-    /// once read: only this base's commands move it.
+    /// The index of the last command applied, once read: only this base's
+    /// commands move it.
     applied: Option<u64>,
+    /// Whether `applied` is ahead of what `_shoal_meta` holds: it is written
+    /// once per transaction, when it commits.
+    unwritten: bool,
     /// The commands applied since the last commit, in order.
     uncommitted: Vec<Uncommitted>,
     /// About how much memory `uncommitted` holds, in bytes.
@@ -120,9 +127,17 @@ impl Base {
              PRAGMA journal_size_limit = 1048576;
              PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS _shoal_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             INSERT OR IGNORE INTO _shoal_meta (key, value) VALUES ('applied_index', 0);",
+             INSERT OR IGNORE INTO _shoal_meta (key, value) VALUES ('applied_index', 0), ('format', 1);",
         )
         .map_err(map_sqlite_error)?;
+        let format: i64 = conn
+            .query_row("SELECT value FROM _shoal_meta WHERE key = 'format'", [], |r| r.get(0))
+            .map_err(map_sqlite_error)?;
+        if format != FORMAT {
+            return Err(Error::InvalidData(format!(
+                "base file format {format} is unknown to this build (it reads {FORMAT})"
+            )));
+        }
         conn.execute_batch(&idempotency::schema(IDEMPOTENCY)).map_err(map_sqlite_error)?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let guard = sandbox::install(&conn).map_err(map_sqlite_error)?;
@@ -133,6 +148,7 @@ impl Base {
             capture,
             previous: 0,
             applied: None,
+            unwritten: false,
             uncommitted: Vec::new(),
             uncommitted_bytes: 0,
         })
@@ -150,6 +166,7 @@ impl Base {
     /// not for this base. Never moves the applied index backwards.
     pub fn start_at(&mut self, index: u64) -> Result<()> {
         self.guard.leave();
+        self.write_applied()?;
         self.applied = None;
         self.conn
             .execute(
@@ -209,10 +226,20 @@ impl Base {
         self.recover()?;
         if !self.conn.is_autocommit() {
             self.guard.leave();
+            self.write_applied()?;
             run_cached(&self.conn, "COMMIT")?;
         }
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
+        Ok(())
+    }
+
+    /// Records the applied index in the open transaction, if it moved.
+    fn write_applied(&mut self) -> Result<()> {
+        if let (true, Some(index)) = (self.unwritten, self.applied) {
+            write_applied_index(&self.conn, index)?;
+        }
+        self.unwritten = false;
         Ok(())
     }
 
@@ -254,11 +281,12 @@ impl Base {
             for s in &c.statements {
                 run_write(&self.conn, &self.guard, limits, s).map_err(lost)?;
             }
-            write_applied_index(&self.conn, c.index).map_err(lost)?;
             if let Some((k, answer)) = &c.key {
                 idempotency::record(&self.conn, IDEMPOTENCY, k, c.index, answer).map_err(lost)?;
             }
         }
+        // The rolled back transaction took the applied index with it.
+        self.unwritten = true;
         Ok(())
     }
 
@@ -282,9 +310,10 @@ impl Base {
         let first =
             key.map(|k| idempotency::lookup(&self.conn, IDEMPOTENCY, k)).transpose()?.flatten();
         if let Some((first, answer)) = first {
-            let results = serde_json::from_str(&answer).map_err(|e| {
-                Error::InvalidData(format!("stored answer for an idempotency key: {e}"))
-            })?;
+            let results =
+                serde_json::from_str(idempotency::decode_answer(&answer)?).map_err(|e| {
+                    Error::InvalidData(format!("stored answer for an idempotency key: {e}"))
+                })?;
             return Ok(Executed::Repeated { index: first, results });
         }
         // Statements whose failure rolled back the whole transaction: they
@@ -319,10 +348,10 @@ impl Base {
                 }
             };
             let finish = (|| {
-                write_applied_index(&self.conn, index)?;
                 let answer = key
                     .map(|k| {
                         let answer = serde_json::to_string(&results)
+                            .map(|json| idempotency::encode_answer(&json))
                             .map_err(|e| Error::Internal(e.to_string()))?;
                         idempotency::record(&self.conn, IDEMPOTENCY, k, index, &answer)?;
                         Ok::<_, Error>((k.to_string(), answer))
@@ -344,6 +373,7 @@ impl Base {
             self.uncommitted.push(Uncommitted { index, statements: kept, key: answer });
             self.previous = previous;
             self.applied = Some(index);
+            self.unwritten = true;
             return Ok(Executed::Applied(results));
         }
     }
@@ -364,7 +394,15 @@ impl Base {
                 results.push(self.failure(e));
                 continue;
             }
-            let version = schema_version(&self.conn)?;
+            // Only a statement that is not plain DML can change the schema
+            // (DDL, for the feed's schema events).
+            let version = if is_dml(&s.sql) { None } else { Some(schema_version(&self.conn)?) };
+            let ddl = |conn: &Connection| -> Result<Option<&str>> {
+                Ok(match version {
+                    Some(v) if schema_version(conn)? != v => Some(s.sql.as_str()),
+                    _ => None,
+                })
+            };
             let mark = self.capture.mark();
             if transaction {
                 let r = run_write(&self.conn, &self.guard, limits, s).map_err(|e| match e {
@@ -373,7 +411,7 @@ impl Base {
                     }
                     e => e,
                 })?;
-                let ddl = (schema_version(&self.conn)? != version).then_some(s.sql.as_str());
+                let ddl = ddl(&self.conn)?;
                 self.capture.finish_statement(&self.conn, index, ddl)?;
                 results.push(r);
                 kept.push(i);
@@ -382,7 +420,7 @@ impl Base {
             run_cached(&self.conn, "SAVEPOINT statement")?;
             match run_write(&self.conn, &self.guard, limits, s) {
                 Ok(r) => {
-                    let ddl = (schema_version(&self.conn)? != version).then_some(s.sql.as_str());
+                    let ddl = ddl(&self.conn)?;
                     self.capture.finish_statement(&self.conn, index, ddl)?;
                     run_cached(&self.conn, "RELEASE statement")?;
                     results.push(r);
@@ -559,6 +597,7 @@ impl Base {
     pub fn restore_from(&mut self, src: &Path) -> Result<()> {
         self.guard.leave();
         self.applied = None;
+        self.unwritten = false;
         // Whatever was applied is replaced.
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
@@ -623,6 +662,30 @@ fn write_applied_index(conn: &Connection, index: u64) -> Result<()> {
         .and_then(|mut s| s.execute([index as i64]))
         .map(|_| ())
         .map_err(map_sqlite_error)
+}
+
+/// Whether `sql` is plain DML (its first keyword, after whitespace and
+/// comments, is SELECT, INSERT, UPDATE, DELETE, REPLACE, WITH or VALUES):
+/// such a statement cannot change the schema. Anything else might.
+fn is_dml(sql: &str) -> bool {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            match r.split_once("*/") {
+                Some((_, after)) => rest = after,
+                None => return false,
+            }
+        } else {
+            break;
+        }
+    }
+    let word: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    ["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES"]
+        .iter()
+        .any(|k| word.eq_ignore_ascii_case(k))
 }
 
 /// The schema's version: it moves whenever a statement changes the schema.
@@ -1009,6 +1072,77 @@ mod tests {
         b.commit().unwrap();
         assert!(!b.has_uncommitted());
         assert_eq!(in_file(), 2);
+    }
+
+    #[test]
+    fn the_applied_index_survives_a_reopen_and_start_at() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut b, path) = file_base_with_a(dir.path());
+        // Moving the start keeps what was applied in memory but not yet
+        // written.
+        b.start_at(1).unwrap();
+        assert_eq!(b.applied_index().unwrap(), 2);
+        drop(b);
+        let b = Base::open(Some(&path)).unwrap();
+        assert_eq!(b.applied_index().unwrap(), 2);
+    }
+
+    #[test]
+    fn a_base_of_an_unknown_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, path) = file_base_with_a(dir.path());
+        drop(b);
+        let c = Connection::open(&path).unwrap();
+        c.execute("UPDATE _shoal_meta SET value = 7 WHERE key = 'format'", []).unwrap();
+        drop(c);
+        match Base::open(Some(&path)) {
+            Err(Error::InvalidData(m)) => assert!(m.contains("format 7"), "{m}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a base of format 7 opened"),
+        }
+    }
+
+    #[test]
+    fn only_plain_dml_skips_the_schema_check() {
+        for sql in [
+            "SELECT 1",
+            "  insert into t values (1)",
+            "-- c\nUPDATE t SET a = 1",
+            "/* x */ WITH a AS (SELECT 1) DELETE FROM t",
+            "replace into t values (1)",
+            "VALUES (1)",
+        ] {
+            assert!(is_dml(sql), "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE x (a)",
+            "/* unterminated SELECT",
+            "-- only a comment",
+            "ALTER TABLE t ADD b",
+            "drop table t",
+            "PRAGMA user_version = 1",
+            "",
+            "SELECTX",
+        ] {
+            assert!(!is_dml(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn a_schema_change_is_still_seen_after_dml() {
+        let mut b = base();
+        let o = test_options();
+        exec(
+            &mut b,
+            2,
+            &[st("INSERT INTO t (name) VALUES ('x')"), st("/* c */ CREATE TABLE u (a)")],
+            true,
+            &o,
+        )
+        .unwrap();
+        let (_, events) = b.take_changes();
+        let ddl: Vec<_> = events.iter().filter_map(|e| e.sql.clone()).collect();
+        assert_eq!(ddl, vec!["/* c */ CREATE TABLE u (a)".to_string()], "{events:?}");
     }
 
     #[test]
