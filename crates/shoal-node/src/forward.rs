@@ -1,7 +1,8 @@
 //! Requests that reach a follower go to the leader.
 //!
-//! Base routes run behind [`forward`]: the request body is buffered (it is
-//! bounded anyway), the handler runs, and if it answers `not_leader` with a
+//! Base routes run behind [`forward`]: the request body is collected (it is
+//! bounded anyway, and the handler would collect it too; the handler gets
+//! the same bytes, not a copy), the handler runs, and if it answers `not_leader` with a
 //! known leader, the request is sent once more to the leader's URL and the
 //! leader's answer is returned. A forwarded request carries
 //! `X-Shoal-Forwarded`, and is never forwarded again (no loops while
@@ -52,19 +53,30 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
             .into_response();
         }
     };
+    // What a forward needs of the request: kept aside (cheap clones of
+    // shared bytes), since the handler takes the request.
     let method = parts.method.clone();
     let uri = parts.uri.clone();
-    let headers = parts.headers.clone();
+    let forwarded = parts.headers.contains_key(FORWARDED);
+    let no_forward = parts.headers.contains_key(NO_FORWARD);
+    let passed: Vec<(axum::http::HeaderName, HeaderValue)> = [
+        header::AUTHORIZATION,
+        header::CONTENT_TYPE,
+        axum::http::HeaderName::from_static("idempotency-key"),
+    ]
+    .into_iter()
+    .filter_map(|name| parts.headers.get(&name).cloned().map(|v| (name, v)))
+    .collect();
     let response = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
     let Some(LeaderHint(leader)) = response.extensions().get::<LeaderHint>().cloned() else {
         return response;
     };
-    if headers.contains_key(FORWARDED) {
+    if forwarded {
         return response;
     }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url_at = |leader: &str| format!("{}{path}", leader.trim_end_matches('/'));
-    if headers.contains_key(NO_FORWARD) {
+    if no_forward {
         let mut redirect = response;
         *redirect.status_mut() = StatusCode::TEMPORARY_REDIRECT;
         if let Ok(v) = HeaderValue::from_str(&url_at(&leader)) {
@@ -83,13 +95,8 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
             .request(method.clone(), url_at(&leader))
             .header(FORWARDED, "1")
             .body(bytes.clone());
-        for name in [header::AUTHORIZATION, header::CONTENT_TYPE] {
-            if let Some(v) = headers.get(&name) {
-                out = out.header(name, v);
-            }
-        }
-        if let Some(v) = headers.get("idempotency-key") {
-            out = out.header("idempotency-key", v);
+        for (name, value) in &passed {
+            out = out.header(name, value);
         }
         let r = match out.send().await {
             Ok(r) => r,

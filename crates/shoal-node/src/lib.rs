@@ -19,7 +19,8 @@ pub mod registration;
 pub mod replica;
 pub mod replication;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
@@ -122,6 +123,14 @@ async fn render_metrics(State(state): State<Arc<AppState>>) -> Response {
         let led = hosted.iter().filter(|g| engine.multi().is_leader(**g)).count();
         metrics::gauge!("shoal_raft_groups").set(hosted.len() as f64);
         metrics::gauge!("shoal_raft_groups_led").set(led as f64);
+        let log = engine.multi().log_stats();
+        metrics::counter!("shoal_raft_log_writes_total").absolute(log.writes);
+        metrics::counter!("shoal_raft_log_fsyncs_total").absolute(log.fsyncs);
+        let net = engine.multi().transport().stats();
+        metrics::counter!("shoal_raft_frames_sent_total").absolute(net.frames);
+        metrics::counter!("shoal_raft_messages_sent_total").absolute(net.messages);
+        metrics::counter!("shoal_raft_bytes_sent_total").absolute(net.bytes);
+        metrics::counter!("shoal_raft_frames_dropped_total").absolute(net.dropped);
     }
     let body = state.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
@@ -191,21 +200,54 @@ const REQUEST_METRICS: RequestMetrics = RequestMetrics {
     duration: "shoal_http_request_duration_seconds",
 };
 
+/// One route's counter and histogram for one method and status.
+struct Handles {
+    method: axum::http::Method,
+    status: u16,
+    total: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// The handles registered so far, by metric name and route: a request finds
+/// its handles with one read lock and no allocation; only the first request
+/// of a route, method and status registers (and allocates) them.
+type HandleCache = HashMap<&'static str, HashMap<String, Vec<Handles>>>;
+
+static HANDLES: LazyLock<RwLock<HandleCache>> = LazyLock::new(RwLock::default);
+
 /// Runs the request and records it, by matched route, under `names`.
 pub async fn track_as(names: RequestMetrics, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
     let start = Instant::now();
     let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!(names.total, "route" => route.clone(), "method" => method.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!(names.duration, "route" => route, "method" => method)
-        .record(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed().as_secs_f64();
+    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
+    let status = response.status().as_u16();
+    let record = |h: &Handles| {
+        h.total.increment(1);
+        h.duration.record(elapsed);
+    };
+    {
+        let cache = HANDLES.read().unwrap_or_else(|e| e.into_inner());
+        let found = cache
+            .get(names.total)
+            .and_then(|routes| routes.get(route))
+            .and_then(|hs| hs.iter().find(|h| h.method == method && h.status == status));
+        if let Some(h) = found {
+            record(h);
+            return response;
+        }
+    }
+    let handles = Handles {
+        total: metrics::counter!(names.total, "route" => route.to_string(), "method" => method.to_string(), "status" => status.to_string()),
+        duration: metrics::histogram!(names.duration, "route" => route.to_string(), "method" => method.to_string()),
+        method,
+        status,
+    };
+    record(&handles);
+    let mut cache = HANDLES.write().unwrap_or_else(|e| e.into_inner());
+    cache.entry(names.total).or_default().entry(route.to_string()).or_default().push(handles);
     response
 }
 

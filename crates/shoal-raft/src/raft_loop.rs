@@ -115,6 +115,8 @@ struct Group<A> {
     building: bool,
     build_after: Instant,
     campaign_at: Option<Instant>,
+    /// The commit index followers were last sent with a heartbeat (leader).
+    told_commit: u64,
 }
 
 struct Loop<S: StateMachine> {
@@ -293,6 +295,7 @@ impl<S: StateMachine> Loop<S> {
             building: false,
             build_after: now,
             campaign_at: None,
+            told_commit: 0,
         }));
         let id = self.opts.id;
         let g = self.group(group).expect("just hosted");
@@ -317,6 +320,11 @@ impl<S: StateMachine> Loop<S> {
             check_quorum: true,
             pre_vote: true,
             batch_append: true,
+            // The commit index rides the next append or heartbeat instead of
+            // a message of its own per commit (half the messages of a write);
+            // a group that goes quiet tells its followers at the next tick
+            // (see `tick`).
+            skip_bcast_commit: true,
             max_committed_size_per_ready: 8 << 20,
             ..raft::Config::default()
         }
@@ -876,6 +884,15 @@ impl<S: StateMachine> Loop<S> {
         for group in 0..=u8::MAX {
             let Some(g) = self.group(group) else { continue };
             g.raw.tick();
+            // A leader whose commit index moved since the last tick tells
+            // its followers with a heartbeat, so that they apply (reads on
+            // followers, their change feeds) within a tick even when no
+            // append follows.
+            let committed = g.raw.raft.raft_log.committed;
+            if g.raw.raft.state == StateRole::Leader && committed > g.told_commit {
+                g.raw.ping();
+                g.told_commit = committed;
+            }
             if g.campaign_at.is_some_and(|t| t <= now) {
                 g.campaign_at = None;
                 if g.raw.raft.leader_id == 0 {
