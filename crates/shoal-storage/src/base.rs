@@ -65,6 +65,8 @@ pub struct Base {
     /// Whether `applied` is ahead of what `_shoal_meta` holds: it is written
     /// once per transaction, when it commits.
     unwritten: bool,
+    /// Whether the schema has triggers, once read (see `has_triggers`).
+    triggers: Option<bool>,
     /// The commands applied since the last commit, in order.
     uncommitted: Vec<Uncommitted>,
     /// About how much memory `uncommitted` holds, in bytes.
@@ -149,6 +151,7 @@ impl Base {
             previous: 0,
             applied: None,
             unwritten: false,
+            triggers: None,
             uncommitted: Vec::new(),
             uncommitted_bytes: 0,
         })
@@ -324,13 +327,24 @@ impl Base {
             // commit) one of its own: the command must join the shared one,
             // which a rollback may have ended even with nothing to recover.
             self.begin()?;
-            run_cached(&self.conn, "SAVEPOINT command")?;
+            // A savepoint undoes a command that fails part-way. A lone
+            // statement needs none: SQLite undoes a failed statement by
+            // itself, unless it may keep part of its work (`OR FAIL`, or a
+            // trigger's `RAISE(FAIL)`). Savepoints cost a copy of every page
+            // a command touches first.
+            let savepoint = statements.len() > 1
+                || contains_ignore_case(&statements[0].sql, "fail")
+                || self.has_triggers()?;
+            if savepoint {
+                run_cached(&self.conn, "SAVEPOINT command")?;
+            }
             // SQLite's last insert rowid belongs to the connection: whatever
             // it last inserted, Shoal's own rows included, and nothing after
             // the base was reopened. A command reports only its own inserts
             // (0 before the first), the same on every replica.
             run_cached(&self.conn, RESET_LAST_INSERT_ROWID)?;
-            let attempt = self.run_command(index, statements, transaction, limits, &failed);
+            let attempt =
+                self.run_command(index, statements, transaction, limits, &failed, savepoint);
             let (results, kept) = match attempt {
                 Ok(Attempt::Done { results, kept }) => (results, kept),
                 Ok(Attempt::Lost { statement, error }) => {
@@ -343,7 +357,7 @@ impl Base {
                     continue;
                 }
                 Err(e) => {
-                    self.abort_command()?;
+                    self.abort_command(savepoint)?;
                     return Err(e);
                 }
             };
@@ -357,13 +371,15 @@ impl Base {
                         Ok::<_, Error>((k.to_string(), answer))
                     })
                     .transpose()?;
-                run_cached(&self.conn, "RELEASE command")?;
+                if savepoint {
+                    run_cached(&self.conn, "RELEASE command")?;
+                }
                 Ok(answer)
             })();
             let answer = match finish {
                 Ok(answer) => answer,
                 Err(e) => {
-                    self.abort_command()?;
+                    self.abort_command(savepoint)?;
                     return Err(e);
                 }
             };
@@ -386,6 +402,7 @@ impl Base {
         transaction: bool,
         limits: Limits,
         failed: &BTreeMap<usize, Error>,
+        savepoints: bool,
     ) -> Result<Attempt> {
         let mut results = Vec::with_capacity(statements.len());
         let mut kept = Vec::with_capacity(statements.len());
@@ -412,17 +429,27 @@ impl Base {
                     e => e,
                 })?;
                 let ddl = ddl(&self.conn)?;
+                if ddl.is_some() {
+                    self.triggers = None;
+                }
                 self.capture.finish_statement(&self.conn, index, ddl)?;
                 results.push(r);
                 kept.push(i);
                 continue;
             }
-            run_cached(&self.conn, "SAVEPOINT statement")?;
+            if savepoints {
+                run_cached(&self.conn, "SAVEPOINT statement")?;
+            }
             match run_write(&self.conn, &self.guard, limits, s) {
                 Ok(r) => {
                     let ddl = ddl(&self.conn)?;
+                    if ddl.is_some() {
+                        self.triggers = None;
+                    }
                     self.capture.finish_statement(&self.conn, index, ddl)?;
-                    run_cached(&self.conn, "RELEASE statement")?;
+                    if savepoints {
+                        run_cached(&self.conn, "RELEASE statement")?;
+                    }
                     results.push(r);
                     kept.push(i);
                 }
@@ -430,9 +457,12 @@ impl Base {
                     return Ok(Attempt::Lost { statement: i, error });
                 }
                 Err(e) if e.is_deterministic() => {
-                    // Its changes leave the feed with it.
-                    run_cached(&self.conn, "ROLLBACK TO statement")?;
-                    run_cached(&self.conn, "RELEASE statement")?;
+                    // Its changes leave the feed with it (without savepoints
+                    // SQLite undid the statement itself).
+                    if savepoints {
+                        run_cached(&self.conn, "ROLLBACK TO statement")?;
+                        run_cached(&self.conn, "RELEASE statement")?;
+                    }
                     self.capture.rollback_to(mark);
                     results.push(self.failure(&e));
                 }
@@ -452,13 +482,32 @@ impl Base {
     }
 
     /// Undoes what a command that failed did, keeping the commands before it.
-    fn abort_command(&mut self) -> Result<()> {
+    fn abort_command(&mut self, savepoint: bool) -> Result<()> {
         if self.conn.is_autocommit() {
             // SQLite rolled back everything: bring the others back.
             return self.recover();
         }
+        if !savepoint {
+            // A lone statement that failed was undone by SQLite.
+            return Ok(());
+        }
         run_cached(&self.conn, "ROLLBACK TO command")?;
         run_cached(&self.conn, "RELEASE command")
+    }
+
+    /// Whether the base has triggers (known once read; a schema change
+    /// reads it again).
+    fn has_triggers(&mut self) -> Result<bool> {
+        if let Some(t) = self.triggers {
+            return Ok(t);
+        }
+        let t = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'trigger')")
+            .and_then(|mut s| s.query_row([], |r| r.get::<_, bool>(0)))
+            .map_err(map_sqlite_error)?;
+        self.triggers = Some(t);
+        Ok(t)
     }
 
     /// Runs one read-only statement.
@@ -598,6 +647,7 @@ impl Base {
         self.guard.leave();
         self.applied = None;
         self.unwritten = false;
+        self.triggers = None;
         // Whatever was applied is replaced.
         self.uncommitted.clear();
         self.uncommitted_bytes = 0;
@@ -662,6 +712,11 @@ fn write_applied_index(conn: &Connection, index: u64) -> Result<()> {
         .and_then(|mut s| s.execute([index as i64]))
         .map(|_| ())
         .map_err(map_sqlite_error)
+}
+
+/// Whether `haystack` contains `needle` (ASCII, any case).
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack.as_bytes().windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
 }
 
 /// Whether `sql` is plain DML (its first keyword, after whitespace and
@@ -1143,6 +1198,35 @@ mod tests {
         let (_, events) = b.take_changes();
         let ddl: Vec<_> = events.iter().filter_map(|e| e.sql.clone()).collect();
         assert_eq!(ddl, vec!["/* c */ CREATE TABLE u (a)".to_string()], "{events:?}");
+    }
+
+    #[test]
+    fn a_lone_statement_that_fails_part_way_leaves_nothing() {
+        let mut b = base();
+        let o = test_options();
+        exec(&mut b, 2, &[st("INSERT INTO t (name) VALUES ('dup')")], true, &o).unwrap();
+        // Without OR FAIL SQLite undoes the statement itself.
+        assert!(
+            exec(&mut b, 3, &[st("INSERT INTO t (name) VALUES ('a'), ('dup')")], true, &o).is_err()
+        );
+        // OR FAIL keeps the rows before the failure: the command's savepoint
+        // must undo them.
+        assert!(
+            exec(&mut b, 4, &[st("INSERT OR FAIL INTO t (name) VALUES ('b'), ('dup')")], true, &o)
+                .is_err()
+        );
+        assert_eq!(count(&mut b), 1);
+        // So must it for a trigger that raises FAIL after writing.
+        exec(&mut b, 5, &[st("CREATE TABLE u (a)")], true, &o).unwrap();
+        let trigger = "CREATE TRIGGER t_bad AFTER INSERT ON t WHEN NEW.name = 'bad' \
+                       BEGIN INSERT INTO u VALUES (1); SELECT RAISE(FAIL, 'bad name'); END";
+        exec(&mut b, 6, &[st(trigger)], true, &o).unwrap();
+        assert!(exec(&mut b, 7, &[st("INSERT INTO t (name) VALUES ('bad')")], true, &o).is_err());
+        let in_u: i64 = b.conn.query_row("SELECT count(*) FROM u", [], |r| r.get(0)).unwrap();
+        assert_eq!((count(&mut b), in_u), (1, 0));
+        // And the next command applies as usual.
+        exec(&mut b, 8, &[st("INSERT INTO t (name) VALUES ('ok')")], true, &o).unwrap();
+        assert_eq!(count(&mut b), 2);
     }
 
     #[test]
