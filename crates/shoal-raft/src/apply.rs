@@ -49,12 +49,13 @@ pub(crate) fn start<S: StateMachine>(
     factory: Factory<S>,
     snapshots: Snapshots,
     interval: Duration,
-    tasks: mpsc::Receiver<Task<S::Answer>>,
+    tasks: mpsc::Receiver<Vec<Task<S::Answer>>>,
     inbox: mpsc::Sender<Input<S::Answer>>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new().name("shoal-raft-apply".into()).spawn(move || {
         let run = std::panic::AssertUnwindSafe(|| {
-            Applier { factory, snapshots, interval, inbox, groups: HashMap::new() }.run(tasks)
+            Applier { factory, snapshots, interval, inbox, groups: HashMap::new(), out: Vec::new() }
+                .run(tasks)
         });
         if std::panic::catch_unwind(run).is_err() {
             // The state machine could not go on; replicas must not diverge.
@@ -72,15 +73,16 @@ struct Applier<S: StateMachine> {
     interval: Duration,
     inbox: mpsc::Sender<Input<S::Answer>>,
     groups: HashMap<u8, Group<S>>,
+    /// Reports of this round, sent together: one wake of the loop.
+    out: Vec<Input<S::Answer>>,
 }
 
 impl<S: StateMachine> Applier<S> {
-    fn run(mut self, tasks: mpsc::Receiver<Task<S::Answer>>) {
+    fn run(mut self, tasks: mpsc::Receiver<Vec<Task<S::Answer>>>) {
         loop {
             match tasks.recv_timeout(self.interval / 2) {
-                Ok(task) => {
-                    self.handle(task);
-                    for task in tasks.try_iter() {
+                Ok(round) => {
+                    for task in round.into_iter().chain(tasks.try_iter().flatten()) {
                         self.handle(task);
                     }
                 }
@@ -88,9 +90,19 @@ impl<S: StateMachine> Applier<S> {
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
             self.sync_idle();
+            self.flush();
         }
         for group in self.groups.keys().copied().collect::<Vec<_>>() {
             self.sync(group);
+        }
+        self.flush();
+    }
+
+    fn flush(&mut self) {
+        match self.out.len() {
+            0 => {}
+            1 => drop(self.inbox.send(self.out.pop().expect("one"))),
+            _ => drop(self.inbox.send(Input::Batch(std::mem::take(&mut self.out)))),
         }
     }
 
@@ -105,8 +117,8 @@ impl<S: StateMachine> Applier<S> {
         })
     }
 
-    fn report(&self, input: Input<S::Answer>) {
-        let _ = self.inbox.send(input);
+    fn report(&mut self, input: Input<S::Answer>) {
+        self.out.push(input);
     }
 
     fn handle(&mut self, task: Task<S::Answer>) {

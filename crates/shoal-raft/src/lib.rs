@@ -176,8 +176,11 @@ pub(crate) enum Input<A> {
     SnapshotSent { group: u8, to: RaftNodeId, ok: bool },
     /// The connection to a peer failed.
     PeerDown(RaftNodeId),
-    /// The log writer wrote batch `id`.
-    Persisted { id: u64, result: logdb::Result<()> },
+    /// The log writer wrote the batches `ids` (in order).
+    Persisted { ids: Vec<u64>, result: logdb::Result<()> },
+    /// Several inputs at once, in order (what the apply thread reports
+    /// after one round of work).
+    Batch(Vec<Input<A>>),
     /// The apply thread applied `group` up to `index`; `synced` if the state
     /// machine is durable up to there.
     Applied { group: u8, index: u64, term: u64, synced: bool },

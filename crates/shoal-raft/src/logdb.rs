@@ -428,12 +428,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread. `done(id, result)` is called, in order, once the
-    /// batch submitted with `id` is written (and synced if it had to be).
+    /// Starts the thread. `done(ids, result)` is called, in order, once the
+    /// batches submitted with `ids` are written (and synced if they had to
+    /// be): one call for all the batches one write covered.
     /// After a failure every later batch fails too: the node must stop.
     pub fn start(
         db: std::sync::Arc<LogDb>,
-        done: impl Fn(u64, Result<()>) + Send + 'static,
+        done: impl Fn(Vec<u64>, Result<()>) + Send + 'static,
     ) -> std::io::Result<Writer> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread =
@@ -451,9 +452,7 @@ impl Writer {
                     if let Err(e) = &result {
                         failed.get_or_insert_with(|| e.clone());
                     }
-                    for id in ids {
-                        done(id, result.clone());
-                    }
+                    done(ids, result);
                 }
             })?;
         Ok(Writer { tx: Some(tx), thread: Some(thread) })

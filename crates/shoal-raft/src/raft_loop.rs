@@ -123,7 +123,9 @@ struct Loop<S: StateMachine> {
     opts: Options,
     db: Arc<LogDb>,
     writer: Writer,
-    apply_tx: mpsc::Sender<Task<S::Answer>>,
+    apply_tx: mpsc::Sender<Vec<Task<S::Answer>>>,
+    /// Work for the apply thread from this turn, sent at its end.
+    tasks: Vec<Task<S::Answer>>,
     inbox: mpsc::Receiver<Input<S::Answer>>,
     board: Arc<Board>,
     transport: Arc<Transport>,
@@ -158,8 +160,8 @@ pub(crate) fn start<S: StateMachine>(
     let records = db.load()?;
     let writer = {
         let tx = inbox_tx.clone();
-        Writer::start(db.clone(), move |id, result| {
-            let _ = tx.send(Input::Persisted { id, result });
+        Writer::start(db.clone(), move |ids: Vec<u64>, result| {
+            let _ = tx.send(Input::Persisted { ids, result });
         })
         .map_err(io)?
     };
@@ -173,6 +175,7 @@ pub(crate) fn start<S: StateMachine>(
         db,
         writer,
         apply_tx,
+        tasks: Vec::new(),
         inbox,
         board,
         transport,
@@ -256,6 +259,7 @@ impl<S: StateMachine> Loop<S> {
                 self.unhost(group);
             }
         }
+        self.flush();
     }
 
     fn group(&mut self, group: u8) -> Option<&mut Group<S::Answer>> {
@@ -386,7 +390,7 @@ impl<S: StateMachine> Loop<S> {
             let _ = std::fs::remove_dir_all(dir);
         }
         self.changing.remove(&group);
-        let _ = self.apply_tx.send(Task::Close { group });
+        self.tasks.push(Task::Close { group });
         self.publish(group);
         Some(g)
     }
@@ -412,7 +416,16 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             Input::PeerDown(peer) => self.peer_down(peer),
-            Input::Persisted { id, result } => self.persisted(id, result),
+            Input::Persisted { ids, result } => {
+                for id in ids {
+                    self.persisted(id, result.clone());
+                }
+            }
+            Input::Batch(inputs) => {
+                for input in inputs {
+                    self.handle(input);
+                }
+            }
             Input::Applied { group, index, term, synced } => {
                 self.applied(group, index, term, synced)
             }
@@ -917,7 +930,7 @@ impl<S: StateMachine> Loop<S> {
             }
             if g.raw.store().snapshot_wanted().is_some() && !g.building && g.build_after <= now {
                 g.building = true;
-                let _ = self.apply_tx.send(Task::Build { group });
+                self.tasks.push(Task::Build { group });
             }
             self.service_waiting(group);
             self.expire_reads(group, now);
@@ -1067,8 +1080,14 @@ impl<S: StateMachine> Loop<S> {
             sync = true;
         }
         if let Some(hs) = rd.hs() {
-            ops.push(g.raw.mut_store().set_hard_state(hs.clone()));
-            sync |= rd.must_sync();
+            // Term and vote must be durable; a moved commit index alone need
+            // not be (a restart learns it again, and starts from the
+            // checkpoint at least): the next hard state written carries it.
+            let op = g.raw.mut_store().set_hard_state(hs.clone());
+            if rd.must_sync() {
+                ops.push(op);
+                sync = true;
+            }
         }
         let read_states = rd.take_read_states();
         persist.messages = rd.take_persisted_messages();
@@ -1077,7 +1096,7 @@ impl<S: StateMachine> Loop<S> {
         let mut handed = false;
         if let Some((dir, index, term)) = restore {
             g.restoring = Some(Restoring { ops, persist });
-            let _ = self.apply_tx.send(Task::Restore { group, dir, index, term });
+            self.tasks.push(Task::Restore { group, dir, index, term });
         } else if !ops.is_empty() || g.inflight > 0 {
             g.inflight += 1;
             self.batch.ops.extend(ops.into_iter().map(|op| (group, op)));
@@ -1152,7 +1171,7 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
         }
-        let _ = self.apply_tx.send(Task::Entries { group, entries, waiters });
+        self.tasks.push(Task::Entries { group, entries, waiters });
     }
 
     fn route(&mut self, group: u8, messages: Vec<Message>) {
@@ -1165,8 +1184,11 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 
-    /// Sends the turn's frames and log batch.
+    /// Sends the turn's frames, log batch and apply work.
     fn flush(&mut self) {
+        if !self.tasks.is_empty() {
+            let _ = self.apply_tx.send(std::mem::take(&mut self.tasks));
+        }
         for (to, frame) in self.frames.drain() {
             if !frame.is_empty() {
                 self.transport.send(to, frame);
