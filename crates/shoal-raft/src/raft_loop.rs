@@ -142,6 +142,8 @@ struct Loop<S: StateMachine> {
     next_tick: Instant,
     next_ctx: u64,
     changing: BTreeSet<u8>,
+    /// Bootstraps waiting for their group to be quiet.
+    boots: Vec<(u8, Vec<RaftNodeId>, oneshot::Sender<Result<bool, GroupError>>)>,
     stopping: bool,
 }
 
@@ -191,6 +193,7 @@ pub(crate) fn start<S: StateMachine>(
         is_dirty: [false; 256],
         next_ctx: 1,
         changing: BTreeSet::new(),
+        boots: Vec::new(),
         stopping: false,
     };
     for (group, record) in records {
@@ -251,6 +254,7 @@ impl<S: StateMachine> Loop<S> {
                 self.next_tick = (self.next_tick + self.opts.tick).max(Instant::now());
             }
             self.process();
+            self.start_groups();
             self.flush();
         }
         // Outstanding requests learn that the node stops.
@@ -775,10 +779,7 @@ impl<S: StateMachine> Loop<S> {
                 };
                 let _ = reply.send(result);
             }
-            Admin::Bootstrap { group, voters, reply } => {
-                let result = self.bootstrap(group, voters);
-                let _ = reply.send(result);
-            }
+            Admin::Bootstrap { group, voters, reply } => self.boots.push((group, voters, reply)),
             Admin::Stop { group, remove, reply } => {
                 if let Some(mut g) = self.unhost(group) {
                     if remove {
@@ -827,6 +828,19 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 
+    /// Starts the groups asked to bootstrap. One that is busy (a ready or a
+    /// write in flight: peers already reach it) is tried again next turn.
+    fn start_groups(&mut self) {
+        for (group, voters, reply) in std::mem::take(&mut self.boots) {
+            match self.bootstrap(group, voters.clone()) {
+                Err(GroupError::Unavailable { .. }) if !reply.is_closed() => {
+                    self.boots.push((group, voters, reply))
+                }
+                result => drop(reply.send(result)),
+            }
+        }
+    }
+
     fn bootstrap(&mut self, group: u8, voters: Vec<RaftNodeId>) -> Result<bool, GroupError> {
         let db = self.db.clone();
         let Some(g) = self.group(group) else { return not_hosted(group) };
@@ -834,10 +848,7 @@ impl<S: StateMachine> Loop<S> {
             return Ok(false);
         }
         if g.inflight > 0 || g.restoring.is_some() || g.incoming.is_some() || g.raw.has_ready() {
-            return Err(GroupError::Unavailable {
-                group,
-                reason: "the group is busy; retry".into(),
-            });
+            return Err(GroupError::Unavailable { group, reason: "the group is busy".into() });
         }
         let mut storage = std::mem::replace(g.raw.mut_store(), GroupStorage::empty(group, db));
         let first = voters.first().copied();
