@@ -54,6 +54,7 @@ use crate::{
 
 type Reply<A> = oneshot::Sender<Answered<A>>;
 type ReadReply = oneshot::Sender<Result<(), GroupError>>;
+type BootReply = oneshot::Sender<Result<bool, GroupError>>;
 
 /// A request waiting for the group to have a leader.
 enum Waiting<A> {
@@ -143,7 +144,7 @@ struct Loop<S: StateMachine> {
     next_ctx: u64,
     changing: BTreeSet<u8>,
     /// Bootstraps waiting for their group to be quiet.
-    boots: Vec<(u8, Vec<RaftNodeId>, oneshot::Sender<Result<bool, GroupError>>)>,
+    boots: Vec<(u8, Vec<RaftNodeId>, BootReply)>,
     stopping: bool,
 }
 
