@@ -172,13 +172,16 @@ pub fn fast_options(id: u64, dir: &Path) -> Options {
     o
 }
 
+/// Makes a node's options from its id and directory.
+pub type MakeOptions = dyn Fn(u64, &Path) -> Options + Send + Sync;
+
 /// Nodes 1..=n, each reaching each other through its own relay.
 pub struct Cluster {
     pub nodes: BTreeMap<u64, Node>,
     /// (from, to) -> the relay `from` uses to reach `to`.
     pub relays: HashMap<(u64, u64), Relay>,
     pub states: States,
-    pub options: Box<dyn Fn(u64, &Path) -> Options + Send + Sync>,
+    pub options: Box<MakeOptions>,
     _root: tempfile::TempDir,
 }
 
