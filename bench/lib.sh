@@ -18,7 +18,10 @@ start_standalone() {
     done
     [ -s "$dir/addr" ] || { echo "server did not start:" >&2; cat "$dir/server.log" >&2; return 1; }
     ENDPOINT="http://$(cat "$dir/addr")"
-    TOKEN=$(cat "$dir/data/admin.token")
+    # With --admin-token the caller's TOKEN stands; else the one made.
+    if [ -s "$dir/data/admin.token" ]; then
+        TOKEN=$(cat "$dir/data/admin.token")
+    fi
 }
 
 stop_pid() {
@@ -39,8 +42,8 @@ work_dir() {
 # start_shoal_cluster REGISTRY NAMESPACE: three `shoal node`s and a monitor
 # (replication factor 3) under $dir, registered in REGISTRY under NAMESPACE
 # with the admin token $TOKEN. Adds them to PIDS, sets SHOAL_COMMON (the
-# flags they share), SHOAL_URLS (the nodes, comma-separated) and SHOAL_PIDS
-# (the nodes' process ids), and waits
+# flags they share), SHOAL_URLS (the nodes, comma-separated), SHOAL_PIDS
+# (the nodes' process ids) and MONITOR_PID, and waits
 # until the map is placed and every replica is hosted.
 start_shoal_cluster() {
     SHOAL_COMMON=(--registry "$1" --namespace "$2" --node-ttl 3s --admin-token "$TOKEN")
@@ -58,6 +61,7 @@ start_shoal_cluster() {
     "$SHOAL" monitor --monitor-id m0 --replication-factor 3 --listen 127.0.0.1:0 \
         --addr-file "$dir/m0/addr" "${SHOAL_COMMON[@]}" >"$dir/shoal-monitor.log" 2>&1 &
     PIDS+=($!)
+    MONITOR_PID=$!
     for n in n1 n2 n3; do
         wait_for 30 "shoal node $n" test -s "$dir/$n/addr"
         SHOAL_URLS+="${SHOAL_URLS:+,}http://$(cat "$dir/$n/addr")"
