@@ -129,6 +129,9 @@ struct Client {
     conns: Connections,
     /// Where requests go when nothing better is known.
     home: Origin,
+    /// Every endpoint given: a client whose home refuses connections moves
+    /// to the next one.
+    endpoints: Vec<Origin>,
     /// Per base, the URL that last answered it successfully.
     routes: HashMap<BaseId, Origin>,
     payload: String,
@@ -143,7 +146,8 @@ struct Client {
 }
 
 impl Client {
-    fn new(target: Target, home: Origin, token: Option<&str>, worker: usize) -> Client {
+    fn new(target: Target, endpoints: Vec<Origin>, worker: usize, token: Option<&str>) -> Client {
+        let home = endpoints[worker % endpoints.len()].clone();
         let auth = token.map(|t| format!("Bearer {t}"));
         let mut headers = Vec::new();
         if target == Target::Shoal {
@@ -156,6 +160,7 @@ impl Client {
             target,
             conns: Connections::new(&headers),
             home,
+            endpoints,
             routes: HashMap::new(),
             payload: "x".repeat(PAYLOAD_LEN),
             worker,
@@ -180,11 +185,21 @@ impl Client {
         };
         let mut origin = self.routes.get(&base).cloned().unwrap_or_else(|| self.home.clone());
         for hop in 0..MAX_HOPS {
-            let r = self
-                .conns
-                .request(&origin, method, path, content_type, &body)
-                .await
-                .with_context(|| format!("{method} {}{path}", origin.url()))?;
+            let r = match self.conns.request(&origin, method, path, content_type, &body).await {
+                Ok(r) => r,
+                // Nothing was sent: a node that is down. Like a client
+                // library, go to the next endpoint (it redirects).
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    self.routes.remove(&base);
+                    let at = self.endpoints.iter().position(|o| *o == origin).unwrap_or(0);
+                    self.home = self.endpoints[(at + 1) % self.endpoints.len()].clone();
+                    origin = self.home.clone();
+                    continue;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("{method} {}{path}", origin.url())));
+                }
+            };
             match r.status {
                 307 | 308 => {
                     let to = r.location.as_deref().context("a redirect without Location")?;
@@ -424,7 +439,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let mut clients: Vec<Client> = (0..args.concurrency)
         .map(|w| {
-            Client::new(args.target, endpoints[w % endpoints.len()].clone(), token.as_deref(), w)
+            Client::new(args.target, endpoints.clone(), w, token.as_deref())
         })
         .collect();
     let rows = if matches!(args.workload, Workload::Write | Workload::Create) {
