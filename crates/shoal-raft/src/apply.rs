@@ -26,6 +26,9 @@ use crate::{Answered, Factory, GroupError, Input, StateMachine};
 
 /// Work for the apply thread.
 pub(crate) enum Task<A> {
+    /// The group is hosted, its state machine holding everything up to
+    /// `(index, term)` (its checkpoint): applying resumes after it.
+    Open { group: u8, index: u64, term: u64 },
     /// Committed entries of a group, with the proposers waiting on some.
     Entries { group: u8, entries: Vec<Entry>, waiters: Vec<(u64, oneshot::Sender<Answered<A>>)> },
     /// Replace the group's state with the snapshot in `dir` (then remove it).
@@ -157,6 +160,12 @@ impl<S: StateMachine> Applier<S> {
             Task::Close { group } => {
                 self.sync(group);
                 self.groups.remove(&group);
+            }
+            Task::Open { group, index, term } => {
+                let g = self.group(group);
+                g.applied = index;
+                g.term = term;
+                g.synced = index;
             }
         }
     }

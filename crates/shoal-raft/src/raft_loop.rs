@@ -143,6 +143,8 @@ struct Loop<S: StateMachine> {
     next_tick: Instant,
     next_ctx: u64,
     changing: BTreeSet<u8>,
+    /// Ticks so far.
+    ticks: u64,
     /// Bootstraps waiting for their group to be quiet.
     boots: Vec<(u8, Vec<RaftNodeId>, BootReply)>,
     stopping: bool,
@@ -194,6 +196,7 @@ pub(crate) fn start<S: StateMachine>(
         is_dirty: [false; 256],
         next_ctx: 1,
         changing: BTreeSet::new(),
+        ticks: 0,
         boots: Vec::new(),
         stopping: false,
     };
@@ -280,8 +283,10 @@ impl<S: StateMachine> Loop<S> {
 
     /// Starts hosting `group` with `storage`.
     fn host(&mut self, group: u8, storage: GroupStorage) -> raft::Result<()> {
-        let config = self.raft_config(storage.checkpoint());
+        let (index, term) = storage.checkpoint();
+        let config = self.raft_config(index);
         let raw = RawNode::new(&config, storage, &crate::logger::for_group(group))?;
+        self.tasks.push(Task::Open { group, index, term });
         self.incarnations += 1;
         let now = Instant::now();
         let applied = raw.raft.raft_log.applied;
@@ -322,7 +327,10 @@ impl<S: StateMachine> Loop<S> {
         raft::Config {
             id: self.opts.id,
             election_tick: self.opts.election_ticks,
-            heartbeat_tick: self.opts.heartbeat_ticks,
+            // The loop sends every leader's heartbeats itself, all groups in
+            // the same tick (see `tick`); raft-rs's own would come at other
+            // ticks, group by group.
+            heartbeat_tick: self.opts.election_ticks - 1,
             applied,
             max_size_per_msg: self.opts.max_append_bytes,
             max_inflight_msgs: 256,
@@ -726,6 +734,10 @@ impl<S: StateMachine> Loop<S> {
         let descriptor = result.as_ref().ok().map(|dir| self.snapshots.descriptor(dir));
         let Some(g) = self.group(group) else { return };
         g.building = false;
+        // Too old for what raft-rs asked (it cannot be): wait before the next.
+        if g.raw.store().snapshot_wanted().is_some_and(|least| index < least) {
+            g.build_after = retry;
+        }
         match descriptor {
             Some(data) => {
                 let mut snap = Snapshot { data, ..Default::default() };
@@ -906,15 +918,19 @@ impl<S: StateMachine> Loop<S> {
     fn tick(&mut self) {
         let now = Instant::now();
         let read_retry = self.opts.tick * self.opts.election_ticks as u32;
+        self.ticks += 1;
+        // Every leader's heartbeats go out in the same tick, so that those of
+        // all groups to a peer ride one frame per heartbeat interval.
+        let beat = self.ticks % self.opts.heartbeat_ticks.max(1) as u64 == 0;
         for group in 0..=u8::MAX {
             let Some(g) = self.group(group) else { continue };
             g.raw.tick();
-            // A leader whose commit index moved since the last tick tells
-            // its followers with a heartbeat, so that they apply (reads on
-            // followers, their change feeds) within a tick even when no
+            // Between beats, a leader whose commit index moved since the
+            // last tick tells its followers too, so that they apply (reads
+            // on followers, their change feeds) within a tick even when no
             // append follows.
             let committed = g.raw.raft.raft_log.committed;
-            if g.raw.raft.state == StateRole::Leader && committed > g.told_commit {
+            if g.raw.raft.state == StateRole::Leader && (beat || committed > g.told_commit) {
                 g.raw.ping();
                 g.told_commit = committed;
             }

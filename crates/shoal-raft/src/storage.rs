@@ -49,8 +49,9 @@ pub struct GroupStorage {
     cache: VecDeque<Entry>,
     /// Entries up to here are durable.
     persisted: u64,
-    /// The state machine's checkpoint index: raft-rs resumes applying after it.
-    checkpoint: u64,
+    /// The state machine's checkpoint (index, term): raft-rs resumes
+    /// applying after it.
+    checkpoint: (u64, u64),
     /// The newest snapshot built for followers, if any.
     snapshot: Option<Snapshot>,
     /// Set when raft-rs asked for a snapshot newer than `snapshot`.
@@ -78,7 +79,11 @@ impl GroupStorage {
             last: record.last,
             cache: VecDeque::new(),
             persisted: record.last.0,
-            checkpoint: record.applied.index.max(record.truncated.0),
+            checkpoint: if record.applied.index >= record.truncated.0 {
+                (record.applied.index, record.applied.term)
+            } else {
+                record.truncated
+            },
             snapshot: None,
             wanted: Cell::new(0),
         }
@@ -100,7 +105,7 @@ impl GroupStorage {
         self.truncated = (INIT_INDEX, INIT_TERM);
         self.last = (INIT_INDEX, INIT_TERM);
         self.persisted = INIT_INDEX;
-        self.checkpoint = INIT_INDEX;
+        self.checkpoint = (INIT_INDEX, INIT_TERM);
         self.cache.clear();
         [Op::Snapshot { delete: None, applied }, Op::HardState(self.hard_state.clone())]
     }
@@ -113,7 +118,7 @@ impl GroupStorage {
 
     /// The checkpoint this storage was opened at (or bootstrapped or
     /// restored to): where applying resumes.
-    pub fn checkpoint(&self) -> u64 {
+    pub fn checkpoint(&self) -> (u64, u64) {
         self.checkpoint
     }
 
@@ -191,7 +196,7 @@ impl GroupStorage {
         self.truncated = (meta.index, meta.term);
         self.last = (meta.index, meta.term);
         self.persisted = meta.index;
-        self.checkpoint = meta.index;
+        self.checkpoint = (meta.index, meta.term);
         self.cache.clear();
         self.hard_state.commit = self.hard_state.commit.max(meta.index);
         self.conf_state = conf.clone();

@@ -197,7 +197,9 @@ impl Client {
                     continue;
                 }
                 Err(e) => {
-                    return Err(anyhow::Error::new(e).context(format!("{method} {}{path}", origin.url())));
+                    return Err(
+                        anyhow::Error::new(e).context(format!("{method} {}{path}", origin.url()))
+                    );
                 }
             };
             match r.status {
@@ -438,9 +440,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|t| t.trim().to_string()),
     };
     let mut clients: Vec<Client> = (0..args.concurrency)
-        .map(|w| {
-            Client::new(args.target, endpoints.clone(), w, token.as_deref())
-        })
+        .map(|w| Client::new(args.target, endpoints.clone(), w, token.as_deref()))
         .collect();
     let rows = if matches!(args.workload, Workload::Write | Workload::Create) {
         0

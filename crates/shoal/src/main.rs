@@ -117,7 +117,28 @@ fn print_line(line: std::fmt::Arguments<'_>) {
 
 fn main() -> ExitCode {
     let opts = Opts::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // A node's Raft loop, log writer and apply thread are threads of their
+    // own: its runtime (HTTP, peer connections) needs only part of the
+    // machine, and fewer workers wake each other less (measured: idle
+    // nodes at 0.9 % of a core instead of 1.7 % with one worker per core
+    // on two cores).
+    let threads = match &opts.command {
+        Command::Serve(a) => a.http.http_threads.unwrap_or((cores / 2).max(1)),
+        Command::Node(a) => a.http.http_threads.unwrap_or((cores / 2).max(1)),
+        Command::Monitor(a) => a.http.http_threads.unwrap_or(cores),
+        Command::Proxy(a) => a.http.http_threads.unwrap_or(cores),
+        _ => cores,
+    };
+    if threads == 0 {
+        eprintln!("error: --http-threads must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -39,7 +39,7 @@ pub struct MonitorArgs {
     #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7080")]
     listen: SocketAddr,
     #[command(flatten)]
-    http: HttpArgs,
+    pub(crate) http: HttpArgs,
     #[command(flatten)]
     registry: RegistryArgs,
 }

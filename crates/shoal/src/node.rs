@@ -44,7 +44,7 @@ pub struct NodeArgs {
     #[command(flatten)]
     feed: FeedArgs,
     #[command(flatten)]
-    http: HttpArgs,
+    pub(crate) http: HttpArgs,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]

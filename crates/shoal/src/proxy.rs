@@ -29,7 +29,7 @@ pub struct ProxyArgs {
     #[arg(long, env = "SHOAL_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
     #[command(flatten)]
-    http: HttpArgs,
+    pub(crate) http: HttpArgs,
     #[command(flatten)]
     registry: RegistryArgs,
 }

@@ -60,7 +60,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     feed: FeedArgs,
     #[command(flatten)]
-    http: HttpArgs,
+    pub(crate) http: HttpArgs,
     #[command(flatten)]
     registry: crate::config::RegistryArgs,
     #[command(flatten)]

@@ -31,6 +31,11 @@ pub struct HttpArgs {
     /// Write the address actually bound (useful with port 0) to this file.
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
+    /// Threads serving HTTP and peer connections [default: half the cores
+    /// for `node` and `serve`, whose replication runs on threads of its own;
+    /// all of them for `proxy` and `monitor`].
+    #[arg(long, env = "SHOAL_HTTP_THREADS")]
+    pub http_threads: Option<usize>,
 }
 
 /// Change-feed flags of the commands that serve bases.

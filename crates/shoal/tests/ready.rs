@@ -44,7 +44,8 @@ async fn writes_through_every_node_succeed_right_after_the_cluster_is_ready() {
         for (n, (name, node)) in c.nodes.iter().enumerate() {
             for i in 0..12 {
                 let bucket = (n * 85 + i * 7) % 256;
-                let id = format!("{bucket:02x}{round:02x}{n:02x}{i:02x}-0000-4000-8000-000000000000");
+                let id =
+                    format!("{bucket:02x}{round:02x}{n:02x}{i:02x}-0000-4000-8000-000000000000");
                 let (http, url, name) = (http.clone(), node.url.clone(), name.clone());
                 tasks.push(tokio::spawn(async move {
                     let create = http
