@@ -921,7 +921,7 @@ impl<S: StateMachine> Loop<S> {
         self.ticks += 1;
         // Every leader's heartbeats go out in the same tick, so that those of
         // all groups to a peer ride one frame per heartbeat interval.
-        let beat = self.ticks % self.opts.heartbeat_ticks.max(1) as u64 == 0;
+        let beat = self.ticks.is_multiple_of(self.opts.heartbeat_ticks.max(1) as u64);
         for group in 0..=u8::MAX {
             let Some(g) = self.group(group) else { continue };
             g.raw.tick();
