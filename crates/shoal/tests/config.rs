@@ -122,3 +122,38 @@ async fn starts_against_a_real_etcd() {
     assert!(!exited, "{err}");
     assert!(out.contains("Registry: etcd") && out.contains("namespace cfgtest"), "{out}");
 }
+
+#[test]
+fn raft_settings_are_layered_and_checked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The example file is valid as it stands, [raft] table included.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../config/shoal.example.toml");
+    std::fs::copy(example, dir.path().join("shoal.toml")).expect("copy");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(!exited, "the example configuration was refused: {err}");
+    // A bad value names its key, in each layer.
+    std::fs::write(dir.path().join("shoal.toml"), "[raft]\nelection_ticks = 2\n").expect("write");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(
+        exited && err.contains("election_ticks (2) must be larger than heartbeat_ticks"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("shoal.toml"), "[raft]\nticks = \"1s\"\n").expect("write");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("unknown key \"ticks\""), "{err}");
+    std::fs::remove_file(dir.path().join("shoal.toml")).expect("rm");
+    let (exited, _, err) = serve(dir.path(), &[], &[("SHOAL_RAFT_TICK", "soon")]);
+    assert!(exited && err.contains("SHOAL_RAFT_TICK: invalid duration"), "{err}");
+    let (exited, _, err) = serve(dir.path(), &["--raft-keep-logs", "0"], &[]);
+    assert!(
+        exited && err.contains("--raft-keep-logs: expected a whole number of at least 1"),
+        "{err}"
+    );
+    // Good values in every layer start the server.
+    let (exited, _, err) = serve(
+        dir.path(),
+        &["--raft-heartbeat-ticks", "3"],
+        &[("SHOAL_RAFT_TICK", "50ms"), ("SHOAL_RAFT_ELECTION_TICKS", "20")],
+    );
+    assert!(!exited, "{err}");
+}
