@@ -62,6 +62,48 @@ enum Waiting<A> {
     Read { reply: ReadReply, at: Instant },
 }
 
+impl<A> Waiting<A> {
+    fn at(&self) -> Instant {
+        match self {
+            Waiting::Write { at, .. } | Waiting::Read { at, .. } => *at,
+        }
+    }
+
+    fn fail(self, error: GroupError) {
+        match self {
+            Waiting::Write { reply, .. } => drop(reply.send(Err(error))),
+            Waiting::Read { reply, .. } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+impl<A> Group<A> {
+    /// Where a request goes given who leads (`Ok`: this node; `Err(Some)`:
+    /// another node; `Err(None)`: nobody yet): this turn's queues, a refusal
+    /// naming the leader (nothing was proposed), or the waiting list until
+    /// `wait` has passed since it arrived.
+    fn place(
+        &mut self,
+        group: u8,
+        request: Waiting<A>,
+        who: &Result<(), Option<RaftNodeId>>,
+        wait: Duration,
+        now: Instant,
+    ) {
+        match (who, request) {
+            (Ok(()), Waiting::Write { data, reply, .. }) => self.to_propose.push((data, reply)),
+            (Ok(()), Waiting::Read { reply, at }) => self.reads.push((reply, at)),
+            (Err(leader), request) => {
+                if leader.is_some() || now.duration_since(request.at()) >= wait {
+                    request.fail(GroupError::NotLeader { group, leader: *leader });
+                } else {
+                    self.waiting.push(request);
+                }
+            }
+        }
+    }
+}
+
 /// Reads that share one read index.
 struct ReadBatch {
     ctx: u64,
@@ -389,10 +431,7 @@ impl<S: StateMachine> Loop<S> {
             let _ = reply.send(not_hosted(group));
         }
         for w in g.waiting.drain(..) {
-            match w {
-                Waiting::Write { reply, .. } => drop(reply.send(not_hosted(group))),
-                Waiting::Read { reply, .. } => drop(reply.send(not_hosted(group))),
-            }
+            w.fail(GroupError::NotHosted(group));
         }
         let reads = g.reads.drain(..).chain(g.read_batches.drain(..).flat_map(|b| b.waiters));
         let reads: Vec<_> = reads.chain(g.read_ready.drain(..).flat_map(|(_, w)| w)).collect();
@@ -410,8 +449,10 @@ impl<S: StateMachine> Loop<S> {
 
     fn handle(&mut self, input: Input<S::Answer>) {
         match input {
-            Input::Propose { group, data, reply, at } => self.propose(group, data, reply, at),
-            Input::Read { group, reply, at } => self.read(group, reply, at),
+            Input::Propose { group, data, reply, at } => {
+                self.admit(group, Waiting::Write { data, reply, at })
+            }
+            Input::Read { group, reply, at } => self.admit(group, Waiting::Read { reply, at }),
             Input::Messages(messages) => {
                 for (group, m) in messages {
                     if let Some(g) = self.group(group) {
@@ -461,37 +502,18 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 
-    fn propose(&mut self, group: u8, data: Vec<u8>, reply: Reply<S::Answer>, at: Instant) {
+    /// A new write or read: queued for this turn if this node leads the
+    /// group, refused naming the leader if another node does, kept waiting
+    /// if nobody does yet.
+    fn admit(&mut self, group: u8, request: Waiting<S::Answer>) {
         let Some(g) = self.groups[group as usize].as_deref() else {
-            let _ = reply.send(not_hosted(group));
+            request.fail(GroupError::NotHosted(group));
             return;
         };
         let who = self.leadership(g);
+        let wait = self.opts.leader_wait;
         let g = self.group(group).expect("checked");
-        match who {
-            Ok(()) => g.to_propose.push((data, reply)),
-            Err(Some(leader)) => {
-                drop(reply.send(Err(GroupError::NotLeader { group, leader: Some(leader) })))
-            }
-            Err(None) => g.waiting.push(Waiting::Write { data, reply, at }),
-        }
-        self.touch(group);
-    }
-
-    fn read(&mut self, group: u8, reply: ReadReply, at: Instant) {
-        let Some(g) = self.groups[group as usize].as_deref() else {
-            let _ = reply.send(not_hosted(group));
-            return;
-        };
-        let who = self.leadership(g);
-        let g = self.group(group).expect("checked");
-        match who {
-            Ok(()) => g.reads.push((reply, at)),
-            Err(Some(leader)) => {
-                drop(reply.send(Err(GroupError::NotLeader { group, leader: Some(leader) })))
-            }
-            Err(None) => g.waiting.push(Waiting::Read { reply, at }),
-        }
+        g.place(group, request, &who, wait, Instant::now());
         self.touch(group);
     }
 
@@ -506,25 +528,8 @@ impl<S: StateMachine> Loop<S> {
         let wait = self.opts.leader_wait;
         let now = Instant::now();
         let g = self.group(group).expect("checked");
-        for w in std::mem::take(&mut g.waiting) {
-            match (&who, w) {
-                (Ok(()), Waiting::Write { data, reply, .. }) => g.to_propose.push((data, reply)),
-                (Ok(()), Waiting::Read { reply, at }) => g.reads.push((reply, at)),
-                (Err(leader), Waiting::Write { reply, at, data }) => {
-                    if leader.is_some() || now.duration_since(at) >= wait {
-                        let _ = reply.send(Err(GroupError::NotLeader { group, leader: *leader }));
-                    } else {
-                        g.waiting.push(Waiting::Write { data, reply, at });
-                    }
-                }
-                (Err(leader), Waiting::Read { reply, at }) => {
-                    if leader.is_some() || now.duration_since(at) >= wait {
-                        let _ = reply.send(Err(GroupError::NotLeader { group, leader: *leader }));
-                    } else {
-                        g.waiting.push(Waiting::Read { reply, at });
-                    }
-                }
-            }
+        for request in std::mem::take(&mut g.waiting) {
+            g.place(group, request, &who, wait, now);
         }
     }
 
