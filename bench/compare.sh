@@ -133,16 +133,9 @@ if [[ " $SYSTEMS " == *" etcd1 "* || " $SYSTEMS " == *" standalone "* ]]; then
     for pid in "${SHOAL_PIDS[@]}" ${MONITOR_PID:-} "${ETCD_PIDS[@]}"; do stop_pid "$pid"; done
 fi
 if [[ " $SYSTEMS " == *" etcd1 "* ]]; then
-    read -r -a P <<<"$(free_ports 2)"
-    etcd --name solo --data-dir "$dir/etcd-solo" \
-        --listen-client-urls "http://127.0.0.1:${P[0]}" --advertise-client-urls "http://127.0.0.1:${P[0]}" \
-        --listen-peer-urls "http://127.0.0.1:${P[1]}" --initial-advertise-peer-urls "http://127.0.0.1:${P[1]}" \
-        --initial-cluster "solo=http://127.0.0.1:${P[1]}" >"$dir/etcd-solo.log" 2>&1 &
-    SOLO_PID=$!
-    PIDS+=("$SOLO_PID")
-    wait_for 60 "the one-member etcd" sh -c "curl -sf http://127.0.0.1:${P[0]}/health | grep -q '\"health\":\"true\"'"
-    bench_all etcd1 etcd "http://127.0.0.1:${P[0]}" "$SOLO_PID"
-    stop_pid "$SOLO_PID"
+    start_etcd solo
+    bench_all etcd1 etcd "$ETCD_URL" "$ETCD_PID"
+    stop_pid "$ETCD_PID"
 fi
 if [[ " $SYSTEMS " == *" standalone "* ]]; then
     mkdir -p "$dir/standalone"

@@ -21,14 +21,8 @@ install_missing etcd etcd-server
 build_shoal
 work_dir
 
-read -r -a P <<<"$(free_ports 2)"
-etcd --name e0 --data-dir "$dir/etcd" \
-    --listen-client-urls "http://127.0.0.1:${P[0]}" --advertise-client-urls "http://127.0.0.1:${P[0]}" \
-    --listen-peer-urls "http://127.0.0.1:${P[1]}" --initial-advertise-peer-urls "http://127.0.0.1:${P[1]}" \
-    --initial-cluster "e0=http://127.0.0.1:${P[1]}" >"$dir/etcd.log" 2>&1 &
-PIDS+=($!)
-wait_for 60 "etcd" curl -sf "http://127.0.0.1:${P[0]}/health"
-start_shoal_cluster "etcd://127.0.0.1:${P[0]}" "failover-$$"
+start_etcd e0
+start_shoal_cluster "etcd://${ETCD_URL#http://}" "failover-$$"
 read -r -a URLS <<<"${SHOAL_URLS//,/ }"
 
 # Probe bases, one in each of 16 buckets spread over the map.

@@ -39,6 +39,21 @@ work_dir() {
     trap 'for pid in "${PIDS[@]}"; do stop_pid "$pid"; done; rm -rf "$dir"' EXIT
 }
 
+# start_etcd NAME: a one-member etcd under $dir/NAME on free ports; adds it
+# to PIDS, sets ETCD_URL and ETCD_PID, and waits until it is healthy.
+start_etcd() {
+    local name=$1 ports
+    read -r -a ports <<<"$(free_ports 2)"
+    etcd --name "$name" --data-dir "$dir/$name" \
+        --listen-client-urls "http://127.0.0.1:${ports[0]}" --advertise-client-urls "http://127.0.0.1:${ports[0]}" \
+        --listen-peer-urls "http://127.0.0.1:${ports[1]}" --initial-advertise-peer-urls "http://127.0.0.1:${ports[1]}" \
+        --initial-cluster "$name=http://127.0.0.1:${ports[1]}" >"$dir/$name.log" 2>&1 &
+    ETCD_PID=$!
+    PIDS+=("$ETCD_PID")
+    ETCD_URL="http://127.0.0.1:${ports[0]}"
+    wait_for 60 "etcd $name" sh -c "curl -sf $ETCD_URL/health | grep -q '\"health\":\"true\"'"
+}
+
 # start_shoal_cluster REGISTRY NAMESPACE: three `shoal node`s and a monitor
 # (replication factor 3) under $dir, registered in REGISTRY under NAMESPACE
 # with the admin token $TOKEN. Adds them to PIDS, sets SHOAL_COMMON (the

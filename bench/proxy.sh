@@ -24,18 +24,10 @@ LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 work_dir
 
 # --- etcd: one member, the cluster's registry ----------------------------------
-read -r -a P <<<"$(free_ports 2)"
-etcd --name e0 --data-dir "$dir/etcd" \
-    --listen-client-urls "http://127.0.0.1:${P[0]}" \
-    --advertise-client-urls "http://127.0.0.1:${P[0]}" \
-    --listen-peer-urls "http://127.0.0.1:${P[1]}" \
-    --initial-advertise-peer-urls "http://127.0.0.1:${P[1]}" \
-    --initial-cluster "e0=http://127.0.0.1:${P[1]}" >"$dir/etcd.log" 2>&1 &
-PIDS+=($!)
-wait_for 60 "etcd" sh -c "curl -sf http://127.0.0.1:${P[0]}/health | grep -q '\"health\":\"true\"'"
+start_etcd e0
 
 # --- Shoal: three nodes, a monitor and a proxy ------------------------------------
-start_shoal_cluster "etcd://127.0.0.1:${P[0]}" "shoal-proxy-bench-$$"
+start_shoal_cluster "etcd://${ETCD_URL#http://}" "shoal-proxy-bench-$$"
 "$SHOAL" proxy --listen 127.0.0.1:0 --addr-file "$dir/proxy.addr" "${SHOAL_COMMON[@]}" \
     >"$dir/shoal-proxy.log" 2>&1 &
 PIDS+=($!)

@@ -25,42 +25,8 @@ use crate::registration::{self, RegistrationOptions};
 use crate::replica::BucketStateMachine;
 use crate::replication::{self, Directory, ReplicationOptions};
 
-/// Raft timings and replication limits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RaftSettings {
-    /// One tick of every group's clock.
-    pub tick: Duration,
-    /// Ticks between a leader's heartbeats.
-    pub heartbeat_ticks: usize,
-    /// Ticks without a leader before a follower campaigns (randomized up to
-    /// twice that).
-    pub election_ticks: usize,
-    /// How long a write or read waits for a group without a leader.
-    pub leader_wait: Duration,
-    /// Applied entries kept in the log behind each checkpoint.
-    pub keep_logs: u64,
-    /// How often a busy group syncs its bases and records a checkpoint.
-    pub checkpoint_interval: Duration,
-    /// Groups changing membership at once on this node.
-    pub max_concurrent_changes: usize,
-    /// Snapshots this node sends at once.
-    pub max_snapshot_sends: usize,
-}
-
-impl Default for RaftSettings {
-    fn default() -> Self {
-        RaftSettings {
-            tick: Duration::from_millis(100),
-            heartbeat_ticks: 2,
-            election_ticks: 10,
-            leader_wait: Duration::from_secs(3),
-            keep_logs: 1000,
-            checkpoint_interval: Duration::from_secs(1),
-            max_concurrent_changes: 4,
-            max_snapshot_sends: 2,
-        }
-    }
-}
+/// Raft timings and replication limits (`[raft]` in shoal.toml).
+pub use shoal_raft::Settings as RaftSettings;
 
 /// Everything a node is started with.
 #[derive(Clone, Debug)]
@@ -120,16 +86,8 @@ impl Node {
                 (tmp.path().to_path_buf(), Some(tmp))
             }
         };
-        let r = &config.raft;
         let mut options = shoal_raft::Options::new(shoal_raft::raft_id(&config.node_id), &raft_dir);
-        options.tick = r.tick;
-        options.heartbeat_ticks = r.heartbeat_ticks;
-        options.election_ticks = r.election_ticks;
-        options.leader_wait = r.leader_wait;
-        options.keep_logs = r.keep_logs;
-        options.checkpoint_interval = r.checkpoint_interval;
-        options.max_concurrent_changes = r.max_concurrent_changes;
-        options.max_snapshot_sends = r.max_snapshot_sends;
+        options.settings = config.raft.clone();
         options.token = config.token.clone();
         let s = store.clone();
         let factory =

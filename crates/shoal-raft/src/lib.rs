@@ -80,16 +80,15 @@ pub trait StateMachine: Send + 'static {
 /// Makes the state machine of a group.
 pub type Factory<S> = Arc<dyn Fn(u8) -> S + Send + Sync>;
 
-/// How the engine runs. Every duration is configurable so tests can shorten them.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// This node's Raft id.
-    pub id: RaftNodeId,
-    /// Where the log (`log/`) and snapshots (`snapshots/`) live.
-    pub dir: PathBuf,
+/// Raft timings and replication limits: what an operator tunes (the node
+/// takes them from `[raft]` in shoal.toml). Every duration is configurable
+/// so tests can shorten them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
     /// One tick of every group's logical clock.
     pub tick: Duration,
-    /// A leader sends heartbeats every this many ticks.
+    /// A leader sends heartbeats (all its groups in the same tick) every
+    /// this many ticks.
     pub heartbeat_ticks: usize,
     /// A follower that hears from no leader for this many ticks (randomized
     /// up to twice that) campaigns.
@@ -108,6 +107,32 @@ pub struct Options {
     pub max_concurrent_changes: usize,
     /// Snapshots this node sends at once.
     pub max_snapshot_sends: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            tick: Duration::from_millis(100),
+            heartbeat_ticks: 2,
+            election_ticks: 10,
+            leader_wait: Duration::from_secs(3),
+            keep_logs: 1000,
+            checkpoint_interval: Duration::from_secs(1),
+            max_concurrent_changes: 4,
+            max_snapshot_sends: 2,
+        }
+    }
+}
+
+/// How the engine of one node runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// This node's Raft id.
+    pub id: RaftNodeId,
+    /// Where the log (`log/`) and snapshots (`snapshots/`) live.
+    pub dir: PathBuf,
+    /// Timings and limits.
+    pub settings: Settings,
     /// The bearer token of node-to-node requests.
     pub token: String,
     /// The most bytes of entries in one append message.
@@ -120,14 +145,7 @@ impl Options {
         Options {
             id,
             dir: dir.to_path_buf(),
-            tick: Duration::from_millis(100),
-            heartbeat_ticks: 2,
-            election_ticks: 10,
-            leader_wait: Duration::from_secs(3),
-            keep_logs: 1000,
-            checkpoint_interval: Duration::from_secs(1),
-            max_concurrent_changes: 4,
-            max_snapshot_sends: 2,
+            settings: Settings::default(),
             token: String::new(),
             max_append_bytes: 1 << 20,
         }
@@ -371,7 +389,7 @@ impl<S: StateMachine> MultiRaft<S> {
         let transport = Transport::new(
             options.id,
             options.token.clone(),
-            options.max_snapshot_sends,
+            options.settings.max_snapshot_sends,
             snapshots.clone(),
             Arc::new(deliver),
         );

@@ -213,11 +213,16 @@ pub(crate) fn start<S: StateMachine>(
         .map_err(io)?
     };
     let (apply_tx, apply_rx) = mpsc::channel();
-    let apply =
-        apply::start(factory, snapshots.clone(), opts.checkpoint_interval, apply_rx, inbox_tx)
-            .map_err(io)?;
+    let apply = apply::start(
+        factory,
+        snapshots.clone(),
+        opts.settings.checkpoint_interval,
+        apply_rx,
+        inbox_tx,
+    )
+    .map_err(io)?;
     let mut lp: Loop<S> = Loop {
-        next_tick: Instant::now() + opts.tick,
+        next_tick: Instant::now() + opts.settings.tick,
         opts,
         db,
         writer,
@@ -297,7 +302,7 @@ impl<S: StateMachine> Loop<S> {
             }
             if Instant::now() >= self.next_tick {
                 self.tick();
-                self.next_tick = (self.next_tick + self.opts.tick).max(Instant::now());
+                self.next_tick = (self.next_tick + self.opts.settings.tick).max(Instant::now());
             }
             self.process();
             self.start_groups();
@@ -368,11 +373,11 @@ impl<S: StateMachine> Loop<S> {
     fn raft_config(&self, applied: u64) -> raft::Config {
         raft::Config {
             id: self.opts.id,
-            election_tick: self.opts.election_ticks,
+            election_tick: self.opts.settings.election_ticks,
             // The loop sends every leader's heartbeats itself, all groups in
             // the same tick (see `tick`); raft-rs's own would come at other
             // ticks, group by group.
-            heartbeat_tick: self.opts.election_ticks - 1,
+            heartbeat_tick: self.opts.settings.election_ticks - 1,
             applied,
             max_size_per_msg: self.opts.max_append_bytes,
             max_inflight_msgs: 256,
@@ -511,7 +516,7 @@ impl<S: StateMachine> Loop<S> {
             return;
         };
         let who = self.leadership(g);
-        let wait = self.opts.leader_wait;
+        let wait = self.opts.settings.leader_wait;
         let g = self.group(group).expect("checked");
         g.place(group, request, &who, wait, Instant::now());
         self.touch(group);
@@ -525,7 +530,7 @@ impl<S: StateMachine> Loop<S> {
             return;
         }
         let who = self.leadership(g);
-        let wait = self.opts.leader_wait;
+        let wait = self.opts.settings.leader_wait;
         let now = Instant::now();
         let g = self.group(group).expect("checked");
         for request in std::mem::take(&mut g.waiting) {
@@ -623,7 +628,7 @@ impl<S: StateMachine> Loop<S> {
     /// peer that is alive after all keeps its leadership.
     fn peer_down(&mut self, peer: RaftNodeId) {
         let id = self.opts.id;
-        let soon = Instant::now() + self.opts.tick;
+        let soon = Instant::now() + self.opts.settings.tick;
         for group in 0..=u8::MAX {
             let Some(g) = self.groups[group as usize].as_deref_mut() else { continue };
             if g.raw.raft.state == StateRole::Leader {
@@ -680,7 +685,7 @@ impl<S: StateMachine> Loop<S> {
     }
 
     fn applied(&mut self, group: u8, index: u64, term: u64, synced: bool) {
-        let keep = self.opts.keep_logs;
+        let keep = self.opts.settings.keep_logs;
         let Some(g) = self.groups[group as usize].as_deref_mut() else { return };
         // Configuration changes first, then the applied index: raft-rs
         // decides on leaving a joint configuration when the index passes
@@ -922,11 +927,11 @@ impl<S: StateMachine> Loop<S> {
 
     fn tick(&mut self) {
         let now = Instant::now();
-        let read_retry = self.opts.tick * self.opts.election_ticks as u32;
+        let read_retry = self.opts.settings.tick * self.opts.settings.election_ticks as u32;
         self.ticks += 1;
         // Every leader's heartbeats go out in the same tick, so that those of
         // all groups to a peer ride one frame per heartbeat interval.
-        let beat = self.ticks.is_multiple_of(self.opts.heartbeat_ticks.max(1) as u64);
+        let beat = self.ticks.is_multiple_of(self.opts.settings.heartbeat_ticks.max(1) as u64);
         for group in 0..=u8::MAX {
             let Some(g) = self.group(group) else { continue };
             g.raw.tick();
@@ -974,7 +979,7 @@ impl<S: StateMachine> Loop<S> {
 
     /// Reads that waited longer than `leader_wait` in all fail.
     fn expire_reads(&mut self, group: u8, now: Instant) {
-        let wait = self.opts.leader_wait;
+        let wait = self.opts.settings.leader_wait;
         let Some(g) = self.group(group) else { return };
         let expired = |(_, at): &(ReadReply, Instant)| now.duration_since(*at) >= wait;
         let timeout = || GroupError::Unavailable {
@@ -996,7 +1001,7 @@ impl<S: StateMachine> Loop<S> {
     /// One step of moving a led group's membership toward its target.
     fn reconcile(&mut self, group: u8) {
         let id = self.opts.id;
-        let max = self.opts.max_concurrent_changes;
+        let max = self.opts.settings.max_concurrent_changes;
         let changing = self.changing.len();
         let in_set = self.changing.contains(&group);
         let Some(g) = self.groups[group as usize].as_deref_mut() else { return };

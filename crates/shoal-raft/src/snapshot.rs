@@ -177,21 +177,7 @@ pub async fn send(
             .await
             .map_err(|e| TransferError::Invalid(format!("listing the snapshot: {e}")))??
     };
-    let mut header = BytesMut::new();
-    header.put_u8(group);
-    let msg = message.encode_to_vec();
-    header.put_u32_le(msg.len() as u32);
-    header.put_slice(&msg);
-    header.put_u32_le(files.len() as u32);
-    for (name, size) in &files {
-        header.put_u16_le(name.len() as u16);
-        header.put_slice(name.as_bytes());
-        header.put_u64_le(*size);
-    }
-    let mut first = BytesMut::with_capacity(4 + header.len());
-    first.put_u32_le(header.len() as u32);
-    first.put_slice(&header);
-    let first = first.freeze();
+    let first = transfer_header(group, message, &files);
     // A small channel bounds what is read ahead of the connection.
     let (tx, rx) = mpsc::channel::<std::io::Result<Bytes>>(4);
     tokio::spawn(async move {
@@ -257,6 +243,26 @@ pub async fn receive<R: AsyncRead + Unpin>(
 }
 
 type FileList = Vec<(String, u64)>;
+
+/// The first bytes of a transfer: the header's length, then the header (the
+/// group, the message, every file's name and size).
+fn transfer_header(group: u8, message: &Message, files: &FileList) -> Bytes {
+    let mut header = BytesMut::new();
+    header.put_u8(group);
+    let msg = message.encode_to_vec();
+    header.put_u32_le(msg.len() as u32);
+    header.put_slice(&msg);
+    header.put_u32_le(files.len() as u32);
+    for (name, size) in files {
+        header.put_u16_le(name.len() as u16);
+        header.put_slice(name.as_bytes());
+        header.put_u64_le(*size);
+    }
+    let mut first = BytesMut::with_capacity(4 + header.len());
+    first.put_u32_le(header.len() as u32);
+    first.put_slice(&header);
+    first.freeze()
+}
 
 fn parse_header(mut b: &[u8]) -> Result<(u8, Message, FileList), TransferError> {
     let short = || TransferError::Invalid("a short header".into());
@@ -472,22 +478,9 @@ mod tests {
         message.mut_snapshot().data = snaps.descriptor(&dir);
         message.mut_snapshot().mut_metadata().index = 42;
         message.mut_snapshot().mut_metadata().term = 3;
-        // The body as `send` would stream it, built by hand.
+        // The body as `send` streams it.
         let files = list_files(&dir).expect("list");
-        let mut header = BytesMut::new();
-        header.put_u8(7);
-        let msg = message.encode_to_vec();
-        header.put_u32_le(msg.len() as u32);
-        header.put_slice(&msg);
-        header.put_u32_le(files.len() as u32);
-        for (name, size) in &files {
-            header.put_u16_le(name.len() as u16);
-            header.put_slice(name.as_bytes());
-            header.put_u64_le(*size);
-        }
-        let mut body = Vec::new();
-        body.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        body.extend_from_slice(&header);
+        let mut body = transfer_header(7, &message, &files).to_vec();
         for (name, _) in &files {
             body.extend_from_slice(&std::fs::read(dir.join(name)).expect("read"));
         }

@@ -44,7 +44,7 @@ async fn a_new_member_catches_up_by_snapshot_and_the_leaving_one_lets_go() {
     // A short log: the new member must be sent a snapshot.
     let mut c = Cluster::start(3, |id, dir| {
         let mut o = fast_options(id, dir);
-        o.keep_logs = 5;
+        o.settings.keep_logs = 5;
         o
     })
     .await;
@@ -166,8 +166,8 @@ async fn the_groups_of_a_dead_leader_elect_before_an_election_timeout() {
     // connections can elect within it.
     let mut c = Cluster::start(3, |id, dir| {
         let mut o = fast_options(id, dir);
-        o.election_ticks = 250;
-        o.leader_wait = Duration::from_secs(10);
+        o.settings.election_ticks = 250;
+        o.settings.leader_wait = Duration::from_secs(10);
         o
     })
     .await;
@@ -208,7 +208,7 @@ async fn reads_are_confirmed_by_the_leader_only() {
 async fn a_write_waits_for_a_leader_then_names_none() {
     let mut c = Cluster::start(3, |id, dir| {
         let mut o = fast_options(id, dir);
-        o.leader_wait = Duration::from_millis(600);
+        o.settings.leader_wait = Duration::from_millis(600);
         o
     })
     .await;

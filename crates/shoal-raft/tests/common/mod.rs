@@ -163,11 +163,11 @@ pub struct Node {
 /// Raft timings short enough for tests.
 pub fn fast_options(id: u64, dir: &Path) -> Options {
     let mut o = Options::new(id, dir);
-    o.tick = Duration::from_millis(20);
-    o.heartbeat_ticks = 2;
-    o.election_ticks = 10;
-    o.leader_wait = Duration::from_secs(2);
-    o.checkpoint_interval = Duration::from_millis(100);
+    o.settings.tick = Duration::from_millis(20);
+    o.settings.heartbeat_ticks = 2;
+    o.settings.election_ticks = 10;
+    o.settings.leader_wait = Duration::from_secs(2);
+    o.settings.checkpoint_interval = Duration::from_millis(100);
     o.token = "test-token".into();
     o
 }
