@@ -1,58 +1,76 @@
-//! The node's Raft log on disk: one fjall database for every group, written
-//! by one thread, one batch (and at most one fsync) at a time.
+//! The node's Raft log on disk: segment files written by one thread, one
+//! batch (and at most one fsync) at a time, for every group of the node.
 //!
 //! # Layout (format 2)
 //!
-//! - keyspace `format`: `"version" -> u32` (little endian). Format 1 was the
-//!   earlier engine's; it is refused with [`Error::OldFormat`], never read.
-//! - keyspace `log`: `group (1 byte) ++ index (8 bytes, big endian) ->
-//!   [ENTRY_VERSION] ++ protobuf Entry`; big endian keeps a group's entries
-//!   in index order.
-//! - keyspace `meta`: `group ++ kind -> value`, each value starting with its
-//!   own version byte:
-//!   - [`HARD_STATE`]: protobuf `HardState` (term, vote, commit);
-//!   - [`TRUNCATED`]: index and term of the last entry compacted away (or of
-//!     the snapshot the group was restored from): the log starts after it;
-//!   - [`APPLIED`]: the state machine's checkpoint: an index and term the
-//!     state machine has durably applied, with the configuration
-//!     (`ConfState`) in force at that index.
+//! The directory holds `wal-{seq}.log` segments (`seq` as 16 hex digits).
+//! Each starts with `SHOALLOG` and the format version (`u32` little endian,
+//! 2), then records:
+//!
+//! ```text
+//! record  = len:u32le crc32:u32le payload      (crc32 of the payload)
+//! payload = kind:u8 group:u8 body
+//! ```
+//!
+//! | kind | body | effect on the group |
+//! |---|---|---|
+//! | 1 entries | count:u32, then per entry len:u32 + protobuf Entry | drops its entries from the first one's index on, appends these |
+//! | 2 hard state | protobuf HardState | sets term, vote, commit |
+//! | 3 checkpoint | index:u64 term:u64 + protobuf ConfState | sets the checkpoint |
+//! | 4 compact | index:u64 term:u64 | drops entries up to index; the log starts after it |
+//! | 5 snapshot | index:u64 term:u64 + protobuf ConfState | drops every entry; the log starts after it, which is the checkpoint |
+//! | 6 remove | nothing | forgets the group |
+//! | 7 image | the group's whole state | replaces it (written when a segment rotates) |
+//!
+//! A directory written by the earlier engine (a fjall database, log format
+//! 1) is refused with [`Error::OldFormat`], never read.
 //!
 //! # Writing
 //!
 //! The Raft loop turns each of its turns into one [`Batch`] of [`Op`]s (all
-//! groups together) and hands it to the writer thread ([`Writer`]). The
-//! writer takes every batch queued, writes them as one atomic fjall batch,
-//! fsyncs the journal once if any of them must be durable, then reports each
-//! batch done. Batches reach the disk in order and atomically, so after a
-//! crash the disk holds a prefix of what was queued.
+//! groups together) and hands it to the writer thread ([`Writer`]), which
+//! takes every batch queued, appends their records to the active segment
+//! with one write, and fdatasyncs once if any must be durable. Records reach
+//! the file in order, so after a crash the log holds a prefix of what was
+//! queued; a torn last record (the crash hit the write) is cut off when the
+//! log is opened, while a bad record anywhere else is an error.
 //!
-//! Deletions are tombstones and fjall has no range delete, so every op that
-//! deletes says exactly which indexes (the loop knows them).
+//! The log also keeps, in memory, everything its records describe: every
+//! group's hard state, log start, checkpoint and entries (the loop compacts
+//! entries behind each checkpoint, so this stays small). Reads of entries
+//! come from there. When the active segment passes [`SEGMENT_BYTES`], the
+//! writer starts a new one with an image of every group, syncs it, and
+//! deletes the older segments: the log's size on disk follows what is live.
+//!
+//! Why not an embedded key-value store: the earlier log kept entries in
+//! fjall, whose memtable (a skiplist insert per entry, then a tombstone at
+//! compaction) and allocations cost about 5 µs per entry per node, as much
+//! as the fsync; appending records costs a copy.
 
-use std::path::Path;
-use std::sync::mpsc;
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use prost::Message as _;
 use raft::prelude::{ConfState, Entry, HardState};
 
 /// The layout version this build writes and reads.
 pub const FORMAT_VERSION: u32 = 2;
-/// The version byte of a stored entry.
-const ENTRY_VERSION: u8 = 1;
-/// The version byte of every stored meta value.
-const META_VERSION: u8 = 1;
+/// What every segment starts with, before the version.
+const MAGIC: &[u8; 8] = b"SHOALLOG";
+/// A segment past this size is rotated.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
 
-/// Meta kind: the hard state.
-const HARD_STATE: u8 = 0;
-/// Meta kind: where the log starts.
-const TRUNCATED: u8 = 1;
-/// Meta kind: the state machine's checkpoint.
-const APPLIED: u8 = 2;
-
-/// The smallest journal bound fjall accepts (it panics below).
-const MIN_JOURNAL_BYTES: u64 = 64 << 20;
+const ENTRIES: u8 = 1;
+const HARD_STATE: u8 = 2;
+const CHECKPOINT: u8 = 3;
+const COMPACT: u8 = 4;
+const SNAPSHOT: u8 = 5;
+const REMOVE: u8 = 6;
+const IMAGE: u8 = 7;
 
 /// Why the log could not be read or written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,22 +93,13 @@ pub enum Error {
         /// The version found.
         found: u32,
     },
-    /// Another process (or handle) has the log open.
-    #[error("the raft log is open in another process")]
-    Locked,
 }
 
 /// A `Result` with this module's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-impl From<fjall::Error> for Error {
-    fn from(error: fjall::Error) -> Self {
-        match error {
-            fjall::Error::Locked => Error::Locked,
-            fjall::Error::Io(_) | fjall::Error::Storage(_) => Error::Io(error.to_string()),
-            other => Error::InvalidData(other.to_string()),
-        }
-    }
+fn io(what: &str, e: std::io::Error) -> Error {
+    Error::Io(format!("{what}: {e}"))
 }
 
 /// The checkpoint of a group's state machine.
@@ -164,14 +173,6 @@ impl Batch {
     }
 }
 
-type LogKey = [u8; 9];
-
-fn log_key(group: u8, index: u64) -> LogKey {
-    let mut key = [group; 9];
-    key[1..].copy_from_slice(&index.to_be_bytes());
-    key
-}
-
 /// Counters since open, for benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
@@ -181,238 +182,457 @@ pub struct LogStats {
     pub fsyncs: u64,
 }
 
-/// The database.
+/// What the log holds of one group.
+#[derive(Clone, Debug, Default)]
+struct Mirror {
+    hard_state: HardState,
+    truncated: (u64, u64),
+    applied: ApplyState,
+    /// The entries after `truncated`, in order.
+    entries: VecDeque<Entry>,
+}
+
+impl Mirror {
+    fn record(&self) -> GroupRecord {
+        let last = self.entries.back().map_or(self.truncated, |e| (e.index, e.term));
+        GroupRecord {
+            hard_state: self.hard_state.clone(),
+            truncated: self.truncated,
+            applied: self.applied.clone(),
+            last,
+        }
+    }
+
+    fn append(&mut self, entries: impl IntoIterator<Item = Entry>) {
+        let mut entries = entries.into_iter().peekable();
+        let Some(first) = entries.peek().map(|e| e.index) else { return };
+        // The new entries replace any from their first index on.
+        if let Some(front) = self.entries.front().map(|e| e.index) {
+            self.entries.truncate(first.saturating_sub(front) as usize);
+        }
+        self.entries.extend(entries);
+    }
+
+    fn compact(&mut self, index: u64, term: u64) {
+        while self.entries.front().is_some_and(|e| e.index <= index) {
+            self.entries.pop_front();
+        }
+        self.truncated = (index, term);
+    }
+}
+
+/// The segment being written.
+struct Active {
+    file: File,
+    seq: u64,
+    size: u64,
+}
+
+/// The log of one node.
 pub struct LogDb {
-    db: Database,
-    log: Keyspace,
-    meta: Keyspace,
-    writes: std::sync::atomic::AtomicU64,
-    fsyncs: std::sync::atomic::AtomicU64,
+    dir: PathBuf,
+    segment_bytes: u64,
+    active: Mutex<Active>,
+    groups: RwLock<BTreeMap<u8, Mirror>>,
+    writes: AtomicU64,
+    fsyncs: AtomicU64,
+}
+
+fn segment_name(seq: u64) -> String {
+    format!("wal-{seq:016x}.log")
+}
+
+fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| io("list the log", e))? {
+        let e = e.map_err(|e| io("list the log", e))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(seq) = name
+            .strip_prefix("wal-")
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+        {
+            out.push((seq, e.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("sync the log directory", e))
 }
 
 impl LogDb {
-    /// Opens or creates the log in `dir`.
+    /// Opens or creates the log in `dir`: reads every segment, cutting off a
+    /// torn last record.
     pub fn open(dir: &Path) -> Result<LogDb> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| Error::Io(format!("create {}: {e}", dir.display())))?;
-        let db = Database::builder(dir)
-            .manual_journal_persist(true)
-            .cache_size(32 << 20)
-            .max_journaling_size(MIN_JOURNAL_BYTES * 2)
-            .open()?;
-        let format = db.keyspace("format", KeyspaceCreateOptions::default)?;
-        let log = db.keyspace("log", KeyspaceCreateOptions::default)?;
-        let meta = db.keyspace("meta", KeyspaceCreateOptions::default)?;
-        match format.get("version")? {
-            None => {
-                format.insert("version", FORMAT_VERSION.to_le_bytes())?;
-                db.persist(PersistMode::SyncAll)?;
-            }
-            Some(v) => {
-                let found = <[u8; 4]>::try_from(&*v).map(u32::from_le_bytes).map_err(|_| {
-                    Error::InvalidData(format!("{}: unreadable format marker", dir.display()))
-                })?;
-                if found != FORMAT_VERSION {
-                    if found < FORMAT_VERSION {
-                        return Err(Error::OldFormat { dir: dir.display().to_string(), found });
-                    }
+        LogDb::open_with(dir, SEGMENT_BYTES)
+    }
+
+    /// [`LogDb::open`], with segments rotated past `segment_bytes`.
+    pub fn open_with(dir: &Path, segment_bytes: u64) -> Result<LogDb> {
+        std::fs::create_dir_all(dir).map_err(|e| io(&format!("create {}", dir.display()), e))?;
+        // The earlier engine's log was a fjall database.
+        if dir.join("keyspaces").exists() || dir.join("journals").exists() {
+            return Err(Error::OldFormat { dir: dir.display().to_string(), found: 1 });
+        }
+        let mut groups = BTreeMap::new();
+        let found = segments(dir)?;
+        let last_seq = found.last().map(|(seq, _)| *seq);
+        for (seq, path) in &found {
+            let mut bytes = Vec::new();
+            File::open(path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| io(&format!("read {}", path.display()), e))?;
+            let good = replay(&bytes, &mut groups)
+                .map_err(|e| Error::InvalidData(format!("{}: {e}", path.display())))?;
+            if good < bytes.len() {
+                if Some(*seq) != last_seq {
                     return Err(Error::InvalidData(format!(
-                        "{}: log format {found} is newer than this build's ({FORMAT_VERSION})",
-                        dir.display()
+                        "{}: a bad record at byte {good}, in a segment that is not the last",
+                        path.display()
                     )));
                 }
+                tracing::warn!(segment = %path.display(), at = good, "cutting off a torn record at the end of the Raft log");
+                let f = OpenOptions::new().write(true).open(path).map_err(|e| io("open", e))?;
+                f.set_len(good as u64)
+                    .and_then(|()| f.sync_all())
+                    .map_err(|e| io("cut the log", e))?;
             }
         }
-        Ok(LogDb { db, log, meta, writes: Default::default(), fsyncs: Default::default() })
+        let active = match found.last() {
+            Some((seq, path)) => {
+                let file = OpenOptions::new().append(true).open(path).map_err(|e| io("open", e))?;
+                let size = file.metadata().map_err(|e| io("stat", e))?.len();
+                Active { file, seq: *seq, size }
+            }
+            None => new_segment(dir, 1)?,
+        };
+        Ok(LogDb {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            active: Mutex::new(active),
+            groups: RwLock::new(groups),
+            writes: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
+        })
     }
 
     /// Counters since open.
     pub fn stats(&self) -> LogStats {
         LogStats {
-            writes: self.writes.load(std::sync::atomic::Ordering::Relaxed),
-            fsyncs: self.fsyncs.load(std::sync::atomic::Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs.load(Ordering::Relaxed),
         }
     }
 
-    /// Reads what is stored of every group that has anything.
+    fn read_groups(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<u8, Mirror>> {
+        self.groups.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// What is stored of every group that has anything.
     pub fn load(&self) -> Result<Vec<(u8, GroupRecord)>> {
-        let mut groups = Vec::new();
-        for group in 0..=u8::MAX {
-            if let Some(record) = self.load_group(group)? {
-                groups.push((group, record));
-            }
-        }
-        Ok(groups)
+        Ok(self
+            .read_groups()
+            .iter()
+            .map(|(g, m)| (*g, m.record()))
+            .filter(|(_, r)| !r.is_empty())
+            .collect())
     }
 
-    /// Reads what is stored of one group, if anything.
+    /// What is stored of one group, if anything.
     pub fn load_group(&self, group: u8) -> Result<Option<GroupRecord>> {
-        let get =
-            |kind: u8| -> Result<Option<fjall::UserValue>> { Ok(self.meta.get([group, kind])?) };
-        let mut record = GroupRecord::default();
-        if let Some(v) = get(HARD_STATE)? {
-            record.hard_state = decode_proto(&v, "hard state")?;
-        }
-        if let Some(v) = get(TRUNCATED)? {
-            record.truncated = decode_pair(&v)?;
-        }
-        if let Some(v) = get(APPLIED)? {
-            record.applied = decode_apply(&v)?;
-        }
-        record.last = record.truncated;
-        let range = log_key(group, 0)..=log_key(group, u64::MAX);
-        if let Some(guard) = self.log.range(range).next_back() {
-            let entry = decode_entry(&guard.value()?)?;
-            record.last = (entry.index, entry.term);
-        }
-        Ok((!record.is_empty()).then_some(record))
+        Ok(self.read_groups().get(&group).map(Mirror::record).filter(|r| !r.is_empty()))
     }
 
     /// The stored entries of `group` in `low..high`, in order, up to about
     /// `max_bytes` (at least one).
     pub fn entries(&self, group: u8, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>> {
+        let groups = self.read_groups();
+        let Some(m) = groups.get(&group) else { return Ok(Vec::new()) };
+        let start = m.entries.front().map_or(0, |e| e.index);
         let mut out = Vec::new();
         let mut size = 0u64;
-        if low >= high {
-            return Ok(out);
-        }
-        for guard in self.log.range(log_key(group, low)..log_key(group, high)) {
-            let entry = decode_entry(&guard.value()?)?;
-            size += entry.data.len() as u64 + entry.context.len() as u64 + 16;
+        for e in m.entries.iter().skip(low.saturating_sub(start) as usize) {
+            if e.index >= high {
+                break;
+            }
+            size += e.data.len() as u64 + e.context.len() as u64 + 16;
             if !out.is_empty() && size > max_bytes {
                 break;
             }
-            out.push(entry);
+            out.push(e.clone());
         }
         Ok(out)
     }
 
-    /// Writes `batches` as one atomic batch, then fsyncs if any must be durable.
+    /// Appends `batches`' records with one write, fdatasyncs if any must be
+    /// durable, then applies them to what the log holds in memory.
     pub fn write(&self, batches: &[Batch]) -> Result<()> {
         if batches.iter().all(|b| b.ops.is_empty()) {
             return Ok(());
         }
-        let mut batch = self.db.batch();
-        let delete = |batch: &mut fjall::OwnedWriteBatch, group: u8, range: Option<(u64, u64)>| {
-            if let Some((first, last)) = range {
-                for index in first..=last {
-                    batch.remove(&self.log, log_key(group, index));
-                }
-            }
-        };
+        let mut buf = Vec::with_capacity(4096);
         for (group, op) in batches.iter().flat_map(|b| &b.ops) {
-            let group = *group;
-            match op {
-                Op::Append { entries, delete: d } => {
-                    delete(&mut batch, group, *d);
-                    for entry in entries {
-                        batch.insert(&self.log, log_key(group, entry.index), encode_entry(entry));
-                    }
-                }
-                Op::HardState(hs) => {
-                    batch.insert(&self.meta, [group, HARD_STATE], encode_proto(hs));
-                }
-                Op::Applied(applied) => {
-                    batch.insert(&self.meta, [group, APPLIED], encode_apply(applied));
-                }
-                Op::Compact { delete: d, truncated } => {
-                    delete(&mut batch, group, Some(*d));
-                    batch.insert(&self.meta, [group, TRUNCATED], encode_pair(*truncated));
-                }
-                Op::Snapshot { delete: d, applied } => {
-                    delete(&mut batch, group, *d);
-                    let truncated = (applied.index, applied.term);
-                    batch.insert(&self.meta, [group, TRUNCATED], encode_pair(truncated));
-                    batch.insert(&self.meta, [group, APPLIED], encode_apply(applied));
-                }
-                Op::Remove { delete: d } => {
-                    delete(&mut batch, group, *d);
-                    for kind in [HARD_STATE, TRUNCATED, APPLIED] {
-                        batch.remove(&self.meta, [group, kind]);
-                    }
-                }
+            encode_op(&mut buf, *group, op);
+        }
+        let sync = batches.iter().any(|b| b.sync);
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        active.file.write_all(&buf).map_err(|e| io("write the log", e))?;
+        active.size += buf.len() as u64;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if sync {
+            self.fsyncs.fetch_add(1, Ordering::Relaxed);
+            active.file.sync_data().map_err(|e| io("sync the log", e))?;
+        }
+        {
+            let mut groups = self.groups.write().unwrap_or_else(|e| e.into_inner());
+            for (group, op) in batches.iter().flat_map(|b| &b.ops) {
+                apply_op(&mut groups, *group, op);
             }
         }
-        batch.commit()?;
-        self.writes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if batches.iter().any(|b| b.sync) {
-            self.fsyncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.db.persist(PersistMode::SyncData)?;
-        } else {
-            self.db.persist(PersistMode::Buffer)?;
+        if active.size > self.segment_bytes {
+            self.rotate(&mut active)?;
         }
         Ok(())
     }
-}
 
-fn encode_entry(entry: &Entry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + entry.encoded_len());
-    out.push(ENTRY_VERSION);
-    entry.encode(&mut out).expect("a Vec grows as needed");
-    out
-}
-
-fn decode_entry(bytes: &[u8]) -> Result<Entry> {
-    match bytes.split_first() {
-        Some((&ENTRY_VERSION, rest)) => {
-            Entry::decode(rest).map_err(|e| Error::InvalidData(format!("entry: {e}")))
+    /// Starts a new segment with an image of every group, then deletes the
+    /// older ones.
+    fn rotate(&self, active: &mut Active) -> Result<()> {
+        let mut next = new_segment(&self.dir, active.seq + 1)?;
+        let mut buf = Vec::new();
+        for (group, m) in self.read_groups().iter() {
+            encode_image(&mut buf, *group, m);
         }
-        Some((v, _)) => Err(Error::InvalidData(format!("entry version {v} is unknown"))),
-        None => Err(Error::InvalidData("empty entry".into())),
+        next.file.write_all(&buf).map_err(|e| io("write a log image", e))?;
+        next.file.sync_data().map_err(|e| io("sync a log image", e))?;
+        next.size += buf.len() as u64;
+        let old = active.seq;
+        *active = next;
+        for (seq, path) in segments(&self.dir)? {
+            if seq <= old {
+                std::fs::remove_file(&path).map_err(|e| io("remove an old log segment", e))?;
+            }
+        }
+        sync_dir(&self.dir)
     }
 }
 
-fn encode_proto(m: &impl prost::Message) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + m.encoded_len());
-    out.push(META_VERSION);
-    m.encode(&mut out).expect("a Vec grows as needed");
-    out
+fn new_segment(dir: &Path, seq: u64) -> Result<Active> {
+    let path = dir.join(segment_name(seq));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io(&format!("create {}", path.display()), e))?;
+    let mut header = MAGIC.to_vec();
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    file.write_all(&header)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write a log header", e))?;
+    sync_dir(dir)?;
+    Ok(Active { file, seq, size: header.len() as u64 })
 }
 
-fn meta_body<'a>(bytes: &'a [u8], what: &str) -> Result<&'a [u8]> {
-    match bytes.split_first() {
-        Some((&META_VERSION, rest)) => Ok(rest),
-        Some((v, _)) => Err(Error::InvalidData(format!("{what}: version {v} is unknown"))),
-        None => Err(Error::InvalidData(format!("{what}: empty"))),
+/// Appends one record with `payload` written by `fill`.
+fn record(buf: &mut Vec<u8>, fill: impl FnOnce(&mut Vec<u8>)) {
+    let at = buf.len();
+    buf.extend_from_slice(&[0; 8]);
+    fill(buf);
+    let payload = &buf[at + 8..];
+    let len = payload.len() as u32;
+    let crc = crc32fast::hash(payload);
+    buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    buf[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn put_proto(buf: &mut Vec<u8>, m: &impl prost::Message) {
+    buf.extend_from_slice(&(m.encoded_len() as u32).to_le_bytes());
+    m.encode(buf).expect("a Vec grows as needed");
+}
+
+fn put_pair(buf: &mut Vec<u8>, (a, b): (u64, u64)) {
+    buf.extend_from_slice(&a.to_le_bytes());
+    buf.extend_from_slice(&b.to_le_bytes());
+}
+
+fn put_entries<'a>(buf: &mut Vec<u8>, entries: impl ExactSizeIterator<Item = &'a Entry>) {
+    buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    for e in entries {
+        put_proto(buf, e);
     }
 }
 
-fn decode_proto<M: prost::Message + Default>(bytes: &[u8], what: &str) -> Result<M> {
-    M::decode(meta_body(bytes, what)?).map_err(|e| Error::InvalidData(format!("{what}: {e}")))
+fn encode_op(buf: &mut Vec<u8>, group: u8, op: &Op) {
+    record(buf, |b| match op {
+        Op::Append { entries, .. } => {
+            b.extend_from_slice(&[ENTRIES, group]);
+            put_entries(b, entries.iter());
+        }
+        Op::HardState(hs) => {
+            b.extend_from_slice(&[HARD_STATE, group]);
+            put_proto(b, hs);
+        }
+        Op::Applied(a) => {
+            b.extend_from_slice(&[CHECKPOINT, group]);
+            put_pair(b, (a.index, a.term));
+            put_proto(b, &a.conf);
+        }
+        Op::Compact { truncated, .. } => {
+            b.extend_from_slice(&[COMPACT, group]);
+            put_pair(b, *truncated);
+        }
+        Op::Snapshot { applied, .. } => {
+            b.extend_from_slice(&[SNAPSHOT, group]);
+            put_pair(b, (applied.index, applied.term));
+            put_proto(b, &applied.conf);
+        }
+        Op::Remove { .. } => b.extend_from_slice(&[REMOVE, group]),
+    });
 }
 
-fn encode_pair((a, b): (u64, u64)) -> Vec<u8> {
-    let mut out = Vec::with_capacity(17);
-    out.push(META_VERSION);
-    out.extend_from_slice(&a.to_le_bytes());
-    out.extend_from_slice(&b.to_le_bytes());
-    out
+fn encode_image(buf: &mut Vec<u8>, group: u8, m: &Mirror) {
+    record(buf, |b| {
+        b.extend_from_slice(&[IMAGE, group]);
+        put_proto(b, &m.hard_state);
+        put_pair(b, m.truncated);
+        put_pair(b, (m.applied.index, m.applied.term));
+        put_proto(b, &m.applied.conf);
+        put_entries(b, m.entries.iter());
+    });
 }
 
-fn decode_pair(bytes: &[u8]) -> Result<(u64, u64)> {
-    let body = meta_body(bytes, "truncated")?;
-    pair(body).ok_or_else(|| Error::InvalidData("truncated: too short".into()))
+fn apply_op(groups: &mut BTreeMap<u8, Mirror>, group: u8, op: &Op) {
+    if let Op::Remove { .. } = op {
+        groups.remove(&group);
+        return;
+    }
+    let m = groups.entry(group).or_default();
+    match op {
+        Op::Append { entries, .. } => m.append(entries.iter().cloned()),
+        Op::HardState(hs) => m.hard_state = hs.clone(),
+        Op::Applied(a) => m.applied = a.clone(),
+        Op::Compact { truncated, .. } => m.compact(truncated.0, truncated.1),
+        Op::Snapshot { applied, .. } => {
+            m.entries.clear();
+            m.truncated = (applied.index, applied.term);
+            m.applied = applied.clone();
+        }
+        Op::Remove { .. } => unreachable!("handled above"),
+    }
 }
 
-fn pair(body: &[u8]) -> Option<(u64, u64)> {
-    let a = u64::from_le_bytes(body.get(..8)?.try_into().ok()?);
-    let b = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
-    Some((a, b))
+/// A cursor over a record's payload.
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        if self.0.len() < n {
+            return Err("a record is cut short".into());
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
+    }
+
+    fn pair(&mut self) -> std::result::Result<(u64, u64), String> {
+        Ok((self.u64()?, self.u64()?))
+    }
+
+    fn proto<M: prost::Message + Default>(&mut self) -> std::result::Result<M, String> {
+        let n = self.u32()? as usize;
+        M::decode(self.take(n)?).map_err(|e| e.to_string())
+    }
+
+    fn entries(&mut self) -> std::result::Result<Vec<Entry>, String> {
+        let n = self.u32()? as usize;
+        (0..n).map(|_| self.proto::<Entry>()).collect()
+    }
 }
 
-fn encode_apply(a: &ApplyState) -> Vec<u8> {
-    let mut out = encode_pair((a.index, a.term));
-    a.conf.encode(&mut out).expect("a Vec grows as needed");
-    out
+/// Applies a segment's records to `groups`; returns how many bytes were
+/// good (all of them, unless the segment ends in a torn record).
+fn replay(bytes: &[u8], groups: &mut BTreeMap<u8, Mirror>) -> std::result::Result<usize, String> {
+    if bytes.len() < 12 || &bytes[..8] != MAGIC {
+        return Err("not a Shoal log segment".into());
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != FORMAT_VERSION {
+        return Err(format!(
+            "log format {version} is unknown to this build (it reads {FORMAT_VERSION})"
+        ));
+    }
+    let mut at = 12;
+    while at + 8 <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes"));
+        let Some(payload) = bytes.get(at + 8..at + 8 + len) else { break };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        apply_record(payload, groups).map_err(|e| format!("record at byte {at}: {e}"))?;
+        at += 8 + len;
+    }
+    Ok(at.min(bytes.len()))
 }
 
-fn decode_apply(bytes: &[u8]) -> Result<ApplyState> {
-    let body = meta_body(bytes, "checkpoint")?;
-    let (index, term) =
-        pair(body).ok_or_else(|| Error::InvalidData("checkpoint: too short".into()))?;
-    let conf = ConfState::decode(&body[16..])
-        .map_err(|e| Error::InvalidData(format!("checkpoint: {e}")))?;
-    Ok(ApplyState { index, term, conf })
+fn apply_record(
+    payload: &[u8],
+    groups: &mut BTreeMap<u8, Mirror>,
+) -> std::result::Result<(), String> {
+    let mut c = Cursor(payload);
+    let head = c.take(2)?;
+    let (kind, group) = (head[0], head[1]);
+    match kind {
+        ENTRIES => groups.entry(group).or_default().append(c.entries()?),
+        HARD_STATE => groups.entry(group).or_default().hard_state = c.proto()?,
+        CHECKPOINT => {
+            let (index, term) = c.pair()?;
+            groups.entry(group).or_default().applied = ApplyState { index, term, conf: c.proto()? };
+        }
+        COMPACT => {
+            let (index, term) = c.pair()?;
+            groups.entry(group).or_default().compact(index, term);
+        }
+        SNAPSHOT => {
+            let (index, term) = c.pair()?;
+            let m = groups.entry(group).or_default();
+            m.entries.clear();
+            m.truncated = (index, term);
+            m.applied = ApplyState { index, term, conf: c.proto()? };
+        }
+        REMOVE => {
+            groups.remove(&group);
+        }
+        IMAGE => {
+            let hard_state = c.proto()?;
+            let truncated = c.pair()?;
+            let (index, term) = c.pair()?;
+            let conf = c.proto()?;
+            let entries = c.entries()?.into();
+            groups.insert(
+                group,
+                Mirror {
+                    hard_state,
+                    truncated,
+                    applied: ApplyState { index, term, conf },
+                    entries,
+                },
+            );
+        }
+        other => return Err(format!("record kind {other} is unknown")),
+    }
+    Ok(())
 }
 
 /// A batch handed to the writer, and whom to tell when it is written.
@@ -552,12 +772,8 @@ mod tests {
     #[test]
     fn an_older_format_is_refused_with_its_version() {
         let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let db = Database::builder(dir.path()).open().expect("fjall");
-            let format = db.keyspace("format", KeyspaceCreateOptions::default).expect("ks");
-            format.insert("version", 1u32.to_le_bytes()).expect("insert");
-            db.persist(PersistMode::SyncAll).expect("persist");
-        }
+        // What a fjall database (the earlier engine's log) leaves.
+        std::fs::create_dir_all(dir.path().join("keyspaces")).expect("mkdir");
         match LogDb::open(dir.path()) {
             Err(e @ Error::OldFormat { found: 1, .. }) => {
                 assert!(e.to_string().contains("log format 1"), "{e}")
@@ -565,5 +781,86 @@ mod tests {
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("format 1 was opened"),
         }
+    }
+
+    fn append(db: &LogDb, group: u8, from: u64, to: u64, term: u64) {
+        let entries = (from..=to).map(|i| entry(i, term, b"0123456789")).collect();
+        db.write(&[Batch { ops: vec![(group, Op::Append { entries, delete: None })], sync: true }])
+            .expect("write");
+    }
+
+    fn indexes(db: &LogDb, group: u8) -> Vec<u64> {
+        db.entries(group, 0, u64::MAX, u64::MAX).expect("entries").iter().map(|e| e.index).collect()
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = LogDb::open(dir.path()).expect("open");
+            append(&db, 1, 1, 3, 1);
+            append(&db, 1, 4, 6, 1);
+        }
+        let (_, seg) = segments(dir.path()).expect("list").pop().expect("a segment");
+        let len = std::fs::metadata(&seg).expect("stat").len();
+        // A crash in the middle of the last write.
+        let f = OpenOptions::new().write(true).open(&seg).expect("open");
+        f.set_len(len - 5).expect("cut");
+        drop(f);
+        let db = LogDb::open(dir.path()).expect("reopen");
+        assert_eq!(indexes(&db, 1), vec![1, 2, 3]);
+        append(&db, 1, 4, 4, 2);
+        drop(db);
+        let db = LogDb::open(dir.path()).expect("reopen again");
+        assert_eq!(indexes(&db, 1), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_bad_record_before_the_last_segment_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = LogDb::open_with(dir.path(), 200).expect("open");
+            append(&db, 1, 1, 3, 1);
+            append(&db, 1, 4, 40, 1);
+            append(&db, 1, 41, 42, 1);
+        }
+        let all = segments(dir.path()).expect("list");
+        assert_eq!(all.len(), 1, "rotation removed the older segments: {all:?}");
+        // Simulate a rotation that crashed before deleting an older segment
+        // which then rotted.
+        let rotten = dir.path().join(segment_name(0));
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&[9, 0, 0, 0, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        std::fs::write(&rotten, &bytes).expect("write");
+        match LogDb::open(dir.path()) {
+            Err(Error::InvalidData(m)) => assert!(m.contains("not the last"), "{m}"),
+            Err(other) => panic!("wrong error: {other}"),
+            Ok(_) => panic!("a corrupt segment was read"),
+        }
+    }
+
+    #[test]
+    fn rotation_keeps_every_group_and_frees_the_old_segments() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = LogDb::open_with(dir.path(), 4096).expect("open");
+            let hs = HardState { term: 7, vote: 2, commit: 3 };
+            db.write(&[Batch { ops: vec![(2, Op::HardState(hs))], sync: true }]).expect("hs");
+            for i in 0..50u64 {
+                append(&db, 1, i * 10 + 1, i * 10 + 10, 1);
+                if i % 10 == 9 {
+                    let op = Op::Compact { delete: (0, 0), truncated: (i * 10, 1) };
+                    db.write(&[Batch { ops: vec![(1, op)], sync: false }]).expect("compact");
+                }
+            }
+            assert!(db.read_groups()[&1].entries.len() <= 110);
+        }
+        assert!(segments(dir.path()).expect("list").len() <= 2);
+        let db = LogDb::open(dir.path()).expect("reopen");
+        let ids = indexes(&db, 1);
+        assert_eq!(ids.first(), Some(&491));
+        assert_eq!(ids.last(), Some(&500));
+        assert_eq!(db.load_group(2).expect("load").expect("group 2").hard_state.term, 7);
     }
 }

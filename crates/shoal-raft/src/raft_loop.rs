@@ -52,6 +52,11 @@ use crate::{
     StateMachine, View,
 };
 
+/// The log is compacted once a checkpoint is this many entries past the
+/// `keep_logs` kept behind it: a group holds at most about
+/// `keep_logs + COMPACT_STEP` applied entries.
+const COMPACT_STEP: u64 = 64;
+
 type Reply<A> = oneshot::Sender<Answered<A>>;
 type ReadReply = oneshot::Sender<Result<(), GroupError>>;
 type BootReply = oneshot::Sender<Result<bool, GroupError>>;
@@ -725,7 +730,7 @@ impl<S: StateMachine> Loop<S> {
             let conf = g.raw.raft.prs().conf().to_conf_state();
             self.batch.ops.push((group, Op::Applied(ApplyState { index, term, conf })));
             let (first, _) = g.raw.store().bounds();
-            if index >= first + 2 * keep
+            if index >= first + keep + COMPACT_STEP
                 && let Some(op) = g.raw.mut_store().compact(index - keep)
             {
                 self.batch.ops.push((group, op));
