@@ -32,6 +32,7 @@
 mod apply;
 pub mod logdb;
 mod logger;
+mod membership;
 mod raft_loop;
 pub mod snapshot;
 pub mod storage;
