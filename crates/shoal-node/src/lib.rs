@@ -16,6 +16,7 @@ pub mod feed;
 pub mod forward;
 pub mod node;
 pub mod registration;
+pub mod relay;
 pub mod replica;
 pub mod replication;
 

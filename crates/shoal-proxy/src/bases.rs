@@ -18,7 +18,7 @@ use shoal_types::api::{BaseInfo, BaseList, BaseLocation};
 use shoal_types::{BaseId, BucketId, Error, NodeId};
 
 use crate::Proxy;
-use crate::forward::{bad_path, base_id, body, join, relay_answer, send};
+use crate::forward::{answer_of, bad_path, base_id, body, join, relay_answer, send};
 
 /// How long the proxy waits for one node's part of a list or location answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -93,7 +93,12 @@ pub async fn list(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     let mut pages: Vec<(NodeId, BaseList)> = Vec::new();
     for (t, answer) in nodes.iter().zip(answers) {
         match answer {
-            Ok(a) if a.status().is_client_error() => return relay_answer(a).await,
+            Ok(a) if a.status().is_client_error() => {
+                return match answer_of(a).await {
+                    Ok(a) => relay_answer(a),
+                    Err(why) => ApiError(Error::Unavailable(why)).into_response(),
+                };
+            }
             Ok(a) if a.status().is_success() => match a.json::<BaseList>().await {
                 Ok(page) => pages.push((t.node.clone(), page)),
                 Err(e) => {

@@ -14,6 +14,7 @@ use shoal_node::forward::NO_FORWARD;
 use shoal_types::{BaseId, BucketId, Error};
 
 use crate::Proxy;
+use crate::links::{Answer, Failure};
 use crate::retry::{self, Next};
 use crate::view::Target;
 
@@ -101,46 +102,42 @@ pub async fn send(
         headers.contains_key("idempotency-key"),
     );
     let writes = method != Method::GET && method != Method::HEAD && !repeatable_read(&method, path);
+    let mut passed = HeaderMap::new();
+    for name in &REQUEST_HEADERS {
+        if let Some(v) = headers.get(name) {
+            passed.insert(name, v.clone());
+        }
+    }
     let mut attempts = Attempts::new(proxy, bucket).with_path(path);
     let mut last: Option<Response> = None;
     while let Some((target, url)) = attempts.next().await {
         // The deadline bounds when attempts start, not how long a started
         // one may run: a slow write is not cut short for being late.
-        let mut out = proxy
-            .http
-            .request(method.clone(), &url)
-            .header(NO_FORWARD, "1")
-            .timeout(proxy.options.request_timeout)
-            .body(body.clone());
-        for name in &REQUEST_HEADERS {
-            if let Some(v) = headers.get(name) {
-                out = out.header(name, v);
-            }
-        }
-        let answer = match out.send().await {
+        let answer = match attempt(proxy, &method, &url, &passed, body.clone()).await {
             Ok(a) => a,
-            Err(e) => {
+            Err(failed) => {
                 if let Some(t) = &target {
                     proxy.view.forget_leader(bucket, &t.node);
                 }
-                tracing::debug!(%url, error = %e, "a node did not answer");
-                match retry::after_failure(e.is_connect(), repeatable) {
+                tracing::debug!(%url, error = %failed.why, "a node did not answer");
+                match retry::after_failure(!failed.sent, repeatable) {
                     Next::TryNext | Next::Follow(_) => {
                         metrics::counter!("shoal_proxy_retries_total").increment(1);
                         continue;
                     }
                     Next::Answer => {
                         return ApiError(Error::Unavailable(format!(
-                            "the node at {url} failed before answering ({e}); the write may or may \
-                             not have been applied: send it with an Idempotency-Key to make retries safe"
+                            "the node at {url} failed before answering ({}); the write may or may \
+                             not have been applied: send it with an Idempotency-Key to make retries safe",
+                            failed.why
                         )))
                         .into_response();
                     }
                 }
             }
         };
-        let status = answer.status();
-        let location = answer.headers().get(header::LOCATION).and_then(|v| v.to_str().ok());
+        let status = answer.status;
+        let location = answer.headers.get(header::LOCATION).and_then(|v| v.to_str().ok());
         match retry::after_answer(status, location, repeatable) {
             Next::Follow(to) => {
                 if let Some(node) = proxy.view.node_at(&to) {
@@ -154,7 +151,7 @@ pub async fn send(
                     proxy.view.forget_leader(bucket, &t.node);
                 }
                 metrics::counter!("shoal_proxy_retries_total").increment(1);
-                last = Some(relay_answer(answer).await);
+                last = Some(relay_answer(answer));
                 continue;
             }
             Next::Answer => {}
@@ -166,7 +163,7 @@ pub async fn send(
         {
             proxy.view.set_leader(bucket, t.node);
         }
-        return relay_answer(answer).await;
+        return relay_answer(answer);
     }
     last.unwrap_or_else(|| {
         let why = if proxy.view.has_map() {
@@ -178,28 +175,73 @@ pub async fn send(
     })
 }
 
+/// An attempt that got no answer.
+struct Failed {
+    /// Whether the request may have reached the node.
+    sent: bool,
+    why: String,
+}
+
+/// One attempt at one node: over the node's relay where it has one, else
+/// as a plain HTTP request.
+async fn attempt(
+    proxy: &Proxy,
+    method: &Method,
+    url: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Answer, Failed> {
+    let timeout = proxy.options.request_timeout;
+    if let Some(links) = &proxy.links
+        && let Some(rest) = url.strip_prefix("http://")
+    {
+        let (hostport, target) = rest.find('/').map_or((rest, "/"), |at| rest.split_at(at));
+        match links.send(hostport, method, target, headers, body.clone(), timeout).await {
+            Ok(a) => return Ok(a),
+            Err(Failure::Unsupported) => {}
+            Err(Failure::NotSent(why)) => return Err(Failed { sent: false, why }),
+            Err(Failure::Lost(why)) => return Err(Failed { sent: true, why }),
+        }
+    }
+    let out = proxy
+        .http
+        .request(method.clone(), url)
+        .header(NO_FORWARD, "1")
+        .timeout(timeout)
+        .headers(headers.clone())
+        .body(body);
+    match out.send().await {
+        Ok(a) => answer_of(a).await.map_err(|why| Failed { sent: true, why }),
+        Err(e) => Err(Failed { sent: !e.is_connect(), why: e.to_string() }),
+    }
+}
+
+/// A node's HTTP answer, read whole.
+pub async fn answer_of(answer: reqwest::Response) -> Result<Answer, String> {
+    let status = answer.status();
+    let mut headers = HeaderMap::new();
+    for name in &shoal_node::relay::ANSWER_HEADERS {
+        if let Some(v) = answer.headers().get(name) {
+            headers.insert(name.clone(), v.clone());
+        }
+    }
+    let body = answer.bytes().await.map_err(|e| format!("the node's answer was cut off: {e}"))?;
+    Ok(Answer { status, headers, body })
+}
+
 fn repeatable_read(method: &Method, path: &str) -> bool {
     *method == Method::POST && path.split('?').next().unwrap_or(path).ends_with("/query")
 }
 
 /// Turns a node's answer into the proxy's.
-pub async fn relay_answer(answer: reqwest::Response) -> Response {
-    let status = answer.status();
-    let mut kept = HeaderMap::new();
+pub fn relay_answer(answer: Answer) -> Response {
+    let mut resp = (answer.status, answer.body).into_response();
     for name in &ANSWER_HEADERS {
-        if let Some(v) = answer.headers().get(name) {
-            kept.insert(name.clone(), v.clone());
+        if let Some(v) = answer.headers.get(name) {
+            resp.headers_mut().insert(name.clone(), v.clone());
         }
     }
-    match answer.bytes().await {
-        Ok(body) => {
-            let mut resp = (status, body).into_response();
-            resp.headers_mut().extend(kept);
-            resp
-        }
-        Err(e) => ApiError(Error::Unavailable(format!("the node's answer was cut off: {e}")))
-            .into_response(),
-    }
+    resp
 }
 
 /// The sequence of nodes one request goes to: the bucket's candidates in

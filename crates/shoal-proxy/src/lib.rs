@@ -25,6 +25,7 @@
 
 mod bases;
 mod forward;
+mod links;
 pub mod retry;
 pub mod view;
 mod ws;
@@ -64,6 +65,9 @@ pub struct ProxyOptions {
     pub request_timeout: Duration,
     /// How long opening a connection to a node may take.
     pub connect_timeout: Duration,
+    /// Send base requests to the nodes over one relay connection per node
+    /// (many requests per frame) rather than one HTTP request each.
+    pub relay: bool,
 }
 
 impl Default for ProxyOptions {
@@ -76,6 +80,7 @@ impl Default for ProxyOptions {
             max_backoff: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
+            relay: true,
         }
     }
 }
@@ -85,6 +90,7 @@ pub struct Proxy {
     options: ProxyOptions,
     view: View,
     http: reqwest::Client,
+    links: Option<links::Links>,
 }
 
 impl Proxy {
@@ -98,7 +104,10 @@ impl Proxy {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Arc::new(Proxy { options, view, http }))
+        let links = options
+            .relay
+            .then(|| links::Links::new(options.admin_token.clone(), options.connect_timeout));
+        Ok(Arc::new(Proxy { options, view, http, links }))
     }
 
     /// The view of the cluster.

@@ -32,14 +32,28 @@ struct Seen {
 
 type Handler = Arc<dyn Fn(&Seen) -> Response + Send + Sync>;
 
-/// A fake node: answers with `handler`, records every request.
+/// A fake node: answers with `handler`, records every request. Like a
+/// node, it takes requests as plain HTTP and over a relay.
 struct Fake {
     url: String,
     seen: Arc<Mutex<Vec<Seen>>>,
+    _stop: watch::Sender<bool>,
 }
 
 impl Fake {
     async fn start(handler: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Fake {
+        Fake::serve(handler, true).await
+    }
+
+    /// A fake node without a relay (as one of an earlier version).
+    async fn start_plain(handler: impl Fn(&Seen) -> Response + Send + Sync + 'static) -> Fake {
+        Fake::serve(handler, false).await
+    }
+
+    async fn serve(
+        handler: impl Fn(&Seen) -> Response + Send + Sync + 'static,
+        relay: bool,
+    ) -> Fake {
         let handler: Handler = Arc::new(handler);
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let s = seen.clone();
@@ -55,12 +69,18 @@ impl Fake {
                 answer
             }
         });
+        let (stop, stopped) = watch::channel(false);
+        let app = if relay {
+            app.clone().merge(shoal_node::relay::routes(app, TOKEN.into(), stopped))
+        } else {
+            app
+        };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Fake { url, seen }
+        Fake { url, seen, _stop: stop }
     }
 
     fn hits(&self) -> usize {
@@ -506,4 +526,105 @@ async fn websockets_are_relayed_to_the_leader_both_ways() {
         }
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }
+}
+
+#[tokio::test]
+async fn nodes_without_a_relay_get_plain_http() {
+    let n2 = Fake::start(|s| {
+        let ok = s.headers.get("x-shoal-no-forward").is_some();
+        json_answer(StatusCode::OK, json!({"from": "n2", "no_forward": ok}))
+    })
+    .await;
+    let n2_url = n2.url.clone();
+    let n1 = Fake::start_plain(move |s| {
+        if s.headers.get("x-shoal-no-forward").is_none() {
+            return json_answer(StatusCode::BAD_REQUEST, json!({"error": "no x-shoal-no-forward"}));
+        }
+        (StatusCode::TEMPORARY_REDIRECT, [("location", format!("{n2_url}{}", s.path))], "")
+            .into_response()
+    })
+    .await;
+    let p = proxy(directory(&[&n1.url, &n2.url]), |_| {}).await;
+    let exec = format!("/v1/bases/{BASE}/execute");
+    for _ in 0..2 {
+        p.proxy.view().forget_leader(shoal_types::BucketId(0xab), &NodeId("n2".into()));
+        let (s, v) = call(&p.url, Method::POST, &exec, Some("{}"), &[]).await;
+        assert_eq!((s, v), (StatusCode::OK, json!({"from": "n2", "no_forward": true})));
+    }
+    // n1 was asked for a relay once, and remembered as having none.
+    let paths: Vec<String> = n1.seen.lock().expect("lock").iter().map(|s| s.path.clone()).collect();
+    assert_eq!(paths, ["/internal/relay".to_string(), exec.clone(), exec]);
+    assert_eq!(n2.hits(), 2);
+}
+
+/// A node that opens relays and then misbehaves: after reading the first
+/// frame of requests it closes the connection, or first says it stops
+/// having taken none of them.
+async fn broken_relay(say_stopping: bool) -> String {
+    use shoal_node::relay::RelayAnswer;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if s.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let upgraded = "HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\n\
+                                upgrade: shoal-relay\r\n\r\n";
+                if s.write_all(upgraded.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut frame = Vec::new();
+                if !shoal_node::relay::read_frame(&mut s, &mut frame).await.unwrap_or(false) {
+                    return;
+                }
+                if say_stopping {
+                    let mut out = bytes::BytesMut::new();
+                    RelayAnswer::stopping(0).encode(&mut out);
+                    let mut framed = (out.len() as u32).to_le_bytes().to_vec();
+                    framed.extend_from_slice(&out);
+                    let _ = s.write_all(&framed).await;
+                }
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_relay_that_breaks_loses_only_what_it_may_have_applied() {
+    let n1 = broken_relay(false).await;
+    let n2 = Fake::start(|_| json_answer(StatusCode::OK, json!({"from": "n2"}))).await;
+    let p = proxy(directory(&[&n1, &n2.url]), |_| {}).await;
+    let exec = format!("/v1/bases/{BASE}/execute");
+    // n1 read the write and vanished: it may have applied it.
+    let (s, v) = call(&p.url, Method::POST, &exec, Some("{}"), &[]).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["error"]["message"].as_str().unwrap_or("").contains("may or may not"), "{v}");
+    assert_eq!(n2.hits(), 0, "an unkeyed write was sent again");
+    // A keyed write and a read are safe to send again.
+    let (s, _) = call(&p.url, Method::POST, &exec, Some("{}"), &[("idempotency-key", "k")]).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&p.url, Method::GET, &format!("/v1/bases/{BASE}"), None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(n2.hits(), 2);
+}
+
+#[tokio::test]
+async fn what_a_stopping_node_did_not_take_goes_elsewhere() {
+    let n1 = broken_relay(true).await;
+    let n2 = Fake::start(|_| json_answer(StatusCode::OK, json!({"from": "n2"}))).await;
+    let p = proxy(directory(&[&n1, &n2.url]), |_| {}).await;
+    // Even an unkeyed write: n1 said it took none.
+    let (s, v) =
+        call(&p.url, Method::POST, &format!("/v1/bases/{BASE}/execute"), Some("{}"), &[]).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"from": "n2"})));
+    assert_eq!(n2.hits(), 1);
 }

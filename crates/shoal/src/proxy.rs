@@ -28,6 +28,11 @@ pub struct ProxyArgs {
     /// How long one attempt at one node may take, e.g. 30s.
     #[arg(long, env = "SHOAL_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     request_timeout: Duration,
+    /// Send base requests to the nodes as one HTTP request each, instead of
+    /// many to a frame over one relay connection per node (the relay costs
+    /// the proxy and the nodes less CPU per request).
+    #[arg(long, env = "SHOAL_HTTP_TO_NODES")]
+    http_to_nodes: bool,
     #[command(flatten)]
     pub(crate) http: HttpArgs,
     #[command(flatten)]
@@ -58,6 +63,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         max_body_bytes: args.http.max_body_size,
         retry_deadline: args.retry_deadline,
         request_timeout: args.request_timeout,
+        relay: !args.http_to_nodes,
         ..ProxyOptions::default()
     };
     let proxy = Proxy::new(options, View::new(directory_rx))?;

@@ -204,13 +204,16 @@ pub async fn serve_with(
     let state = Arc::new(AppState {
         engine,
         cluster: Some(Arc::new(RegistryCluster(registry))),
-        options: ServerOptions { admin_token: token, max_body_bytes: http.max_body_size },
+        options: ServerOptions { admin_token: token.clone(), max_body_bytes: http.max_body_size },
         metrics: Some(metrics),
         forwarder: shoal_node::forward::client(),
     });
     let mut app = shoal_node::router(state);
     if let Some(n) = node {
         app = app.merge(n.routes());
+        // Proxies' requests, many per connection, into the same routes.
+        let relay = shoal_node::relay::routes(app.clone(), token, shutdown.clone());
+        app = app.merge(relay);
     }
     if let Some(extra) = extra {
         app = app.merge(extra);

@@ -1,0 +1,383 @@
+//! The proxy's relay connections: one per node, each carrying every base
+//! request the proxy sends that node (see `shoal_node::relay` for the wire).
+//!
+//! A link is opened on first use and again after it breaks. What a broken
+//! link means for its requests decides whether the proxy may send them
+//! elsewhere, so it is tracked exactly:
+//! - a request the link never wrote (queued while connecting, or behind the
+//!   write that failed) is [`Failure::NotSent`], like a refused connection;
+//! - a request written and not answered is [`Failure::Lost`]: the node may
+//!   have applied it;
+//! - a node that stops answers every request it took and names the last
+//!   one; later ones are `NotSent`.
+//!
+//! A node that does not serve the relay is remembered for a while as
+//! [`Failure::Unsupported`], and the proxy sends it plain HTTP requests.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use bytes::{Bytes, BytesMut};
+use shoal_node::relay::{self, RelayAnswer, RelayRequest};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a node that refused a connection is not dialled again.
+const DOWN_FOR: Duration = Duration::from_millis(250);
+/// How long a node without a relay is sent plain HTTP before the proxy asks again.
+const UNSUPPORTED_FOR: Duration = Duration::from_secs(30);
+
+/// A node's answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// Its status.
+    pub status: StatusCode,
+    /// The headers of `shoal_node::relay::ANSWER_HEADERS` it had.
+    pub headers: HeaderMap,
+    /// Its body.
+    pub body: Bytes,
+}
+
+/// Why a request got no answer.
+#[derive(Debug)]
+pub enum Failure {
+    /// The node serves no relay: send the request as plain HTTP.
+    Unsupported,
+    /// The request never reached the node.
+    NotSent(String),
+    /// The request was sent and no answer came: it may have been applied.
+    Lost(String),
+}
+
+/// The relay links to every node the proxy has sent to.
+pub struct Links {
+    token: String,
+    connect_timeout: Duration,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+}
+
+struct Link {
+    hostport: String,
+    inner: Mutex<Inner>,
+}
+
+enum State {
+    Idle,
+    Connecting,
+    Up(mpsc::UnboundedSender<(u64, Bytes)>),
+    Down { until: Instant, why: String },
+    Unsupported { until: Instant },
+}
+
+struct Inner {
+    state: State,
+    /// Counts connections; requests belong to the one current when they came.
+    generation: u64,
+    next_id: u64,
+    /// The highest request id handed to a socket write.
+    sent_upto: u64,
+    /// Requests that came while connecting.
+    queued: Vec<(u64, Bytes)>,
+    pending: HashMap<u64, Waiter>,
+}
+
+struct Waiter {
+    generation: u64,
+    answer: oneshot::Sender<Result<Answer, Failure>>,
+}
+
+impl Links {
+    /// Links that authenticate with `token` and give up connecting after `connect_timeout`.
+    pub fn new(token: String, connect_timeout: Duration) -> Links {
+        Links { token, connect_timeout, links: Mutex::new(HashMap::new()) }
+    }
+
+    fn link(&self, hostport: &str) -> Arc<Link> {
+        let mut links = self.links.lock().expect("links lock");
+        links
+            .entry(hostport.to_string())
+            .or_insert_with(|| {
+                Arc::new(Link {
+                    hostport: hostport.to_string(),
+                    inner: Mutex::new(Inner {
+                        state: State::Idle,
+                        generation: 0,
+                        next_id: 1,
+                        sent_upto: 0,
+                        queued: Vec::new(),
+                        pending: HashMap::new(),
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// Sends one request to the node at `hostport` and waits, at most
+    /// `timeout`, for its answer.
+    pub async fn send(
+        &self,
+        hostport: &str,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, Failure> {
+        if !RelayRequest::fits(method, target, body.len()) {
+            return Err(Failure::Unsupported);
+        }
+        let request = RelayRequest {
+            id: 0,
+            method: method.clone(),
+            target: target.to_string(),
+            headers: headers.clone(),
+            body,
+        };
+        let mut record = BytesMut::new();
+        request.encode(&mut record);
+        let link = self.link(hostport);
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut inner = link.inner.lock().expect("link lock");
+            let now = Instant::now();
+            match &inner.state {
+                State::Unsupported { until } if now < *until => return Err(Failure::Unsupported),
+                State::Down { until, why } if now < *until => {
+                    return Err(Failure::NotSent(why.clone()));
+                }
+                State::Idle | State::Down { .. } | State::Unsupported { .. } => {
+                    inner.generation += 1;
+                    inner.state = State::Connecting;
+                    tokio::spawn(run(
+                        link.clone(),
+                        inner.generation,
+                        self.token.clone(),
+                        self.connect_timeout,
+                    ));
+                }
+                State::Connecting | State::Up(_) => {}
+            }
+            let id = inner.next_id;
+            inner.next_id += 1;
+            record[..8].copy_from_slice(&id.to_le_bytes());
+            let record = record.freeze();
+            let generation = inner.generation;
+            inner.pending.insert(id, Waiter { generation, answer: tx });
+            match &inner.state {
+                State::Up(queue) => {
+                    // The writer holds the receiver while the state is Up.
+                    let _ = queue.send((id, record));
+                }
+                _ => inner.queued.push((id, record)),
+            }
+            id
+        };
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(Failure::Lost("the relay to the node closed".into())),
+            Err(_) => {
+                link.inner.lock().expect("link lock").pending.remove(&id);
+                Err(Failure::Lost(format!("no answer within {timeout:?}")))
+            }
+        }
+    }
+}
+
+/// Connects a link and carries its requests until the connection ends.
+async fn run(link: Arc<Link>, generation: u64, token: String, connect_timeout: Duration) {
+    let stream = match tokio::time::timeout(connect_timeout, connect(&link.hostport, &token)).await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(Refused::NoRelay(why))) => {
+            tracing::info!(node = %link.hostport, %why, "the node serves no relay; sending it plain HTTP");
+            link.not_connected(
+                generation,
+                State::Unsupported { until: Instant::now() + UNSUPPORTED_FOR },
+                || Failure::Unsupported,
+            );
+            return;
+        }
+        Ok(Err(Refused::Io(e))) => {
+            let why = format!("cannot connect to {}: {e}", link.hostport);
+            let state = State::Down { until: Instant::now() + DOWN_FOR, why: why.clone() };
+            link.not_connected(generation, state, || Failure::NotSent(why.clone()));
+            return;
+        }
+        Err(_) => {
+            let why =
+                format!("connecting to {} took longer than {connect_timeout:?}", link.hostport);
+            let state = State::Down { until: Instant::now() + DOWN_FOR, why: why.clone() };
+            link.not_connected(generation, state, || Failure::NotSent(why.clone()));
+            return;
+        }
+    };
+    metrics::counter!("shoal_proxy_relay_connections_total").increment(1);
+    let (read, write) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    {
+        let mut inner = link.inner.lock().expect("link lock");
+        for record in inner.queued.drain(..) {
+            let _ = tx.send(record);
+        }
+        inner.state = State::Up(tx);
+    }
+    let marks = link.clone();
+    let mut writer = tokio::spawn(relay::write_frames(write, rx, move |last| {
+        let mut inner = marks.inner.lock().expect("link lock");
+        inner.sent_upto = inner.sent_upto.max(last);
+    }));
+    let reading = read_answers(read, &link, generation);
+    tokio::pin!(reading);
+    let why = tokio::select! {
+        read = &mut reading => read.err(),
+        written = &mut writer => match written {
+            // The link stopped taking requests (the node is stopping): its
+            // answers still come.
+            Ok(Ok(())) => reading.await.err(),
+            Ok(Err(e)) => Some(e),
+            Err(e) => Some(std::io::Error::other(e)),
+        },
+    };
+    writer.abort();
+    let why = why.map_or_else(|| "the node closed the relay".to_string(), |e| e.to_string());
+    tracing::debug!(node = %link.hostport, %why, "a relay ended");
+    let mut inner = link.inner.lock().expect("link lock");
+    if inner.generation == generation && matches!(inner.state, State::Up(_)) {
+        inner.state = State::Idle;
+    }
+    let sent_upto = inner.sent_upto;
+    let lost: Vec<u64> = inner
+        .pending
+        .iter()
+        .filter(|(_, w)| w.generation == generation)
+        .map(|(id, _)| *id)
+        .collect();
+    for id in lost {
+        let Some(w) = inner.pending.remove(&id) else { continue };
+        let failure = if id <= sent_upto {
+            Failure::Lost(format!("the relay to {} broke: {why}", link.hostport))
+        } else {
+            Failure::NotSent(format!("the relay to {} broke before sending: {why}", link.hostport))
+        };
+        let _ = w.answer.send(Err(failure));
+    }
+}
+
+impl Link {
+    /// A connection of `generation` could not be made: the link goes to
+    /// `state`, and what waited for it fails with `failure()`.
+    fn not_connected(&self, generation: u64, state: State, failure: impl Fn() -> Failure) {
+        let mut inner = self.inner.lock().expect("link lock");
+        if inner.generation != generation {
+            return;
+        }
+        inner.state = state;
+        inner.queued.clear();
+        let waiting: Vec<u64> = inner
+            .pending
+            .iter()
+            .filter(|(_, w)| w.generation == generation)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in waiting {
+            if let Some(w) = inner.pending.remove(&id) {
+                let _ = w.answer.send(Err(failure()));
+            }
+        }
+    }
+}
+
+async fn read_answers(
+    read: tokio::net::tcp::OwnedReadHalf,
+    link: &Link,
+    generation: u64,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::with_capacity(256 << 10, read);
+    let mut body = Vec::new();
+    while relay::read_frame(&mut reader, &mut body).await? {
+        let mut records = body.as_slice();
+        let mut answers = Vec::new();
+        while !records.is_empty() {
+            answers.push(RelayAnswer::decode(&mut records).map_err(std::io::Error::other)?);
+        }
+        let mut inner = link.inner.lock().expect("link lock");
+        for answer in answers {
+            if let Some(last) = answer.stopped_after() {
+                // The node stops: it handles nothing after `last`.
+                if inner.generation == generation && matches!(inner.state, State::Up(_)) {
+                    inner.state = State::Idle;
+                }
+                let skipped: Vec<u64> = inner
+                    .pending
+                    .iter()
+                    .filter(|(id, w)| w.generation == generation && **id > last)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in skipped {
+                    if let Some(w) = inner.pending.remove(&id) {
+                        let why = format!("{} is stopping", link.hostport);
+                        let _ = w.answer.send(Err(Failure::NotSent(why)));
+                    }
+                }
+                continue;
+            }
+            let Some(w) = inner.pending.remove(&answer.id) else { continue };
+            let outcome = match StatusCode::from_u16(answer.status) {
+                Ok(status) => Ok(Answer { status, headers: answer.headers, body: answer.body }),
+                Err(_) => Err(Failure::Lost(format!("an answer with status {}", answer.status))),
+            };
+            let _ = w.answer.send(outcome);
+        }
+    }
+    Ok(())
+}
+
+enum Refused {
+    /// The node answered, but not with a relay.
+    NoRelay(String),
+    Io(std::io::Error),
+}
+
+impl From<std::io::Error> for Refused {
+    fn from(e: std::io::Error) -> Self {
+        Refused::Io(e)
+    }
+}
+
+/// Opens a relay: the upgrade request, then the raw stream.
+async fn connect(hostport: &str, token: &str) -> Result<tokio::net::TcpStream, Refused> {
+    let mut stream = tokio::net::TcpStream::connect(hostport).await?;
+    stream.set_nodelay(true)?;
+    let request = format!(
+        "GET {} HTTP/1.1\r\nHost: {hostport}\r\nConnection: Upgrade\r\nUpgrade: {}\r\n\
+         Authorization: Bearer {token}\r\n{}: {}\r\n\r\n",
+        relay::PATH,
+        relay::PROTOCOL,
+        relay::VERSION_HEADER,
+        relay::VERSION,
+    );
+    stream.write_all(request.as_bytes()).await?;
+    // The answer's head, byte by byte: what follows it is the node's.
+    let mut head = Vec::with_capacity(256);
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await? == 0 {
+            return Err(Refused::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the node closed during the upgrade",
+            )));
+        }
+        head.push(byte[0]);
+        if head.len() > 16 << 10 {
+            return Err(Refused::NoRelay("an oversized upgrade answer".into()));
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let line = head.lines().next().unwrap_or("").to_string();
+    match head.split_whitespace().nth(1) {
+        Some("101") => Ok(stream),
+        _ => Err(Refused::NoRelay(line)),
+    }
+}
