@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # What `shoal proxy` costs: one three-node Shoal cluster (plus a monitor,
-# replication factor 3) on one etcd, and one proxy in front of it. `shoal
-# bench` runs single-row writes and point reads at concurrency 1, 16 and 64,
-# first straight to the nodes (the bench client finds each bucket's leader
-# itself), then through the proxy, in the same run. Everything listens on
-# 127.0.0.1 only. Prints one markdown table for docs/benchmarks.md, with the
-# user+system CPU time the three nodes and the proxy used per operation.
+# replication factor 3) on one etcd, and two proxies in front of it: one
+# sending to the nodes over relay connections (the default), one with
+# `--http-to-nodes` (one HTTP request per request). `shoal bench` runs
+# single-row writes and point reads at concurrency 1, 16 and 64, straight to
+# the nodes (the bench client finds each bucket's leader itself), then
+# through each proxy, in the same run. Everything listens on 127.0.0.1 only.
+# Prints one markdown table for docs/benchmarks.md, with the user+system CPU
+# time the three nodes and the proxy used per operation.
 #   DURATION=5s bench/proxy.sh
-#   WORKLOADS=read CONCURRENCY=16 bench/proxy.sh   (a subset)
+#   WORKLOADS=read CONCURRENCY=16 PATHS="nodes relay" bench/proxy.sh   (a subset)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 DURATION=${DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-1 16 64}
+PATHS=${PATHS:-nodes relay http}
 WORKLOADS=${WORKLOADS:-write read}
 TOKEN=proxy-bench-token
 
@@ -29,21 +32,33 @@ start_etcd e0
 
 # --- Shoal: three nodes, a monitor and a proxy ------------------------------------
 start_shoal_cluster "etcd://${ETCD_URL#http://}" "shoal-proxy-bench-$$"
-"$SHOAL" proxy --listen 127.0.0.1:0 --addr-file "$dir/proxy.addr" "${SHOAL_COMMON[@]}" \
-    >"$dir/shoal-proxy.log" 2>&1 &
-PIDS+=($!)
-PROXY_PID=$!
-wait_for 30 "shoal proxy" test -s "$dir/proxy.addr"
-PROXY_URL="http://$(cat "$dir/proxy.addr")"
+# One proxy per way of reaching the nodes.
+start_proxy() { # NAME FLAGS...
+    local name=$1
+    shift
+    "$SHOAL" proxy --listen 127.0.0.1:0 --addr-file "$dir/$name.addr" "${SHOAL_COMMON[@]}" "$@" \
+        >"$dir/shoal-$name.log" 2>&1 &
+    PIDS+=($!)
+    eval "PROXY_PID_$name=$!"
+    wait_for 30 "shoal proxy ($name)" test -s "$dir/$name.addr"
+    eval "PROXY_URL_$name=http://$(cat "$dir/$name.addr")"
+}
+start_proxy relay
+start_proxy http --http-to-nodes
+PROXY_URL=$PROXY_URL_relay
 wait_for 60 "a base to be created through the proxy" "$SHOAL" bench --endpoint "$PROXY_URL" \
     --token "$TOKEN" --workload write --concurrency 1 --ops 1 --duration 5s
 
 ROWS=()
 for workload in $WORKLOADS; do
     for c in $CONCURRENCY; do
-        for path in nodes proxy; do
-            endpoints=$SHOAL_URLS
-            [ "$path" = proxy ] && endpoints=$PROXY_URL
+        for path in $PATHS; do
+            case $path in
+            nodes) endpoints=$SHOAL_URLS PROXY_PID=0 label=nodes ;;
+            relay) endpoints=$PROXY_URL_relay PROXY_PID=$PROXY_PID_relay label="proxy (relay)" ;;
+            http) endpoints=$PROXY_URL_http PROXY_PID=$PROXY_PID_http label="proxy (--http-to-nodes)" ;;
+            *) echo "unknown path $path (nodes, relay, http)" >&2; exit 2 ;;
+            esac
             echo "$path $workload c=$c" >&2
             nodes_before=$(cpu_seconds "${SHOAL_PIDS[@]}")
             proxy_before=$(cpu_seconds "$PROXY_PID")
@@ -51,7 +66,7 @@ for workload in $WORKLOADS; do
                 --concurrency "$c" --duration "$DURATION" --json)
             nodes_after=$(cpu_seconds "${SHOAL_PIDS[@]}")
             proxy_after=$(cpu_seconds "$PROXY_PID")
-            ROWS+=("$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; a=[float(x) for x in sys.argv[2:]]; n=max(r["ops"],1); print("| %s | %s | %d | %.0f | %.2f | %.2f | %d | %.0f | %.0f |" % (sys.argv[1], r["workload"], r["concurrency"], r["ops_per_sec"], l["p50"], l["p99"], r["errors"], (a[1]-a[0])/n*1e6, (a[3]-a[2])/n*1e6))' "$path" "$nodes_before" "$nodes_after" "$proxy_before" "$proxy_after")")
+            ROWS+=("$(echo "$out" | python3 -c 'import json,sys; r=json.load(sys.stdin); l=r["latency_ms"]; a=[float(x) for x in sys.argv[2:]]; n=max(r["ops"],1); print("| %s | %s | %d | %.0f | %.2f | %.2f | %d | %.0f | %.0f |" % (sys.argv[1], r["workload"], r["concurrency"], r["ops_per_sec"], l["p50"], l["p99"], r["errors"], (a[1]-a[0])/n*1e6, (a[3]-a[2])/n*1e6))' "$label" "$nodes_before" "$nodes_after" "$proxy_before" "$proxy_after")")
         done
     done
 done
