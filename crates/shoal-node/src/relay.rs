@@ -37,6 +37,7 @@
 //! proxy sends later ones elsewhere, as they were never handled.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::body::Body;
@@ -46,7 +47,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tower::ServiceExt as _;
 
 use crate::forward::NO_FORWARD;
@@ -300,12 +301,61 @@ struct Relay {
     app: Router,
     token: String,
     stop: watch::Receiver<bool>,
+    open: Arc<Open>,
+}
+
+/// The relays open on a node, to wait for at shutdown.
+#[derive(Default)]
+pub struct Open {
+    count: AtomicUsize,
+    closed: Notify,
+}
+
+/// Counts one open relay until dropped.
+struct Counted(Arc<Open>);
+
+impl Counted {
+    fn new(open: Arc<Open>) -> Counted {
+        open.count.fetch_add(1, Ordering::SeqCst);
+        Counted(open)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.closed.notify_waiters();
+        }
+    }
+}
+
+impl Open {
+    /// Waits until no relay is open (each closes once it has answered what
+    /// it took after the stop), at most `limit`; whether they all closed.
+    pub async fn closed(&self, limit: std::time::Duration) -> bool {
+        tokio::time::timeout(limit, async {
+            loop {
+                let closed = self.closed.notified();
+                tokio::pin!(closed);
+                closed.as_mut().enable();
+                if self.count.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
 }
 
 /// The relay route, handing requests to `app`; relays close when `stop`
-/// turns true, after answering what they took.
-pub fn routes(app: Router, token: String, stop: watch::Receiver<bool>) -> Router {
-    Router::new().route(PATH, get(accept)).with_state(Arc::new(Relay { app, token, stop }))
+/// turns true, after answering what they took. Wait for them with the
+/// [`Open`] returned before stopping what serves `app`.
+pub fn routes(app: Router, token: String, stop: watch::Receiver<bool>) -> (Router, Arc<Open>) {
+    let open = Arc::new(Open::default());
+    let relay = Arc::new(Relay { app, token, stop, open: open.clone() });
+    (Router::new().route(PATH, get(accept)).with_state(relay), open)
 }
 
 async fn accept(State(relay): State<Arc<Relay>>, mut req: Request) -> Response {
@@ -325,7 +375,9 @@ async fn accept(State(relay): State<Arc<Relay>>, mut req: Request) -> Response {
         return (StatusCode::BAD_REQUEST, "expected Upgrade: shoal-relay").into_response();
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let counted = Counted::new(relay.open.clone());
     tokio::spawn(async move {
+        let _counted = counted;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let io = hyper_util::rt::TokioIo::new(upgraded);

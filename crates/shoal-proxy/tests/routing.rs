@@ -71,7 +71,7 @@ impl Fake {
         });
         let (stop, stopped) = watch::channel(false);
         let app = if relay {
-            app.clone().merge(shoal_node::relay::routes(app, TOKEN.into(), stopped))
+            app.clone().merge(shoal_node::relay::routes(app, TOKEN.into(), stopped).0)
         } else {
             app
         };

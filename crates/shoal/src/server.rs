@@ -209,11 +209,13 @@ pub async fn serve_with(
         forwarder: shoal_node::forward::client(),
     });
     let mut app = shoal_node::router(state);
+    let mut relays = None;
     if let Some(n) = node {
         app = app.merge(n.routes());
         // Proxies' requests, many per connection, into the same routes.
-        let relay = shoal_node::relay::routes(app.clone(), token, shutdown.clone());
+        let (relay, open) = shoal_node::relay::routes(app.clone(), token, shutdown.clone());
         app = app.merge(relay);
+        relays = Some(open);
     }
     if let Some(extra) = extra {
         app = app.merge(extra);
@@ -232,8 +234,17 @@ pub async fn serve_with(
             let _ = shutdown.wait_for(|stop| *stop).await;
         })
         .await?;
+    // Requests taken over relays are answered before the node stops.
+    if let Some(open) = relays
+        && !open.closed(RELAY_DRAIN).await
+    {
+        tracing::warn!("relays still open after {RELAY_DRAIN:?}; stopping anyway");
+    }
     Ok(())
 }
+
+/// How long a stopping server waits for its relays' last answers.
+const RELAY_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A channel that turns true on SIGTERM or Ctrl-C.
 pub fn shutdown_channel() -> watch::Receiver<bool> {
