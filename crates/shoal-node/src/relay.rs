@@ -67,6 +67,8 @@ const FRAME_TARGET: usize = 1 << 20;
 /// Requests one relay may have in flight on a node; past it, the node stops
 /// reading until some finish.
 const MAX_IN_FLIGHT: usize = 4096;
+/// How long a stopping node waits for a proxy to close its relay.
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// The answer headers a node sends back.
 pub const ANSWER_HEADERS: [HeaderName; 4] =
     [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER, header::WWW_AUTHENTICATE];
@@ -410,6 +412,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut body = Vec::new();
     let mut last = 0;
+    let mut stopped = false;
     let read_result = loop {
         let more = tokio::select! {
             more = read_frame(&mut reader, &mut body) => more,
@@ -417,6 +420,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
                 let mut out = BytesMut::new();
                 RelayAnswer::stopping(last).encode(&mut out);
                 let _ = tx.send((0, out.freeze()));
+                stopped = true;
                 break Ok(());
             }
         };
@@ -451,8 +455,17 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     };
     // The writer ends once every request taken has been answered.
     drop(tx);
-    let written = writer.await.map_err(std::io::Error::other)?;
-    read_result.and(written)
+    let written = if stopped {
+        // What the proxy sends after the notice is dropped unread, until it
+        // closes its side: a socket closed with unread bytes is reset, and
+        // a reset could destroy answers the proxy has not read yet.
+        let mut sink = tokio::io::sink();
+        let drain = tokio::time::timeout(STOP_DRAIN, tokio::io::copy(&mut reader, &mut sink));
+        tokio::join!(writer, drain).0
+    } else {
+        writer.await
+    };
+    read_result.and(written.map_err(std::io::Error::other)?)
 }
 
 /// Resolves when `stop` turns true (never, if its sender is gone).

@@ -232,21 +232,23 @@ async fn run(link: Arc<Link>, generation: u64, token: String, connect_timeout: D
     tokio::pin!(reading);
     let why = tokio::select! {
         read = &mut reading => read.err(),
-        written = &mut writer => match written {
-            // The link stopped taking requests (the node is stopping): its
-            // answers still come.
-            Ok(Ok(())) => reading.await.err(),
-            Ok(Err(e)) => Some(e),
-            Err(e) => Some(std::io::Error::other(e)),
-        },
+        written = &mut writer => {
+            // The link takes no more requests (the node is stopping, or a
+            // write failed); answers may still come, until the node closes.
+            link.retire(generation);
+            let read = reading.await;
+            match written {
+                Ok(Ok(())) => read.err(),
+                Ok(Err(e)) => Some(read.err().unwrap_or(e)),
+                Err(e) => Some(std::io::Error::other(e)),
+            }
+        }
     };
     writer.abort();
     let why = why.map_or_else(|| "the node closed the relay".to_string(), |e| e.to_string());
     tracing::debug!(node = %link.hostport, %why, "a relay ended");
+    link.retire(generation);
     let mut inner = link.inner.lock().expect("link lock");
-    if inner.generation == generation && matches!(inner.state, State::Up(_)) {
-        inner.state = State::Idle;
-    }
     let sent_upto = inner.sent_upto;
     let lost: Vec<u64> = inner
         .pending
@@ -266,6 +268,15 @@ async fn run(link: Arc<Link>, generation: u64, token: String, connect_timeout: D
 }
 
 impl Link {
+    /// The connection of `generation` takes no more requests: the next one
+    /// opens a new connection.
+    fn retire(&self, generation: u64) {
+        let mut inner = self.inner.lock().expect("link lock");
+        if inner.generation == generation && matches!(inner.state, State::Up(_)) {
+            inner.state = State::Idle;
+        }
+    }
+
     /// A connection of `generation` could not be made: the link goes to
     /// `state`, and what waited for it fails with `failure()`.
     fn not_connected(&self, generation: u64, state: State, failure: impl Fn() -> Failure) {
@@ -305,7 +316,9 @@ async fn read_answers(
         let mut inner = link.inner.lock().expect("link lock");
         for answer in answers {
             if let Some(last) = answer.stopped_after() {
-                // The node stops: it handles nothing after `last`.
+                // The node stops: it handles nothing after `last`. Closing
+                // this side (the writer ends with the state's sender) lets
+                // it close once it has answered the rest.
                 if inner.generation == generation && matches!(inner.state, State::Up(_)) {
                     inner.state = State::Idle;
                 }

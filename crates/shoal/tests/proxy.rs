@@ -1,6 +1,7 @@
 //! `shoal proxy` in front of three real `shoal node`s, a monitor and a real
 //! etcd: every API call through either of two proxies, location answers
-//! that name the current leader, and a leader's SIGKILL hidden from clients.
+//! that name the current leader, a leader's SIGKILL hidden from clients, and
+//! a leader's SIGTERM that fails no write, keyed or not.
 
 mod common;
 
@@ -510,4 +511,86 @@ async fn a_killed_leader_is_hidden_behind_the_proxy() {
         })
         .await;
     assert_ne!(new_leader, leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_stopped_cleanly_fails_no_write_behind_the_proxy() {
+    let mut c = Cluster::new().await;
+    let proxies = start(&mut c, &["--retry-deadline", "20s"]).await;
+    let urls: Vec<String> = proxies.iter().map(|p| p.url.clone()).collect();
+    let (s, created) = until_available(
+        &urls[0],
+        Method::POST,
+        "/v1/bases",
+        Some(json!({})),
+        &[("idempotency-key", "sigterm-base")],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let base = created["id"].as_str().expect("id").to_string();
+    let exec = format!("/v1/bases/{base}/execute");
+    expect(
+        &urls[0],
+        Method::POST,
+        &exec,
+        Some(json!({"statements": [{"sql": "CREATE TABLE t (k TEXT PRIMARY KEY)"}]})),
+        StatusCode::OK,
+    )
+    .await;
+    let leader = agreed_leader(
+        &c,
+        &[urls[0].as_str(), urls[1].as_str()],
+        &base,
+        Duration::from_secs(20),
+        |_| true,
+    )
+    .await;
+
+    // Writers without idempotency keys: a write the proxy sent twice would
+    // fail on the primary key, one it dropped would fail outright.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (url, exec, stop) = (urls[w % 2].clone(), exec.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline
+                {
+                    let k = format!("w{w}-{ok}");
+                    let body =
+                        json!({"statements": [{"sql": "INSERT INTO t VALUES (?)", "params": [k]}]});
+                    match call(&url, Method::POST, &exec, Some(body), &[]).await {
+                        Ok((StatusCode::OK, _)) => ok += 1,
+                        other => failed.push(format!("{k}: {other:?}")),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status =
+        tokio::task::block_in_place(|| c.nodes.get_mut(&leader).expect("leader").terminate());
+    assert!(status.success(), "the node's exit on SIGTERM: {status}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acknowledged = 0;
+    for w in writers {
+        let (ok, failed) = w.await.expect("writer");
+        assert!(failed.is_empty(), "writes failed around the leader's SIGTERM: {failed:?}");
+        acknowledged += ok;
+    }
+    // Every acknowledged write is there, once.
+    let v = expect(
+        &urls[1],
+        Method::POST,
+        &format!("/v1/bases/{base}/query"),
+        Some(json!({"sql": "SELECT count(*) FROM t"})),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(v["rows"], json!([[acknowledged]]), "acknowledged {acknowledged}");
+    assert!(acknowledged > 0);
 }

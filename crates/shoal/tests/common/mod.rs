@@ -279,6 +279,23 @@ impl Process {
         }
     }
 
+    /// Stops it with SIGTERM and waits (bounded) for it to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("shoal {:?} did not stop on SIGTERM:\n{}", self.args, self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Starts it again with the same arguments and directory.
     pub fn restart(&mut self) {
         self.kill();
