@@ -276,6 +276,14 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     let mut batch = Vec::with_capacity(256);
     let mut frame = BytesMut::with_capacity(64 << 10);
     while rx.recv_many(&mut batch, 256).await > 0 {
+        // Let the tasks woken with this one queue their records first: one
+        // write (and one wake-up of the other side) for all of them.
+        tokio::task::yield_now().await;
+        while batch.len() < 1024
+            && let Ok(record) = rx.try_recv()
+        {
+            batch.push(record);
+        }
         let mut records = batch.drain(..).peekable();
         while records.peek().is_some() {
             frame.clear();
