@@ -56,6 +56,22 @@ impl Engine {
         &self.multi
     }
 
+    /// Hands every bucket this node leads to another live replica (a clean
+    /// stop), waiting up to `within`. Answers how many it led that could be
+    /// handed over, and how many of those it still leads (0: all done).
+    /// Buckets with no other live replica stay led. Requests meanwhile go
+    /// on: a bucket handed over redirects or forwards to its new leader.
+    pub async fn hand_over(&self, within: std::time::Duration) -> (usize, usize) {
+        let deadline = tokio::time::Instant::now() + within;
+        let first = self.multi.leave().await;
+        let mut left = first;
+        while left > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            left = self.multi.leave().await;
+        }
+        (first, left)
+    }
+
     /// The node a Raft id belongs to, among the live ones.
     pub fn node_of(&self, id: RaftNodeId) -> Option<NodeId> {
         self.directory.borrow().node_of(id)

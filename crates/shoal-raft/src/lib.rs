@@ -241,6 +241,9 @@ pub(crate) enum Admin {
     Status {
         reply: oneshot::Sender<Vec<GroupStatus>>,
     },
+    Leave {
+        reply: oneshot::Sender<usize>,
+    },
     Shutdown,
 }
 
@@ -505,6 +508,15 @@ impl<S: StateMachine> MultiRaft<S> {
     /// Asks the leader of `group` (this node) to hand leadership to `to`.
     pub fn transfer_leader(&self, group: u8, to: RaftNodeId) {
         self.send(Input::Admin(Admin::Transfer { group, to }));
+    }
+
+    /// A clean stop: this node hands every group it leads to a caught-up
+    /// follower (at once, and again at each tick) and refuses leadership
+    /// handed back. Answers how many groups it still leads that another
+    /// live voter could take: call again until 0 (or a deadline) before
+    /// stopping. Groups with no other live voter stay led.
+    pub async fn leave(&self) -> usize {
+        self.ask(|reply| Admin::Leave { reply }, 0).await.unwrap_or(0)
     }
 
     /// Makes this node campaign in `group` (pre-vote first).

@@ -107,3 +107,38 @@ pub(crate) fn next_step(
         None => Step::Wait,
     }
 }
+
+/// How far behind the leader's commit index a voter may be and still be
+/// handed leadership: it catches up within a round trip.
+const HEIR_LAG: u64 = 256;
+
+/// Whether a leader should hand its group to `to`: another voter that
+/// heard from it lately and is nearly caught up. A handover to a node that
+/// is down or far behind would hold the group's writes for an election
+/// timeout and then fail.
+pub(crate) fn can_lead(raft: &raft::Raft<GroupStorage>, to: RaftNodeId) -> bool {
+    to != raft.id
+        && raft.prs().conf().voters().contains(to)
+        && raft
+            .prs()
+            .get(to)
+            .is_some_and(|p| p.recent_active && p.matched + HEIR_LAG >= raft.raft_log.committed)
+}
+
+/// Whom a leader that is leaving hands its group to: among the other
+/// voters whose connection is not `down`, one that heard from it lately
+/// (`recent_active` is cleared at each check-quorum round, so briefly none
+/// may have) with the most of its log; none if there is no such voter. A
+/// handover to a voter that went down since fails after an election
+/// timeout and is tried again.
+pub(crate) fn heir(
+    raft: &raft::Raft<GroupStorage>,
+    down: &BTreeSet<RaftNodeId>,
+) -> Option<RaftNodeId> {
+    let voters: BTreeSet<RaftNodeId> = raft.prs().conf().voters().ids().iter().collect();
+    raft.prs()
+        .iter()
+        .filter(|(id, _)| **id != raft.id && voters.contains(id) && !down.contains(id))
+        .max_by_key(|(id, p)| (p.recent_active, p.matched, std::cmp::Reverse(**id)))
+        .map(|(id, _)| *id)
+}

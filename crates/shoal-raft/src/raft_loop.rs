@@ -187,11 +187,17 @@ struct Loop<S: StateMachine> {
     next_tick: Instant,
     next_ctx: u64,
     changing: BTreeSet<u8>,
+    /// Peers whose connection failed, until a message from them arrives:
+    /// no leadership is handed to them.
+    down: BTreeSet<RaftNodeId>,
     /// Ticks so far.
     ticks: u64,
     /// Bootstraps waiting for their group to be quiet.
     boots: Vec<(u8, Vec<RaftNodeId>, BootReply)>,
     stopping: bool,
+    /// The node is stopping cleanly: it hands every group it leads over,
+    /// and takes none back.
+    leaving: bool,
 }
 
 /// Opens the log and starts the loop and apply threads.
@@ -245,9 +251,11 @@ pub(crate) fn start<S: StateMachine>(
         is_dirty: [false; 256],
         next_ctx: 1,
         changing: BTreeSet::new(),
+        down: BTreeSet::new(),
         ticks: 0,
         boots: Vec::new(),
         stopping: false,
+        leaving: false,
     };
     for (group, record) in records {
         let storage = GroupStorage::from_record(group, lp.db.clone(), record);
@@ -442,7 +450,17 @@ impl<S: StateMachine> Loop<S> {
             }
             Input::Read { group, reply, at } => self.admit(group, Waiting::Read { reply, at }),
             Input::Messages(messages) => {
+                let leaving = self.leaving;
+                if !self.down.is_empty() {
+                    for (_, m) in &messages {
+                        self.down.remove(&m.from);
+                    }
+                }
                 for (group, m) in messages {
+                    if leaving && m.get_msg_type() == MessageType::MsgTimeoutNow {
+                        // A leaving node refuses leadership handed to it.
+                        continue;
+                    }
                     if let Some(g) = self.group(group) {
                         let _ = g.raw.step(m);
                         self.touch(group);
@@ -610,6 +628,7 @@ impl<S: StateMachine> Loop<S> {
     /// lowest-id remaining voter campaigns a tick later, with pre-vote, so a
     /// peer that is alive after all keeps its leadership.
     fn peer_down(&mut self, peer: RaftNodeId) {
+        self.down.insert(peer);
         let id = self.opts.id;
         let soon = Instant::now() + self.opts.settings.tick;
         for group in 0..=u8::MAX {
@@ -811,10 +830,11 @@ impl<S: StateMachine> Loop<S> {
                 }
             }
             Admin::Transfer { group, to } => {
-                let id = self.opts.id;
+                let down = self.down.contains(&to);
                 if let Some(g) = self.group(group)
                     && g.raw.raft.state == StateRole::Leader
-                    && to != id
+                    && !down
+                    && crate::membership::can_lead(&g.raw.raft, to)
                 {
                     g.raw.transfer_leader(to);
                     self.touch(group);
@@ -829,6 +849,11 @@ impl<S: StateMachine> Loop<S> {
             Admin::Status { reply } => {
                 let status = (0..=u8::MAX).filter_map(|g| self.status(g)).collect();
                 let _ = reply.send(status);
+            }
+            Admin::Leave { reply } => {
+                self.leaving = true;
+                let led = (0..=u8::MAX).filter(|g| self.hand_over(*g)).count();
+                let _ = reply.send(led);
             }
             Admin::Shutdown => self.stopping = true,
         }
@@ -908,6 +933,24 @@ impl<S: StateMachine> Loop<S> {
         })
     }
 
+    /// On a leaving node, hands `group` to its best follower if this node
+    /// leads it and no handover is under way (one that does not finish
+    /// within an election timeout is dropped by the group, and tried again).
+    /// Whether this node still leads the group with someone to take it.
+    fn hand_over(&mut self, group: u8) -> bool {
+        let Some(g) = self.groups[group as usize].as_deref_mut() else { return false };
+        let r = &g.raw.raft;
+        if r.state != StateRole::Leader {
+            return false;
+        }
+        let Some(heir) = crate::membership::heir(r, &self.down) else { return false };
+        if r.lead_transferee.is_none() {
+            g.raw.transfer_leader(heir);
+            self.touch(group);
+        }
+        true
+    }
+
     fn tick(&mut self) {
         let now = Instant::now();
         let read_retry = self.opts.settings.tick * self.opts.settings.election_ticks as u32;
@@ -956,6 +999,9 @@ impl<S: StateMachine> Loop<S> {
             self.service_waiting(group);
             self.expire_reads(group, now);
             self.reconcile(group);
+            if self.leaving {
+                let _ = self.hand_over(group);
+            }
             self.touch(group);
         }
     }

@@ -1,7 +1,8 @@
 //! The engine in a cluster of real nodes in one process (see `common`):
 //! replication, restarts, membership changes through snapshots, leadership
 //! transfer under writes, pre-vote against a returning node, fast failover
-//! when a leader's connections drop, and linearizable reads.
+//! when a leader's connections drop, linearizable reads, and a clean stop's
+//! handover (never to a node that is down).
 
 mod common;
 
@@ -240,4 +241,71 @@ async fn a_write_waits_for_a_leader_then_names_none() {
     let r = pending.await.expect("task");
     assert!(matches!(r, Ok(_) | Err(GroupError::NotLeader { .. })), "the waiting write got {r:?}");
     c.write(5, "k", "y", LONG).await.expect("write with a majority back");
+}
+
+/// Options with a long election timeout (5-10 s): within it, only a
+/// handover moves leadership.
+fn slow_elections(id: u64, dir: &std::path::Path) -> shoal_raft::Options {
+    let mut o = fast_options(id, dir);
+    o.settings.election_ticks = 250;
+    o.settings.leader_wait = Duration::from_secs(10);
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_node_hands_its_groups_over_and_takes_none_back() {
+    let c = Cluster::start(3, slow_elections).await;
+    c.bootstrap(0..4u8, &[1, 2, 3]).await;
+    for g in 0..4u8 {
+        let l = c.leader(g, LONG).await;
+        if l != 1 {
+            c.node(l).transfer_leader(g, 1);
+        }
+        c.write(g, "before", "x", LONG).await.expect("write");
+    }
+    for g in 0..4u8 {
+        let deadline = Instant::now() + LONG;
+        while c.leader(g, LONG).await != 1 {
+            assert!(Instant::now() < deadline, "group {g} is not led by node 1");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let started = Instant::now();
+    while c.node(1).leave().await > 0 {
+        assert!(started.elapsed() < LONG, "node 1 still leads groups");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for g in 0..4u8 {
+        let l = c.leader(g, LONG).await;
+        assert_ne!(l, 1, "group {g}");
+        c.write(g, "after", "y", LONG).await.expect("write after the handover");
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(4), "the handover took {took:?} (election timeout 5 s)");
+    // Handed back, it refuses: no election, no new term.
+    let l = c.leader(0, LONG).await;
+    let term = c.node(l).term(0);
+    c.node(l).transfer_leader(0, 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.leader(0, LONG).await, l, "the leaving node took the group back");
+    assert_eq!(c.node(l).term(0), term, "the leaving node campaigned");
+    c.converged(0, &[1, 2, 3], 2, LONG).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_is_not_handed_to_a_node_that_is_down() {
+    let mut c = Cluster::start(3, slow_elections).await;
+    c.bootstrap([5u8], &[1, 2, 3]).await;
+    let leader = c.leader(5, LONG).await;
+    let other = (1..=3).find(|n| *n != leader).expect("a follower");
+    c.write(5, "before", "x", LONG).await.expect("write");
+    c.stop_node(other).await;
+    // Asked to hand over to the dead node, the leader keeps the group and
+    // its writes go on: a transfer would hold them for an election timeout.
+    c.node(leader).transfer_leader(5, other);
+    let started = Instant::now();
+    c.write(5, "after", "y", LONG).await.expect("write");
+    let took = started.elapsed();
+    assert_eq!(c.leader(5, LONG).await, leader);
+    assert!(took < Duration::from_secs(2), "a write took {took:?} (election timeout 5 s)");
 }

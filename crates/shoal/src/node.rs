@@ -10,6 +10,7 @@ use clap::Args;
 use shoal_node::Node;
 use shoal_storage::Options;
 use shoal_types::NodeId;
+use tokio::sync::watch;
 
 use crate::config::{RaftArgs, RegistryArgs};
 use crate::server::{
@@ -68,7 +69,9 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     out!("Shoal node {node_id} is serving http://{} (node_url {node_url})", listener.addr);
     out!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
 
-    let shutdown = shutdown_channel();
+    let signal = shutdown_channel();
+    // SIGTERM first hands this node's leaderships over, then stops serving.
+    let (stop, shutdown) = watch::channel(false);
     let identity = NodeIdentity {
         node_id,
         node_url,
@@ -81,11 +84,31 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let config =
         node_config(identity, Some(&args.data_dir), store, raft, &token, &registry_options);
     let node = Node::start(config, registry.clone(), shutdown.clone()).await?;
+    let engine = node.engine().clone();
+    tokio::spawn(async move {
+        let mut signal = signal;
+        let _ = signal.wait_for(|s| *s).await;
+        let started = std::time::Instant::now();
+        match engine.hand_over(HAND_OVER_WITHIN).await {
+            (0, _) => {}
+            (led, 0) => tracing::info!(
+                took = ?started.elapsed(),
+                "stopping: handed {led} leaderships over"
+            ),
+            (led, left) => tracing::warn!(
+                "stopping: {left} of {led} leaderships not handed over within {HAND_OVER_WITHIN:?}"
+            ),
+        }
+        let _ = stop.send(true);
+    });
     serve(listener, &args.http, token, Some(&node), registry, shutdown).await?;
     node.stop().await;
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a node stopping on SIGTERM tries to hand its leaderships over.
+const HAND_OVER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Node ids become registry keys and file names: keep them plain.
 fn check_node_id(id: &str) -> anyhow::Result<NodeId> {

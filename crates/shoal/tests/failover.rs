@@ -219,3 +219,87 @@ async fn bad_sql_comes_back_at_once() {
     assert!(matches!(err, Error::InvalidSql(_)), "{err:?}");
     assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
 }
+
+/// Each bucket's leader as the node at `url` knows it (its own view, not
+/// asked around): node ids, `None` where it knows none.
+async fn leaders_seen_by(url: &str) -> Vec<Option<String>> {
+    let http = reqwest::Client::new();
+    let asks: Vec<_> = (0..256)
+        .map(|b| {
+            let http = http.clone();
+            let url = format!("{url}/v1/bases/{b:02x}000000-0000-4000-8000-000000000000/location");
+            tokio::spawn(async move {
+                let answer = http
+                    .get(url)
+                    .bearer_auth(TOKEN)
+                    .header("x-shoal-forwarded", "1")
+                    .timeout(Duration::from_secs(10))
+                    .send()
+                    .await
+                    .expect("the node answers");
+                let v: serde_json::Value = answer.json().await.expect("a location");
+                v["leader"]["node_id"].as_str().map(str::to_string)
+            })
+        })
+        .collect();
+    let mut leaders = Vec::with_capacity(256);
+    for ask in asks {
+        leaders.push(ask.await.expect("asked"));
+    }
+    leaders
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_stopped_cleanly_hands_its_leaderships_over_before_it_exits() {
+    let mut c = Cluster::new().await;
+    c.start_three_nodes();
+    c.wait_three_replicas().await;
+    let urls: Vec<(String, String)> =
+        c.nodes.iter().map(|(id, p)| (id.clone(), p.url.clone())).collect();
+    // Until every node knows a leader for every bucket.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let seen = leaders_seen_by(&urls[0].1).await;
+        let mut all = seen.iter().all(Option::is_some);
+        for (_, url) in &urls[1..] {
+            all &= leaders_seen_by(url).await.iter().all(Option::is_some);
+        }
+        if all {
+            break seen;
+        }
+        assert!(Instant::now() < deadline, "buckets without a leader: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let victim = urls
+        .iter()
+        .map(|(id, _)| id.clone())
+        .max_by_key(|id| seen.iter().filter(|l| l.as_deref() == Some(id)).count())
+        .expect("nodes");
+    let led = seen.iter().filter(|l| l.as_deref() == Some(&victim)).count();
+    assert!(led > 0, "{victim} leads nothing: {seen:?}");
+
+    let status =
+        tokio::task::block_in_place(|| c.nodes.get_mut(&victim).expect("victim").terminate());
+    assert!(status.success(), "{victim}'s exit on SIGTERM: {status}");
+    // Once it has exited, no survivor takes it for a leader.
+    for (id, url) in urls.iter().filter(|(id, _)| *id != victim) {
+        let after = leaders_seen_by(url).await;
+        let still: Vec<usize> =
+            (0..256).filter(|b| after[*b].as_deref() == Some(victim.as_str())).collect();
+        assert!(
+            still.is_empty(),
+            "{id} still names {victim} the leader of buckets {still:?} after it exited"
+        );
+    }
+    // It says how many it handed over, and that none was left.
+    let logs = c.nodes[&victim].logs();
+    let handed = logs
+        .lines()
+        .find_map(|l| l.split("handed ").nth(1)?.split(' ').next()?.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("{victim} handed nothing over:\n{logs}"));
+    // (Leader balance may still move a few leaderships between the count
+    // above and the stop: the node's own count is the one to trust.)
+    assert!(handed > 0, "{victim} led {led} buckets and handed none over");
+    assert!(!logs.contains("not handed over"), "{logs}");
+    println!("{victim} handed {handed} leaderships over");
+}
