@@ -40,8 +40,17 @@ pub fn status(e: &Error) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = status(&self.0);
-        if status.is_server_error() {
-            tracing::error!(error = %self.0, "request failed");
+        match &self.0 {
+            // Routine: the request is redirected or forwarded to the leader.
+            Error::NotLeader { leader: Some(_), .. } => {
+                tracing::debug!(error = %self.0, "request sent on to the leader")
+            }
+            // Passing: elections, failovers, a node starting or stopping.
+            Error::NotLeader { .. } | Error::Unavailable(_) | Error::Timeout(_) => {
+                tracing::warn!(error = %self.0, "request failed")
+            }
+            _ if status.is_server_error() => tracing::error!(error = %self.0, "request failed"),
+            _ => {}
         }
         let mut response = (status, Json(self.0.to_body())).into_response();
         if let Error::NotLeader { leader: Some(url), .. } = &self.0 {
