@@ -54,6 +54,9 @@ pub struct MonitorOptions {
     pub settle: Duration,
     /// The wait before retrying after a registry failure.
     pub retry_interval: Duration,
+    /// How many nodes must be live before the first map is made (at least
+    /// one); a rebalance request makes it from the nodes there are.
+    pub initial_node_count: usize,
 }
 
 impl Default for MonitorOptions {
@@ -66,6 +69,7 @@ impl Default for MonitorOptions {
             session_ttl: Duration::from_secs(90),
             settle: Duration::from_millis(200),
             retry_interval: Duration::from_millis(500),
+            initial_node_count: 1,
         }
     }
 }
@@ -224,10 +228,23 @@ async fn lead(
         let settings_changed = previous.is_some_and(|m| {
             m.replication_factor != options.replication_factor || m.topology != options.topology
         });
-        let compute = previous.is_none()
-            || requested
-            || settings_changed
-            || options.topology == Topology::Dynamic;
+        // The first map waits for the expected nodes (unless asked for), so
+        // that a monitor started before them does not place every bucket on
+        // the first one to come; in static topology that map would stay.
+        let expected = options.initial_node_count.max(1);
+        let waiting = previous.is_none() && s.nodes.len() < expected && !requested;
+        if waiting {
+            tracing::info!(
+                live = s.nodes.len(),
+                expected,
+                "waiting for {expected} nodes before the first placement map"
+            );
+        }
+        let compute = !waiting
+            && (previous.is_none()
+                || requested
+                || settings_changed
+                || options.topology == Topology::Dynamic);
         let next = compute.then(|| {
             shoal_placement::place(
                 previous,

@@ -32,6 +32,10 @@ pub struct MonitorArgs {
     /// `dynamic`: move replicas when nodes join or leave; `static`: only on `shoal cluster rebalance`.
     #[arg(long, env = "SHOAL_TOPOLOGY", value_enum, default_value = "dynamic")]
     topology: TopologyArg,
+    /// How many nodes must be live before the first placement map is made
+    /// (`shoal cluster rebalance` makes it from the nodes there are).
+    #[arg(long, env = "SHOAL_INITIAL_NODE_COUNT", default_value_t = 1)]
+    initial_node_count: usize,
     /// How long to let a burst of node changes settle before computing a new map (e.g. 200ms).
     #[arg(long, env = "SHOAL_SETTLE", default_value = "200ms", value_parser = humantime::parse_duration)]
     settle: Duration,
@@ -51,6 +55,9 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     if args.replication_factor == 0 {
         anyhow::bail!("--replication-factor must be at least 1");
     }
+    if args.initial_node_count == 0 {
+        anyhow::bail!("--initial-node-count must be at least 1");
+    }
     let registry = shoal_registry::connect(&registry_options).await?;
     let listener = bind(args.listen).await?;
     let url = format!("http://{}", listener.addr);
@@ -69,6 +76,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         session_ttl: registry_options.node_ttl,
         settle: args.settle,
         retry_interval: registry_options.retry_interval,
+        initial_node_count: args.initial_node_count,
     };
     let monitor = tokio::spawn(shoal_monitor::run(registry.clone(), options, shutdown.clone()));
     serve(listener, &args.http, token, None, registry, shutdown).await?;

@@ -193,6 +193,34 @@ async fn static_topology_moves_nothing_until_a_rebalance() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_monitor_started_first_waits_for_the_expected_nodes() {
+    let mut c = Cluster::new().await;
+    c.start_monitor(&["--topology", "static", "--initial-node-count", "3"]);
+    c.start_node("n1");
+    c.start_node("n2");
+    // Once the monitor has seen both nodes (it records them as members in
+    // the pass that decides about the map), there is still no map.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.status(&c.monitors[0]).await;
+        let seen = s.nodes.iter().filter(|n| n.live && n.since.is_some()).count();
+        if seen == 2 {
+            assert_eq!(s.epoch, 0, "a map was made with 2 of 3 nodes");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the monitor never saw both nodes: {:?}", s.nodes);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.map().await.is_none(), "a map was made with 2 of 3 nodes");
+    // The third node makes the first map, and it spreads over all three.
+    c.start_node("n3");
+    let all = ["n1", "n2", "n3"];
+    let first = c.wait_map("3 nodes placed", Duration::from_secs(30), |m| m.epoch > 0).await;
+    assert!(balanced(&first, &all), "{:?}", counts(&first));
+    assert_eq!(first.epoch, 1);
+}
+
 #[tokio::test]
 async fn cluster_processes_refuse_bad_flags() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -223,6 +251,19 @@ async fn cluster_processes_refuse_bad_flags() {
     assert!(
         !out.status.success()
             && String::from_utf8_lossy(&out.stderr).contains("--replication-factor")
+    );
+    let out = run(&[
+        "monitor",
+        "--initial-node-count",
+        "0",
+        "--admin-token",
+        "t",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("--initial-node-count")
     );
     // A data directory belongs to one node.
     std::fs::create_dir_all(dir.path().join("d")).expect("mkdir");
