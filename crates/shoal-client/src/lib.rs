@@ -32,11 +32,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_types::api::{
     BaseInfo, BaseList, BaseLocation, ClusterStatus, CreateBaseRequest, ExecuteRequest,
-    ExecuteResponse, Health, InsertRowsRequest, InsertRowsResponse, Params, QueryRequest,
-    QueryResponse, RebalanceRequest, Row, RowList, Statement, TableList, UpdateRowRequest,
-    WriteResponse,
+    ExecuteResponse, Health, InsertRowsRequest, InsertRowsResponse, NodeChange, Params,
+    QueryRequest, QueryResponse, RebalanceRequest, Row, RowList, Statement, TableList,
+    UpdateRowRequest, WriteResponse,
 };
-use shoal_types::{BaseId, BucketId, Error, ErrorBody, Result};
+use shoal_types::{BaseId, BucketId, Error, ErrorBody, NodeId, Result};
 
 use crate::retry::{Failure, Kind};
 use crate::routing::Routes;
@@ -464,6 +464,18 @@ impl Client {
     /// `POST /v1/cluster/rebalance`. Retried only when it was never sent.
     pub async fn rebalance(&self) -> Result<RebalanceRequest> {
         self.call(Request::new(Method::POST, "/v1/cluster/rebalance".into()).write(None)).await
+    }
+
+    /// `POST /v1/cluster/nodes/{node}/drain` (`on`) or `DELETE` (undrain).
+    /// Sending it twice does what sending it once does.
+    pub async fn drain(&self, node: &NodeId, on: bool) -> Result<NodeChange> {
+        let method = if on { Method::POST } else { Method::DELETE };
+        self.call(Request::new(method, format!("/v1/cluster/nodes/{node}/drain"))).await
+    }
+
+    /// `DELETE /v1/cluster/nodes/{node}`: forgets a dead node.
+    pub async fn forget(&self, node: &NodeId) -> Result<NodeChange> {
+        self.call(Request::new(Method::DELETE, format!("/v1/cluster/nodes/{node}"))).await
     }
 
     /// Creates a base. Without an id the client picks a random one, so that

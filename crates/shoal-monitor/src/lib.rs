@@ -1,7 +1,8 @@
 //! Shoal's monitor: the service that keeps the placement map of the 256
 //! buckets in step with the live nodes ([`run`]), and the reads every server
-//! process makes of the control plane: the cluster's status ([`status`]) and
-//! rebalance requests ([`request_rebalance`]).
+//! process makes of the control plane: the cluster's status ([`status`]),
+//! rebalance requests ([`request_rebalance`]), and draining and forgetting
+//! nodes ([`drain`], [`forget`]).
 
 mod service;
 
@@ -67,22 +68,107 @@ pub async fn placement(registry: &dyn Registry) -> shoal_types::Result<Option<Pl
     }
 }
 
-/// The cluster as the registry describes it now.
-pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatus> {
-    let reg = |e: shoal_registry::Error| shoal_types::Error::from(e);
-    let mut live: BTreeMap<NodeId, NodeInfo> = BTreeMap::new();
-    for kv in registry.get_prefix(keys::NODES).await.map_err(reg)?.kvs {
+/// The drained nodes.
+pub async fn drained(registry: &dyn Registry) -> shoal_types::Result<BTreeSet<NodeId>> {
+    let listing = registry.get_prefix(keys::DRAINED).await.map_err(shoal_types::Error::from)?;
+    Ok(listing.kvs.iter().filter_map(|kv| keys::node_of(&kv.key)).collect())
+}
+
+async fn live_nodes(registry: &dyn Registry) -> shoal_types::Result<BTreeMap<NodeId, NodeInfo>> {
+    let mut live = BTreeMap::new();
+    let listing = registry.get_prefix(keys::NODES).await.map_err(shoal_types::Error::from)?;
+    for kv in listing.kvs {
         if let (Some(id), Ok(info)) = (keys::node_of(&kv.key), serde_json::from_slice(&kv.value)) {
             live.insert(id, info);
         }
     }
-    let mut members: BTreeMap<NodeId, Member> = BTreeMap::new();
+    Ok(live)
+}
+
+async fn members(registry: &dyn Registry) -> shoal_types::Result<BTreeMap<NodeId, Member>> {
+    let mut members = BTreeMap::new();
     let prefix = members_prefix();
-    for kv in registry.get_prefix(&prefix).await.map_err(reg)?.kvs {
+    let listing = registry.get_prefix(&prefix).await.map_err(shoal_types::Error::from)?;
+    for kv in listing.kvs {
         if let Ok(m) = serde_json::from_slice(&kv.value) {
             members.insert(NodeId(String::from_utf8_lossy(&kv.key[prefix.len()..]).to_string()), m);
         }
     }
+    Ok(members)
+}
+
+/// Drains `node` (the active monitor moves every replica off it and places
+/// nothing there), or with `on` false, undrains it. Refused for a node the
+/// cluster does not know, and for the last live node not drained.
+pub async fn drain(registry: &dyn Registry, node: &NodeId, on: bool) -> shoal_types::Result<()> {
+    let reg = |e: shoal_registry::Error| shoal_types::Error::from(e);
+    let live = live_nodes(registry).await?;
+    let known = live.contains_key(node) || members(registry).await?.contains_key(node);
+    if !known {
+        return Err(shoal_types::Error::NotFound(format!("no node {node} in this cluster")));
+    }
+    if !on {
+        registry.delete(&keys::drained(node)).await.map_err(reg)?;
+        return Ok(());
+    }
+    let drained = drained(registry).await?;
+    let left = live.keys().filter(|id| *id != node && !drained.contains(*id)).count();
+    if left == 0 {
+        return Err(shoal_types::Error::Conflict(format!(
+            "{node} is the last live node that is not drained: its replicas would have nowhere to go"
+        )));
+    }
+    let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    registry.put(&keys::drained(node), at.as_bytes(), None).await.map_err(reg)?;
+    Ok(())
+}
+
+/// Removes a dead node from the member list (and its drain mark). Refused
+/// while it is registered, and while the placement map still places
+/// replicas on it; the answer says how many of those are a bucket's only
+/// copy on a live node.
+pub async fn forget(registry: &dyn Registry, node: &NodeId) -> shoal_types::Result<()> {
+    let reg = |e: shoal_registry::Error| shoal_types::Error::from(e);
+    let live = live_nodes(registry).await?;
+    if live.contains_key(node) {
+        return Err(shoal_types::Error::Conflict(format!(
+            "{node} is live: stop it first (drain it before, to move its replicas away)"
+        )));
+    }
+    let map = placement(registry).await?;
+    let known = members(registry).await?.contains_key(node);
+    let placed: Vec<BucketId> = map
+        .as_ref()
+        .map(|m| BucketId::all().filter(|b| m.replicas(*b).contains(node)).collect())
+        .unwrap_or_default();
+    if !known && placed.is_empty() {
+        return Err(shoal_types::Error::NotFound(format!("no node {node} in this cluster")));
+    }
+    if let Some(m) = &map
+        && !placed.is_empty()
+    {
+        let only = placed
+            .iter()
+            .filter(|b| !m.replicas(**b).iter().any(|r| r != node && live.contains_key(r)))
+            .count();
+        return Err(shoal_types::Error::Conflict(format!(
+            "the placement map still places {} replicas on {node}, {only} of them the only copy \
+             on no live node: run `shoal cluster rebalance` (or wait for the monitor, in dynamic \
+             topology) first",
+            placed.len()
+        )));
+    }
+    registry.delete(&member_key(node)).await.map_err(reg)?;
+    registry.delete(&keys::drained(node)).await.map_err(reg)?;
+    Ok(())
+}
+
+/// The cluster as the registry describes it now.
+pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatus> {
+    let reg = |e: shoal_registry::Error| shoal_types::Error::from(e);
+    let live = live_nodes(registry).await?;
+    let members = members(registry).await?;
+    let drained = drained(registry).await?;
     let mut reports: BTreeMap<NodeId, NodeReport> = BTreeMap::new();
     for kv in registry.get_prefix(keys::STATUS).await.map_err(reg)?.kvs {
         if let (Some(id), Ok(r)) = (keys::node_of(&kv.key), serde_json::from_slice(&kv.value)) {
@@ -112,11 +198,13 @@ pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatu
                 capacity: info.map(|i| i.capacity).unwrap_or(0),
                 replicas: counts.get(&id).copied().unwrap_or(0),
                 hosted: reports.get(&id).map(|r| r.buckets.len()).unwrap_or(0),
+                drained: drained.contains(&id),
                 node_id: id,
             }
         })
         .collect();
-    let live_ids: Vec<NodeId> = live.keys().cloned().collect();
+    // Drained nodes count as places for no replica.
+    let live_ids: Vec<NodeId> = live.keys().filter(|id| !drained.contains(*id)).cloned().collect();
     let (mut on_dead_nodes, mut moves_in_progress, mut under_replicated) =
         (Vec::new(), Vec::new(), Vec::new());
     if let Some(m) = &map {

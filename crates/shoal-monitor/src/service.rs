@@ -13,7 +13,7 @@
 //!    compares the map's mod revision with the one read and this monitor's
 //!    election key with the one it won: two monitors can never overwrite
 //!    each other, and a deposed monitor can write nothing;
-//! 4. wait for a change under `nodes/`, `placement` or `rebalance` from the
+//! 4. wait for a change under `nodes/`, `placement`, `rebalance` or `drained/` from the
 //!    revision read, so nothing between the read and the wait is missed.
 //!
 //! It also keeps `members/{node}`: every node it has seen, whether it is
@@ -145,6 +145,7 @@ struct Snapshot {
     map: Option<(PlacementMap, Revision)>,
     rebalance: Option<Revision>,
     members: BTreeMap<NodeId, Member>,
+    drained: std::collections::BTreeSet<NodeId>,
 }
 
 async fn snapshot(registry: &Arc<dyn Registry>) -> Result<Snapshot> {
@@ -176,7 +177,14 @@ async fn snapshot(registry: &Arc<dyn Registry>) -> Result<Snapshot> {
             members.insert(NodeId(id), m);
         }
     }
-    Ok(Snapshot { revision: listing.revision, nodes, map, rebalance, members })
+    let drained = registry
+        .get_prefix(keys::DRAINED)
+        .await?
+        .kvs
+        .iter()
+        .filter_map(|kv| keys::node_of(&kv.key))
+        .collect();
+    Ok(Snapshot { revision: listing.revision, nodes, map, rebalance, members, drained })
 }
 
 fn now() -> String {
@@ -204,9 +212,11 @@ fn member_updates(s: &Snapshot) -> Vec<(NodeId, Member)> {
     out
 }
 
-fn specs(nodes: &BTreeMap<NodeId, NodeInfo>) -> Vec<NodeSpec> {
-    nodes
+/// The nodes the map may place replicas on: the live ones not drained.
+fn specs(s: &Snapshot) -> Vec<NodeSpec> {
+    s.nodes
         .iter()
+        .filter(|(id, _)| !s.drained.contains(*id))
         .map(|(id, info)| NodeSpec {
             id: id.clone(),
             zone: info.zone.clone(),
@@ -232,7 +242,16 @@ async fn lead(
         // that a monitor started before them does not place every bucket on
         // the first one to come; in static topology that map would stay.
         let expected = options.initial_node_count.max(1);
+        let specs = specs(&s);
         let waiting = previous.is_none() && s.nodes.len() < expected && !requested;
+        // A drain moves replicas in either topology.
+        let draining = previous.is_some_and(|m| {
+            m.buckets.iter().any(|replicas| replicas.iter().any(|n| s.drained.contains(n)))
+        });
+        let all_drained = specs.is_empty() && !s.nodes.is_empty();
+        if all_drained {
+            tracing::warn!("every live node is drained: the map stays as it is");
+        }
         if waiting {
             tracing::info!(
                 live = s.nodes.len(),
@@ -241,17 +260,14 @@ async fn lead(
             );
         }
         let compute = !waiting
+            && !all_drained
             && (previous.is_none()
                 || requested
                 || settings_changed
+                || draining
                 || options.topology == Topology::Dynamic);
         let next = compute.then(|| {
-            shoal_placement::place(
-                previous,
-                &specs(&s.nodes),
-                options.replication_factor,
-                options.topology,
-            )
+            shoal_placement::place(previous, &specs, options.replication_factor, options.topology)
         });
         let write_map = match (&next, previous) {
             (Some(n), Some(p)) => n.epoch != p.epoch,
@@ -310,7 +326,7 @@ async fn lead(
     }
 }
 
-/// Waits until something under `nodes/`, `placement` or `rebalance` changes
+/// Waits until something under `nodes/`, `placement`, `rebalance` or `drained/` changes
 /// after `revision`, then lets a burst of changes settle.
 async fn wait_for_change(
     registry: &Arc<dyn Registry>,
@@ -321,10 +337,12 @@ async fn wait_for_change(
     let mut nodes = registry.watch_prefix(keys::NODES, from).await?;
     let mut placement = registry.watch_prefix(keys::PLACEMENT, from).await?;
     let mut rebalance = registry.watch_prefix(keys::REBALANCE, from).await?;
+    let mut drained = registry.watch_prefix(keys::DRAINED, from).await?;
     let message = tokio::select! {
         m = nodes.next() => m,
         m = placement.next() => m,
         m = rebalance.next() => m,
+        m = drained.next() => m,
     };
     match message {
         Some(Ok(WatchMessage::Event(_))) | Some(Ok(WatchMessage::Resync { .. })) | None => {}

@@ -1,4 +1,5 @@
-//! `/v1/cluster`: the cluster's status and rebalance requests. Every server
+//! `/v1/cluster`: the cluster's status, rebalance requests, and draining
+//! and forgetting nodes. Every server
 //! process (standalone, node, monitor, proxy) serves these routes; what is
 //! behind them is declared here, by its caller, and implemented over the
 //! registry elsewhere.
@@ -9,11 +10,12 @@ use async_trait::async_trait;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use shoal_types::Result;
-use shoal_types::api::{ClusterStatus, RebalanceRequest};
+use shoal_types::api::{ClusterStatus, NodeChange, RebalanceRequest};
+use shoal_types::{NodeId, Result};
 
 use crate::AppState;
 use crate::error::ApiResult;
+use crate::extract::ApiPath;
 
 /// What the cluster routes need.
 #[async_trait]
@@ -22,6 +24,10 @@ pub trait Cluster: Send + Sync + 'static {
     async fn status(&self) -> Result<ClusterStatus>;
     /// Asks the active monitor to rebalance.
     async fn request_rebalance(&self) -> Result<RebalanceRequest>;
+    /// Drains a node (`on`) or undrains it.
+    async fn drain(&self, node: &NodeId, on: bool) -> Result<()>;
+    /// Removes a dead node from the member list.
+    async fn forget(&self, node: &NodeId) -> Result<()>;
 }
 
 fn cluster(state: &AppState) -> Result<&Arc<dyn Cluster>> {
@@ -39,4 +45,35 @@ pub async fn rebalance(
     State(state): State<Arc<AppState>>,
 ) -> ApiResult<(StatusCode, Json<RebalanceRequest>)> {
     Ok((StatusCode::ACCEPTED, Json(cluster(&state)?.request_rebalance().await?)))
+}
+
+/// `POST /v1/cluster/nodes/{id}/drain`: the monitor moves every replica off
+/// the node; `GET /v1/cluster` shows the progress.
+pub async fn drain(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<(StatusCode, Json<NodeChange>)> {
+    let node = NodeId(id);
+    cluster(&state)?.drain(&node, true).await?;
+    Ok((StatusCode::ACCEPTED, Json(NodeChange { node_id: node, drained: true, forgotten: false })))
+}
+
+/// `DELETE /v1/cluster/nodes/{id}/drain`: the node takes replicas again.
+pub async fn undrain(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<NodeChange>> {
+    let node = NodeId(id);
+    cluster(&state)?.drain(&node, false).await?;
+    Ok(Json(NodeChange { node_id: node, drained: false, forgotten: false }))
+}
+
+/// `DELETE /v1/cluster/nodes/{id}`: forgets a dead node.
+pub async fn forget(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<NodeChange>> {
+    let node = NodeId(id);
+    cluster(&state)?.forget(&node).await?;
+    Ok(Json(NodeChange { node_id: node, drained: false, forgotten: true }))
 }

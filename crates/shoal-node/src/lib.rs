@@ -28,7 +28,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use shoal_types::Error;
@@ -90,7 +90,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.cluster.is_some() {
         v1 = v1
             .route("/v1/cluster", get(cluster::status))
-            .route("/v1/cluster/rebalance", post(cluster::rebalance));
+            .route("/v1/cluster/rebalance", post(cluster::rebalance))
+            .route("/v1/cluster/nodes/{id}", delete(cluster::forget))
+            .route("/v1/cluster/nodes/{id}/drain", post(cluster::drain).delete(cluster::undrain));
     }
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()

@@ -6,6 +6,7 @@
 //! monitor/leader     the monitor election (candidates under monitor/leader/)
 //! rebalance          a rebalance request for the monitor
 //! status/{node_id}   what the node hosts and leads, leased
+//! drained/{node_id}  present while the node is drained (the map places nothing there)
 //! ```
 //! Builders live here so that no crate spells a key by hand.
 
@@ -21,6 +22,8 @@ pub const MONITOR_ELECTION: &[u8] = b"monitor/leader";
 pub const REBALANCE: &[u8] = b"rebalance";
 /// The prefix of node status reports.
 pub const STATUS: &[u8] = b"status/";
+/// The prefix of drain marks.
+pub const DRAINED: &[u8] = b"drained/";
 
 /// The registration key of `node`.
 pub fn node(node: &NodeId) -> Vec<u8> {
@@ -32,9 +35,17 @@ pub fn status(node: &NodeId) -> Vec<u8> {
     [STATUS, node.0.as_bytes()].concat()
 }
 
-/// The node id of a registration or status key, if it is one.
+/// The drain mark of `node`.
+pub fn drained(node: &NodeId) -> Vec<u8> {
+    [DRAINED, node.0.as_bytes()].concat()
+}
+
+/// The node id of a registration, status or drain key, if it is one.
 pub fn node_of(key: &[u8]) -> Option<NodeId> {
-    let rest = key.strip_prefix(NODES).or_else(|| key.strip_prefix(STATUS))?;
+    let rest = key
+        .strip_prefix(NODES)
+        .or_else(|| key.strip_prefix(STATUS))
+        .or_else(|| key.strip_prefix(DRAINED))?;
     std::str::from_utf8(rest).ok().filter(|s| !s.is_empty()).map(|s| NodeId(s.to_string()))
 }
 
@@ -47,7 +58,8 @@ mod tests {
         let id = NodeId("node-01".into());
         assert_eq!(node(&id), b"nodes/node-01");
         assert_eq!(node_of(&node(&id)), Some(id.clone()));
-        assert_eq!(node_of(&status(&id)), Some(id));
+        assert_eq!(node_of(&status(&id)), Some(id.clone()));
+        assert_eq!(node_of(&drained(&id)), Some(id));
         assert_eq!(node_of(b"placement"), None);
     }
 }

@@ -326,6 +326,20 @@ pub struct NodeStatus {
     pub replicas: usize,
     /// Replicas it reports hosting.
     pub hosted: usize,
+    /// Whether it is drained: the map places nothing on it.
+    #[serde(default)]
+    pub drained: bool,
+}
+
+/// What a drain, undrain or forget did (`/v1/cluster/nodes/{id}...`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeChange {
+    /// The node.
+    pub node_id: crate::NodeId,
+    /// Whether it is drained now.
+    pub drained: bool,
+    /// Whether it was removed from the member list.
+    pub forgotten: bool,
 }
 
 /// A replica the map gives a node that the node does not host yet.

@@ -5,8 +5,8 @@ use clap::{Args, Subcommand};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::Value;
 use shoal_client::RowsQuery;
-use shoal_types::BaseId;
 use shoal_types::api::{Params, Row, Statement};
+use shoal_types::{BaseId, NodeId};
 
 use crate::ClientArgs;
 
@@ -70,6 +70,35 @@ pub enum ClusterCommand {
     },
     /// Ask the active monitor to rebalance the placement map now.
     Rebalance {
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Move every replica off a live node; the map places nothing there
+    /// until `undrain`. Waits until the node holds nothing.
+    Drain {
+        /// The node's id.
+        node: String,
+        /// Return once the drain is recorded, without waiting.
+        #[arg(long)]
+        no_wait: bool,
+        /// Give up waiting after this long (the drain goes on), e.g. 10m.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Let a drained node take replicas again.
+    Undrain {
+        /// The node's id.
+        node: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a dead node from the member list. Refused while it is live or
+    /// while the placement map still places replicas on it.
+    Forget {
+        /// The node's id.
+        node: String,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -265,8 +294,10 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
                 s.replication_factor,
                 if s.rebalance_pending { ", rebalance pending" } else { "" }
             );
-            let header = ["node", "live", "since", "zone", "capacity", "replicas", "hosted", "url"]
-                .map(String::from);
+            let header = [
+                "node", "live", "since", "zone", "capacity", "replicas", "hosted", "drained", "url",
+            ]
+            .map(String::from);
             print_table(
                 &header,
                 s.nodes.iter().map(|n| {
@@ -278,6 +309,7 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
                         n.capacity.to_string(),
                         n.replicas.to_string(),
                         n.hosted.to_string(),
+                        if n.drained { "yes" } else { "" }.to_string(),
                         n.node_url.clone(),
                     ]
                 }),
@@ -296,6 +328,72 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        ClusterCommand::Drain { node, no_wait, timeout, client } => {
+            let client = client.client()?;
+            let node = NodeId(node);
+            client.drain(&node, true).await?;
+            if no_wait {
+                out!("{node} is drained; its replicas move off it (see `shoal cluster status`)");
+                return Ok(());
+            }
+            wait_drained(&client, &node, timeout).await?;
+            out!("{node} is drained and holds no replica: stopping it moves nothing");
+            Ok(())
+        }
+        ClusterCommand::Undrain { node, client } => {
+            let node = NodeId(node);
+            client.client()?.drain(&node, false).await?;
+            out!(
+                "{node} takes replicas again (in static topology, after `shoal cluster rebalance`)"
+            );
+            Ok(())
+        }
+        ClusterCommand::Forget { node, client } => {
+            let node = NodeId(node);
+            client.client()?.forget(&node).await?;
+            out!("{node} is forgotten");
+            Ok(())
+        }
+    }
+}
+
+/// Waits until `node` has no replica in the map and hosts none, with a
+/// progress bar of the replicas it still holds.
+async fn wait_drained(
+    client: &shoal_client::Client,
+    node: &NodeId,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} replicas moved")
+            .expect("a valid template"),
+    );
+    bar.set_message(format!("draining {node}"));
+    let mut start: Option<u64> = None;
+    loop {
+        let s = client.cluster_status().await?;
+        let Some(n) = s.nodes.iter().find(|n| n.node_id == *node) else {
+            bar.finish_and_clear();
+            bail!("{node} is no longer in the cluster");
+        };
+        let held = n.replicas.max(n.hosted) as u64;
+        let total = *start.get_or_insert(held.max(1));
+        bar.set_length(total);
+        bar.set_position(total.saturating_sub(held));
+        if n.replicas == 0 && n.hosted == 0 {
+            bar.finish_and_clear();
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bar.finish_and_clear();
+            bail!(
+                "{node} still holds {held} replicas after {}; the drain goes on (see `shoal cluster status`)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

@@ -282,4 +282,12 @@ impl Cluster for RegistryCluster {
     async fn request_rebalance(&self) -> shoal_types::Result<RebalanceRequest> {
         shoal_monitor::request_rebalance(self.0.as_ref()).await
     }
+
+    async fn drain(&self, node: &NodeId, on: bool) -> shoal_types::Result<()> {
+        shoal_monitor::drain(self.0.as_ref(), node, on).await
+    }
+
+    async fn forget(&self, node: &NodeId) -> shoal_types::Result<()> {
+        shoal_monitor::forget(self.0.as_ref(), node).await
+    }
 }

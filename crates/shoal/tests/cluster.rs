@@ -221,6 +221,107 @@ async fn a_static_monitor_started_first_waits_for_the_expected_nodes() {
     assert_eq!(first.epoch, 1);
 }
 
+/// Runs the CLI against `url`; its exit status, stdout and stderr.
+fn cli(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(common::bin())
+        .args(args)
+        .args(["--endpoint", url, "--token", TOKEN])
+        .output()
+        .expect("cli");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_holds_nothing_stops_without_a_move_and_is_forgotten() {
+    let mut c = Cluster::new().await;
+    let all = ["n1", "n2", "n3", "n4"];
+    for n in all {
+        c.start_node(n);
+    }
+    c.start_monitor(&[]);
+    c.wait_map("4 nodes placed", Duration::from_secs(30), |m| balanced(m, &all)).await;
+    let url = c.nodes["n1"].url.clone();
+    // Data that must survive the drain.
+    let client = shoal_client::Client::new(&url, Some(TOKEN.into())).expect("client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let base = loop {
+        match client.create_base(None, None).await {
+            Ok(b) => break b.id,
+            Err(e) => assert!(Instant::now() < deadline, "create a base: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let sql =
+        |s: &str| vec![shoal_types::api::Statement { sql: s.into(), params: Default::default() }];
+    client.execute(base, sql("CREATE TABLE t (v INTEGER)"), true).await.expect("table");
+    client.execute(base, sql("INSERT INTO t VALUES (1), (2), (3)"), true).await.expect("rows");
+
+    // Refused: forgetting a live node, draining one that does not exist.
+    let (ok, _, err) = cli(&url, &["cluster", "forget", "n4"]);
+    assert!(!ok && err.contains("n4 is live"), "{err}");
+    let (ok, _, err) = cli(&url, &["cluster", "drain", "nx"]);
+    assert!(!ok && err.contains("no node nx"), "{err}");
+
+    // The drain waits until n4 holds nothing; the others hold it all.
+    let (ok, out, err) = cli(&url, &["cluster", "drain", "n4", "--timeout", "120s"]);
+    assert!(ok, "drain: {out}{err}\n{}", c.logs());
+    let drained = c.map().await.expect("map");
+    assert!(balanced(&drained, &["n1", "n2", "n3"]), "{:?}", counts(&drained));
+    let status = c.status(&c.nodes["n1"]).await;
+    let n4 = status.nodes.iter().find(|n| n.node_id.0 == "n4").expect("n4");
+    assert!(n4.live && n4.drained && n4.replicas == 0 && n4.hosted == 0, "{n4:?}");
+    let (ok, text, _) = cli(&url, &["cluster", "status"]);
+    assert!(ok && text.contains("drained"), "{text}");
+
+    // Stopped, and gone from the registry: nothing moves.
+    let stopped = tokio::task::block_in_place(|| c.nodes.get_mut("n4").expect("n4").terminate());
+    assert!(stopped.success());
+    let deadline = Instant::now() + Duration::from_secs(TTL_SECS * 4 + 10);
+    loop {
+        let s = c.status(&c.nodes["n1"]).await;
+        if s.nodes.iter().any(|n| n.node_id.0 == "n4" && !n.live) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n4 never went down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        c.map().await.expect("map").epoch,
+        drained.epoch,
+        "stopping a drained node moved replicas"
+    );
+
+    // Forgotten, it is gone from the status; the data is all there.
+    let (ok, out, err) = cli(&url, &["cluster", "forget", "n4"]);
+    assert!(ok, "forget: {out}{err}");
+    let status = c.status(&c.nodes["n1"]).await;
+    assert!(!status.nodes.iter().any(|n| n.node_id.0 == "n4"), "{:?}", status.nodes);
+    let q = client.query(base, "SELECT count(*) FROM t", Default::default()).await.expect("read");
+    assert_eq!(q.rows, vec![vec![serde_json::json!(3)]]);
+
+    // Undrain: a drained node takes its share back.
+    let (ok, _, err) = cli(&url, &["cluster", "drain", "n3", "--no-wait"]);
+    assert!(ok, "{err}");
+    c.wait_map("n3 drained", Duration::from_secs(30), |m| !counts(m).contains_key("n3")).await;
+    let (ok, _, err) = cli(&url, &["cluster", "undrain", "n3"]);
+    assert!(ok, "{err}");
+    let back =
+        c.wait_map("n3 back", Duration::from_secs(30), |m| balanced(m, &["n1", "n2", "n3"])).await;
+    assert_eq!(counts(&back).get("n3"), Some(&256));
+    // The last node left is not drained.
+    let (ok, _, _) = cli(&url, &["cluster", "drain", "n2", "--no-wait"]);
+    assert!(ok);
+    let (ok, _, _) = cli(&url, &["cluster", "drain", "n3", "--no-wait"]);
+    assert!(ok);
+    let (ok, _, err) = cli(&url, &["cluster", "drain", "n1", "--no-wait"]);
+    assert!(!ok && err.contains("last live node"), "{err}");
+}
+
 #[tokio::test]
 async fn cluster_processes_refuse_bad_flags() {
     let dir = tempfile::tempdir().expect("tempdir");
