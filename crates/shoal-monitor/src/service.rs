@@ -252,11 +252,11 @@ async fn lead(
         if all_drained {
             tracing::warn!("every live node is drained: the map stays as it is");
         }
-        if waiting {
+        if waiting && expected > 1 {
             tracing::info!(
                 live = s.nodes.len(),
                 expected,
-                "waiting for {expected} nodes before the first placement map"
+                "waiting for the expected nodes before the first placement map"
             );
         }
         let compute = !waiting

@@ -49,7 +49,7 @@ pub struct MonitorArgs {
 }
 
 pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.http.log_format);
     let registry_options = args.registry.load()?;
     let token = cluster_token(&args.http)?;
     if args.replication_factor == 0 {

@@ -53,7 +53,7 @@ pub struct NodeArgs {
 }
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.http.log_format);
     let registry_options = args.registry.load()?;
     let raft = args.raft.load(&args.registry.file()?)?;
     let token = cluster_token(&args.http)?;

@@ -40,7 +40,7 @@ pub struct ProxyArgs {
 }
 
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.http.log_format);
     let registry_options = args.registry.load()?;
     let token = cluster_token(&args.http)?;
     if args.retry_deadline.is_zero() || args.request_timeout.is_zero() {

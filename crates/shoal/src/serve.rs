@@ -68,7 +68,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(args.http.log_format);
     let registry_options = args.registry.load()?;
     let raft = args.raft.load(&args.registry.file()?)?;
     if args.max_open_bases == 0

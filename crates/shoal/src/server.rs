@@ -36,6 +36,19 @@ pub struct HttpArgs {
     /// all of them for `proxy` and `monitor`].
     #[arg(long, env = "SHOAL_HTTP_THREADS")]
     pub http_threads: Option<usize>,
+    /// How log lines are written to stderr: `text` (coloured on a terminal
+    /// only) or `json`, one object per line.
+    #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines; colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Change-feed flags of the commands that serve bases.
@@ -62,10 +75,15 @@ impl FeedArgs {
 }
 
 /// Starts logging to stderr; `SHOAL_LOG` filters (default `info`).
-pub fn init_logging() {
+pub fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,raft=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 /// The token a cluster process needs: given explicitly, never made up.
