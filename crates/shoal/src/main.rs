@@ -19,6 +19,7 @@ mod node;
 mod proxy;
 mod serve;
 mod server;
+mod transfer;
 mod watch;
 
 use std::path::PathBuf;
@@ -69,6 +70,10 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Print a base's changes as they are committed (resumes by itself).
     Watch(watch::WatchArgs),
+    /// Load rows into a table from CSV or JSON lines (creates the table if missing).
+    Import(transfer::ImportArgs),
+    /// Write a table's rows as CSV or JSON lines.
+    Export(transfer::ExportArgs),
 }
 
 /// How a client command reaches the server.
@@ -158,6 +163,8 @@ fn main() -> ExitCode {
             Command::Rows(c) => cli::rows(c).await,
             Command::Bench(a) => bench::run(a).await,
             Command::Watch(a) => watch::run(a).await,
+            Command::Import(a) => transfer::import(a).await,
+            Command::Export(a) => transfer::export(a).await,
         }
     });
     match result {
