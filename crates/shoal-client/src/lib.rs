@@ -216,6 +216,7 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
             .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
             // Redirects to a leader are followed here, so that the client
             // learns where the leader is.
             .redirect(reqwest::redirect::Policy::none())

@@ -166,6 +166,8 @@ struct Target {
     table: String,
     /// Column name to kind, once the table exists.
     kinds: Option<Vec<(String, Option<Kind>)>>,
+    /// The batch being written.
+    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl Target {
@@ -175,7 +177,7 @@ impl Target {
             tables.tables.iter().find(|t| t.name == table).map(|t| {
                 t.columns.iter().map(|c| (c.name.clone(), Kind::parse(&c.type_))).collect()
             });
-        Ok(Target { client, id, table: table.to_string(), kinds })
+        Ok(Target { client, id, table: table.to_string(), kinds, in_flight: None })
     }
 
     /// Creates the table with these columns.
@@ -193,12 +195,28 @@ impl Target {
         self.kinds.as_ref()?.iter().find(|(n, _)| n == column).and_then(|(_, k)| *k)
     }
 
-    async fn insert(&self, rows: Vec<Row>) -> anyhow::Result<()> {
+    /// Sends a batch once the one before it is acknowledged (rows keep the
+    /// file's order), and returns at once: the next batch is parsed while
+    /// this one is written.
+    async fn insert(&mut self, rows: Vec<Row>) -> anyhow::Result<()> {
+        self.finish().await?;
         if rows.is_empty() {
             return Ok(());
         }
-        self.client.insert_rows(self.id, &self.table, rows).await?;
+        let (client, id, table) = (self.client.clone(), self.id, self.table.clone());
+        self.in_flight = Some(tokio::spawn(async move {
+            client.insert_rows(id, &table, rows).await?;
+            Ok(())
+        }));
         Ok(())
+    }
+
+    /// Waits for the batch in flight.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        match self.in_flight.take() {
+            Some(h) => h.await.context("the insert task failed")?,
+            None => Ok(()),
+        }
     }
 }
 
@@ -252,11 +270,15 @@ pub async fn import(args: ImportArgs) -> anyhow::Result<()> {
     };
     let bar = progress(len);
     bar.set_message(format!("importing into {}", args.table));
-    let tally = match args.format {
-        Format::Csv => import_csv(reader, &mut target, &args, &bar).await?,
-        Format::Jsonl => import_jsonl(reader, &mut target, &args, &bar).await?,
+    let result = match args.format {
+        Format::Csv => import_csv(reader, &mut target, &args, &bar).await,
+        Format::Jsonl => import_jsonl(reader, &mut target, &args, &bar).await,
     };
+    // The batch in flight is written (or fails) before anything is said.
+    let written = target.finish().await;
     bar.finish_and_clear();
+    let tally = result?;
+    written?;
     out!(
         "imported {} rows into {}{}",
         tally.imported,
