@@ -346,6 +346,21 @@ impl LogDb {
         Ok(self.read_groups().get(&group).map(Mirror::record).filter(|r| !r.is_empty()))
     }
 
+    /// The index to compact `group`'s log to so that the entries kept up to
+    /// `upto` hold at most about `max_bytes` (0: they already do).
+    pub fn compact_point(&self, group: u8, upto: u64, max_bytes: u64) -> u64 {
+        let groups = self.read_groups();
+        let Some(m) = groups.get(&group) else { return 0 };
+        let mut size = 0u64;
+        for e in m.entries.iter().rev().skip_while(|e| e.index > upto) {
+            size += e.data.len() as u64 + e.context.len() as u64 + 16;
+            if size > max_bytes {
+                return e.index;
+            }
+        }
+        0
+    }
+
     /// The stored entries of `group` in `low..high`, in order, up to about
     /// `max_bytes` (at least one).
     pub fn entries(&self, group: u8, low: u64, high: u64, max_bytes: u64) -> Result<Vec<Entry>> {
@@ -748,6 +763,23 @@ mod tests {
         let entries = db.entries(4, 0, 10, u64::MAX).expect("entries");
         let ids: Vec<(u64, u64)> = entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(ids, vec![(3, 3), (4, 4)]);
+    }
+
+    #[test]
+    fn the_compact_point_keeps_at_most_the_bytes_asked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = LogDb::open(dir.path()).expect("open");
+        // Ten entries of 1000 bytes (1016 counted each).
+        let big = vec![7u8; 1000];
+        let append =
+            Op::Append { entries: (1..=10).map(|i| entry(i, 1, &big)).collect(), delete: None };
+        db.write(&[Batch { ops: vec![(2, append)], sync: true }]).expect("write");
+        // Up to 9, keeping 3 000 bytes: entries 7, 8, 9 stay.
+        assert_eq!(db.compact_point(2, 9, 3_100), 6);
+        assert_eq!(db.compact_point(2, 10, 3_100), 7);
+        // Everything fits, or no such group.
+        assert_eq!(db.compact_point(2, 10, 1 << 20), 0);
+        assert_eq!(db.compact_point(3, 10, 10), 0);
     }
 
     #[test]

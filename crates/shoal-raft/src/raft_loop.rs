@@ -54,6 +54,11 @@ use crate::{
 /// `keep_logs + COMPACT_STEP` applied entries.
 const COMPACT_STEP: u64 = 64;
 
+/// At most this many bytes of applied entries are kept behind a checkpoint,
+/// whatever `keep_logs` says: large entries (bulk inserts) would otherwise
+/// fill memory and make every segment rotation rewrite tens of megabytes.
+const KEEP_BYTES: u64 = 4 << 20;
+
 type Reply<A> = oneshot::Sender<Answered<A>>;
 type ReadReply = oneshot::Sender<Result<(), GroupError>>;
 type BootReply = oneshot::Sender<Result<bool, GroupError>>;
@@ -727,8 +732,15 @@ impl<S: StateMachine> Loop<S> {
             let conf = g.raw.raft.prs().conf().to_conf_state();
             self.batch.ops.push((group, Op::Applied(ApplyState { index, term, conf })));
             let (first, _) = g.raw.store().bounds();
-            if index >= first + keep + COMPACT_STEP
-                && let Some(op) = g.raw.mut_store().compact(index - keep)
+            let by_count = index.saturating_sub(keep);
+            let by_bytes = g.raw.store().compact_point(index, KEEP_BYTES);
+            // Compacted in steps: COMPACT_STEP entries, or KEEP_BYTES.
+            let due = by_count >= first + COMPACT_STEP
+                || g.raw.store().compact_point(index, 2 * KEEP_BYTES) > first;
+            let to = by_count.max(by_bytes);
+            if due
+                && to > first
+                && let Some(op) = g.raw.mut_store().compact(to)
             {
                 self.batch.ops.push((group, op));
             }

@@ -170,6 +170,12 @@ impl GroupStorage {
         }
     }
 
+    /// The index to compact to so that the entries kept up to `upto` hold at
+    /// most about `max_bytes` (0: they already do).
+    pub fn compact_point(&self, upto: u64, max_bytes: u64) -> u64 {
+        self.db.compact_point(self.group, upto, max_bytes)
+    }
+
     /// Compacts the log up to `index` (the caller made sure the state machine
     /// has durably applied it); returns the op, or `None` if there is
     /// nothing to drop.
