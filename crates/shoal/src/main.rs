@@ -83,9 +83,14 @@ pub struct ClientArgs {
     /// both): the client moves to the next when one cannot be reached.
     #[arg(long, env = "SHOAL_ENDPOINT", default_value = "http://127.0.0.1:7070", global = true)]
     endpoint: String,
-    /// The bearer token [default: the contents of ./shoal-data/admin.token, if present].
+    /// The bearer token [default: the contents of DATA_DIR/admin.token, if present].
     #[arg(long, env = "SHOAL_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// The data directory of a standalone server on this machine, where the
+    /// token is found when --token is not given (the path `shoal serve`
+    /// prints).
+    #[arg(long, env = "SHOAL_DATA_DIR", default_value = "shoal-data", global = true)]
+    data_dir: PathBuf,
     /// How long a command keeps retrying (other endpoints, a bucket electing
     /// a new leader) before it gives up.
     #[arg(long, env = "SHOAL_RETRY_DEADLINE", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
@@ -97,7 +102,7 @@ impl ClientArgs {
     pub fn client(&self) -> anyhow::Result<shoal_client::Client> {
         let token = match &self.token {
             Some(t) => Some(t.clone()),
-            None => std::fs::read_to_string(PathBuf::from("shoal-data").join("admin.token"))
+            None => std::fs::read_to_string(self.data_dir.join("admin.token"))
                 .ok()
                 .map(|t| t.trim().to_string()),
         };

@@ -128,6 +128,34 @@ fn token_is_read_from_the_default_data_dir() {
 }
 
 #[test]
+fn token_is_read_from_a_data_dir_named_anywhere() {
+    let (dir, server) = Server::start(Mode::Standalone, &[]);
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let data = dir.path().join("data");
+    let run = |env: Option<&std::path::Path>, extra: &[&std::ffi::OsStr]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["base", "list", "--endpoint", &server.url])
+            .args(extra)
+            .current_dir(&elsewhere)
+            .env_remove("SHOAL_TOKEN")
+            .env_remove("SHOAL_DATA_DIR");
+        if let Some(dir) = env {
+            cmd.env("SHOAL_DATA_DIR", dir);
+        }
+        cmd.stdin(Stdio::null()).output().expect("run")
+    };
+    let flag = run(None, &["--data-dir".as_ref(), data.as_os_str()]);
+    assert!(flag.status.success(), "{}", String::from_utf8_lossy(&flag.stderr));
+    let env = run(Some(&data), &[]);
+    assert!(env.status.success(), "{}", String::from_utf8_lossy(&env.stderr));
+    // Without it, from another folder, there is no token.
+    let none = run(None, &[]);
+    assert!(!none.status.success());
+    assert!(String::from_utf8_lossy(&none.stderr).contains("token"), "{none:?}");
+}
+
+#[test]
 fn bench_reports_and_cleans_up() {
     let (_dir, server) = Server::start(Mode::Standalone, &[]);
     for workload in ["write", "read", "mixed"] {
