@@ -14,8 +14,8 @@ use tokio::sync::watch;
 
 use crate::config::{RaftArgs, RegistryArgs};
 use crate::server::{
-    FeedArgs, HttpArgs, NodeIdentity, bind, cluster_token, init_logging, instance_id, node_config,
-    read_or_make_marker, serve, shutdown_channel,
+    FeedArgs, HttpArgs, NodeIdentity, bind, cluster_token, init_logging, instance_id,
+    lock_data_dir, node_config, read_or_make_marker, serve, shutdown_channel,
 };
 
 /// Flags of `shoal node`.
@@ -61,7 +61,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if args.capacity == 0 {
         anyhow::bail!("--capacity must be at least 1");
     }
-    claim_data_dir(&args.data_dir, &node_id)?;
+    let _lock = claim_data_dir(&args.data_dir, &node_id)?;
     let registry = shoal_registry::connect(&registry_options).await?;
     let listener = bind(args.listen).await?;
     let node_url = args.node_url.clone().unwrap_or_else(|| format!("http://{}", listener.addr));
@@ -122,9 +122,13 @@ fn check_node_id(id: &str) -> anyhow::Result<NodeId> {
 }
 
 /// Marks the data directory as this node's, and refuses another node's.
-fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<()> {
+/// Takes `dir` for `node`: locks it for this process (before touching
+/// anything in it), and checks or writes whose it is. The lock is held
+/// while the returned file lives.
+fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<std::fs::File> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let lock = lock_data_dir(dir)?;
     let owner = read_or_make_marker(&dir.join("node_id"), || node.0.clone())?;
     if owner != node.0 {
         anyhow::bail!(
@@ -133,5 +137,5 @@ fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<()> {
             node.0
         );
     }
-    Ok(())
+    Ok(lock)
 }

@@ -17,8 +17,8 @@ use shoal_types::placement::Topology;
 use shoal_types::{BUCKET_COUNT, NodeId};
 
 use crate::server::{
-    FeedArgs, HttpArgs, NodeIdentity, bind, init_logging, instance_id, node_config, serve,
-    shutdown_channel,
+    FeedArgs, HttpArgs, NodeIdentity, bind, init_logging, instance_id, lock_data_dir, node_config,
+    serve, shutdown_channel,
 };
 
 /// Flags of `shoal serve`.
@@ -81,10 +81,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let dir = (!args.memory).then_some(args.data_dir.as_path());
-    if let Some(d) = dir {
-        std::fs::create_dir_all(d)
-            .with_context(|| format!("cannot create data directory {}", d.display()))?;
-    }
+    let _lock = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("cannot create data directory {}", d.display()))?;
+            Some(lock_data_dir(d)?)
+        }
+        None => None,
+    };
     let (token, token_note) = admin_token(&args, dir)?;
     let options = Options {
         max_open_bases: args.max_open_bases,
@@ -105,12 +109,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let listener = bind(args.listen).await?;
     let url = format!("http://{}", listener.addr);
-    match dir {
-        Some(d) => out!("Shoal is serving {url} with data in {}", d.display()),
-        None => out!("Shoal is serving {url} in memory: nothing is kept after it stops"),
-    }
-    out!("{token_note}");
-    out!("{registry_note}");
 
     // Standalone is a one-node cluster: the node registers, and a monitor
     // keeps its one-replica placement map, as they would in a cluster.
@@ -137,6 +135,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = node_config(identity, dir, options, raft, &token, &registry_options);
     let node = Node::start(config, registry.clone(), shutdown.clone()).await?;
     node.wait_until_leading(BUCKET_COUNT, Duration::from_secs(120)).await?;
+    // Said once it is true: a refused data directory says only why.
+    match dir {
+        Some(d) => out!("Shoal is serving {} with data in {}", listener.addr_url(), d.display()),
+        None => out!(
+            "Shoal is serving {} in memory: nothing is kept after it stops",
+            listener.addr_url()
+        ),
+    }
+    out!("{token_note}");
+    out!("{registry_note}");
     serve(listener, &args.http, token, Some(&node), registry, shutdown).await?;
     node.stop().await;
     let _ = monitor.await;

@@ -103,6 +103,13 @@ pub struct Listener {
     pub addr: SocketAddr,
 }
 
+impl Listener {
+    /// The URL of the bound address.
+    pub fn addr_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 /// Binds `listen`. The address is announced (`--addr-file`) when serving starts.
 pub async fn bind(listen: SocketAddr) -> anyhow::Result<Listener> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -156,6 +163,33 @@ pub fn node_config(
         retry_interval: registry_options.retry_interval,
         remove_after: std::time::Duration::from_secs(600),
         leader_moves_per_pass: 2,
+    }
+}
+
+/// Takes the data directory for this process: an exclusive lock on
+/// `DIR/lock`, held until the returned file is dropped (the process ends).
+/// A second process given the same directory is refused, whatever its
+/// command: two processes writing one directory's SQLite files and Raft
+/// log would corrupt them.
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another shoal process is using {} (it holds {}): stop it, or give this one \
+             another --data-dir",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
     }
 }
 

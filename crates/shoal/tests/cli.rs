@@ -156,6 +156,26 @@ fn token_is_read_from_a_data_dir_named_anywhere() {
 }
 
 #[test]
+fn a_second_process_on_the_same_data_dir_is_refused() {
+    let (dir, server) = Server::start(Mode::Standalone, &[]);
+    let data = dir.path().join("data");
+    for command in ["serve", "node"] {
+        let mut cmd = Command::new(bin());
+        cmd.arg(command).arg("--data-dir").arg(&data).args(["--listen", "127.0.0.1:0"]);
+        if command == "node" {
+            cmd.args(["--node-id", "standalone", "--admin-token", "t"]);
+        }
+        let out = cmd.env_remove("SHOAL_ADMIN_TOKEN").stdin(Stdio::null()).output().expect("run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "a second {command} started on a data dir in use");
+        assert!(err.contains("another shoal process is using"), "{command}: {err}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("is serving"));
+    }
+    // The first one goes on.
+    ok(&server, &["base", "list"]);
+}
+
+#[test]
 fn bench_reports_and_cleans_up() {
     let (_dir, server) = Server::start(Mode::Standalone, &[]);
     for workload in ["write", "read", "mixed"] {
