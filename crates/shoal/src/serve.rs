@@ -145,6 +145,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     out!("{token_note}");
     out!("{registry_note}");
+    match dir {
+        Some(d) => out!(
+            "Try: shoal base create --endpoint {} --data-dir {}",
+            listener.addr_url(),
+            d.display()
+        ),
+        None => out!(
+            "Try: shoal base create --endpoint {} --token TOKEN (the token above)",
+            listener.addr_url()
+        ),
+    }
     serve(listener, &args.http, token, Some(&node), registry, shutdown).await?;
     node.stop().await;
     let _ = monitor.await;
