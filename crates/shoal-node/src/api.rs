@@ -299,6 +299,33 @@ pub async fn checksum(
     Ok(Json(shoal_types::api::Checksum { checksum, applied_index }))
 }
 
+/// `GET /v1/bases/{id}/backup`: a consistent copy of the base's SQLite
+/// file, read like a query (linearizable by default). The applied index it
+/// reflects is in `X-Shoal-Applied-Index`.
+pub async fn backup(
+    State(state): State<Arc<AppState>>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(p): ApiQuery<ChecksumParams>,
+) -> ApiResult<axum::response::Response> {
+    let base = base_id(&id)?;
+    let engine = engine(&state)?;
+    let bytes = engine
+        .read(base.bucket(), p.consistency, move |s| {
+            let dir = tempfile::tempdir()
+                .map_err(|e| Error::Io(format!("cannot make a temporary directory: {e}")))?;
+            let path = dir.path().join("backup.sqlite");
+            s.backup_to(&base, &path)?;
+            std::fs::read(&path).map_err(|e| Error::Io(format!("cannot read the backup: {e}")))
+        })
+        .await?;
+    let applied_index = engine.multi().applied(base.bucket().0);
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, "application/vnd.sqlite3".to_string()),
+        (axum::http::HeaderName::from_static("x-shoal-applied-index"), applied_index.to_string()),
+    ];
+    Ok(axum::response::IntoResponse::into_response((headers, bytes)))
+}
+
 /// `GET /v1/bases/{id}/location`: the bucket's replicas and leader, with the
 /// public URLs a client or browser reaches them at. A node that holds no
 /// replica (or knows no leader) asks the replicas, once.

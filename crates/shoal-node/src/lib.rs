@@ -77,6 +77,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/v1/bases/{id}/query", post(api::query))
             .route("/v1/bases/{id}/tables", get(api::tables))
             .route("/v1/bases/{id}/checksum", get(api::checksum))
+            .route("/v1/bases/{id}/backup", get(api::backup))
             .route("/v1/bases/{id}/location", get(api::location))
             .route("/v1/bases/{id}/tables/{table}/rows", post(api::insert_rows).get(api::list_rows))
             .route(

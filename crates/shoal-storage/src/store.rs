@@ -487,6 +487,14 @@ impl Store {
         b.query(sql, params, &self.options)
     }
 
+    /// A consistent copy of a base's database file at `dest` (SQLite's
+    /// online backup).
+    pub fn backup_to(&self, id: &BaseId, dest: &std::path::Path) -> Result<()> {
+        let b = self.base(id)?;
+        let mut b = lock(&b);
+        b.backup_to(dest)
+    }
+
     /// A checksum of a base's content (see [`Base::checksum`]).
     pub fn checksum(&self, id: &BaseId) -> Result<String> {
         let b = self.base(id)?;

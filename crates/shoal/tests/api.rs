@@ -497,6 +497,7 @@ async fn openapi_and_metrics() {
         ("/v1/bases/{id}/tables", &["get"]),
         ("/v1/bases/{id}/tables/{table}/rows", &["get", "post"]),
         ("/v1/bases/{id}/tables/{table}/rows/{rowid}", &["get", "patch", "delete"]),
+        ("/v1/bases/{id}/backup", &["get"]),
         ("/v1/cluster", &["get"]),
         ("/v1/cluster/nodes/{id}/drain", &["post", "delete"]),
         ("/v1/cluster/nodes/{id}", &["delete"]),
@@ -638,4 +639,59 @@ async fn idempotency_keys_apply_once() {
         assert_eq!((d1, d2), (200, 200));
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_base_backup_is_a_sqlite_file_with_its_rows() {
+    let (dir, server) = Server::start(Mode::Standalone, &[]);
+    let api = Api::new(&server);
+    let id = api.create_base().await;
+    api.ok(
+        Method::POST,
+        &format!("/v1/bases/{id}/execute"),
+        Some(json!({"statements": [
+            {"sql": "CREATE TABLE t (k TEXT PRIMARY KEY, v INTEGER, b BLOB)"},
+            {"sql": "INSERT INTO t VALUES ('a', 1, x'0102'), ('b', NULL, NULL)"}
+        ]})),
+    )
+    .await;
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/bases/{id}/backup", server.url))
+        .bearer_auth(&server.token)
+        .send()
+        .await
+        .expect("backup");
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/vnd.sqlite3")
+    );
+    let index: u64 = resp
+        .headers()
+        .get("x-shoal-applied-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("an applied index");
+    assert!(index > 0);
+    let bytes = resp.bytes().await.expect("body");
+    assert!(bytes.starts_with(b"SQLite format 3\0"));
+    let path = dir.path().join("copy.sqlite");
+    std::fs::write(&path, &bytes).expect("write");
+    let db = rusqlite::Connection::open(&path).expect("open the copy");
+    let rows: Vec<(String, Option<i64>, Option<Vec<u8>>)> = db
+        .prepare("SELECT k, v, b FROM t ORDER BY k")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    assert_eq!(rows, vec![("a".into(), Some(1), Some(vec![1, 2])), ("b".into(), None, None)]);
+    // Bad input.
+    let missing = "00000000-0000-4000-8000-000000000000";
+    let (s, _) = api.call(Method::GET, &format!("/v1/bases/{missing}/backup"), None).await;
+    assert_eq!(s, 404);
+    let (s, _) = api.call(Method::GET, "/v1/bases/nope/backup", None).await;
+    assert_eq!(s, 400);
+    let (s, _) = api.call_with(Method::GET, &format!("/v1/bases/{id}/backup"), None, None).await;
+    assert_eq!(s, 401);
 }
