@@ -70,8 +70,13 @@ const MAX_IN_FLIGHT: usize = 4096;
 /// How long a stopping node waits for a proxy to close its relay.
 const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 /// The answer headers a node sends back.
-pub const ANSWER_HEADERS: [HeaderName; 4] =
-    [header::CONTENT_TYPE, header::LOCATION, header::RETRY_AFTER, header::WWW_AUTHENTICATE];
+pub const ANSWER_HEADERS: [HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::LOCATION,
+    header::RETRY_AFTER,
+    header::WWW_AUTHENTICATE,
+    HeaderName::from_static("x-shoal-applied-index"),
+];
 
 /// One request, as the proxy sends it.
 #[derive(Clone, Debug, PartialEq)]

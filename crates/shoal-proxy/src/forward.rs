@@ -23,8 +23,12 @@ const REQUEST_HEADERS: [HeaderName; 3] =
     [header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")];
 
 /// The answer headers passed back to the client.
-const ANSWER_HEADERS: [HeaderName; 3] =
-    [header::CONTENT_TYPE, header::WWW_AUTHENTICATE, header::RETRY_AFTER];
+const ANSWER_HEADERS: [HeaderName; 4] = [
+    header::CONTENT_TYPE,
+    header::WWW_AUTHENTICATE,
+    header::RETRY_AFTER,
+    HeaderName::from_static("x-shoal-applied-index"),
+];
 
 /// Parses a base id from a path segment (400 if it is not a UUID).
 pub fn base_id(id: &str) -> Result<BaseId, ApiError> {

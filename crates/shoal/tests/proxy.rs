@@ -266,6 +266,19 @@ async fn every_api_call_works_through_either_proxy() {
     let sum_b =
         expect(&b, Method::GET, &format!("/v1/bases/{one}/checksum"), None, StatusCode::OK).await;
     assert_eq!(sum["checksum"], sum_b["checksum"]);
+    // A backup through the proxy: the file, its type and its index.
+    let backup = reqwest::Client::new()
+        .get(format!("{a}/v1/bases/{one}/backup"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("backup through the proxy");
+    assert_eq!(backup.status(), StatusCode::OK);
+    let header =
+        |name: &str| backup.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(header("content-type").as_deref(), Some("application/vnd.sqlite3"));
+    assert!(header("x-shoal-applied-index").is_some_and(|i| i.parse::<u64>().is_ok()));
+    assert!(backup.bytes().await.expect("body").starts_with(b"SQLite format 3\0"));
 
     // Location through either proxy names the leader the nodes name, with
     // the map's replicas and epoch.
