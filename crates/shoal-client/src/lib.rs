@@ -31,7 +31,7 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_types::api::{
-    BaseInfo, BaseList, BaseLocation, ClusterStatus, CreateBaseRequest, ExecuteRequest,
+    BaseInfo, BaseList, BaseLocation, Checksum, ClusterStatus, CreateBaseRequest, ExecuteRequest,
     ExecuteResponse, Health, InsertRowsRequest, InsertRowsResponse, NodeChange, Params,
     QueryRequest, QueryResponse, RebalanceRequest, Row, RowList, Statement, TableList,
     UpdateRowRequest, WriteResponse,
@@ -258,6 +258,20 @@ impl Client {
 
     /// Runs a call: attempts, retries and leader discovery.
     async fn call<T: DeserializeOwned>(&self, req: Request) -> Result<T> {
+        self.call_with(req, |url, bytes, _| {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                Failure::Answered(Error::Internal(format!("unexpected answer from {url}: {e}")))
+            })
+        })
+        .await
+    }
+
+    /// [`Self::call`] with the answer's body and headers decoded by `decode`.
+    async fn call_with<T>(
+        &self,
+        req: Request,
+        decode: impl Fn(&str, bytes::Bytes, &reqwest::header::HeaderMap) -> Result<T, Failure>,
+    ) -> Result<T> {
         let s = &self.shared;
         let started = Instant::now();
         let bucket = req.base.map(|b| b.bucket());
@@ -269,7 +283,7 @@ impl Client {
                 Some(url) => url,
                 None => self.target(req.base).await,
             };
-            let failure = match self.attempt(&url, &req).await {
+            let failure = match self.attempt(&url, &req, &decode).await {
                 Ok(v) => return Ok(v),
                 Err(f) => f,
             };
@@ -397,7 +411,12 @@ impl Client {
     }
 
     /// One attempt of `req` against `url`.
-    async fn attempt<T: DeserializeOwned>(&self, url: &str, req: &Request) -> Result<T, Failure> {
+    async fn attempt<T>(
+        &self,
+        url: &str,
+        req: &Request,
+        decode: &impl Fn(&str, bytes::Bytes, &reqwest::header::HeaderMap) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
         let s = &self.shared;
         let mut r = s
             .http
@@ -429,11 +448,10 @@ impl Client {
                 leader,
             }));
         }
+        let headers = response.headers().clone();
         let bytes = response.bytes().await.map_err(|e| transport(url, e))?;
         if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| {
-                Failure::Answered(Error::Internal(format!("unexpected answer from {url}: {e}")))
-            });
+            return decode(url, bytes, &headers);
         }
         Err(Failure::Answered(match serde_json::from_slice::<ErrorBody>(&bytes) {
             Ok(body) => body.into(),
@@ -505,6 +523,30 @@ impl Client {
             q.push(("after", a.to_string()));
         }
         self.call(Request::new(Method::GET, "/v1/bases".into()).query(q)).await
+    }
+
+    /// `GET /v1/bases/{id}/backup`: the base's SQLite file, and the applied
+    /// index it reflects.
+    pub async fn backup(&self, id: BaseId) -> Result<(bytes::Bytes, u64)> {
+        let req = Request::new(Method::GET, format!("/v1/bases/{id}/backup")).base(id);
+        self.call_with(req, |url, bytes, headers| {
+            let index = headers
+                .get("x-shoal-applied-index")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| {
+                    Failure::Answered(Error::Internal(format!(
+                        "{url} sent a backup without X-Shoal-Applied-Index"
+                    )))
+                })?;
+            Ok((bytes, index))
+        })
+        .await
+    }
+
+    /// `GET /v1/bases/{id}/checksum` (linearizable).
+    pub async fn checksum(&self, id: BaseId) -> Result<Checksum> {
+        self.call(Request::new(Method::GET, format!("/v1/bases/{id}/checksum")).base(id)).await
     }
 
     /// One base.

@@ -11,6 +11,7 @@ macro_rules! out {
     };
 }
 
+mod backup;
 mod bench;
 mod cli;
 mod config;
@@ -74,6 +75,10 @@ enum Command {
     Import(transfer::ImportArgs),
     /// Write a table's rows as CSV or JSON lines.
     Export(transfer::ExportArgs),
+    /// Copy bases (their SQLite files and a manifest) into a directory.
+    Backup(backup::BackupArgs),
+    /// Create bases from a backup directory, through the normal write path.
+    Restore(backup::RestoreArgs),
 }
 
 /// How a client command reaches the server.
@@ -170,6 +175,8 @@ fn main() -> ExitCode {
             Command::Watch(a) => watch::run(a).await,
             Command::Import(a) => transfer::import(a).await,
             Command::Export(a) => transfer::export(a).await,
+            Command::Backup(a) => backup::backup(a).await,
+            Command::Restore(a) => backup::restore(a).await,
         }
     });
     match result {
