@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, TOKEN};
+use common::eventually;
 use common::{Mode, Server};
 use serde_json::json;
 use shoal_client::{Client, Options};
@@ -25,22 +26,6 @@ fn row(v: i64) -> Row {
     let mut r = Row::new();
     r.insert("v".into(), json!(v));
     r
-}
-
-/// Retries `f` until it succeeds (bounded): for setting a cluster up while
-/// it is still placing buckets.
-async fn eventually<T, F: Future<Output = Result<T, Error>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => assert!(Instant::now() < deadline, "{what}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// What the write loop saw.

@@ -12,28 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, TOKEN};
+use common::eventually;
 use serde_json::json;
 use shoal_client::Client;
 use shoal_types::api::{Row, Statement};
-use shoal_types::{BaseId, Error};
+use shoal_types::BaseId;
 
 const BASES: usize = 4;
-
-/// Retries `f` until it succeeds (bounded): for setting the cluster up
-/// while it is still placing buckets.
-async fn eventually<T, F: Future<Output = Result<T, Error>>>(
-    what: &str,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(e) => assert!(Instant::now() < deadline, "{what}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// What the clients saw.
 #[derive(Default)]

@@ -5,24 +5,9 @@
 
 mod common;
 
-use std::process::Command;
-
-use common::{Mode, Server};
+use common::{Mode, Server, cli as shoal};
 
 /// Runs the CLI against the server; exit status, stdout, stderr.
-fn shoal(s: &Server, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(common::bin())
-        .args(args)
-        .args(["--endpoint", &s.url, "--token", &s.token])
-        .output()
-        .expect("run shoal");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
-
 fn new_base(s: &Server) -> String {
     let (ok, out, err) = shoal(s, &["base", "create"]);
     assert!(ok, "{err}");

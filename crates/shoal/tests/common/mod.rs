@@ -168,19 +168,8 @@ impl Server {
 
     /// Stops the process with SIGTERM and waits (bounded) for it to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("shoal did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let c = self.child.take().expect("running");
+        terminate_child(c, Duration::from_secs(10), || "shoal did not stop on SIGTERM".into())
     }
 }
 
@@ -204,6 +193,43 @@ pub fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Retries `f` until it succeeds (bounded: 60 s), e.g. while a cluster is
+/// still placing buckets.
+pub async fn eventually<T, F: Future<Output = shoal_types::Result<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => assert!(Instant::now() < deadline, "{what}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to `within` for it to exit; past
+/// that, kills it and panics with `what()`.
+fn terminate_child(
+    mut c: Child,
+    within: Duration,
+    what: impl FnOnce() -> String,
+) -> std::process::ExitStatus {
+    let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(s) = c.try_wait().expect("wait") {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = c.kill();
+            panic!("{}", what());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Any `shoal` server command (`node`, `monitor`, ...) in its own directory,
@@ -281,19 +307,10 @@ impl Process {
 
     /// Stops it with SIGTERM and waits (bounded) for it to exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = c.try_wait().expect("wait") {
-                return s;
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                panic!("shoal {:?} did not stop on SIGTERM:\n{}", self.args, self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let c = self.child.take().expect("running");
+        terminate_child(c, Duration::from_secs(30), || {
+            format!("shoal {:?} did not stop on SIGTERM:\n{}", self.args, self.logs())
+        })
     }
 
     /// Starts it again with the same arguments and directory.
