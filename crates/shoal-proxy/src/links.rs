@@ -247,34 +247,53 @@ async fn run(link: Arc<Link>, generation: u64, token: String, connect_timeout: D
     writer.abort();
     let why = why.map_or_else(|| "the node closed the relay".to_string(), |e| e.to_string());
     tracing::debug!(node = %link.hostport, %why, "a relay ended");
-    link.retire(generation);
     let mut inner = link.inner.lock().expect("link lock");
+    inner.retire(generation);
     let sent_upto = inner.sent_upto;
-    let lost: Vec<u64> = inner
-        .pending
-        .iter()
-        .filter(|(_, w)| w.generation == generation)
-        .map(|(id, _)| *id)
-        .collect();
-    for id in lost {
-        let Some(w) = inner.pending.remove(&id) else { continue };
-        let failure = if id <= sent_upto {
-            Failure::Lost(format!("the relay to {} broke: {why}", link.hostport))
+    inner.fail(generation, |id| {
+        if id <= sent_upto {
+            Some(Failure::Lost(format!("the relay to {} broke: {why}", link.hostport)))
         } else {
-            Failure::NotSent(format!("the relay to {} broke before sending: {why}", link.hostport))
-        };
-        let _ = w.answer.send(Err(failure));
+            Some(Failure::NotSent(format!(
+                "the relay to {} broke before sending: {why}",
+                link.hostport
+            )))
+        }
+    });
+}
+
+impl Inner {
+    /// The connection of `generation` takes no more requests: the next one
+    /// opens a new connection.
+    fn retire(&mut self, generation: u64) {
+        if self.generation == generation && matches!(self.state, State::Up(_)) {
+            self.state = State::Idle;
+        }
+    }
+
+    /// Ends each waiting request of `generation` that `failure` gives a
+    /// failure for (by request id).
+    fn fail(&mut self, generation: u64, failure: impl Fn(u64) -> Option<Failure>) {
+        let ids: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, w)| w.generation == generation)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            if let Some(f) = failure(id)
+                && let Some(w) = self.pending.remove(&id)
+            {
+                let _ = w.answer.send(Err(f));
+            }
+        }
     }
 }
 
 impl Link {
-    /// The connection of `generation` takes no more requests: the next one
-    /// opens a new connection.
+    /// The connection of `generation` takes no more requests.
     fn retire(&self, generation: u64) {
-        let mut inner = self.inner.lock().expect("link lock");
-        if inner.generation == generation && matches!(inner.state, State::Up(_)) {
-            inner.state = State::Idle;
-        }
+        self.inner.lock().expect("link lock").retire(generation);
     }
 
     /// A connection of `generation` could not be made: the link goes to
@@ -286,17 +305,7 @@ impl Link {
         }
         inner.state = state;
         inner.queued.clear();
-        let waiting: Vec<u64> = inner
-            .pending
-            .iter()
-            .filter(|(_, w)| w.generation == generation)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in waiting {
-            if let Some(w) = inner.pending.remove(&id) {
-                let _ = w.answer.send(Err(failure()));
-            }
-        }
+        inner.fail(generation, |_| Some(failure()));
     }
 }
 
@@ -319,21 +328,10 @@ async fn read_answers(
                 // The node stops: it handles nothing after `last`. Closing
                 // this side (the writer ends with the state's sender) lets
                 // it close once it has answered the rest.
-                if inner.generation == generation && matches!(inner.state, State::Up(_)) {
-                    inner.state = State::Idle;
-                }
-                let skipped: Vec<u64> = inner
-                    .pending
-                    .iter()
-                    .filter(|(id, w)| w.generation == generation && **id > last)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in skipped {
-                    if let Some(w) = inner.pending.remove(&id) {
-                        let why = format!("{} is stopping", link.hostport);
-                        let _ = w.answer.send(Err(Failure::NotSent(why)));
-                    }
-                }
+                inner.retire(generation);
+                inner.fail(generation, |id| {
+                    (id > last).then(|| Failure::NotSent(format!("{} is stopping", link.hostport)))
+                });
                 continue;
             }
             let Some(w) = inner.pending.remove(&answer.id) else { continue };

@@ -15,8 +15,8 @@ use common::cluster::{Cluster, TOKEN};
 use common::eventually;
 use serde_json::json;
 use shoal_client::Client;
-use shoal_types::api::{Row, Statement};
 use shoal_types::BaseId;
+use shoal_types::api::{Row, Statement};
 
 const BASES: usize = 4;
 
