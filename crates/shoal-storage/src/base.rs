@@ -80,6 +80,8 @@ struct Uncommitted {
     /// The statements that took effect (a statement that failed on its own
     /// changed nothing).
     statements: Vec<Statement>,
+    /// Whose statements they are ([`Mode::Write`] or [`Mode::System`]).
+    mode: Mode,
     /// The idempotency key and the answer recorded for it.
     key: Option<(String, String)>,
 }
@@ -202,9 +204,33 @@ impl Base {
         options: &Options,
         key: Option<&str>,
     ) -> Result<Executed> {
+        self.execute_in(Mode::Write, index, statements, transaction, options, key)
+    }
+
+    /// Like [`Base::execute`], for statements Shoal composed itself (in one
+    /// transaction): they may change Shoal's own `_shoal_*` tables.
+    pub fn execute_system(
+        &mut self,
+        index: u64,
+        statements: &[Statement],
+        options: &Options,
+        key: Option<&str>,
+    ) -> Result<Executed> {
+        self.execute_in(Mode::System, index, statements, true, options, key)
+    }
+
+    fn execute_in(
+        &mut self,
+        mode: Mode,
+        index: u64,
+        statements: &[Statement],
+        transaction: bool,
+        options: &Options,
+        key: Option<&str>,
+    ) -> Result<Executed> {
         self.recover()?;
         self.capture.begin();
-        let result = self.execute_captured(index, statements, transaction, options, key);
+        let result = self.execute_captured(mode, index, statements, transaction, options, key);
         self.capture.end();
         if !matches!(result, Ok(Executed::Applied(_))) {
             self.capture.take();
@@ -282,7 +308,7 @@ impl Base {
         let limits = Limits { read_deadline: None, write_budget: u64::MAX / 1000 };
         for c in &self.uncommitted {
             for s in &c.statements {
-                run_write(&self.conn, &self.guard, limits, s).map_err(lost)?;
+                run_write(&self.conn, &self.guard, c.mode, limits, s).map_err(lost)?;
             }
             if let Some((k, answer)) = &c.key {
                 idempotency::record(&self.conn, IDEMPOTENCY, k, c.index, answer).map_err(lost)?;
@@ -295,6 +321,7 @@ impl Base {
 
     fn execute_captured(
         &mut self,
+        mode: Mode,
         index: u64,
         statements: &[Statement],
         transaction: bool,
@@ -344,7 +371,7 @@ impl Base {
             // (0 before the first), the same on every replica.
             run_cached(&self.conn, RESET_LAST_INSERT_ROWID)?;
             let attempt =
-                self.run_command(index, statements, transaction, limits, &failed, savepoint);
+                self.run_command(mode, index, statements, transaction, limits, &failed, savepoint);
             let (results, kept) = match attempt {
                 Ok(Attempt::Done { results, kept }) => (results, kept),
                 Ok(Attempt::Lost { statement, error }) => {
@@ -386,7 +413,7 @@ impl Base {
             let kept: Vec<Statement> = kept.into_iter().map(|i| statements[i].clone()).collect();
             self.uncommitted_bytes += kept.iter().map(approximate_size).sum::<usize>()
                 + answer.as_ref().map_or(0, |(k, a)| k.len() + a.len());
-            self.uncommitted.push(Uncommitted { index, statements: kept, key: answer });
+            self.uncommitted.push(Uncommitted { index, statements: kept, mode, key: answer });
             self.previous = previous;
             self.applied = Some(index);
             self.unwritten = true;
@@ -395,8 +422,10 @@ impl Base {
     }
 
     /// Runs a command's statements inside its savepoint.
+    #[allow(clippy::too_many_arguments)]
     fn run_command(
         &mut self,
+        mode: Mode,
         index: u64,
         statements: &[Statement],
         transaction: bool,
@@ -422,12 +451,13 @@ impl Base {
             };
             let mark = self.capture.mark();
             if transaction {
-                let r = run_write(&self.conn, &self.guard, limits, s).map_err(|e| match e {
-                    Error::InvalidSql(m) if statements.len() > 1 => {
-                        Error::InvalidSql(format!("statement {}: {m}", i + 1))
-                    }
-                    e => e,
-                })?;
+                let r =
+                    run_write(&self.conn, &self.guard, mode, limits, s).map_err(|e| match e {
+                        Error::InvalidSql(m) if statements.len() > 1 => {
+                            Error::InvalidSql(format!("statement {}: {m}", i + 1))
+                        }
+                        e => e,
+                    })?;
                 let ddl = ddl(&self.conn)?;
                 if ddl.is_some() {
                     self.triggers = None;
@@ -440,7 +470,7 @@ impl Base {
             if savepoints {
                 run_cached(&self.conn, "SAVEPOINT statement")?;
             }
-            match run_write(&self.conn, &self.guard, limits, s) {
+            match run_write(&self.conn, &self.guard, mode, limits, s) {
                 Ok(r) => {
                     let ddl = ddl(&self.conn)?;
                     if ddl.is_some() {
@@ -525,6 +555,13 @@ impl Base {
         let result = read(&self.conn, &guard, sql, params, options.max_result_rows);
         guard.leave();
         result
+    }
+
+    /// Runs `f` on the connection as Shoal (no sandbox). `f` must not write.
+    pub fn read_system<T>(&mut self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.recover()?;
+        self.guard.leave();
+        f(&self.conn)
     }
 
     /// The user tables of this base with their columns, ordered by name.
@@ -785,13 +822,14 @@ const STATEMENT_CACHE: usize = 32;
 fn run_write(
     conn: &Connection,
     guard: &Guard,
+    mode: Mode,
     limits: Limits,
     s: &Statement,
 ) -> Result<ExecuteResult> {
     if is_vacuum(&s.sql) {
         return Err(Error::SqlNotAllowed("VACUUM is not allowed".into()));
     }
-    guard.enter(Mode::Write, limits);
+    guard.enter(mode, limits);
     let result = (|| {
         // Prepared under the write sandbox, so a cached statement passed
         // the same checks (SQLite re-prepares it, checks included, when the

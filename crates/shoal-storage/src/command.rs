@@ -34,6 +34,16 @@ pub enum Command {
         /// All or nothing (true), or each statement on its own (false).
         transaction: bool,
     },
+    /// Runs statements Shoal composed for a user (the SeaTable API, API
+    /// tokens) against a base, all or nothing. Unlike [`Command::Execute`]
+    /// they may change Shoal's own `_shoal_*` tables; never built from
+    /// user SQL.
+    System {
+        /// The base.
+        base: BaseId,
+        /// The statements, in order.
+        statements: Vec<Statement>,
+    },
 }
 
 impl Command {
@@ -41,7 +51,7 @@ impl Command {
     pub fn base(&self) -> BaseId {
         match self {
             Command::CreateBase { id, .. } | Command::DropBase { id } => *id,
-            Command::Execute { base, .. } => *base,
+            Command::Execute { base, .. } | Command::System { base, .. } => *base,
         }
     }
 }
@@ -132,6 +142,40 @@ mod wire {
         CreateBase { id: [u8; 16], name: Option<Cow<'a, str>>, created_at: Cow<'a, str> },
         DropBase { id: [u8; 16] },
         Execute { base: [u8; 16], transaction: bool, statements: Vec<Stmt<'a>> },
+        // Added after the first release: variants only ever go at the end.
+        System { base: [u8; 16], statements: Vec<Stmt<'a>> },
+    }
+
+    fn stmts(statements: &[Statement]) -> Vec<Stmt<'_>> {
+        statements
+            .iter()
+            .map(|s| Stmt {
+                sql: Cow::Borrowed(&s.sql),
+                params: match &s.params {
+                    Params::Positional(v) => Args::Positional(v.iter().map(Val::from).collect()),
+                    Params::Named(m) => {
+                        Args::Named(m.iter().map(|(k, v)| (k.clone(), v.into())).collect())
+                    }
+                },
+            })
+            .collect()
+    }
+
+    fn unstmts(stmts: Vec<Stmt<'_>>) -> Vec<Statement> {
+        stmts
+            .into_iter()
+            .map(|s| Statement {
+                sql: s.sql.into_owned(),
+                params: match s.params {
+                    Args::Positional(v) => {
+                        Params::Positional(v.into_iter().map(Value::from).collect())
+                    }
+                    Args::Named(m) => {
+                        Params::Named(m.into_iter().map(|(k, v)| (k, v.into())).collect())
+                    }
+                },
+            })
+            .collect()
     }
 
     #[derive(Serialize, Deserialize)]
@@ -206,21 +250,11 @@ mod wire {
                 super::Command::Execute { base, statements, transaction } => Command::Execute {
                     base: *base.0.as_bytes(),
                     transaction: *transaction,
-                    statements: statements
-                        .iter()
-                        .map(|s| Stmt {
-                            sql: Cow::Borrowed(&s.sql),
-                            params: match &s.params {
-                                Params::Positional(v) => {
-                                    Args::Positional(v.iter().map(Val::from).collect())
-                                }
-                                Params::Named(m) => Args::Named(
-                                    m.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
-                                ),
-                            },
-                        })
-                        .collect(),
+                    statements: stmts(statements),
                 },
+                super::Command::System { base, statements } => {
+                    Command::System { base: *base.0.as_bytes(), statements: stmts(statements) }
+                }
             };
             Proposal { key: p.key.as_deref().map(Cow::Borrowed), command }
         }
@@ -242,21 +276,11 @@ mod wire {
                 Command::Execute { base, transaction, statements } => super::Command::Execute {
                     base: id(base),
                     transaction,
-                    statements: statements
-                        .into_iter()
-                        .map(|s| Statement {
-                            sql: s.sql.into_owned(),
-                            params: match s.params {
-                                Args::Positional(v) => {
-                                    Params::Positional(v.into_iter().map(Value::from).collect())
-                                }
-                                Args::Named(m) => Params::Named(
-                                    m.into_iter().map(|(k, v)| (k, v.into())).collect(),
-                                ),
-                            },
-                        })
-                        .collect(),
+                    statements: unstmts(statements),
                 },
+                Command::System { base, statements } => {
+                    super::Command::System { base: id(base), statements: unstmts(statements) }
+                }
             };
             super::Proposal { key: p.key.map(Cow::into_owned), command }
         }

@@ -73,7 +73,21 @@ pub enum Mode {
     Read,
     /// A user's write: bounded by VM steps, deterministic functions only.
     Write,
+    /// A write Shoal composed for a user (the SeaTable API, API tokens):
+    /// a write in every way, but it may change Shoal's own `_shoal_*` tables.
+    System,
 }
+
+impl Mode {
+    /// Whether statements in this mode change the base, and so must be
+    /// deterministic and bounded by steps.
+    fn writes(self) -> bool {
+        matches!(self, Mode::Write | Mode::System)
+    }
+}
+
+/// A table user SQL may not even read: it holds credentials (hashed).
+pub const SECRET_TABLE: &str = "_shoal_api_tokens";
 
 /// Limits on user SQL.
 #[derive(Clone, Copy, Debug)]
@@ -215,7 +229,7 @@ fn check(mode: Mode, action: AuthAction<'_>) -> Result<(), Error> {
             if name == "load_extension" {
                 return not_allowed("load_extension() is not allowed".into());
             }
-            if mode == Mode::Write
+            if mode.writes()
                 && (RANDOM_FUNCTIONS.contains(&name.as_str()) || CLOCK_KEYWORDS.contains(&name.as_str()))
             {
                 return Err(refusal(&name));
@@ -231,8 +245,15 @@ fn check(mode: Mode, action: AuthAction<'_>) -> Result<(), Error> {
         | AuthAction::AlterTable { table_name, .. }
         | AuthAction::CreateIndex { table_name, .. }
         | AuthAction::CreateTrigger { table_name, .. }
-        | AuthAction::CreateVtable { table_name, .. } => reserved(table_name),
-        AuthAction::CreateView { view_name } => reserved(view_name),
+        | AuthAction::CreateVtable { table_name, .. } if mode != Mode::System => {
+            reserved(table_name)
+        }
+        AuthAction::CreateView { view_name } if mode != Mode::System => reserved(view_name),
+        AuthAction::Read { table_name, .. }
+            if mode != Mode::System && table_name.eq_ignore_ascii_case(SECRET_TABLE) =>
+        {
+            not_allowed(format!("{SECRET_TABLE} holds credentials and cannot be read with SQL"))
+        }
         _ => Ok(()),
     }
 }
@@ -255,7 +276,7 @@ fn progress(guard: &Guard) -> bool {
                 "the query took longer than the statement time limit; narrow it down or page through it".into(),
             )
         }),
-        Mode::Write => (s.ticks > s.limits.write_budget).then(|| {
+        Mode::Write | Mode::System => (s.ticks > s.limits.write_budget).then(|| {
             Error::LimitExceeded(format!(
                 "the write exceeded its budget of {} SQLite steps; split it into smaller writes",
                 s.limits.write_budget * PROGRESS_PERIOD as u64
@@ -296,7 +317,7 @@ fn refusal(name: &str) -> Error {
 /// `random()`, `randomblob()` and `CURRENT_*`: refused in writes, SQLite's
 /// own in reads.
 fn clock_or_random(guard: &Guard, name: &str, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
-    if guard.mode() == Mode::Write {
+    if guard.mode().writes() {
         let e = refusal(name);
         guard.refuse(e.clone());
         return Err(rusqlite::Error::UserFunctionError(Box::new(e)));
@@ -328,7 +349,7 @@ fn plain(name: &str, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
 fn date_function(guard: &Guard, name: &str, ctx: &Context<'_>) -> rusqlite::Result<SqlValue> {
     let args: Vec<SqlValue> =
         (0..ctx.len()).map(|i| ctx.get::<SqlValue>(i)).collect::<rusqlite::Result<_>>()?;
-    if guard.mode() == Mode::Write {
+    if guard.mode().writes() {
         // strftime's first argument is the format, not a time value.
         let times = if name == "strftime" { args.get(1..).unwrap_or(&[]) } else { &args[..] };
         let reads_clock = times.is_empty()

@@ -213,7 +213,7 @@ impl Store {
         // Marked before applying: a failed apply may have written too.
         match command {
             Command::CreateBase { .. } | Command::DropBase { .. } => unsynced.catalog = true,
-            Command::Execute { base, .. } => {
+            Command::Execute { base, .. } | Command::System { base, .. } => {
                 unsynced.bases.insert(*base);
             }
         }
@@ -266,13 +266,18 @@ impl Store {
                     }
                 }
             }
-            Command::Execute { base, statements, transaction } => {
+            Command::Execute { base, statements, .. } | Command::System { base, statements } => {
                 if statements.is_empty() {
                     return Err(Error::InvalidInput("no statements given".into()));
                 }
                 let b = self.base(base)?;
                 let mut b = lock(&b);
-                let executed = b.execute(index, statements, *transaction, &self.options, key)?;
+                let executed = match command {
+                    Command::Execute { transaction, .. } => {
+                        b.execute(index, statements, *transaction, &self.options, key)?
+                    }
+                    _ => b.execute_system(index, statements, &self.options, key)?,
+                };
                 Ok(match executed {
                     Executed::Applied(results) => {
                         // Published under the bucket lock: in log order.
@@ -500,6 +505,18 @@ impl Store {
         let b = self.base(id)?;
         let mut b = lock(&b);
         b.checksum()
+    }
+
+    /// Runs `f` on a base's connection, as Shoal (no sandbox): for reads
+    /// of Shoal's own tables. `f` must not write.
+    pub fn read_system<T>(
+        &self,
+        id: &BaseId,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T>,
+    ) -> Result<T> {
+        let b = self.base(id)?;
+        let mut b = lock(&b);
+        b.read_system(f)
     }
 
     /// The user tables of a base.
