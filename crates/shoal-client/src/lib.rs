@@ -31,10 +31,10 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_types::api::{
-    BaseInfo, BaseList, BaseLocation, Checksum, ClusterStatus, CreateBaseRequest, ExecuteRequest,
-    ExecuteResponse, Health, InsertRowsRequest, InsertRowsResponse, NodeChange, Params,
-    QueryRequest, QueryResponse, RebalanceRequest, Row, RowList, Statement, TableList,
-    UpdateRowRequest, WriteResponse,
+    ApiToken, ApiTokenList, BaseInfo, BaseList, BaseLocation, Checksum, ClusterStatus,
+    CreateApiTokenRequest, CreateBaseRequest, ExecuteRequest, ExecuteResponse, Health,
+    InsertRowsRequest, InsertRowsResponse, NodeChange, Params, QueryRequest, QueryResponse,
+    RebalanceRequest, Row, RowList, Statement, TableList, UpdateRowRequest, WriteResponse,
 };
 use shoal_types::{BaseId, BucketId, Error, ErrorBody, NodeId, Result};
 
@@ -558,6 +558,33 @@ impl Client {
     /// one up) sees it.
     pub async fn location(&self, id: BaseId) -> Result<BaseLocation> {
         self.call(Request::new(Method::GET, format!("/v1/bases/{id}/location"))).await
+    }
+
+    /// `POST /v1/bases/{id}/api-tokens`: a new API token for the base's
+    /// SeaTable-compatible API, read-write or read-only.
+    pub async fn create_api_token(
+        &self,
+        id: BaseId,
+        name: Option<String>,
+        read_only: bool,
+    ) -> Result<ApiToken> {
+        let permission = if read_only { "r" } else { "rw" }.to_string();
+        let req = Request::new(Method::POST, format!("/v1/bases/{id}/api-tokens"))
+            .base(id)
+            .json(&CreateApiTokenRequest { name, permission })?
+            .write(None);
+        self.call(req).await
+    }
+
+    /// `GET /v1/bases/{id}/api-tokens`.
+    pub async fn list_api_tokens(&self, id: BaseId) -> Result<ApiTokenList> {
+        self.call(Request::new(Method::GET, format!("/v1/bases/{id}/api-tokens")).base(id)).await
+    }
+
+    /// `DELETE /v1/bases/{id}/api-tokens/{name}`.
+    pub async fn revoke_api_token(&self, id: BaseId, name: &str) -> Result<serde_json::Value> {
+        let path = format!("/v1/bases/{id}/api-tokens/{}", segment(name));
+        self.call(Request::new(Method::DELETE, path).base(id).write(None)).await
     }
 
     /// Drops a base.

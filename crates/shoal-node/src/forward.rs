@@ -24,6 +24,8 @@ use crate::error::ApiError;
 
 /// Set on a request a node forwarded.
 pub const FORWARDED: &str = "x-shoal-forwarded";
+/// The host a client addressed, kept when a request is forwarded.
+pub const FORWARDED_HOST: &str = "x-forwarded-host";
 /// Set by a client that wants a redirect instead of forwarding.
 pub const NO_FORWARD: &str = "x-shoal-no-forward";
 
@@ -66,6 +68,20 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
     ]
     .into_iter()
     .filter_map(|name| parts.headers.get(&name).cloned().map(|v| (name, v)))
+    .chain(
+        // The address the client used, for answers that name a server.
+        (!parts.headers.contains_key(FORWARDED_HOST))
+            .then(|| parts.headers.get(header::HOST).cloned())
+            .flatten()
+            .map(|v| (axum::http::HeaderName::from_static(FORWARDED_HOST), v)),
+    )
+    .chain(
+        parts
+            .headers
+            .get(FORWARDED_HOST)
+            .cloned()
+            .map(|v| (axum::http::HeaderName::from_static(FORWARDED_HOST), v)),
+    )
     .collect();
     let response = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
     let Some(LeaderHint(leader)) = response.extensions().get::<LeaderHint>().cloned() else {

@@ -19,6 +19,7 @@ pub mod registration;
 pub mod relay;
 pub mod replica;
 pub mod replication;
+pub mod seatable;
 
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, RwLock};
@@ -79,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/v1/bases/{id}/checksum", get(api::checksum))
             .route("/v1/bases/{id}/backup", get(api::backup))
             .route("/v1/bases/{id}/location", get(api::location))
+            .merge(seatable::admin_routes())
             .route("/v1/bases/{id}/tables/{table}/rows", post(api::insert_rows).get(api::list_rows))
             .route(
                 "/v1/bases/{id}/tables/{table}/rows/{rowid}",
@@ -96,11 +98,14 @@ pub fn router(state: Arc<AppState>) -> Router {
             .route("/v1/cluster/nodes/{id}/drain", post(cluster::drain).delete(cluster::undrain));
     }
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
-        .merge(v1)
-        .fallback(not_found)
+        .merge(v1);
+    if state.engine.is_some() {
+        app = app.merge(seatable::routes(state.clone()));
+    }
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(state.options.max_body_bytes))

@@ -17,6 +17,7 @@ pub mod feed;
 pub mod idempotency;
 pub mod rows;
 pub mod sandbox;
+pub mod seatable;
 mod store;
 mod value;
 

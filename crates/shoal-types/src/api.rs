@@ -509,3 +509,50 @@ mod tests {
         ));
     }
 }
+
+/// `POST /v1/bases/{id}/api-tokens`: a new API token for one base, for the
+/// SeaTable-compatible API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiTokenRequest {
+    /// A name for humans, unique in the base [default: `token-N`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `rw` (read and write) or `r` (read only) [default: `rw`].
+    #[serde(default = "read_write")]
+    pub permission: String,
+}
+
+fn read_write() -> String {
+    "rw".into()
+}
+
+/// An API token as listed: the secret itself is shown only when made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenInfo {
+    /// Its name.
+    pub name: String,
+    /// `rw` or `r`.
+    pub permission: String,
+    /// When it was made, RFC 3339.
+    pub created_at: String,
+}
+
+/// A new API token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    /// The token: give it to `Base(api_token, server_url)`.
+    pub api_token: String,
+    /// The base it opens.
+    pub dtable_uuid: BaseId,
+    /// Its name, rights and creation time.
+    #[serde(flatten)]
+    pub info: ApiTokenInfo,
+}
+
+/// `GET /v1/bases/{id}/api-tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiTokenList {
+    /// The base's tokens, by name.
+    pub api_tokens: Vec<ApiTokenInfo>,
+}

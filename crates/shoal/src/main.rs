@@ -60,6 +60,9 @@ enum Command {
     /// Create, list, show and drop bases.
     #[command(subcommand)]
     Base(cli::BaseCommand),
+    /// Make, list and revoke a base's API tokens (SeaTable-compatible API).
+    #[command(subcommand)]
+    Token(cli::TokenCommand),
     /// Run SQL against a base and print the result.
     Sql(cli::SqlArgs),
     /// Show a base's tables and their columns.
@@ -168,6 +171,7 @@ fn main() -> ExitCode {
             Command::Proxy(args) => proxy::run(args).await,
             Command::Cluster(c) => cli::cluster(c).await,
             Command::Base(c) => cli::base(c).await,
+            Command::Token(c) => cli::token(c).await,
             Command::Sql(a) => cli::sql(a).await,
             Command::Tables(a) => cli::tables(a).await,
             Command::Rows(c) => cli::rows(c).await,

@@ -1,0 +1,1074 @@
+//! The SeaTable data model inside a base.
+//!
+//! A SeaTable table is an ordinary table of the base, named like the
+//! SeaTable table, with one SQL column per SeaTable column (named like it)
+//! and five system columns in front: `_id` (the row id, 22 URL-safe
+//! characters), `_ctime`, `_mtime`, `_creator` and `_last_modifier`. So the
+//! same rows are readable and writable with Shoal's own API and SQL, and
+//! their changes reach the change feed like any other.
+//!
+//! What SQL does not hold lives in Shoal's own tables of the base, which
+//! user SQL cannot change: table ids and order (`_shoal_st_tables`), column
+//! keys, names, types and settings (`_shoal_st_columns`), select options
+//! (`_shoal_st_options`), and the base's API tokens, hashed
+//! (`_shoal_api_tokens`, which user SQL cannot even read). The format of
+//! these tables is the `seatable_format` row of `_shoal_meta`.
+//!
+//! Everything here is pure: it reads a connection or builds statements.
+//! Ids and times are chosen by the caller (the leader, before the command
+//! is logged), so every replica stores the same bytes.
+
+use std::collections::HashSet;
+
+use rusqlite::{Connection, OptionalExtension};
+use serde_json::{Map, Value, json};
+use shoal_types::api::{Params, Statement};
+use shoal_types::{Error, Result};
+
+use crate::map_sqlite_error;
+use crate::rows::quote;
+use crate::value::sql_to_json;
+
+/// The format of the SeaTable catalog tables.
+pub const FORMAT: i64 = 1;
+
+/// The system columns every SeaTable table starts with.
+pub const SYSTEM_COLUMNS: [&str; 5] = ["_id", "_ctime", "_mtime", "_creator", "_last_modifier"];
+
+/// The largest page of rows one list returns.
+pub const MAX_LIMIT: u64 = 1000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS _shoal_st_tables (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    position INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _shoal_st_columns (
+    table_id TEXT NOT NULL, key TEXT NOT NULL, name TEXT NOT NULL COLLATE NOCASE,
+    type TEXT NOT NULL, data TEXT, position INTEGER NOT NULL,
+    PRIMARY KEY (table_id, key), UNIQUE (table_id, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _shoal_st_options (
+    table_id TEXT NOT NULL, column_key TEXT NOT NULL, id TEXT NOT NULL, name TEXT NOT NULL,
+    color TEXT NOT NULL, position INTEGER NOT NULL,
+    PRIMARY KEY (table_id, column_key, id), UNIQUE (table_id, column_key, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS _shoal_api_tokens (
+    hash TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, permission TEXT NOT NULL,
+    created_at TEXT NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO _shoal_meta (key, value) VALUES ('seatable_format', 1);
+";
+
+fn stmt(sql: impl Into<String>, params: Vec<Value>) -> Statement {
+    Statement { sql: sql.into(), params: Params::Positional(params) }
+}
+
+/// The statements that make the SeaTable catalog if it is missing; they
+/// start every SeaTable write (each is a no-op when the table exists).
+pub fn ensure_schema() -> Vec<Statement> {
+    SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()).map(|s| stmt(s, vec![])).collect()
+}
+
+/// The SeaTable column types Shoal stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Text,
+    LongText,
+    Number,
+    Checkbox,
+    Date,
+    SingleSelect,
+    MultipleSelect,
+    Email,
+    Url,
+}
+
+impl Kind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [Kind; 9] = [
+        Kind::Text,
+        Kind::LongText,
+        Kind::Number,
+        Kind::Checkbox,
+        Kind::Date,
+        Kind::SingleSelect,
+        Kind::MultipleSelect,
+        Kind::Email,
+        Kind::Url,
+    ];
+
+    /// SeaTable's name of the type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Text => "text",
+            Kind::LongText => "long-text",
+            Kind::Number => "number",
+            Kind::Checkbox => "checkbox",
+            Kind::Date => "date",
+            Kind::SingleSelect => "single-select",
+            Kind::MultipleSelect => "multiple-select",
+            Kind::Email => "email",
+            Kind::Url => "url",
+        }
+    }
+
+    /// The kind SeaTable calls `name`; a clear error for any other.
+    pub fn parse(name: &str) -> Result<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "column type {name:?} is not supported; supported: {}",
+                Kind::ALL.map(Kind::name).join(", ")
+            ))
+        })
+    }
+
+    /// The SQL type the column is declared with.
+    fn sql_type(self) -> &'static str {
+        match self {
+            Kind::Number => "NUMERIC",
+            Kind::Checkbox => "BOOLEAN",
+            _ => "TEXT",
+        }
+    }
+
+    fn selects(self) -> bool {
+        matches!(self, Kind::SingleSelect | Kind::MultipleSelect)
+    }
+}
+
+/// One option of a select column.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectOption {
+    pub id: String,
+    pub name: String,
+    pub color: String,
+}
+
+/// One SeaTable column.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    pub key: String,
+    pub name: String,
+    pub kind: Kind,
+    /// The column's settings other than its options (SeaTable's `data`).
+    pub data: Map<String, Value>,
+    pub options: Vec<SelectOption>,
+}
+
+impl Column {
+    /// The column as SeaTable describes it.
+    pub fn describe(&self) -> Value {
+        let mut data = self.data.clone();
+        if self.kind.selects() {
+            let options: Vec<Value> = self
+                .options
+                .iter()
+                .map(|o| json!({"id": o.id, "name": o.name, "color": o.color, "textColor": "#212529"}))
+                .collect();
+            data.insert("options".into(), Value::Array(options));
+        }
+        json!({
+            "key": self.key,
+            "type": self.kind.name(),
+            "name": self.name,
+            "editable": true,
+            "width": 200,
+            "resizable": true,
+            "draggable": true,
+            "data": if data.is_empty() { Value::Null } else { Value::Object(data) },
+            "permission_type": "",
+            "permitted_users": [],
+        })
+    }
+
+    fn option_by_name(&self, name: &str) -> Option<&SelectOption> {
+        self.options.iter().find(|o| o.name == name)
+    }
+}
+
+/// One SeaTable table.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Table {
+    pub id: String,
+    pub name: String,
+    pub columns: Vec<Column>,
+}
+
+impl Table {
+    /// The table as SeaTable's metadata describes it.
+    pub fn describe(&self) -> Value {
+        json!({
+            "_id": self.id,
+            "name": self.name,
+            "is_header_locked": false,
+            "summary_configs": {},
+            "columns": self.columns.iter().map(Column::describe).collect::<Vec<_>>(),
+            "views": [default_view(self)],
+        })
+    }
+
+    /// The column named (or keyed) `name`.
+    pub fn column(&self, name: &str) -> Result<&Column> {
+        self.columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(name))
+            .or_else(|| self.columns.iter().find(|c| c.key == name))
+            .ok_or_else(|| Error::NotFound(format!("table {:?} has no column {name:?}", self.name)))
+    }
+}
+
+/// The one view Shoal keeps per table: every row, every column.
+pub const DEFAULT_VIEW: &str = "Default View";
+
+fn default_view(t: &Table) -> Value {
+    json!({
+        "_id": "0000",
+        "name": DEFAULT_VIEW,
+        "type": "table",
+        "is_locked": false,
+        "filters": [],
+        "filter_conjunction": "And",
+        "sorts": [],
+        "groupbys": [],
+        "hidden_columns": [],
+        "rows": [],
+        "formula_rows": {},
+        "link_rows": {},
+        "summaries": {},
+        "colorbys": {},
+        "column_order": t.columns.iter().map(|c| c.key.clone()).collect::<Vec<_>>(),
+    })
+}
+
+/// The SeaTable catalog of a base.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Meta {
+    pub tables: Vec<Table>,
+}
+
+impl Meta {
+    /// The table named `name`, or with id `name`.
+    pub fn table(&self, name: &str) -> Result<&Table> {
+        self.tables
+            .iter()
+            .find(|t| t.name.eq_ignore_ascii_case(name))
+            .or_else(|| self.tables.iter().find(|t| t.id == name))
+            .ok_or_else(|| Error::NotFound(format!("no table named {name:?}")))
+    }
+
+    /// SeaTable's metadata document.
+    pub fn describe(&self) -> Value {
+        json!({
+            "tables": self.tables.iter().map(Table::describe).collect::<Vec<_>>(),
+            "version": 1,
+            "format_version": FORMAT,
+            "settings": {},
+        })
+    }
+
+    /// Every table and column key in use.
+    fn ids(&self) -> HashSet<String> {
+        self.tables.iter().map(|t| t.id.clone()).collect()
+    }
+}
+
+/// Whether the SeaTable catalog exists in this base.
+fn has_catalog(conn: &Connection) -> Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE name = '_shoal_st_tables')",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(map_sqlite_error)
+}
+
+/// Checks the catalog's format: an unknown one is refused, never misread.
+fn check_format(conn: &Connection) -> Result<()> {
+    let format: Option<i64> = conn
+        .query_row("SELECT value FROM _shoal_meta WHERE key = 'seatable_format'", [], |r| r.get(0))
+        .optional()
+        .map_err(map_sqlite_error)?;
+    match format {
+        Some(FORMAT) | None => Ok(()),
+        Some(f) => Err(Error::InvalidData(format!(
+            "this base's SeaTable catalog has format {f}; this version reads format {FORMAT}"
+        ))),
+    }
+}
+
+/// Reads the SeaTable catalog of a base (empty if it has none).
+pub fn load(conn: &Connection) -> Result<Meta> {
+    if !has_catalog(conn)? {
+        return Ok(Meta::default());
+    }
+    check_format(conn)?;
+    let q = |e| map_sqlite_error(e);
+    let mut tables: Vec<Table> = conn
+        .prepare_cached("SELECT id, name FROM _shoal_st_tables ORDER BY position, id")
+        .map_err(q)?
+        .query_map([], |r| Ok(Table { id: r.get(0)?, name: r.get(1)?, columns: vec![] }))
+        .map_err(q)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(q)?;
+    let mut columns = conn
+        .prepare_cached(
+            "SELECT table_id, key, name, type, data FROM _shoal_st_columns ORDER BY table_id, position, key",
+        )
+        .map_err(q)?;
+    let rows = columns
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, Option<String>>(4)?,
+            ))
+        })
+        .map_err(q)?;
+    for row in rows {
+        let (table_id, key, name, kind, data) = row.map_err(q)?;
+        let kind =
+            Kind::parse(&kind).map_err(|e| Error::InvalidData(format!("SeaTable catalog: {e}")))?;
+        let data = match data {
+            Some(d) => serde_json::from_str::<Map<String, Value>>(&d)
+                .map_err(|e| Error::InvalidData(format!("SeaTable column settings: {e}")))?,
+            None => Map::new(),
+        };
+        if let Some(t) = tables.iter_mut().find(|t| t.id == table_id) {
+            t.columns.push(Column { key, name, kind, data, options: vec![] });
+        }
+    }
+    let mut options = conn
+        .prepare_cached(
+            "SELECT table_id, column_key, id, name, color FROM _shoal_st_options
+             ORDER BY table_id, column_key, position, id",
+        )
+        .map_err(q)?;
+    let rows = options
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                SelectOption { id: r.get(2)?, name: r.get(3)?, color: r.get(4)? },
+            ))
+        })
+        .map_err(q)?;
+    for row in rows {
+        let (table_id, key, option) = row.map_err(q)?;
+        if let Some(c) = tables
+            .iter_mut()
+            .find(|t| t.id == table_id)
+            .and_then(|t| t.columns.iter_mut().find(|c| c.key == key))
+        {
+            c.options.push(option);
+        }
+    }
+    Ok(Meta { tables })
+}
+
+/// An API token as stored (its hash stays inside).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub name: String,
+    pub permission: String,
+    pub created_at: String,
+}
+
+/// The token whose hash is `hash`, if the base has one.
+pub fn find_token(conn: &Connection, hash: &str) -> Result<Option<TokenRecord>> {
+    if !has_catalog(conn)? {
+        return Ok(None);
+    }
+    conn.prepare_cached(
+        "SELECT name, permission, created_at FROM _shoal_api_tokens WHERE hash = ?1",
+    )
+    .and_then(|mut s| {
+        s.query_row([hash], |r| {
+            Ok(TokenRecord { name: r.get(0)?, permission: r.get(1)?, created_at: r.get(2)? })
+        })
+        .optional()
+    })
+    .map_err(map_sqlite_error)
+}
+
+/// Every API token of the base, by name.
+pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
+    if !has_catalog(conn)? {
+        return Ok(vec![]);
+    }
+    let mut s = conn
+        .prepare_cached("SELECT name, permission, created_at FROM _shoal_api_tokens ORDER BY name")
+        .map_err(map_sqlite_error)?;
+    let rows = s
+        .query_map([], |r| {
+            Ok(TokenRecord { name: r.get(0)?, permission: r.get(1)?, created_at: r.get(2)? })
+        })
+        .map_err(map_sqlite_error)?;
+    rows.collect::<rusqlite::Result<_>>().map_err(map_sqlite_error)
+}
+
+/// Records a new token. A name in use is a conflict (the unique index
+/// refuses it when the command applies).
+pub fn add_token(hash: &str, record: &TokenRecord) -> Vec<Statement> {
+    let mut out = ensure_schema();
+    out.push(stmt(
+        "INSERT INTO _shoal_api_tokens (hash, name, permission, created_at) VALUES (?, ?, ?, ?)",
+        vec![
+            hash.into(),
+            record.name.clone().into(),
+            record.permission.clone().into(),
+            record.created_at.clone().into(),
+        ],
+    ));
+    out
+}
+
+/// Removes the token named `name`.
+pub fn revoke_token(name: &str) -> Vec<Statement> {
+    let mut out = ensure_schema();
+    out.push(stmt("DELETE FROM _shoal_api_tokens WHERE name = ?", vec![name.into()]));
+    out
+}
+
+/// A column to make.
+#[derive(Clone, Debug)]
+pub struct NewColumn {
+    pub name: String,
+    pub kind: Kind,
+    pub data: Map<String, Value>,
+    /// Options given with the column (names and colours).
+    pub options: Vec<(String, String)>,
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::InvalidInput(format!("the {what} name is empty")));
+    }
+    if name.len() > 256 {
+        return Err(Error::InvalidInput(format!("a {what} name may be at most 256 bytes")));
+    }
+    let lower = name.to_ascii_lowercase();
+    if lower.starts_with("_shoal_") || lower.starts_with("sqlite_") {
+        return Err(Error::InvalidInput(format!(
+            "{what} names starting with _shoal_ or sqlite_ are reserved"
+        )));
+    }
+    if what == "column" && SYSTEM_COLUMNS.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+        return Err(Error::InvalidInput(format!("{name:?} is a system column")));
+    }
+    Ok(())
+}
+
+/// Ids chosen by the caller for new tables, columns and options.
+pub trait Ids {
+    /// A fresh id of four letters and digits, not in `taken`.
+    fn short(&mut self, taken: &HashSet<String>) -> String;
+}
+
+/// The statements that make a table with `columns` (the first is the
+/// table's key column in SeaTable's sense; at least one is needed).
+pub fn create_table(
+    meta: &Meta,
+    name: &str,
+    columns: &[NewColumn],
+    ids: &mut dyn Ids,
+) -> Result<(String, Vec<Statement>)> {
+    check_name("table", name)?;
+    if meta.tables.iter().any(|t| t.name.eq_ignore_ascii_case(name)) {
+        return Err(Error::Conflict(format!("a table named {name:?} exists")));
+    }
+    let mut seen = HashSet::new();
+    for c in columns {
+        check_name("column", &c.name)?;
+        if !seen.insert(c.name.to_lowercase()) {
+            return Err(Error::InvalidInput(format!("column {:?} is given twice", c.name)));
+        }
+    }
+    let id = if meta.tables.is_empty() { "0000".to_string() } else { ids.short(&meta.ids()) };
+    let position = meta.tables.len() as i64;
+    let mut out = ensure_schema();
+    let mut defs: Vec<String> = vec![
+        "_id TEXT UNIQUE".into(),
+        "_ctime TEXT".into(),
+        "_mtime TEXT".into(),
+        "_creator TEXT".into(),
+        "_last_modifier TEXT".into(),
+    ];
+    defs.extend(columns.iter().map(|c| format!("{} {}", quote(&c.name), c.kind.sql_type())));
+    out.push(stmt(format!("CREATE TABLE {} ({})", quote(name), defs.join(", ")), vec![]));
+    // A row inserted with plain SQL or Shoal's row API gets an id too,
+    // derived from its rowid: the same on every replica.
+    out.push(stmt(
+        format!(
+            "CREATE TRIGGER {} AFTER INSERT ON {t} WHEN NEW._id IS NULL BEGIN \
+             UPDATE {t} SET _id = printf('r%021d', NEW.rowid) WHERE rowid = NEW.rowid; END",
+            quote(&format!("_shoal_st_id_{id}")),
+            t = quote(name)
+        ),
+        vec![],
+    ));
+    out.push(stmt(
+        "INSERT INTO _shoal_st_tables (id, name, position) VALUES (?, ?, ?)",
+        vec![id.clone().into(), name.into(), position.into()],
+    ));
+    let table = Table { id: id.clone(), name: name.into(), columns: vec![] };
+    let mut keys = HashSet::new();
+    for (i, c) in columns.iter().enumerate() {
+        let key = if i == 0 { "0000".to_string() } else { ids.short(&keys) };
+        keys.insert(key.clone());
+        out.extend(column_rows(&table, &key, c, i as i64, ids));
+    }
+    Ok((id, out))
+}
+
+fn column_rows(
+    table: &Table,
+    key: &str,
+    c: &NewColumn,
+    position: i64,
+    ids: &mut dyn Ids,
+) -> Vec<Statement> {
+    let data = if c.data.is_empty() {
+        Value::Null
+    } else {
+        Value::String(Value::Object(c.data.clone()).to_string())
+    };
+    let mut out = vec![stmt(
+        "INSERT INTO _shoal_st_columns (table_id, key, name, type, data, position) VALUES (?, ?, ?, ?, ?, ?)",
+        vec![
+            table.id.clone().into(),
+            key.into(),
+            c.name.clone().into(),
+            c.kind.name().into(),
+            data,
+            position.into(),
+        ],
+    )];
+    let mut taken = HashSet::new();
+    for (i, (name, color)) in c.options.iter().enumerate() {
+        let id = ids.short(&taken);
+        taken.insert(id.clone());
+        out.push(stmt(
+            "INSERT OR IGNORE INTO _shoal_st_options (table_id, column_key, id, name, color, position)
+             VALUES (?, ?, ?, ?, ?, ?)",
+            vec![
+                table.id.clone().into(),
+                key.into(),
+                id.into(),
+                name.clone().into(),
+                color.clone().into(),
+                (i as i64).into(),
+            ],
+        ));
+    }
+    out
+}
+
+/// The statements that drop a table and its catalog entries.
+pub fn drop_table(table: &Table) -> Vec<Statement> {
+    let mut out = ensure_schema();
+    out.push(stmt(format!("DROP TABLE {}", quote(&table.name)), vec![]));
+    for t in ["_shoal_st_options", "_shoal_st_columns"] {
+        out.push(stmt(
+            format!("DELETE FROM {t} WHERE table_id = ?"),
+            vec![table.id.clone().into()],
+        ));
+    }
+    out.push(stmt("DELETE FROM _shoal_st_tables WHERE id = ?", vec![table.id.clone().into()]));
+    out
+}
+
+/// The statements that add a column at the end of a table; its key too.
+pub fn add_column(
+    table: &Table,
+    c: &NewColumn,
+    ids: &mut dyn Ids,
+) -> Result<(String, Vec<Statement>)> {
+    check_name("column", &c.name)?;
+    if table.columns.iter().any(|x| x.name.eq_ignore_ascii_case(&c.name)) {
+        return Err(Error::Conflict(format!(
+            "table {:?} has a column named {:?}",
+            table.name, c.name
+        )));
+    }
+    let taken: HashSet<String> = table.columns.iter().map(|c| c.key.clone()).collect();
+    let key = ids.short(&taken);
+    let mut out = ensure_schema();
+    out.push(stmt(
+        format!(
+            "ALTER TABLE {} ADD COLUMN {} {}",
+            quote(&table.name),
+            quote(&c.name),
+            c.kind.sql_type()
+        ),
+        vec![],
+    ));
+    let position = table.columns.len() as i64;
+    out.extend(column_rows(table, &key, c, position, ids));
+    Ok((key, out))
+}
+
+/// Who writes, and when: stamped on the rows a write touches.
+#[derive(Clone, Debug)]
+pub struct Stamp {
+    /// ISO 8601, UTC, milliseconds.
+    pub time: String,
+    /// SeaTable's user name for the writer.
+    pub user: String,
+}
+
+/// A cell value as given by a client, checked against its column and
+/// turned into what the SQL column stores. New select options it names
+/// are added to `new_options`.
+fn cell(
+    table: &Table,
+    column: &Column,
+    value: &Value,
+    new_options: &mut Vec<(String, String)>,
+) -> Result<Value> {
+    let wrong = |what: &str| {
+        Error::InvalidInput(format!(
+            "column {:?} of table {:?} is {} and takes {what}, not {value}",
+            column.name,
+            table.name,
+            column.kind.name()
+        ))
+    };
+    if value.is_null() {
+        return Ok(Value::Null);
+    }
+    Ok(match column.kind {
+        Kind::Text | Kind::LongText | Kind::Email | Kind::Url => match value {
+            Value::String(_) => value.clone(),
+            Value::Number(n) => Value::String(n.to_string()),
+            _ => return Err(wrong("a string")),
+        },
+        Kind::Number => match value {
+            Value::Number(_) => value.clone(),
+            Value::String(s) if s.trim().is_empty() => Value::Null,
+            Value::String(s) => {
+                let t = s.trim();
+                if let Ok(i) = t.parse::<i64>() {
+                    Value::from(i)
+                } else {
+                    t.parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite())
+                        .map(Value::from)
+                        .ok_or_else(|| wrong("a number"))?
+                }
+            }
+            _ => return Err(wrong("a number")),
+        },
+        Kind::Checkbox => match value {
+            Value::Bool(b) => Value::from(i64::from(*b)),
+            _ => return Err(wrong("true or false")),
+        },
+        Kind::Date => match value {
+            Value::String(s) if valid_date(s) => value.clone(),
+            _ => return Err(wrong("a date such as \"2024-05-01\" or \"2024-05-01 13:30\"")),
+        },
+        Kind::SingleSelect => match value {
+            Value::String(s) => Value::String(select(column, s, new_options)),
+            _ => return Err(wrong("an option name")),
+        },
+        Kind::MultipleSelect => match value {
+            Value::Array(items) => {
+                let mut names = Vec::with_capacity(items.len());
+                for item in items {
+                    let Value::String(s) = item else {
+                        return Err(wrong("a list of option names"));
+                    };
+                    let name = select(column, s, new_options);
+                    if !names.contains(&name) {
+                        names.push(name);
+                    }
+                }
+                Value::String(Value::from(names).to_string())
+            }
+            _ => return Err(wrong("a list of option names")),
+        },
+    })
+}
+
+/// The option name a select value stands for: an existing option by name,
+/// else by id, else a new option (made on first use).
+fn select(column: &Column, s: &str, new_options: &mut Vec<(String, String)>) -> String {
+    if column.option_by_name(s).is_some() {
+        return s.to_string();
+    }
+    if let Some(o) = column.options.iter().find(|o| o.id == s) {
+        return o.name.clone();
+    }
+    if !new_options.iter().any(|(k, n)| k == &column.key && n == s) {
+        new_options.push((column.key.clone(), s.to_string()));
+    }
+    s.to_string()
+}
+
+/// `YYYY-MM-DD`, optionally followed by a time (` HH:MM`, `THH:MM:SS...`).
+fn valid_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if !(digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10))
+    {
+        return false;
+    }
+    let (m, d) = (s[5..7].parse::<u32>().unwrap_or(0), s[8..10].parse::<u32>().unwrap_or(0));
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return false;
+    }
+    match b.get(10) {
+        None => true,
+        Some(b' ' | b'T') => digits(11..13) && b.get(13) == Some(&b':') && digits(14..16),
+        _ => false,
+    }
+}
+
+const COLORS: [&str; 8] =
+    ["#FFFCB5", "#FFEAB6", "#FFD9C8", "#DCFFFE", "#CCE8FF", "#E6E6FF", "#F8D6FF", "#D6F5E9"];
+
+fn option_statements(
+    table: &Table,
+    new_options: &[(String, String)],
+    ids: &mut dyn Ids,
+) -> Vec<Statement> {
+    let mut taken: HashSet<String> =
+        table.columns.iter().flat_map(|c| c.options.iter().map(|o| o.id.clone())).collect();
+    new_options
+        .iter()
+        .map(|(key, name)| {
+            let id = ids.short(&taken);
+            taken.insert(id.clone());
+            let n = table.columns.iter().find(|c| &c.key == key).map_or(0, |c| c.options.len());
+            stmt(
+                "INSERT OR IGNORE INTO _shoal_st_options (table_id, column_key, id, name, color, position)
+                 VALUES (?, ?, ?, ?, ?, (SELECT count(*) FROM _shoal_st_options WHERE table_id = ? AND column_key = ?))",
+                vec![
+                    table.id.clone().into(),
+                    key.clone().into(),
+                    id.into(),
+                    name.clone().into(),
+                    COLORS[n % COLORS.len()].into(),
+                    table.id.clone().into(),
+                    key.clone().into(),
+                ],
+            )
+        })
+        .collect()
+}
+
+/// The values of one row as (column name, stored value), checked.
+fn values(
+    table: &Table,
+    row: &Map<String, Value>,
+    new_options: &mut Vec<(String, String)>,
+) -> Result<Vec<(String, Value)>> {
+    let mut out = Vec::with_capacity(row.len());
+    for (k, v) in row {
+        let column = match table.column(k) {
+            Ok(c) => c,
+            // Read-only fields (`_id`, `_mtime`, ...) a client may send back
+            // as it got them.
+            Err(_) if k.starts_with('_') => continue,
+            Err(e) => return Err(Error::InvalidInput(e.to_string())),
+        };
+        out.push((column.name.clone(), cell(table, column, v, new_options)?));
+    }
+    Ok(out)
+}
+
+/// The statements that append `rows` with the ids in `row_ids` (one each).
+pub fn append_rows(
+    table: &Table,
+    rows: &[Map<String, Value>],
+    row_ids: &[String],
+    stamp: &Stamp,
+    ids: &mut dyn Ids,
+) -> Result<Vec<Statement>> {
+    if rows.is_empty() {
+        return Err(Error::InvalidInput("no rows given".into()));
+    }
+    let mut new_options = Vec::new();
+    let mut inserts = Vec::with_capacity(rows.len());
+    for (row, id) in rows.iter().zip(row_ids) {
+        let values = values(table, row, &mut new_options)?;
+        let mut names: Vec<String> = SYSTEM_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let mut params: Vec<Value> = vec![
+            id.clone().into(),
+            stamp.time.clone().into(),
+            stamp.time.clone().into(),
+            stamp.user.clone().into(),
+            stamp.user.clone().into(),
+        ];
+        for (n, v) in values {
+            names.push(quote(&n));
+            params.push(v);
+        }
+        inserts.push(stmt(
+            format!(
+                "INSERT INTO {} ({}) VALUES ({})",
+                quote(&table.name),
+                names.join(", "),
+                vec!["?"; names.len()].join(", ")
+            ),
+            params,
+        ));
+    }
+    let mut out = ensure_schema();
+    out.extend(option_statements(table, &new_options, ids));
+    out.extend(inserts);
+    Ok(out)
+}
+
+/// The statements that update rows by id; each must exist (the caller
+/// checks with [`existing_ids`]).
+pub fn update_rows(
+    table: &Table,
+    updates: &[(String, Map<String, Value>)],
+    stamp: &Stamp,
+    ids: &mut dyn Ids,
+) -> Result<Vec<Statement>> {
+    if updates.is_empty() {
+        return Err(Error::InvalidInput("no updates given".into()));
+    }
+    let mut new_options = Vec::new();
+    let mut sets = Vec::with_capacity(updates.len());
+    for (id, row) in updates {
+        let values = values(table, row, &mut new_options)?;
+        let mut assignments = vec!["_mtime = ?".to_string(), "_last_modifier = ?".to_string()];
+        let mut params: Vec<Value> = vec![stamp.time.clone().into(), stamp.user.clone().into()];
+        for (n, v) in values {
+            assignments.push(format!("{} = ?", quote(&n)));
+            params.push(v);
+        }
+        params.push(id.clone().into());
+        sets.push(stmt(
+            format!("UPDATE {} SET {} WHERE _id = ?", quote(&table.name), assignments.join(", ")),
+            params,
+        ));
+    }
+    let mut out = ensure_schema();
+    out.extend(option_statements(table, &new_options, ids));
+    out.extend(sets);
+    Ok(out)
+}
+
+/// The statement that deletes rows by id.
+pub fn delete_rows(table: &Table, row_ids: &[String]) -> Result<Vec<Statement>> {
+    if row_ids.is_empty() {
+        return Err(Error::InvalidInput("no row ids given".into()));
+    }
+    Ok(row_ids
+        .iter()
+        .map(|id| {
+            stmt(
+                format!("DELETE FROM {} WHERE _id = ?", quote(&table.name)),
+                vec![id.clone().into()],
+            )
+        })
+        .collect())
+}
+
+/// Which of `row_ids` name rows of `table`.
+pub fn existing_ids(
+    conn: &Connection,
+    table: &Table,
+    row_ids: &[String],
+) -> Result<HashSet<String>> {
+    let mut s = conn
+        .prepare(&format!("SELECT 1 FROM {} WHERE _id = ?1", quote(&table.name)))
+        .map_err(map_sqlite_error)?;
+    let mut out = HashSet::new();
+    for id in row_ids {
+        if s.exists([id]).map_err(map_sqlite_error)? {
+            out.insert(id.clone());
+        }
+    }
+    Ok(out)
+}
+
+/// How to read rows.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    /// Order by this column (name or key), else by insertion.
+    pub order_by: Option<String>,
+    pub desc: bool,
+    pub start: u64,
+    pub limit: u64,
+    /// Key the values by column name (true) or by column key.
+    pub convert_keys: bool,
+    /// Only the row with this id.
+    pub row_id: Option<String>,
+    /// Only rows that pass these filters...
+    pub filters: Vec<Filter>,
+    /// ...any of them (true) or all (false).
+    pub any: bool,
+}
+
+/// One condition on a column, as SeaTable's filtered-rows call gives it.
+#[derive(Clone, Debug)]
+pub struct Filter {
+    pub column: String,
+    pub predicate: String,
+    pub term: Value,
+}
+
+/// The predicates [`Filter`] understands.
+pub const PREDICATES: [&str; 12] = [
+    "contains",
+    "does_not_contain",
+    "is",
+    "is_not",
+    "is_empty",
+    "is_not_empty",
+    "equal",
+    "not_equal",
+    "less",
+    "greater",
+    "less_or_equal",
+    "greater_or_equal",
+];
+
+impl Filter {
+    /// The filter as SQL over the table's columns, with its parameters.
+    fn sql(&self, table: &Table, params: &mut Vec<rusqlite::types::Value>) -> Result<String> {
+        let column = table.column(&self.column).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let c = quote(&column.name);
+        let term = || -> Result<rusqlite::types::Value> {
+            let mut ignored = Vec::new();
+            let v = match (&self.term, column.kind) {
+                // A multiple-select matches on one of its option names.
+                (Value::String(s), Kind::MultipleSelect) => Value::String(s.clone()),
+                (t, _) => cell(table, column, t, &mut ignored)?,
+            };
+            crate::value::json_to_sql(&v)
+        };
+        let compare = |op: &str, params: &mut Vec<rusqlite::types::Value>| -> Result<String> {
+            params.push(term()?);
+            Ok(format!("{c} {op} ?"))
+        };
+        Ok(match self.predicate.as_str() {
+            "contains" | "does_not_contain" => {
+                let Value::String(s) = &self.term else {
+                    return Err(Error::InvalidInput(format!(
+                        "filter {:?} takes a string term",
+                        self.predicate
+                    )));
+                };
+                params.push(s.clone().into());
+                let like = format!("instr(lower(coalesce({c}, '')), lower(?)) > 0");
+                if self.predicate == "contains" { like } else { format!("NOT ({like})") }
+            }
+            "is_empty" => format!("({c} IS NULL OR {c} = '' OR {c} = '[]')"),
+            "is_not_empty" => format!("NOT ({c} IS NULL OR {c} = '' OR {c} = '[]')"),
+            "is" | "equal" if column.kind == Kind::MultipleSelect => {
+                params.push(term()?);
+                format!("EXISTS (SELECT 1 FROM json_each({c}) WHERE value = ?)")
+            }
+            "is" | "equal" => compare("IS", params)?,
+            "is_not" | "not_equal" => compare("IS NOT", params)?,
+            "less" => compare("<", params)?,
+            "greater" => compare(">", params)?,
+            "less_or_equal" => compare("<=", params)?,
+            "greater_or_equal" => compare(">=", params)?,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "filter predicate {other:?} is not supported; supported: {}",
+                    PREDICATES.join(", ")
+                )));
+            }
+        })
+    }
+}
+
+/// A stored value as SeaTable gives it back.
+pub fn cell_out(column: &Column, value: Value) -> Value {
+    match (column.kind, value) {
+        (Kind::Checkbox, Value::Number(n)) => Value::Bool(n.as_f64().is_some_and(|f| f != 0.0)),
+        (Kind::MultipleSelect, Value::String(s)) => {
+            serde_json::from_str::<Value>(&s).unwrap_or(Value::String(s))
+        }
+        (_, v) => v,
+    }
+}
+
+/// Reads rows of `table` as SeaTable returns them (empty cells left out).
+pub fn read_rows(conn: &Connection, table: &Table, page: &Page) -> Result<Vec<Map<String, Value>>> {
+    let mut cols: Vec<String> = SYSTEM_COLUMNS.iter().map(|c| c.to_string()).collect();
+    cols.extend(table.columns.iter().map(|c| quote(&c.name)));
+    let mut sql = format!("SELECT {} FROM {}", cols.join(", "), quote(&table.name));
+    let mut params: Vec<rusqlite::types::Value> = vec![];
+    let mut conditions = Vec::new();
+    if let Some(id) = &page.row_id {
+        conditions.push("_id = ?".to_string());
+        params.push(id.clone().into());
+    }
+    if !page.filters.is_empty() {
+        let parts: Vec<String> =
+            page.filters.iter().map(|f| f.sql(table, &mut params)).collect::<Result<_>>()?;
+        conditions.push(format!("({})", parts.join(if page.any { " OR " } else { " AND " })));
+    }
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    let order = match &page.order_by {
+        Some(o) if SYSTEM_COLUMNS.contains(&o.as_str()) => o.clone(),
+        Some(o) => quote(&table.column(o).map_err(|e| Error::InvalidInput(e.to_string()))?.name),
+        None => "rowid".into(),
+    };
+    let dir = if page.desc { "DESC" } else { "ASC" };
+    sql.push_str(&format!(" ORDER BY {order} {dir}, rowid {dir} LIMIT ? OFFSET ?"));
+    params.push((page.limit.min(MAX_LIMIT) as i64).into());
+    params.push((page.start.min(i64::MAX as u64) as i64).into());
+    let mut s = conn.prepare(&sql).map_err(map_sqlite_error)?;
+    let mut rows = s.query(rusqlite::params_from_iter(params)).map_err(map_sqlite_error)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(map_sqlite_error)? {
+        let mut m = Map::new();
+        for (i, name) in SYSTEM_COLUMNS.iter().enumerate() {
+            let v = sql_to_json(r.get_ref(i).map_err(map_sqlite_error)?);
+            if !v.is_null() {
+                m.insert(name.to_string(), v);
+            }
+        }
+        for (i, c) in table.columns.iter().enumerate() {
+            let v = sql_to_json(r.get_ref(SYSTEM_COLUMNS.len() + i).map_err(map_sqlite_error)?);
+            if v.is_null() {
+                continue;
+            }
+            let key = if page.convert_keys { c.name.clone() } else { c.key.clone() };
+            m.insert(key, cell_out(c, v));
+        }
+        out.push(m);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_checked() {
+        for ok in ["2024-05-01", "2024-05-01 13:30", "2024-05-01T13:30:00.000+00:00"] {
+            assert!(valid_date(ok), "{ok}");
+        }
+        for bad in ["", "2024-5-1", "2024-13-01", "2024-05-01x", "2024-05-01 1", "yesterday"] {
+            assert!(!valid_date(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip_and_unknown_ones_are_refused() {
+        for k in Kind::ALL {
+            assert_eq!(Kind::parse(k.name()).unwrap(), k);
+        }
+        let e = Kind::parse("formula").unwrap_err();
+        assert!(e.to_string().contains("not supported"), "{e}");
+    }
+}

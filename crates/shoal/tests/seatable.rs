@@ -1,0 +1,273 @@
+//! The SeaTable-compatible API against a real `shoal serve`: scripts written
+//! with SeaTable's official Python client (`seatable-api`, pinned, installed in
+//! `target/seatable-venv` by `scripts/install-test-deps`) run unchanged, with
+//! API tokens made by `shoal token create`. The scripts live in
+//! `tests/seatable/`; each prints one line per check and exits 0 only if all
+//! pass.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Mode, Server, cli};
+use serde_json::{Value, json};
+
+/// How long one script may run before it is killed.
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn repo_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
+    root.canonicalize().unwrap_or(root)
+}
+
+/// The virtual environment's python, once it is known to have the client.
+fn python() -> PathBuf {
+    let venv = repo_root().join("target").join("seatable-venv");
+    let python = venv.join("bin").join("python");
+    let ready = Command::new(&python)
+        .args(["-c", "import seatable_api"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ready,
+        "SeaTable's Python client is not installed in {}: run scripts/install-test-deps",
+        venv.display()
+    );
+    python
+}
+
+fn ok(server: &Server, args: &[&str]) -> String {
+    let (success, out, err) = cli(server, args);
+    assert!(success, "shoal {args:?} failed:\n{out}\n{err}");
+    out
+}
+
+fn create_base(server: &Server, name: &str) -> String {
+    let id = ok(server, &["base", "create", "--name", name]).trim().to_string();
+    assert_eq!(id.len(), 36, "{id}");
+    id
+}
+
+/// `shoal token create --base BASE EXTRA...`: the token, alone on stdout.
+fn create_token(server: &Server, base: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "create", "--base", base];
+    args.extend_from_slice(extra);
+    let out = ok(server, &args);
+    assert_eq!(out.lines().count(), 1, "want the token alone on one line: {out:?}");
+    let token = out.trim().to_string();
+    assert!(!token.is_empty() && !token.contains(char::is_whitespace), "{out:?}");
+    token
+}
+
+/// Runs `tests/seatable/SCRIPT` with the venv's python and `env`, killing it
+/// past [`SCRIPT_TIMEOUT`]; panics with its output (and the server's) unless
+/// it exits 0. Returns its stdout.
+async fn run_script(server: &Server, script: &str, env: &[(&str, &str)]) -> String {
+    let python = python();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("seatable").join(script);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut cmd = Command::new(&python);
+    cmd.arg(&path)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("PYTHONUNBUFFERED", "1")
+        // The server is on loopback: no proxy of the environment in between.
+        .env("NO_PROXY", "*")
+        .env("no_proxy", "*");
+    for var in [
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+    let mut child = cmd.spawn().expect("start python");
+    let deadline = Instant::now() + SCRIPT_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for python") {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            // SIGKILL to the child's pid.
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let what = match status {
+        Some(s) if s.success() => return stdout,
+        Some(s) => format!("{script} exited with {s}"),
+        None => format!("{script} did not finish within {SCRIPT_TIMEOUT:?} and was killed"),
+    };
+    panic!(
+        "{what}\n--- {script} stdout\n{stdout}\n--- {script} stderr\n{stderr}\n--- server\n{}",
+        server.logs()
+    );
+}
+
+/// GET `url` with `Authorization: AUTH` (none when `None`): (status, JSON body
+/// or the text as a JSON string).
+async fn get(http: &reqwest::Client, url: &str, auth: Option<&str>) -> (u16, Value) {
+    let mut req = http.get(url);
+    if let Some(auth) = auth {
+        req = req.header("authorization", auth);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+/// `GET /api/v2.1/dtable/app-access-token/` with an API token.
+async fn app_access_token(http: &reqwest::Client, server: &Server, token: &str) -> (u16, Value) {
+    let url = format!("{}/api/v2.1/dtable/app-access-token/", server.url);
+    get(http, &url, Some(&format!("Token {token}"))).await
+}
+
+/// Whether two spellings of a uuid (with or without dashes, any case) are one.
+fn same_uuid(a: &str, b: &str) -> bool {
+    a.replace('-', "").eq_ignore_ascii_case(&b.replace('-', ""))
+}
+
+#[tokio::test]
+async fn seatable_client_script_runs_against_shoal() {
+    python();
+    let (_dir, server) = Server::start(Mode::Standalone, &[]);
+    let base = create_base(&server, "seatable");
+    let token = create_token(&server, &base, &["--name", "script"]);
+    let out = run_script(
+        &server,
+        "api.py",
+        &[("SHOAL_URL", server.url.as_str()), ("SHOAL_API_TOKEN", token.as_str())],
+    )
+    .await;
+    println!("{out}");
+
+    // The table the script left behind is a table of the base for Shoal's own
+    // API too, readable with plain SQL.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/bases/{base}/query", server.url))
+        .bearer_auth(&server.token)
+        .json(&json!({"sql": r#"SELECT "Name", "Count" FROM "Kept""#}))
+        .send()
+        .await
+        .expect("query");
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.expect("query answer");
+    assert_eq!(status, 200, "{v}");
+    let rows = v["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{v}");
+    assert_eq!(rows[0][0], "kept-row", "{v}");
+    assert_eq!(rows[0][1].as_f64(), Some(7.0), "{v}");
+}
+
+#[tokio::test]
+async fn seatable_read_only_token_reads_but_does_not_write() {
+    python();
+    let (_dir, server) = Server::start(Mode::Standalone, &[]);
+    let base = create_base(&server, "seatable-ro");
+    let rw = create_token(&server, &base, &["--name", "writer"]);
+    let ro = create_token(&server, &base, &["--read-only", "--name", "reader"]);
+    assert_ne!(rw, ro);
+    let out = run_script(
+        &server,
+        "readonly.py",
+        &[
+            ("SHOAL_URL", server.url.as_str()),
+            ("SHOAL_API_TOKEN", ro.as_str()),
+            ("SHOAL_RW_API_TOKEN", rw.as_str()),
+        ],
+    )
+    .await;
+    println!("{out}");
+}
+
+#[tokio::test]
+async fn seatable_token_of_another_base_is_refused() {
+    let (_dir, server) = Server::start(Mode::Standalone, &[]);
+    let a = create_base(&server, "a");
+    let b = create_base(&server, "b");
+    let token = create_token(&server, &a, &[]);
+    let http = reqwest::Client::new();
+
+    let (status, v) = app_access_token(&http, &server, &token).await;
+    assert_eq!(status, 200, "{v}");
+    let access = v["access_token"].as_str().expect("access_token").to_string();
+    assert!(!access.is_empty(), "{v}");
+    let uuid = v["dtable_uuid"].as_str().expect("dtable_uuid");
+    assert!(same_uuid(uuid, &a), "want base {a}: {v}");
+    assert!(v["dtable_server"].is_string(), "{v}");
+    assert_eq!(v["use_api_gateway"], true, "{v}");
+    // B spelt as the server spells A.
+    let b = if uuid.contains('-') { b } else { b.replace('-', "") };
+
+    let gateway = format!("{}/api-gateway/api/v2/dtables", server.url);
+    let auth = format!("Token {access}");
+    let (status, v) = get(&http, &format!("{gateway}/{uuid}/metadata/"), Some(&auth)).await;
+    assert_eq!(status, 200, "its own base: {v}");
+    assert!(v["metadata"]["tables"].is_array(), "{v}");
+
+    let (status, v) = get(&http, &format!("{gateway}/{b}/metadata/"), Some(&auth)).await;
+    assert_eq!(status, 403, "another base: {v}");
+    assert!(v["error_msg"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+
+    // No access token, or a made-up one, is refused too.
+    let (status, v) = get(&http, &format!("{gateway}/{uuid}/metadata/"), None).await;
+    assert!((400..500).contains(&status), "{status} {v}");
+    let made_up = format!("Token {}", "0".repeat(64));
+    let (status, v) = get(&http, &format!("{gateway}/{uuid}/metadata/"), Some(&made_up)).await;
+    assert!((400..500).contains(&status), "{status} {v}");
+}
+
+#[tokio::test]
+async fn seatable_tokens_list_create_over_http_and_revoke() {
+    let (_dir, server) = Server::start(Mode::Standalone, &[]);
+    let base = create_base(&server, "tokens");
+    let http = reqwest::Client::new();
+    let cli_token = create_token(&server, &base, &["--name", "cli-token-one"]);
+    assert_eq!(app_access_token(&http, &server, &cli_token).await.0, 200);
+
+    // The same through the HTTP API, which needs the admin token.
+    let url = format!("{}/v1/bases/{base}/api-tokens", server.url);
+    let body = json!({"name": "http-reader", "permission": "r"});
+    let resp = http.post(&url).json(&body).send().await.expect("create token");
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp =
+        http.post(&url).bearer_auth(&server.token).json(&body).send().await.expect("create token");
+    let status = resp.status().as_u16();
+    let v: Value = resp.json().await.expect("token answer");
+    assert_eq!(status, 201, "{v}");
+    let http_token = v["api_token"].as_str().expect("api_token").to_string();
+    assert_ne!(http_token, cli_token);
+    let (status, v) = app_access_token(&http, &server, &http_token).await;
+    assert_eq!(status, 200, "{v}");
+    assert!(same_uuid(v["dtable_uuid"].as_str().expect("dtable_uuid"), &base), "{v}");
+
+    let list = ok(&server, &["token", "list", "--base", &base]);
+    assert!(list.contains("cli-token-one") && list.contains("http-reader"), "{list}");
+
+    ok(&server, &["token", "revoke", "--base", &base, "cli-token-one"]);
+    let list = ok(&server, &["token", "list", "--base", &base]);
+    assert!(!list.contains("cli-token-one") && list.contains("http-reader"), "{list}");
+    let (status, v) = app_access_token(&http, &server, &cli_token).await;
+    assert!((400..500).contains(&status), "a revoked token: {status} {v}");
+    assert_eq!(app_access_token(&http, &server, &http_token).await.0, 200);
+}
