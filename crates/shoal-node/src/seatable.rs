@@ -31,7 +31,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Router, middleware};
-use base64::Engine as _;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -39,7 +38,8 @@ use sha2::Digest as _;
 use shoal_storage::seatable::{self as st, Kind, Meta, NewColumn, Page, Stamp, TokenRecord};
 use shoal_storage::{Command, Output};
 use shoal_types::api::{
-    ApiToken, ApiTokenInfo, ApiTokenList, Consistency, CreateApiTokenRequest, Params, Statement,
+    ApiToken, ApiTokenInfo, ApiTokenList, Consistency, CreateApiTokenRequest, ExecuteResult,
+    Params, Statement,
 };
 use shoal_types::{BaseId, Error};
 
@@ -408,9 +408,13 @@ async fn read<T: Send + 'static>(
     out.ok_or_else(|| unauthorized("the API token of this access token was revoked"))
 }
 
-async fn write(state: &AppState, base: BaseId, statements: Vec<Statement>) -> StResult<()> {
+async fn write(
+    state: &AppState,
+    base: BaseId,
+    statements: Vec<Statement>,
+) -> StResult<Vec<ExecuteResult>> {
     match engine(state)?.write(Command::System { base, statements }, None).await? {
-        (_, Output::Executed { .. }) => Ok(()),
+        (_, Output::Executed { results }) => Ok(results),
         (_, other) => Err(Error::Internal(format!("unexpected command output {other:?}")).into()),
     }
 }
@@ -431,12 +435,6 @@ impl st::Ids for RandomIds {
             }
         }
     }
-}
-
-/// A row id: 16 random bytes, URL-safe base64 (22 characters).
-fn row_id() -> String {
-    let bytes: [u8; 16] = rand::rng().random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> StResult<T> {
@@ -742,7 +740,9 @@ async fn filtered_rows(
         None | Some("And") => false,
         Some("Or") => true,
         Some(c) => {
-            return Err(invalid(format!("filter_conjunction must be \"And\" or \"Or\", not {c:?}")));
+            return Err(invalid(format!(
+                "filter_conjunction must be \"And\" or \"Or\", not {c:?}"
+            )));
         }
     };
     page.filters = f
@@ -782,15 +782,19 @@ async fn append_rows(
     if req.rows.len() as u64 > st::MAX_LIMIT {
         return Err(invalid(format!("at most {} rows per call", st::MAX_LIMIT)));
     }
-    let ids: Vec<String> = req.rows.iter().map(|_| row_id()).collect();
     let stamp = Stamp { time: now(), user: who.user.clone() };
-    let given = ids.clone();
+    let count = req.rows.len();
     let (table_id, statements) = read(&state, &who, move |meta, _| {
         let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
-        Ok((t.id.clone(), st::append_rows(t, &req.rows, &given, &stamp, &mut RandomIds)?))
+        Ok((t.id.clone(), st::append_rows(t, &req.rows, &stamp, &mut RandomIds)?))
     })
     .await?;
-    write(&state, who.base, statements).await?;
+    let results = write(&state, who.base, statements).await?;
+    // The inserts come last; each made one row, whose rowid names it.
+    let ids: Vec<String> = results[results.len().saturating_sub(count)..]
+        .iter()
+        .map(|r| st::row_id(r.last_insert_rowid))
+        .collect();
     let first = ids[0].clone();
     let first_row = read(&state, &who, move |meta, c| {
         let t = meta.table(&table_id)?;
@@ -1037,13 +1041,6 @@ mod tests {
         assert_eq!(token_base(&token[..63]), None);
         assert_eq!(token_base(&format!("{}x", &token[..63])), None);
         assert_eq!(token_hash(&token).len(), 64);
-    }
-
-    #[test]
-    fn row_ids_are_22_url_safe_characters() {
-        let id = row_id();
-        assert_eq!(id.len(), 22);
-        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{id}");
     }
 
     #[test]

@@ -451,7 +451,10 @@ fn check_name(what: &str, name: &str) -> Result<()> {
             "{what} names starting with _shoal_ or sqlite_ are reserved"
         )));
     }
-    if what == "column" && SYSTEM_COLUMNS.iter().any(|c| c.eq_ignore_ascii_case(name)) {
+    if what == "column"
+        && (SYSTEM_COLUMNS.iter().any(|c| c.eq_ignore_ascii_case(name))
+            || name.eq_ignore_ascii_case("_rowid"))
+    {
         return Err(Error::InvalidInput(format!("{name:?} is a system column")));
     }
     Ok(())
@@ -486,6 +489,9 @@ pub fn create_table(
     let position = meta.tables.len() as i64;
     let mut out = ensure_schema();
     let mut defs: Vec<String> = vec![
+        // AUTOINCREMENT: a deleted row's rowid, and so its id, is never
+        // given to another row.
+        "_rowid INTEGER PRIMARY KEY AUTOINCREMENT".into(),
         "_id TEXT UNIQUE".into(),
         "_ctime TEXT".into(),
         "_mtime TEXT".into(),
@@ -494,12 +500,13 @@ pub fn create_table(
     ];
     defs.extend(columns.iter().map(|c| format!("{} {}", quote(&c.name), c.kind.sql_type())));
     out.push(stmt(format!("CREATE TABLE {} ({})", quote(name), defs.join(", ")), vec![]));
-    // A row inserted with plain SQL or Shoal's row API gets an id too,
-    // derived from its rowid: the same on every replica.
+    // Every row's id is derived from its rowid (see [`row_id`]), however
+    // it was inserted: the same on every replica, and known for a deleted
+    // row, whose change event carries only the rowid.
     out.push(stmt(
         format!(
             "CREATE TRIGGER {} AFTER INSERT ON {t} WHEN NEW._id IS NULL BEGIN \
-             UPDATE {t} SET _id = printf('r%021d', NEW.rowid) WHERE rowid = NEW.rowid; END",
+             UPDATE {t} SET _id = {ROW_ID_FUNCTION}(NEW.rowid) WHERE rowid = NEW.rowid; END",
             quote(&format!("_shoal_st_id_{id}")),
             t = quote(name)
         ),
@@ -781,11 +788,33 @@ fn values(
     Ok(out)
 }
 
-/// The statements that append `rows` with the ids in `row_ids` (one each).
+/// The SQL function that makes a row id from a rowid ([`row_id`]).
+pub const ROW_ID_FUNCTION: &str = "shoal_row_id";
+
+/// A row's id: 22 URL-safe characters made from its rowid (a scrambled
+/// copy, then the rowid itself, as URL-safe base64), so it is the same on
+/// every replica and can be told from a change event that has only the
+/// rowid.
+pub fn row_id(rowid: i64) -> String {
+    use base64::Engine as _;
+    let r = rowid as u64;
+    // splitmix64's finalizer: ids of neighbouring rows look unrelated.
+    let mut z = r.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&z.to_be_bytes());
+    bytes[8..].copy_from_slice(&r.to_be_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The statements that append `rows`: the inserts are the last
+/// `rows.len()` statements, and each one's inserted rowid gives the row's
+/// id ([`row_id`]).
 pub fn append_rows(
     table: &Table,
     rows: &[Map<String, Value>],
-    row_ids: &[String],
     stamp: &Stamp,
     ids: &mut dyn Ids,
 ) -> Result<Vec<Statement>> {
@@ -794,11 +823,10 @@ pub fn append_rows(
     }
     let mut new_options = Vec::new();
     let mut inserts = Vec::with_capacity(rows.len());
-    for (row, id) in rows.iter().zip(row_ids) {
+    for row in rows {
         let values = values(table, row, &mut new_options)?;
-        let mut names: Vec<String> = SYSTEM_COLUMNS.iter().map(|c| c.to_string()).collect();
+        let mut names: Vec<String> = SYSTEM_COLUMNS[1..].iter().map(|c| c.to_string()).collect();
         let mut params: Vec<Value> = vec![
-            id.clone().into(),
             stamp.time.clone().into(),
             stamp.time.clone().into(),
             stamp.user.clone().into(),
@@ -1052,6 +1080,20 @@ pub fn read_rows(conn: &Connection, table: &Table, page: &Page) -> Result<Vec<Ma
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn row_ids_are_22_url_safe_characters_and_differ() {
+        let ids: HashSet<String> = (-2..1000).map(row_id).collect();
+        assert_eq!(ids.len(), 1002);
+        for id in &ids {
+            assert_eq!(id.len(), 22, "{id}");
+            assert!(
+                id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{id}"
+            );
+        }
+        assert_ne!(row_id(1)[..4], row_id(2)[..4]);
+    }
 
     #[test]
     fn dates_are_checked() {
