@@ -105,15 +105,24 @@ pub fn router(state: Arc<AppState>) -> Router {
     if state.engine.is_some() {
         app = app.merge(seatable::routes(state.clone()));
     }
-    app.fallback(not_found)
+    let app = app
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(track))
         .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError(Error::Internal("the server failed while handling this request".into()))
                 .into_response()
-        }))
-        .with_state(state)
+        }));
+    // Socket.IO (the SeaTable API's real-time events) answers its own paths
+    // before routing.
+    let sockets =
+        if state.engine.is_some() { seatable::socket_layers(state.clone()) } else { vec![] };
+    let mut app = app.with_state(state);
+    for layer in sockets {
+        app = app.layer(layer);
+    }
+    app
 }
 
 async fn healthz() -> Json<Health> {

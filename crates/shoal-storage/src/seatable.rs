@@ -1077,6 +1077,82 @@ pub fn read_rows(conn: &Connection, table: &Table, page: &Page) -> Result<Vec<Ma
     Ok(out)
 }
 
+/// What [`event`] made of a change-feed event.
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    /// SeaTable's operation for it (`update-dtable`'s first argument).
+    Op(Value),
+    /// Not a SeaTable change (another table, or no row).
+    Skip,
+    /// It names a table, column or option this catalog does not know:
+    /// read the catalog again and retry (once).
+    Stale,
+}
+
+/// A change-feed event as the operation SeaTable's clients get over
+/// Socket.IO: keyed by column key, selects by option id, long text as
+/// `{"text": ...}`. Schema changes only tell the caller to reload.
+pub fn event(meta: &Meta, e: &shoal_types::api::ChangeEvent) -> Event {
+    use shoal_types::api::ChangeOp;
+    let (Some(table), Some(rowid)) = (&e.table, e.rowid) else {
+        return if e.op == ChangeOp::Ddl { Event::Stale } else { Event::Skip };
+    };
+    let Some(t) = meta.tables.iter().find(|t| t.name.eq_ignore_ascii_case(table)) else {
+        return Event::Skip;
+    };
+    let row_id = e
+        .row
+        .as_ref()
+        .and_then(|r| r.get("_id"))
+        .and_then(Value::as_str)
+        .map_or_else(|| row_id(rowid), str::to_string);
+    let mut cells = Map::new();
+    if let Some(row) = &e.row {
+        for name in SYSTEM_COLUMNS {
+            if let Some(v) = row.get(name).filter(|v| !v.is_null()) {
+                cells.insert(name.to_string(), v.clone());
+            }
+        }
+        for c in &t.columns {
+            let Some(v) = row.get(&c.name).filter(|v| !v.is_null()) else { continue };
+            let option = |name: &str| c.option_by_name(name).map(|o| Value::String(o.id.clone()));
+            let v = match (c.kind, cell_out(c, v.clone())) {
+                (Kind::SingleSelect, Value::String(s)) => match option(&s) {
+                    Some(id) => id,
+                    None => return Event::Stale,
+                },
+                (Kind::MultipleSelect, Value::Array(items)) => {
+                    let mut ids = Vec::with_capacity(items.len());
+                    for item in items {
+                        match item.as_str().and_then(option) {
+                            Some(id) => ids.push(id),
+                            None => return Event::Stale,
+                        }
+                    }
+                    Value::Array(ids)
+                }
+                (Kind::LongText, Value::String(s)) => json!({"text": s, "preview": s}),
+                (_, v) => v,
+            };
+            cells.insert(c.key.clone(), v);
+        }
+    }
+    Event::Op(match e.op {
+        ChangeOp::Insert => json!({
+            "op_type": "insert_row", "table_id": t.id, "row_id": row_id, "row_data": cells,
+        }),
+        ChangeOp::Update => json!({
+            "op_type": "modify_row", "table_id": t.id, "row_id": row_id, "updated": cells,
+            "old_row": {},
+        }),
+        ChangeOp::Delete => json!({
+            "op_type": "delete_row", "table_id": t.id, "row_id": row_id,
+            "deleted_row": {"_id": row_id},
+        }),
+        ChangeOp::Ddl | ChangeOp::BaseDropped => return Event::Skip,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

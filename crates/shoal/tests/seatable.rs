@@ -271,3 +271,30 @@ async fn seatable_tokens_list_create_over_http_and_revoke() {
     assert!((400..500).contains(&status), "a revoked token: {status} {v}");
     assert_eq!(app_access_token(&http, &server, &http_token).await.0, 200);
 }
+
+/// Runs realtime.py against a fresh base of `server` with `extra` env.
+async fn realtime(server: &Server, extra: &[(&str, &str)]) -> String {
+    let base = create_base(server, "live");
+    let token = create_token(server, &base, &[]);
+    let mut env = vec![("SHOAL_URL", server.url.as_str()), ("SHOAL_API_TOKEN", token.as_str())];
+    env.extend_from_slice(extra);
+    run_script(server, "realtime.py", &env).await
+}
+
+#[tokio::test]
+async fn seatable_socket_gets_every_write_over_websocket_and_polling() {
+    python();
+    let (_dir, server) = Server::start(Mode::Standalone, &[]);
+    for transport in ["websocket", "polling"] {
+        let out = realtime(&server, &[("SHOAL_TRANSPORT", transport)]).await;
+        assert!(out.contains(&format!("over {transport}")), "{out}");
+    }
+}
+
+#[tokio::test]
+async fn seatable_socket_with_a_bad_token_is_refused() {
+    python();
+    let (_dir, server) = Server::start(Mode::Standalone, &[]);
+    let out = realtime(&server, &[("SHOAL_EXPECT_REFUSAL", "1")]).await;
+    assert!(out.contains("refused and disconnected"), "{out}");
+}

@@ -44,8 +44,11 @@ use shoal_types::api::{
 use shoal_types::{BaseId, Error};
 
 use crate::AppState;
+
+mod io;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath};
+pub use io::socket_layers;
 
 /// How long an access token is good for (the client assumes three days).
 const ACCESS_TTL: Duration = Duration::from_secs(3 * 24 * 3600);
@@ -358,7 +361,11 @@ struct Caller {
 }
 
 fn caller(state: &AppState, headers: &HeaderMap, uuid: &str, write: bool) -> StResult<Caller> {
-    let token = bearer(headers)?;
+    check_access(state, bearer(headers)?, uuid, write)
+}
+
+/// Checks an access token for base `uuid` (and for writing).
+fn check_access(state: &AppState, token: &str, uuid: &str, write: bool) -> StResult<Caller> {
     let key = jsonwebtoken::DecodingKey::from_secret(&signing_key(&state.options.admin_token))
         .map_err(|e| Error::Internal(format!("cannot make the signing key: {e}")))?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
