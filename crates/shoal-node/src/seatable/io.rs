@@ -104,7 +104,7 @@ async fn join(
     let opened = engine
         .read(base.bucket(), Consistency::None, move |store| {
             let meta = store.read_system(&base, |c| {
-                Ok(st::find_token(c, &tid)?.map(|_| st::load(c)).transpose()?)
+                st::find_token(c, &tid)?.map(|_| st::load(c)).transpose()
             })?;
             let Some(meta) = meta else { return Ok(None) };
             Ok(Some((meta, store.subscribe(&base, after)?)))
