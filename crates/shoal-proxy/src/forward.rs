@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, HeaderName, Method, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use shoal_node::error::ApiError;
-use shoal_node::forward::NO_FORWARD;
+use shoal_node::forward::{FORWARDED_HOST, NO_FORWARD};
 use shoal_types::{BaseId, BucketId, Error};
 
 use crate::Proxy;
@@ -47,7 +47,7 @@ pub async fn method_not_allowed() -> Response {
 }
 
 /// Whether a request asks for a WebSocket.
-fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
@@ -100,6 +100,20 @@ pub async fn send(
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
+    send_to(proxy, bucket, false, method, path, headers, body).await
+}
+
+/// [`send`], to the bucket's replicas in the map's order when `sticky`
+/// (see [`Attempts::sticky`]).
+pub async fn send_to(
+    proxy: &Proxy,
+    bucket: BucketId,
+    sticky: bool,
+    method: Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     let repeatable = retry::repeatable(
         &method,
         path.split('?').next().unwrap_or(path),
@@ -112,7 +126,13 @@ pub async fn send(
             passed.insert(name, v.clone());
         }
     }
-    let mut attempts = Attempts::new(proxy, bucket).with_path(path);
+    // The address the client used, for answers that name a server (the
+    // SeaTable API's `dtable_server`).
+    let host = headers.get(FORWARDED_HOST).or_else(|| headers.get(header::HOST));
+    if let Some(h) = host {
+        passed.insert(FORWARDED_HOST, h.clone());
+    }
+    let mut attempts = Attempts::new(proxy, bucket).with_path(path).sticky(sticky);
     let mut last: Option<Response> = None;
     while let Some((target, url)) = attempts.next().await {
         // The deadline bounds when attempts start, not how long a started
@@ -261,6 +281,7 @@ pub struct Attempts<'a> {
     round: u32,
     hops: u32,
     path: Option<String>,
+    sticky: bool,
 }
 
 /// Redirects followed in a row before the proxy pauses (leadership moving
@@ -279,7 +300,16 @@ impl<'a> Attempts<'a> {
             round: 0,
             hops: 0,
             path: None,
+            sticky: false,
         }
+    }
+
+    /// Tries the bucket's replicas in the map's order rather than the
+    /// leader first: requests that must reach the same node as the ones
+    /// before (a Socket.IO session) stay put while leadership moves.
+    pub fn sticky(mut self, on: bool) -> Self {
+        self.sticky = on;
+        self
     }
 
     /// Sets the path and query appended to node URLs (default: none).
@@ -324,7 +354,11 @@ impl<'a> Attempts<'a> {
                 }
                 self.round += 1;
                 self.hops = 0;
-                self.queue = self.proxy.view.candidates(self.bucket);
+                self.queue = if self.sticky {
+                    self.proxy.view.replicas(self.bucket)
+                } else {
+                    self.proxy.view.candidates(self.bucket)
+                };
                 self.queue.reverse();
                 if self.queue.is_empty() {
                     // No map or no live replica yet: wait for the next round.

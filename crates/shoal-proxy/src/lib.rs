@@ -20,6 +20,9 @@
 //! - `GET /v1/bases/{id}/location` is answered from the proxy's map, with
 //!   the leader as a replica of the bucket reports it.
 //!
+//! The SeaTable-compatible API is routed by base the same way
+//! ([`seatable`]).
+//!
 //! Nothing here is persistent: any number of proxies can run side by side,
 //! and a restarted proxy rebuilds its view from the registry.
 
@@ -27,6 +30,7 @@ mod bases;
 mod forward;
 mod links;
 pub mod retry;
+mod seatable;
 pub mod view;
 mod ws;
 
@@ -131,6 +135,14 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
         .route("/v1/bases/{id}", any(forward::base))
         .route("/v1/bases/{id}/{*rest}", any(forward::base))
         .route_layer(middleware::from_fn_with_state(proxy.clone(), require_token))
+        // The SeaTable-compatible API: its own tokens, checked by the nodes.
+        .route("/api-gateway/api/v2/dtables/{uuid}/{*rest}", any(seatable::gateway))
+        .route("/api/v2.1/dtable/app-access-token/", any(seatable::access_token))
+        .route("/api/v2.1/dtable/app-access-token", any(seatable::access_token))
+        .route("/api-gateway/socket.io/", any(seatable::socket))
+        .route("/api-gateway/socket.io", any(seatable::socket))
+        .route("/socket.io/", any(seatable::socket))
+        .route("/socket.io", any(seatable::socket))
         .layer(middleware::from_fn(track))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError(Error::Internal("the proxy failed while handling this request".into()))

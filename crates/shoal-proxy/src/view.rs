@@ -72,6 +72,12 @@ impl View {
         candidates(&self.directory.borrow(), bucket, self.leader(bucket).as_ref())
     }
 
+    /// The live replicas of `bucket` in the map's order, whoever leads: a
+    /// choice that stays put while leadership moves.
+    pub fn replicas(&self, bucket: BucketId) -> Vec<Target> {
+        candidates(&self.directory.borrow(), bucket, None)
+    }
+
     /// The node whose internal URL starts `url` (e.g. a redirect's target).
     pub fn node_at(&self, url: &str) -> Option<NodeId> {
         node_at(&self.directory.borrow().nodes, url)

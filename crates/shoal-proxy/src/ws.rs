@@ -33,6 +33,11 @@ type Upstream = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Relays a WebSocket request to the bucket's leader.
 pub async fn relay(proxy: Arc<Proxy>, bucket: BucketId, req: Request) -> Response {
+    relay_to(proxy, bucket, false, req).await
+}
+
+/// [`relay`], to the bucket's replicas in the map's order when `sticky`.
+pub async fn relay_to(proxy: Arc<Proxy>, bucket: BucketId, sticky: bool, req: Request) -> Response {
     let (mut parts, _) = req.into_parts();
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(u) => u,
@@ -44,7 +49,7 @@ pub async fn relay(proxy: Arc<Proxy>, bucket: BucketId, req: Request) -> Respons
     };
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let auth = parts.headers.get(header::AUTHORIZATION).cloned();
-    let mut attempts = Attempts::new(&proxy, bucket).with_path(&path);
+    let mut attempts = Attempts::new(&proxy, bucket).with_path(&path).sticky(sticky);
     let mut last: Option<Response> = None;
     while let Some((target, url)) = attempts.next().await {
         let mut request = match to_ws(&url).into_client_request() {

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::cluster::{Cluster, TOKEN};
 use common::{Mode, Server, cli};
 use serde_json::{Value, json};
 
@@ -68,6 +69,15 @@ fn create_token(server: &Server, base: &str, extra: &[&str]) -> String {
 /// past [`SCRIPT_TIMEOUT`]; panics with its output (and the server's) unless
 /// it exits 0. Returns its stdout.
 async fn run_script(server: &Server, script: &str, env: &[(&str, &str)]) -> String {
+    run_script_with(&|| server.logs(), script, env).await
+}
+
+/// [`run_script`] with the logs to show on failure given by `logs`.
+async fn run_script_with(
+    logs: &(dyn Fn() -> String + Sync),
+    script: &str,
+    env: &[(&str, &str)],
+) -> String {
     let python = python();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("seatable").join(script);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -119,7 +129,7 @@ async fn run_script(server: &Server, script: &str, env: &[(&str, &str)]) -> Stri
     };
     panic!(
         "{what}\n--- {script} stdout\n{stdout}\n--- {script} stderr\n{stderr}\n--- server\n{}",
-        server.logs()
+        logs()
     );
 }
 
@@ -297,4 +307,92 @@ async fn seatable_socket_with_a_bad_token_is_refused() {
     let (_dir, server) = Server::start(Mode::Standalone, &[]);
     let out = realtime(&server, &[("SHOAL_EXPECT_REFUSAL", "1")]).await;
     assert!(out.contains("refused and disconnected"), "{out}");
+}
+
+/// `METHOD url` with the cluster's admin token, retried (bounded) until it
+/// answers `want`; returns the JSON answer.
+async fn admin_until(method: reqwest::Method, url: &str, body: Value, want: u16) -> Value {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let req = http.request(method.clone(), url).bearer_auth(TOKEN).json(&body);
+        let last = match req.send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                let v: Value = r.json().await.unwrap_or(Value::Null);
+                if status == want {
+                    return v;
+                }
+                format!("{status} {v}")
+            }
+            Err(e) => e.to_string(),
+        };
+        assert!(Instant::now() < deadline, "{method} {url}: {last}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The node leading `base`'s bucket, as a proxy reports it (bounded wait).
+async fn leader_of(proxy: &str, base: &str) -> String {
+    let url = format!("{proxy}/v1/bases/{base}/location");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let v = admin_until(reqwest::Method::GET, &url, Value::Null, 200).await;
+        if let Some(l) = v["leader"]["node_id"].as_str() {
+            return l.to_string();
+        }
+        assert!(Instant::now() < deadline, "no leader for {base}: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seatable_scripts_run_through_a_proxy_and_survive_a_leader_kill() {
+    python();
+    let mut c = Cluster::new().await;
+    c.start_three_nodes();
+    c.wait_three_replicas().await;
+    let proxy = c.start_proxy(0, &["--retry-deadline", "20s"]);
+    let token_for = async |base: &str| -> String {
+        let url = format!("{}/v1/bases/{base}/api-tokens", proxy.url);
+        let v = admin_until(reqwest::Method::POST, &url, json!({}), 201).await;
+        v["api_token"].as_str().expect("api_token").to_string()
+    };
+    let new_base = async |name: &str| -> String {
+        let url = format!("{}/v1/bases", proxy.url);
+        let v = admin_until(reqwest::Method::POST, &url, json!({"name": name}), 201).await;
+        v["id"].as_str().expect("id").to_string()
+    };
+    let logs = || c.logs();
+    // The whole client API, then real-time events, through the proxy.
+    let base = new_base("api").await;
+    let token = token_for(&base).await;
+    let env = [("SHOAL_URL", proxy.url.as_str()), ("SHOAL_API_TOKEN", token.as_str())];
+    run_script_with(&logs, "api.py", &env).await;
+    let live = new_base("live").await;
+    let token = token_for(&live).await;
+    let env = [("SHOAL_URL", proxy.url.as_str()), ("SHOAL_API_TOKEN", token.as_str())];
+    let out = run_script_with(&logs, "realtime.py", &env).await;
+    assert!(out.contains("over websocket"), "{out}");
+
+    // A script writing while its base's leader is killed goes on, and
+    // loses no acknowledged row.
+    let ledger = new_base("ledger").await;
+    let token = token_for(&ledger).await;
+    let leader = leader_of(&proxy.url, &ledger).await;
+    let env = [
+        ("SHOAL_URL", proxy.url.as_str()),
+        ("SHOAL_API_TOKEN", token.as_str()),
+        ("SHOAL_SECONDS", "8"),
+    ];
+    let mut victim = c.nodes.remove(&leader).expect("the leader's process");
+    let logs = || c.logs();
+    let script = run_script_with(&logs, "failover.py", &env);
+    let kill = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        tokio::task::block_in_place(|| victim.kill());
+    };
+    let (out, ()) = tokio::join!(script, kill);
+    println!("{out}");
+    assert!(out.contains("no acknowledged row lost"), "{out}");
 }
