@@ -44,6 +44,14 @@ pub enum Workload {
     Mixed,
     /// Base creation (with --keep, the bases stay).
     Create,
+    /// Inserts of --batch rows each through Shoal's rows API
+    /// (`/tables/{table}/rows`).
+    Append,
+    /// Appends of --batch rows each through the SeaTable-compatible API
+    /// (`/api-gateway/api/v2/dtables/{uuid}/rows/`, with an API token).
+    #[value(name = "seatable-append")]
+    #[serde(rename = "seatable-append")]
+    SeatableAppend,
 }
 
 /// The system under test.
@@ -76,6 +84,9 @@ pub struct BenchArgs {
     /// How many bases to spread the load over [default: one per client].
     #[arg(long)]
     bases: Option<usize>,
+    /// Rows per request of the append workloads.
+    #[arg(long, default_value_t = 100)]
+    batch: usize,
     /// Rows to load into each base (etcd, dqlite: keys in all) before a read
     /// or mixed run.
     #[arg(long, default_value_t = 1000)]
@@ -106,6 +117,9 @@ struct Report {
     /// Requests sent again after a transient conflict (dqlite only).
     retries: u64,
     ops_per_sec: f64,
+    /// Rows written per second (the append workloads: ops x batch).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rows_per_sec: Option<f64>,
     latency_ms: Latency,
 }
 
@@ -390,6 +404,59 @@ impl Client {
         }
     }
 
+    /// One insert of `batch` rows through Shoal's rows API.
+    async fn append(&mut self, base: Option<BaseId>, batch: usize) -> bool {
+        let Some(base) = base else { return false };
+        let rows: Vec<Value> = (0..batch).map(|_| json!({"v": self.payload})).collect();
+        let path = format!("/v1/bases/{base}/tables/bench/rows");
+        ok(self.shoal(base, "POST", &path, &json!({ "rows": rows })).await)
+    }
+
+    /// One append of `batch` rows through the SeaTable-compatible API.
+    async fn seatable_append(&mut self, base: Option<BaseId>, batch: usize) -> bool {
+        let Some(base) = base else { return false };
+        let rows: Vec<Value> = (0..batch).map(|_| json!({"v": self.payload})).collect();
+        let path = format!("/api-gateway/api/v2/dtables/{base}/rows/");
+        let body = json!({"table_name": "stbench", "rows": rows});
+        ok(self.shoal(base, "POST", &path, &body).await)
+    }
+
+    /// Makes `base` ready for the SeaTable API: an API token, an access
+    /// token for it, and the `bench` table; returns the access token.
+    async fn seatable_setup(&mut self, base: BaseId) -> anyhow::Result<String> {
+        let path = format!("/v1/bases/{base}/api-tokens");
+        let token = self.shoal_ok(base, "POST", &path, &json!({})).await?;
+        let token = token["api_token"].as_str().context("no api_token")?.to_string();
+        let origin = self.routes.get(&base).cloned().unwrap_or_else(|| self.home.clone());
+        let auth = format!("Token {token}");
+        let mut conns = Connections::new(&[("Authorization", auth.as_str())]);
+        let r =
+            conns.request(&origin, "GET", "/api/v2.1/dtable/app-access-token/", None, &[]).await?;
+        let v: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        let access = v["access_token"]
+            .as_str()
+            .with_context(|| format!("no access token: {}", String::from_utf8_lossy(&r.body)))?
+            .to_string();
+        let auth = format!("Token {access}");
+        let mut conns =
+            Connections::new(&[("X-Shoal-No-Forward", "1"), ("Authorization", auth.as_str())]);
+        std::mem::swap(&mut self.conns, &mut conns);
+        let table = json!({"table_name": "stbench", "columns": [{"column_name": "v", "column_type": "text"}]});
+        let made = self
+            .shoal_ok(base, "POST", &format!("/api-gateway/api/v2/dtables/{base}/tables/"), &table)
+            .await;
+        std::mem::swap(&mut self.conns, &mut conns);
+        made?;
+        Ok(access)
+    }
+
+    /// From now on, talks to the SeaTable API with `access`.
+    fn use_access_token(&mut self, access: &str) {
+        let auth = format!("Token {access}");
+        self.conns =
+            Connections::new(&[("X-Shoal-No-Forward", "1"), ("Authorization", auth.as_str())]);
+    }
+
     /// Creates one base (the create workload).
     async fn create(&mut self) -> bool {
         let id = BaseId::random();
@@ -433,16 +500,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("--workload create needs --target shoal");
     }
     let endpoints = endpoints(&args.client.endpoint)?;
-    let token = match &args.client.token {
-        Some(t) => Some(t.clone()),
-        None => std::fs::read_to_string(std::path::Path::new("shoal-data").join("admin.token"))
-            .ok()
-            .map(|t| t.trim().to_string()),
-    };
+    let token = args.client.admin_token();
     let mut clients: Vec<Client> = (0..args.concurrency)
         .map(|w| Client::new(args.target, endpoints.clone(), w, token.as_deref()))
         .collect();
-    let rows = if matches!(args.workload, Workload::Write | Workload::Create) {
+    if args.target != Target::Shoal
+        && matches!(args.workload, Workload::Append | Workload::SeatableAppend)
+    {
+        anyhow::bail!("the append workloads need --target shoal");
+    }
+    if args.batch == 0 || args.batch > 1000 {
+        anyhow::bail!("--batch must be between 1 and 1000");
+    }
+    let rows = if matches!(
+        args.workload,
+        Workload::Write | Workload::Create | Workload::Append | Workload::SeatableAppend
+    ) {
         0
     } else {
         args.rows.max(1)
@@ -467,6 +540,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         for c in &mut clients {
             c.routes.clone_from(&routes);
+        }
+        if args.workload == Workload::SeatableAppend {
+            let mut access = Vec::with_capacity(bases.len());
+            for (i, id) in bases.iter().enumerate() {
+                let client = &mut clients[i % args.concurrency];
+                access.push(
+                    client
+                        .seatable_setup(*id)
+                        .await
+                        .with_context(|| format!("cannot set base {id} up for the SeaTable API"))?,
+                );
+            }
+            for (w, c) in clients.iter_mut().enumerate() {
+                c.use_access_token(&access[w % access.len()]);
+            }
         }
     } else if args.target != Target::Shoal && rows > 0 {
         let next = Arc::new(AtomicU64::new(1));
@@ -505,6 +593,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let base: Option<BaseId> = bases.get(w % bases.len().max(1)).copied();
         let started = started.clone();
         let workload = args.workload;
+        let batch = args.batch;
         tasks.push(tokio::spawn(async move {
             let mut hist =
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
@@ -513,6 +602,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let t = Instant::now();
                 let ok = match workload {
                     Workload::Create => client.create().await,
+                    Workload::Append => client.append(base, batch).await,
+                    Workload::SeatableAppend => client.seatable_append(base, batch).await,
                     Workload::Write => client.write(base).await,
                     Workload::Mixed if rand::rng().random_ratio(1, 5) => client.write(base).await,
                     Workload::Read | Workload::Mixed => {
@@ -557,6 +648,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         errors,
         retries,
         ops_per_sec: hist.len() as f64 / elapsed,
+        rows_per_sec: matches!(args.workload, Workload::Append | Workload::SeatableAppend)
+            .then(|| (hist.len() * args.batch as u64) as f64 / elapsed),
         latency_ms: Latency {
             p50: ms(hist.value_at_quantile(0.5)),
             p99: ms(hist.value_at_quantile(0.99)),
@@ -581,6 +674,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.errors,
             report.retries
         );
+    }
+    if let Some(r) = report.rows_per_sec.filter(|_| !args.json) {
+        out!("  {r:.0} rows/s in batches of {}", args.batch);
     }
     if errors > 0 && hist.is_empty() {
         anyhow::bail!("every request failed");

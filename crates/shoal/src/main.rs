@@ -106,14 +106,19 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// The client these flags describe.
-    pub fn client(&self) -> anyhow::Result<shoal_client::Client> {
-        let token = match &self.token {
+    /// The admin token: --token, else the one in --data-dir.
+    pub fn admin_token(&self) -> Option<String> {
+        match &self.token {
             Some(t) => Some(t.clone()),
             None => std::fs::read_to_string(self.data_dir.join("admin.token"))
                 .ok()
                 .map(|t| t.trim().to_string()),
-        };
+        }
+    }
+
+    /// The client these flags describe.
+    pub fn client(&self) -> anyhow::Result<shoal_client::Client> {
+        let token = self.admin_token();
         let options =
             shoal_client::Options { retry_deadline: self.retry_deadline, ..Default::default() };
         Ok(shoal_client::Client::with_options(&[&self.endpoint], token, options)?)
