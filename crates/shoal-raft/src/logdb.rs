@@ -38,9 +38,11 @@
 //! The log also keeps, in memory, everything its records describe: every
 //! group's hard state, log start, checkpoint and entries (the loop compacts
 //! entries behind each checkpoint, so this stays small). Reads of entries
-//! come from there. When the active segment passes [`SEGMENT_BYTES`], the
+//! come from there. When the records appended to the active segment pass
+//! [`SEGMENT_BYTES`] (and the size of the image it started with), the
 //! writer starts a new one with an image of every group, syncs it, and
-//! deletes the older segments: the log's size on disk follows what is live.
+//! deletes the older segments: the log's size on disk follows what is live,
+//! and each byte appended is rewritten at most about once.
 //!
 //! Why not an embedded key-value store: the earlier log kept entries in
 //! fjall, whose memtable (a skiplist insert per entry, then a tombstone at
@@ -226,6 +228,8 @@ struct Active {
     file: File,
     seq: u64,
     size: u64,
+    /// The bytes of the image the segment starts with (0 when unknown).
+    image: u64,
 }
 
 /// The log of one node.
@@ -305,7 +309,7 @@ impl LogDb {
             Some((seq, path)) => {
                 let file = OpenOptions::new().append(true).open(path).map_err(|e| io("open", e))?;
                 let size = file.metadata().map_err(|e| io("stat", e))?.len();
-                Active { file, seq: *seq, size }
+                Active { file, seq: *seq, size, image: 0 }
             }
             None => new_segment(dir, 1)?,
         };
@@ -407,7 +411,11 @@ impl LogDb {
                 apply_op(&mut groups, *group, op);
             }
         }
-        if active.size > self.segment_bytes {
+        // Rotated once the records appended since the image outgrow both the
+        // segment size and the image itself: a large live log (big entries
+        // not yet compacted) is rewritten at most once per as many bytes
+        // appended, never on every write.
+        if active.size - active.image > self.segment_bytes.max(active.image) {
             self.rotate(&mut active)?;
         }
         Ok(())
@@ -424,6 +432,7 @@ impl LogDb {
         next.file.write_all(&buf).map_err(|e| io("write a log image", e))?;
         next.file.sync_data().map_err(|e| io("sync a log image", e))?;
         next.size += buf.len() as u64;
+        next.image = next.size;
         let old = active.seq;
         *active = next;
         for (seq, path) in segments(&self.dir)? {
@@ -448,7 +457,7 @@ fn new_segment(dir: &Path, seq: u64) -> Result<Active> {
         .and_then(|()| file.sync_all())
         .map_err(|e| io("write a log header", e))?;
     sync_dir(dir)?;
-    Ok(Active { file, seq, size: header.len() as u64 })
+    Ok(Active { file, seq, size: header.len() as u64, image: 0 })
 }
 
 /// Appends one record with `payload` written by `fill`.
@@ -870,6 +879,26 @@ mod tests {
             Err(other) => panic!("wrong error: {other}"),
             Ok(_) => panic!("a corrupt segment was read"),
         }
+    }
+
+    #[test]
+    fn a_live_log_larger_than_a_segment_is_not_rewritten_on_every_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = LogDb::open_with(dir.path(), 4096).expect("open");
+        // 400 entries of about 100 bytes, never compacted: 40 KB live, ten
+        // segments' worth.
+        let data = [7u8; 100];
+        for i in 1..=400u64 {
+            let op = Op::Append { entries: vec![entry(i, 1, &data)], delete: None };
+            db.write(&[Batch { ops: vec![(1, op)], sync: false }]).expect("append");
+        }
+        let seq = db.active.lock().expect("active").seq;
+        // Each rotation waits for as many bytes as the image it wrote: the
+        // image doubles, so rotations grow with the log's logarithm.
+        assert!(seq <= 8, "{seq} segments for 40 KB of live log");
+        drop(db);
+        let db = LogDb::open(dir.path()).expect("reopen");
+        assert_eq!(indexes(&db, 1).len(), 400);
     }
 
     #[test]

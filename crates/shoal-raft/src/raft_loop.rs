@@ -57,7 +57,7 @@ const COMPACT_STEP: u64 = 64;
 /// At most this many bytes of applied entries are kept behind a checkpoint,
 /// whatever `keep_logs` says: large entries (bulk inserts) would otherwise
 /// fill memory and make every segment rotation rewrite tens of megabytes.
-const KEEP_BYTES: u64 = 4 << 20;
+const KEEP_BYTES: u64 = 1 << 20;
 
 type Reply<A> = oneshot::Sender<Answered<A>>;
 type ReadReply = oneshot::Sender<Result<(), GroupError>>;
