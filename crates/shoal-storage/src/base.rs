@@ -128,6 +128,7 @@ impl Base {
              PRAGMA synchronous = NORMAL;
              PRAGMA foreign_keys = ON;
              PRAGMA cache_size = -1024;
+             PRAGMA temp_store = MEMORY;
              PRAGMA journal_size_limit = 1048576;
              PRAGMA busy_timeout = 5000;
              CREATE TABLE IF NOT EXISTS _shoal_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
