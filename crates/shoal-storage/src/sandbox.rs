@@ -173,13 +173,6 @@ pub fn install(conn: &Connection) -> rusqlite::Result<Guard> {
             clock_or_random(&g, name, ctx)
         })?;
     }
-    // Row ids of SeaTable tables, made by their insert trigger.
-    conn.create_scalar_function(
-        crate::seatable::ROW_ID_FUNCTION,
-        1,
-        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
-        |ctx| Ok(crate::seatable::row_id(ctx.get::<i64>(0)?)),
-    )?;
     for name in DATE_FUNCTIONS {
         let g = guard.clone();
         conn.create_scalar_function(

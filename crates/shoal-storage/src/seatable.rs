@@ -492,7 +492,8 @@ pub fn create_table(
         // AUTOINCREMENT: a deleted row's rowid, and so its id, is never
         // given to another row.
         "_rowid INTEGER PRIMARY KEY AUTOINCREMENT".into(),
-        "_id TEXT UNIQUE".into(),
+        // Computed from the rowid when read, however the row was inserted.
+        format!("_id TEXT GENERATED ALWAYS AS ({ROW_ID_SQL}) VIRTUAL"),
         "_ctime TEXT".into(),
         "_mtime TEXT".into(),
         "_creator TEXT".into(),
@@ -500,18 +501,6 @@ pub fn create_table(
     ];
     defs.extend(columns.iter().map(|c| format!("{} {}", quote(&c.name), c.kind.sql_type())));
     out.push(stmt(format!("CREATE TABLE {} ({})", quote(name), defs.join(", ")), vec![]));
-    // Every row's id is derived from its rowid (see [`row_id`]), however
-    // it was inserted: the same on every replica, and known for a deleted
-    // row, whose change event carries only the rowid.
-    out.push(stmt(
-        format!(
-            "CREATE TRIGGER {} AFTER INSERT ON {t} WHEN NEW._id IS NULL BEGIN \
-             UPDATE {t} SET _id = {ROW_ID_FUNCTION}(NEW.rowid) WHERE rowid = NEW.rowid; END",
-            quote(&format!("_shoal_st_id_{id}")),
-            t = quote(name)
-        ),
-        vec![],
-    ));
     out.push(stmt(
         "INSERT INTO _shoal_st_tables (id, name, position) VALUES (?, ?, ?)",
         vec![id.clone().into(), name.into(), position.into()],
@@ -788,67 +777,121 @@ fn values(
     Ok(out)
 }
 
-/// The SQL function that makes a row id from a rowid ([`row_id`]).
-pub const ROW_ID_FUNCTION: &str = "shoal_row_id";
+/// The SQL that makes a row's id from its rowid, with SQLite's own
+/// functions only (a backup opens anywhere): the generated `_id` column of
+/// every SeaTable table. [`row_id`] computes the same in Rust.
+pub const ROW_ID_SQL: &str =
+    "printf('%06X%016X', abs(_rowid % 4294967291) * 40503 % 16777216, _rowid)";
 
-/// A row's id: 22 URL-safe characters made from its rowid (a scrambled
-/// copy, then the rowid itself, as URL-safe base64), so it is the same on
-/// every replica and can be told from a change event that has only the
-/// rowid.
+/// A row's id: 22 characters (hex digits) made from its rowid, as
+/// [`ROW_ID_SQL`] makes it: six of a scramble of the rowid, so neighbouring
+/// rows' ids do not look alike, then the rowid itself. The same on every
+/// replica, stored nowhere (the column is computed when read), and known
+/// for a deleted row, whose change event carries only the rowid.
 pub fn row_id(rowid: i64) -> String {
-    use base64::Engine as _;
-    let r = rowid as u64;
-    // splitmix64's finalizer: ids of neighbouring rows look unrelated.
-    let mut z = r.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^= z >> 31;
-    let mut bytes = [0u8; 16];
-    bytes[..8].copy_from_slice(&z.to_be_bytes());
-    bytes[8..].copy_from_slice(&r.to_be_bytes());
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    let scramble = (rowid % 4_294_967_291).abs() * 40_503 % 16_777_216;
+    format!("{scramble:06X}{:016X}", rowid as u64)
 }
 
-/// The statements that append `rows`: the inserts are the last
-/// `rows.len()` statements, and each one's inserted rowid gives the row's
-/// id ([`row_id`]).
+/// The rowid a row id was made from ([`row_id`]), if it is one.
+pub fn parse_row_id(id: &str) -> Option<i64> {
+    let rowid = u64::from_str_radix(id.get(6..)?, 16).ok()? as i64;
+    (id.len() == 22 && row_id(rowid) == id).then_some(rowid)
+}
+
+fn rowid_of(id: &str) -> Result<i64> {
+    parse_row_id(id).ok_or_else(|| Error::NotFound(format!("no row {id:?}")))
+}
+
+/// The most values one insert statement binds (SQLite allows 32766).
+const MAX_VALUES: usize = 30_000;
+
+/// The statements that append `rows`, and how many rows each of the last
+/// statements inserts (the inserts come last, in the rows' order). Rows
+/// that name the same columns one after another go in one multi-row
+/// insert; its rows get consecutive rowids, the last one its
+/// `last_insert_rowid`, and their ids follow ([`row_id`]).
 pub fn append_rows(
     table: &Table,
     rows: &[Map<String, Value>],
     stamp: &Stamp,
     ids: &mut dyn Ids,
-) -> Result<Vec<Statement>> {
+) -> Result<(Vec<Statement>, Vec<usize>)> {
     if rows.is_empty() {
         return Err(Error::InvalidInput("no rows given".into()));
     }
     let mut new_options = Vec::new();
-    let mut inserts = Vec::with_capacity(rows.len());
-    for row in rows {
-        let values = values(table, row, &mut new_options)?;
-        let mut names: Vec<String> = SYSTEM_COLUMNS[1..].iter().map(|c| c.to_string()).collect();
-        let mut params: Vec<Value> = vec![
-            stamp.time.clone().into(),
-            stamp.time.clone().into(),
-            stamp.user.clone().into(),
-            stamp.user.clone().into(),
-        ];
-        for (n, v) in values {
-            names.push(quote(&n));
-            params.push(v);
+    let checked: Vec<Vec<(String, Value)>> =
+        rows.iter().map(|row| values(table, row, &mut new_options)).collect::<Result<_>>()?;
+    let t = quote(&table.name);
+    let mut inserts = Vec::new();
+    let mut sizes = Vec::new();
+    let mut start = 0;
+    while start < checked.len() {
+        let names: Vec<&str> = checked[start].iter().map(|(n, _)| n.as_str()).collect();
+        let per_row = names.len().max(1);
+        let mut end = start + 1;
+        while end < checked.len()
+            && (end - start + 1) * per_row <= MAX_VALUES
+            && checked[end].iter().map(|(n, _)| n.as_str()).eq(names.iter().copied())
+        {
+            end += 1;
+        }
+        // The writer and the time are bound once (?1, ?2) for every row.
+        let tuple = format!("(?1, ?1, ?2, ?2{})", ", ?".repeat(names.len()));
+        let mut columns: Vec<String> = SYSTEM_COLUMNS[1..].iter().map(|c| c.to_string()).collect();
+        columns.extend(names.iter().map(|n| quote(n)));
+        let mut params: Vec<Value> = vec![stamp.time.clone().into(), stamp.user.clone().into()];
+        for row in &checked[start..end] {
+            params.extend(row.iter().map(|(_, v)| v.clone()));
         }
         inserts.push(stmt(
             format!(
-                "INSERT INTO {} ({}) VALUES ({})",
-                quote(&table.name),
-                names.join(", "),
-                vec!["?"; names.len()].join(", ")
+                "INSERT INTO {t} ({}) VALUES {}",
+                columns.join(", "),
+                vec![tuple.as_str(); end - start].join(", ")
             ),
             params,
         ));
+        sizes.push(end - start);
+        start = end;
     }
-    let mut out = ensure_schema();
-    out.extend(option_statements(table, &new_options, ids));
+    // The table is in the catalog, so the catalog exists.
+    let mut out = option_statements(table, &new_options, ids);
     out.extend(inserts);
+    Ok((out, sizes))
+}
+
+/// A row as [`read_rows`] would give it back once appended with `stamp`,
+/// keyed by column name, without its `_id` (known after the write).
+pub fn appended_row(
+    table: &Table,
+    row: &Map<String, Value>,
+    stamp: &Stamp,
+) -> Result<Map<String, Value>> {
+    let mut ignored = Vec::new();
+    let mut out = Map::new();
+    out.insert("_ctime".into(), stamp.time.clone().into());
+    out.insert("_mtime".into(), stamp.time.clone().into());
+    out.insert("_creator".into(), stamp.user.clone().into());
+    out.insert("_last_modifier".into(), stamp.user.clone().into());
+    for (name, v) in values(table, row, &mut ignored)? {
+        if v.is_null() {
+            continue;
+        }
+        let column = table.column(&name)?;
+        // Stored values read back as SQLite gives them: a number column
+        // keeps integers as integers.
+        let v = match (column.kind, &v) {
+            (Kind::Number, Value::Number(n))
+                if n.as_f64().is_some_and(|f| f.fract() == 0.0 && f.abs() < 9e15) =>
+            {
+                Value::from(n.as_f64().unwrap_or_default() as i64)
+            }
+            _ => v,
+        };
+        out.insert(name, cell_out(column, v));
+    }
     Ok(out)
 }
 
@@ -873,14 +916,17 @@ pub fn update_rows(
             assignments.push(format!("{} = ?", quote(&n)));
             params.push(v);
         }
-        params.push(id.clone().into());
+        params.push(rowid_of(id)?.into());
         sets.push(stmt(
-            format!("UPDATE {} SET {} WHERE _id = ?", quote(&table.name), assignments.join(", ")),
+            format!(
+                "UPDATE {} SET {} WHERE _rowid = ?",
+                quote(&table.name),
+                assignments.join(", ")
+            ),
             params,
         ));
     }
-    let mut out = ensure_schema();
-    out.extend(option_statements(table, &new_options, ids));
+    let mut out = option_statements(table, &new_options, ids);
     out.extend(sets);
     Ok(out)
 }
@@ -890,15 +936,15 @@ pub fn delete_rows(table: &Table, row_ids: &[String]) -> Result<Vec<Statement>> 
     if row_ids.is_empty() {
         return Err(Error::InvalidInput("no row ids given".into()));
     }
-    Ok(row_ids
+    row_ids
         .iter()
         .map(|id| {
-            stmt(
-                format!("DELETE FROM {} WHERE _id = ?", quote(&table.name)),
-                vec![id.clone().into()],
-            )
+            Ok(stmt(
+                format!("DELETE FROM {} WHERE _rowid = ?", quote(&table.name)),
+                vec![rowid_of(id)?.into()],
+            ))
         })
-        .collect())
+        .collect()
 }
 
 /// Which of `row_ids` name rows of `table`.
@@ -908,11 +954,12 @@ pub fn existing_ids(
     row_ids: &[String],
 ) -> Result<HashSet<String>> {
     let mut s = conn
-        .prepare(&format!("SELECT 1 FROM {} WHERE _id = ?1", quote(&table.name)))
+        .prepare(&format!("SELECT 1 FROM {} WHERE _rowid = ?1", quote(&table.name)))
         .map_err(map_sqlite_error)?;
     let mut out = HashSet::new();
     for id in row_ids {
-        if s.exists([id]).map_err(map_sqlite_error)? {
+        let Some(rowid) = parse_row_id(id) else { continue };
+        if s.exists([rowid]).map_err(map_sqlite_error)? {
             out.insert(id.clone());
         }
     }
@@ -1032,8 +1079,9 @@ pub fn read_rows(conn: &Connection, table: &Table, page: &Page) -> Result<Vec<Ma
     let mut params: Vec<rusqlite::types::Value> = vec![];
     let mut conditions = Vec::new();
     if let Some(id) = &page.row_id {
-        conditions.push("_id = ?".to_string());
-        params.push(id.clone().into());
+        conditions.push("_rowid = ?".to_string());
+        // An id that names no row reads nothing.
+        params.push(parse_row_id(id).unwrap_or(0).into());
     }
     if !page.filters.is_empty() {
         let parts: Vec<String> =
@@ -1158,7 +1206,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn row_ids_are_22_url_safe_characters_and_differ() {
+    fn row_ids_are_22_hex_digits_made_as_sqlite_makes_them() {
         let ids: HashSet<String> = (-2..1000).map(row_id).collect();
         assert_eq!(ids.len(), 1002);
         for id in &ids {
@@ -1168,7 +1216,14 @@ mod tests {
                 "{id}"
             );
         }
-        assert_ne!(row_id(1)[..4], row_id(2)[..4]);
+        assert_ne!(row_id(1)[11..], row_id(2)[11..]);
+        for r in [-2, 0, 1, 77, i64::MAX] {
+            assert_eq!(parse_row_id(&row_id(r)), Some(r));
+        }
+        let mut forged = row_id(5).into_bytes();
+        forged[0] = if forged[0] == b'A' { b'B' } else { b'A' };
+        assert_eq!(parse_row_id(std::str::from_utf8(&forged).unwrap()), None);
+        assert_eq!(parse_row_id("short"), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@
 //! the same API token within [`RESUME_WITHIN`] resumes after the last
 //! change it was sent, as far as the feed still holds it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -171,19 +171,7 @@ async fn send(
     after: u64,
     last: &mut Option<u64>,
 ) -> bool {
-    // An insert's own id, filled in by the table's trigger, is not a change
-    // of its own.
-    let inserted: HashSet<(&str, i64)> = batch
-        .iter()
-        .filter(|e| e.op == ChangeOp::Insert)
-        .filter_map(|e| Some((e.table.as_deref()?, e.rowid?)))
-        .collect();
     for e in batch.iter().filter(|e| e.index > after) {
-        if e.op == ChangeOp::Update
-            && e.table.as_deref().zip(e.rowid).is_some_and(|k| inserted.contains(&k))
-        {
-            continue;
-        }
         let mut op = st::event(meta, e);
         if op == Event::Stale || e.op == ChangeOp::Ddl {
             let reloaded = engine.local(move |store| store.read_system(&base, st::load)).await;

@@ -790,25 +790,26 @@ async fn append_rows(
         return Err(invalid(format!("at most {} rows per call", st::MAX_LIMIT)));
     }
     let stamp = Stamp { time: now(), user: who.user.clone() };
-    let count = req.rows.len();
-    let (table_id, statements) = read(&state, &who, move |meta, _| {
+    let (mut first_row, (statements, sizes)) = read(&state, &who, move |meta, _| {
         let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
-        Ok((t.id.clone(), st::append_rows(t, &req.rows, &stamp, &mut RandomIds)?))
+        let first = req.rows.first().map(|r| st::appended_row(t, r, &stamp)).transpose()?;
+        Ok((first, st::append_rows(t, &req.rows, &stamp, &mut RandomIds)?))
     })
     .await?;
     let results = write(&state, who.base, statements).await?;
-    // The inserts come last; each made one row, whose rowid names it.
-    let ids: Vec<String> = results[results.len().saturating_sub(count)..]
+    // The inserts come last; each put its rows at consecutive rowids,
+    // ending at its last insert rowid, and a row's rowid names it.
+    let inserts = &results[results.len().saturating_sub(sizes.len())..];
+    let ids: Vec<String> = inserts
         .iter()
-        .map(|r| st::row_id(r.last_insert_rowid))
+        .zip(&sizes)
+        .flat_map(|(r, &n)| {
+            (0..n as i64).rev().map(move |back| st::row_id(r.last_insert_rowid - back))
+        })
         .collect();
-    let first = ids[0].clone();
-    let first_row = read(&state, &who, move |meta, c| {
-        let t = meta.table(&table_id)?;
-        let page = Page { limit: 1, convert_keys: true, row_id: Some(first), ..Page::default() };
-        Ok(st::read_rows(c, t, &page)?.pop())
-    })
-    .await?;
+    if let (Some(row), Some(id)) = (first_row.as_mut(), ids.first()) {
+        row.insert("_id".into(), id.clone().into());
+    }
     Ok(Json(json!({
         "inserted_row_count": ids.len(),
         "row_ids": ids.iter().map(|id| json!({"_id": id})).collect::<Vec<_>>(),
