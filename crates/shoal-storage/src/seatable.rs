@@ -361,6 +361,29 @@ pub fn load(conn: &Connection) -> Result<Meta> {
             c.options.push(option);
         }
     }
+    // What SQL changed behind the catalog's back (a table dropped or a
+    // column removed through Shoal's own API) is left out, rather than read
+    // as a column that is not there.
+    let mut present = std::collections::HashMap::<String, HashSet<String>>::new();
+    let mut s = conn
+        .prepare_cached(
+            "SELECT m.name, p.name FROM sqlite_schema m JOIN pragma_table_info(m.name) p
+             WHERE m.type = 'table' AND m.name IN (SELECT name FROM _shoal_st_tables)",
+        )
+        .map_err(q)?;
+    let rows =
+        s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(q)?;
+    for row in rows {
+        let (t, c) = row.map_err(q)?;
+        present.entry(t.to_lowercase()).or_default().insert(c.to_lowercase());
+    }
+    tables.retain_mut(|t| match present.get(&t.name.to_lowercase()) {
+        Some(columns) => {
+            t.columns.retain(|c| columns.contains(&c.name.to_lowercase()));
+            true
+        }
+        None => false,
+    });
     Ok(Meta { tables })
 }
 
@@ -453,7 +476,7 @@ fn check_name(what: &str, name: &str) -> Result<()> {
     }
     if what == "column"
         && (SYSTEM_COLUMNS.iter().any(|c| c.eq_ignore_ascii_case(name))
-            || name.eq_ignore_ascii_case("_rowid"))
+            || ["_rowid", "rowid", "oid", "_rowid_"].iter().any(|r| r.eq_ignore_ascii_case(name)))
     {
         return Err(Error::InvalidInput(format!("{name:?} is a system column")));
     }
@@ -501,6 +524,14 @@ pub fn create_table(
     ];
     defs.extend(columns.iter().map(|c| format!("{} {}", quote(&c.name), c.kind.sql_type())));
     out.push(stmt(format!("CREATE TABLE {} ({})", quote(name), defs.join(", ")), vec![]));
+    // A table of that name dropped with plain SQL left its catalog entries.
+    for sql in [
+        "DELETE FROM _shoal_st_options WHERE table_id IN (SELECT id FROM _shoal_st_tables WHERE name = ?)",
+        "DELETE FROM _shoal_st_columns WHERE table_id IN (SELECT id FROM _shoal_st_tables WHERE name = ?)",
+        "DELETE FROM _shoal_st_tables WHERE name = ?",
+    ] {
+        out.push(stmt(sql, vec![name.into()]));
+    }
     out.push(stmt(
         "INSERT INTO _shoal_st_tables (id, name, position) VALUES (?, ?, ?)",
         vec![id.clone().into(), name.into(), position.into()],
@@ -556,6 +587,16 @@ fn column_rows(
         ));
     }
     out
+}
+
+/// Whether the base has a table or view named `name` (SeaTable's or not).
+pub fn name_taken(conn: &Connection, name: &str) -> Result<bool> {
+    conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_schema WHERE type IN ('table', 'view') AND name = ?1 COLLATE NOCASE)",
+        [name],
+        |r| r.get(0),
+    )
+    .map_err(map_sqlite_error)
 }
 
 /// The statements that drop a table and its catalog entries.
@@ -663,16 +704,22 @@ fn cell(
             _ => return Err(wrong("a date such as \"2024-05-01\" or \"2024-05-01 13:30\"")),
         },
         Kind::SingleSelect => match value {
+            // An empty option clears the cell.
+            Value::String(s) if s.is_empty() => Value::Null,
             Value::String(s) => Value::String(select(column, s, new_options)),
             _ => return Err(wrong("an option name")),
         },
         Kind::MultipleSelect => match value {
+            Value::Array(items) if items.is_empty() => Value::Null,
             Value::Array(items) => {
                 let mut names = Vec::with_capacity(items.len());
                 for item in items {
                     let Value::String(s) = item else {
                         return Err(wrong("a list of option names"));
                     };
+                    if s.is_empty() {
+                        return Err(wrong("a list of non-empty option names"));
+                    }
                     let name = select(column, s, new_options);
                     if !names.contains(&name) {
                         names.push(name);
@@ -700,11 +747,14 @@ fn select(column: &Column, s: &str, new_options: &mut Vec<(String, String)>) -> 
     s.to_string()
 }
 
-/// `YYYY-MM-DD`, optionally followed by a time (` HH:MM`, `THH:MM:SS...`).
+/// `YYYY-MM-DD`, optionally followed by a time (` HH:MM`, `THH:MM:SS...`),
+/// naming a day and time that exist.
 fn valid_date(s: &str) -> bool {
     let b = s.as_bytes();
     let digits =
         |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let num =
+        |r: std::ops::Range<usize>| s.get(r).and_then(|d| d.parse::<u32>().ok()).unwrap_or(99);
     if !(digits(0..4)
         && b.get(4) == Some(&b'-')
         && digits(5..7)
@@ -713,13 +763,33 @@ fn valid_date(s: &str) -> bool {
     {
         return false;
     }
-    let (m, d) = (s[5..7].parse::<u32>().unwrap_or(0), s[8..10].parse::<u32>().unwrap_or(0));
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    if d == 0 || d > days {
         return false;
     }
     match b.get(10) {
         None => true,
-        Some(b' ' | b'T') => digits(11..13) && b.get(13) == Some(&b':') && digits(14..16),
+        Some(b' ' | b'T') => {
+            digits(11..13)
+                && b.get(13) == Some(&b':')
+                && digits(14..16)
+                && num(11..13) < 24
+                && num(14..16) < 60
+                && match b.get(16) {
+                    None => true,
+                    Some(b':') => digits(17..19) && num(17..19) < 60,
+                    Some(b'.' | b'Z' | b'+' | b'-') => true,
+                    _ => false,
+                }
+        }
         _ => false,
     }
 }
@@ -763,7 +833,7 @@ fn values(
     row: &Map<String, Value>,
     new_options: &mut Vec<(String, String)>,
 ) -> Result<Vec<(String, Value)>> {
-    let mut out = Vec::with_capacity(row.len());
+    let mut out: Vec<(String, Value)> = Vec::with_capacity(row.len());
     for (k, v) in row {
         let column = match table.column(k) {
             Ok(c) => c,
@@ -772,6 +842,12 @@ fn values(
             Err(_) if k.starts_with('_') => continue,
             Err(e) => return Err(Error::InvalidInput(e.to_string())),
         };
+        if out.iter().any(|(n, _)| *n == column.name) {
+            return Err(Error::InvalidInput(format!(
+                "column {:?} is given twice in one row (by name and by key, or in two spellings)",
+                column.name
+            )));
+        }
         out.push((column.name.clone(), cell(table, column, v, new_options)?));
     }
     Ok(out)
@@ -1228,10 +1304,23 @@ mod tests {
 
     #[test]
     fn dates_are_checked() {
-        for ok in ["2024-05-01", "2024-05-01 13:30", "2024-05-01T13:30:00.000+00:00"] {
+        for ok in ["2024-05-01", "2024-05-01 13:30", "2024-05-01T13:30:00.000+00:00", "2024-02-29"]
+        {
             assert!(valid_date(ok), "{ok}");
         }
-        for bad in ["", "2024-5-1", "2024-13-01", "2024-05-01x", "2024-05-01 1", "yesterday"] {
+        for bad in [
+            "",
+            "2024-5-1",
+            "2024-13-01",
+            "2024-05-01x",
+            "2024-05-01 1",
+            "yesterday",
+            "2023-02-29",
+            "2024-04-31",
+            "2024-05-01 24:00",
+            "2024-05-01 10:60",
+            "2024-05-01T10:00:61",
+        ] {
             assert!(!valid_date(bad), "{bad}");
         }
     }

@@ -551,8 +551,7 @@ async fn seatable_wrong_rows_and_values_are_refused_and_change_nothing() {
         )
         .await;
     }
-    // FIXME: the date check looks at the shape only, so these are stored
-    // (200, a row appended; the update 200, the row changed).
+    // Dates of the right shape that name no day or time.
     for not_a_date in ["2024-02-30", "2024-05-01 25:99", "2024-04-31T10:00"] {
         let what = format!("a date that does not exist ({not_a_date})");
         f.bad_json(&what, Method::POST, "rows/", rows(json!([{"Born": not_a_date}]))).await;
@@ -564,8 +563,8 @@ async fn seatable_wrong_rows_and_values_are_refused_and_change_nothing() {
         )
         .await;
     }
-    // FIXME: one column given twice in one row, by name and by key or by
-    // names differing in case, is stored (200) with one of the two values.
+    // One column given twice in one row, by name and by key, or by names
+    // differing in case.
     let key = f.name_key.clone();
     for row in [json!({"Name": "one", key.clone(): "two"}), json!({"Name": "one", "NAME": "two"})] {
         let what = "one column given twice in a row";

@@ -541,9 +541,15 @@ async fn add_table(
         });
     }
     let name = req.table_name;
-    let (id, statements) =
-        read(&state, &who, move |meta, _| st::create_table(meta, &name, &columns, &mut RandomIds))
-            .await?;
+    let (id, statements) = read(&state, &who, move |meta, c| {
+        if meta.table(&name).is_err() && st::name_taken(c, &name)? {
+            return Err(Error::Conflict(format!(
+                "the base has a table named {name:?} (made with SQL); choose another name"
+            )));
+        }
+        st::create_table(meta, &name, &columns, &mut RandomIds)
+    })
+    .await?;
     write(&state, who.base, statements).await?;
     let table = read(&state, &who, move |meta, _| Ok(meta.table(&id)?.describe())).await?;
     Ok(Json(table))
@@ -901,6 +907,12 @@ struct SqlRequest {
     convert_keys: Option<bool>,
 }
 
+/// Whether a statement changes the schema, which the SQL call does not do.
+fn changes_schema(sql: &str) -> bool {
+    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    ["create", "drop", "alter"].iter().any(|w| first.eq_ignore_ascii_case(w))
+}
+
 /// Whether a statement writes (and so goes through the log).
 fn writes(sql: &str) -> bool {
     let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
@@ -939,6 +951,12 @@ async fn sql(
         Ok(r) => r,
         Err(e) => return sql_failure(e),
     };
+    if changes_schema(&req.sql) {
+        return sql_failure(invalid(
+            "the SQL call runs SELECT, INSERT, UPDATE and DELETE; add and delete tables and \
+             columns with the tables/ and columns/ calls",
+        ));
+    }
     let write_sql = writes(&req.sql);
     let who = match caller(&state, &headers, &uuid, write_sql) {
         Ok(w) => w,
