@@ -136,10 +136,27 @@ impl Capture {
                 sql: Some(sql.to_string()),
             });
         }
+        // One prepared read (and one list of column names) per table the
+        // statement touched, not per row: a bulk insert reads many rows of
+        // one table.
+        let mut reader: Option<(String, rusqlite::CachedStatement<'_>, Vec<String>)> = None;
         for c in changes {
             let row = match c.op {
                 ChangeOp::Delete => None,
-                _ => read_row(conn, &c.table, c.rowid)?,
+                _ => {
+                    if reader.as_ref().is_none_or(|(t, _, _)| *t != c.table) {
+                        let stmt = conn
+                            .prepare_cached(&format!(
+                                "SELECT * FROM main.{} WHERE _rowid_ = ?1",
+                                quote(&c.table)
+                            ))
+                            .map_err(map_sqlite_error)?;
+                        let names = stmt.column_names().iter().map(|n| n.to_string()).collect();
+                        reader = Some((c.table.clone(), stmt, names));
+                    }
+                    let (_, stmt, names) = reader.as_mut().expect("set above");
+                    read_row(stmt, names, c.rowid)?
+                }
             };
             self.events.push(ChangeEvent {
                 index,
@@ -159,17 +176,18 @@ impl Capture {
     }
 }
 
-/// A row's values by column name, or `None` if it is gone.
-fn read_row(conn: &Connection, table: &str, rowid: i64) -> Result<Option<Row>> {
-    let mut stmt = conn
-        .prepare_cached(&format!("SELECT * FROM main.{} WHERE _rowid_ = ?1", quote(table)))
-        .map_err(map_sqlite_error)?;
-    let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
+/// A row's values by column name, or `None` if it is gone; `stmt` reads
+/// one row of its table by rowid.
+fn read_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    names: &[String],
+    rowid: i64,
+) -> Result<Option<Row>> {
     let mut rows = stmt.query([rowid]).map_err(map_sqlite_error)?;
     let Some(r) = rows.next().map_err(map_sqlite_error)? else { return Ok(None) };
     let mut row = Row::new();
-    for (i, name) in names.into_iter().enumerate() {
-        row.insert(name, sql_to_json(r.get_ref(i).map_err(map_sqlite_error)?));
+    for (i, name) in names.iter().enumerate() {
+        row.insert(name.clone(), sql_to_json(r.get_ref(i).map_err(map_sqlite_error)?));
     }
     Ok(Some(row))
 }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Appends through the SeaTable-compatible API against Shoal's own rows API,
+# in one run on one standalone `shoal serve` on 127.0.0.1: CLIENTS clients
+# (default 16) each appending batches of BATCH rows (default 100, one 100-byte
+# text value each) for DURATION, the two workloads taking turns RUNS times
+# (default 3). Prints rows/s of each run and the SeaTable API's rate as a
+# share of the rows API's (median of the runs).
+#   RUNS=5 DURATION=10s bench/seatable.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-8s}
+CLIENTS=${CLIENTS:-16}
+BATCH=${BATCH:-100}
+
+build_shoal
+work_dir
+start_standalone "$dir"
+PIDS+=("$SHOAL_PID")
+rate() {
+    "$SHOAL" bench --endpoint "$ENDPOINT" --token "$TOKEN" --workload "$1" --batch "$BATCH" \
+        --concurrency "$CLIENTS" --duration "$DURATION" --json |
+        python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["errors"] == 0, r; print(round(r["rows_per_sec"]))'
+}
+ratios=()
+for run in $(seq 1 "$RUNS"); do
+    rows=$(rate append)
+    st=$(rate seatable-append)
+    ratio=$(python3 -c "print(round($st / $rows, 3))")
+    ratios+=("$ratio")
+    echo "run $run: rows API $rows rows/s, SeaTable API $st rows/s, ratio $ratio"
+done
+python3 -c "import statistics,sys; r=[float(x) for x in sys.argv[1:]]; print(f'median ratio {statistics.median(r):.3f} over {len(r)} runs (gap {100*(1-statistics.median(r)):.0f} %)')" "${ratios[@]}"
