@@ -498,6 +498,8 @@ async fn openapi_and_metrics() {
         ("/v1/bases/{id}/tables/{table}/rows", &["get", "post"]),
         ("/v1/bases/{id}/tables/{table}/rows/{rowid}", &["get", "patch", "delete"]),
         ("/v1/bases/{id}/backup", &["get"]),
+        ("/v1/bases/{id}/api-tokens", &["get", "post"]),
+        ("/v1/bases/{id}/api-tokens/{name}", &["delete"]),
         ("/v1/cluster", &["get"]),
         ("/v1/cluster/nodes/{id}/drain", &["post", "delete"]),
         ("/v1/cluster/nodes/{id}", &["delete"]),
