@@ -330,6 +330,20 @@ def query_sql_parameters():
     assert names(res) == ["alpha", "delta"], f"got {res!r}"
 
 
+def filter_rows_on_the_server():
+    # The filtered-rows call: conditions evaluated by the server.
+    got = sorted(names(base.filter_rows(TABLE, [
+        {"column_name": "Count", "filter_predicate": "greater", "filter_term": 4},
+    ])))
+    want = sorted(n for n, r in by_name(all_rows()).items() if (r.get("Count") or 0) > 4)
+    assert got == want, f"Count > 4: want {want!r}, got {got!r}"
+    got = names(base.filter_rows(TABLE, [
+        {"column_name": "Name", "filter_predicate": "contains", "filter_term": "ALP"},
+        {"column_name": "Name", "filter_predicate": "is", "filter_term": "delta"},
+    ], filter_conjunction="Or"))
+    assert sorted(got) == ["alpha", "delta"], f"contains or is: got {got!r}"
+
+
 def filter_and_update():
     qs = base.filter(TABLE, "Count > 4")
     got = sorted(r.get("Name") for r in qs)
@@ -408,6 +422,7 @@ CHECKS = [
     batch_update_rows,
     query_sql,
     query_sql_parameters,
+    filter_rows_on_the_server,
     filter_and_update,
     filter_and_delete,
     delete_row,
