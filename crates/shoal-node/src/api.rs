@@ -157,18 +157,28 @@ pub async fn insert_rows(
     ApiJson(req): ApiJson<InsertRowsRequest>,
 ) -> ApiResult<(StatusCode, Json<InsertRowsResponse>)> {
     let base = base_id(&id)?;
-    let info = engine(&state)?
-        .read(base.bucket(), Consistency::default(), move |s| s.table(&base, &table))
+    let (info, batch) = engine(&state)?
+        .read(base.bucket(), Consistency::default(), move |s| {
+            let info = s.table(&base, &table)?;
+            let batch = s.read_system(&base, |c| rows::can_batch(c, &info.name))?;
+            Ok((info, batch))
+        })
         .await?;
-    let statements = rows::insert(&info, &req.rows)?;
+    let (statements, sizes) = rows::insert_batched(&info, &req.rows, batch)?;
     match engine(&state)?
         .write(Command::Execute { base, statements, transaction: true }, key.as_deref())
         .await?
     {
+        // Each INSERT put its rows at consecutive rowids, ending at its
+        // last insert rowid.
         (index, Output::Executed { results }) => Ok((
             StatusCode::CREATED,
             Json(InsertRowsResponse {
-                rowids: results.iter().map(|r| r.last_insert_rowid).collect(),
+                rowids: results
+                    .iter()
+                    .zip(&sizes)
+                    .flat_map(|(r, &n)| (0..n as i64).rev().map(move |b| r.last_insert_rowid - b))
+                    .collect(),
                 index,
             }),
         )),

@@ -4,7 +4,7 @@
 //! as any SQL write. Identifiers are always quoted; values are always bound.
 
 use serde_json::Value;
-use shoal_types::api::{Params, ROWID_KEY, Row, Statement, TableInfo};
+use shoal_types::api::{ColumnInfo, Params, ROWID_KEY, Row, Statement, TableInfo};
 use shoal_types::{Error, Result};
 
 /// Quotes an SQL identifier.
@@ -23,31 +23,95 @@ fn check_columns<'a>(table: &TableInfo, names: impl Iterator<Item = &'a String>)
 
 /// One INSERT per row. `_rowid` may be given to choose the rowid.
 pub fn insert(table: &TableInfo, rows: &[Row]) -> Result<Vec<Statement>> {
+    Ok(insert_batched(table, rows, false)?.0)
+}
+
+/// The most values one multi-row insert binds (SQLite allows 32766).
+const MAX_VALUES: usize = 30_000;
+
+/// The INSERTs for `rows`, and how many rows each inserts. With `batch`,
+/// rows that name the same columns one after another share one multi-row
+/// INSERT, whose rows get consecutive rowids ending at its last insert
+/// rowid; a row that chooses its rowid (`_rowid`, or a value for an
+/// `INTEGER PRIMARY KEY`) goes alone. Only batch a rowid table without
+/// triggers whose rowids are not near the largest (SQLite then picks them
+/// at random): the caller checks.
+pub fn insert_batched(
+    table: &TableInfo,
+    rows: &[Row],
+    batch: bool,
+) -> Result<(Vec<Statement>, Vec<usize>)> {
     if rows.is_empty() {
         return Err(Error::InvalidInput("no rows given".into()));
     }
-    rows.iter()
-        .map(|row| {
-            check_columns(table, row.keys().filter(|k| *k != ROWID_KEY))?;
-            let (names, values): (Vec<String>, Vec<Value>) = row
-                .iter()
-                .map(|(k, v)| {
-                    (if k == ROWID_KEY { "rowid".to_string() } else { quote(k) }, v.clone())
-                })
-                .unzip();
-            let sql = if names.is_empty() {
-                format!("INSERT INTO {} DEFAULT VALUES", quote(&table.name))
-            } else {
-                format!(
-                    "INSERT INTO {} ({}) VALUES ({})",
-                    quote(&table.name),
-                    names.join(", "),
-                    vec!["?"; names.len()].join(", ")
-                )
-            };
-            Ok(Statement { sql, params: Params::Positional(values) })
+    let pks: Vec<&ColumnInfo> = table.columns.iter().filter(|c| c.pk > 0).collect();
+    let alias = match pks.as_slice() {
+        [c] if c.type_.eq_ignore_ascii_case("INTEGER") => Some(c.name.as_str()),
+        _ => None,
+    };
+    let chooses_rowid = |row: &Row| {
+        row.keys().any(|k| k == ROWID_KEY || alias.is_some_and(|a| a.eq_ignore_ascii_case(k)))
+    };
+    let mut statements = Vec::new();
+    let mut sizes = Vec::new();
+    let mut start = 0;
+    while start < rows.len() {
+        let first = &rows[start];
+        check_columns(table, first.keys().filter(|k| *k != ROWID_KEY))?;
+        let mut end = start + 1;
+        if batch && !first.is_empty() && !chooses_rowid(first) {
+            while end < rows.len()
+                && (end - start + 1) * first.len() <= MAX_VALUES
+                && rows[end].keys().eq(first.keys())
+            {
+                end += 1;
+            }
+        }
+        let names: Vec<String> = first
+            .keys()
+            .map(|k| if k == ROWID_KEY { "rowid".to_string() } else { quote(k) })
+            .collect();
+        let sql = if names.is_empty() {
+            format!("INSERT INTO {} DEFAULT VALUES", quote(&table.name))
+        } else {
+            let tuple = format!("({})", vec!["?"; names.len()].join(", "));
+            format!(
+                "INSERT INTO {} ({}) VALUES {}",
+                quote(&table.name),
+                names.join(", "),
+                vec![tuple.as_str(); end - start].join(", ")
+            )
+        };
+        let params: Vec<Value> =
+            rows[start..end].iter().flat_map(|r| r.values().cloned()).collect();
+        statements.push(Statement { sql, params: Params::Positional(params) });
+        sizes.push(end - start);
+        start = end;
+    }
+    Ok((statements, sizes))
+}
+
+/// Whether rows for `table` may share multi-row INSERTs
+/// ([`insert_batched`]): a rowid table with no triggers, whose largest
+/// rowid is far from the largest there is.
+pub fn can_batch(conn: &rusqlite::Connection, table: &str) -> Result<bool> {
+    let plain: bool = conn
+        .query_row(
+            "SELECT coalesce((SELECT wr = 0 FROM pragma_table_list WHERE schema = 'main' AND name = ?1 COLLATE NOCASE), 0)
+               AND NOT EXISTS (SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND tbl_name = ?1 COLLATE NOCASE)",
+            [table],
+            |r| r.get(0),
+        )
+        .map_err(crate::map_sqlite_error)?;
+    if !plain {
+        return Ok(false);
+    }
+    let max: i64 = conn
+        .query_row(&format!("SELECT coalesce(max(rowid), 0) FROM {}", quote(table)), [], |r| {
+            r.get(0)
         })
-        .collect()
+        .map_err(crate::map_sqlite_error)?;
+    Ok(max < i64::MAX - (1 << 32))
 }
 
 /// An UPDATE of one row by rowid.
