@@ -187,3 +187,76 @@ pub fn to_rows(columns: &[String], rows: Vec<Vec<Value>>) -> Vec<Row> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use shoal_types::api::ColumnInfo;
+
+    fn table(pk_type: &str) -> TableInfo {
+        let col = |name: &str, type_: &str, pk| ColumnInfo {
+            name: name.into(),
+            type_: type_.into(),
+            notnull: false,
+            default: None,
+            pk,
+        };
+        TableInfo { name: "t".into(), columns: vec![col("id", pk_type, 1), col("v", "TEXT", 0)] }
+    }
+
+    fn row(v: serde_json::Value) -> Row {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn batched_inserts_report_each_rows_rowid() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)").unwrap();
+        let t = table("INTEGER");
+        let rows = vec![
+            row(json!({"v": "a"})),
+            row(json!({"v": "b"})),
+            row(json!({"id": 50, "v": "chosen"})),
+            row(json!({"v": "c"})),
+            row(json!({"v": "d"})),
+            row(json!({"_rowid": 7, "v": "e"})),
+        ];
+        let (statements, sizes) = insert_batched(&t, &rows, true).unwrap();
+        // a+b, the chosen id alone, c+d, the chosen rowid alone.
+        assert_eq!(sizes, vec![2, 1, 2, 1]);
+        let mut reported = Vec::new();
+        for (s, n) in statements.iter().zip(&sizes) {
+            let mut stmt = conn.prepare(&s.sql).unwrap();
+            crate::value::bind(&mut stmt, &s.params).unwrap();
+            stmt.raw_execute().unwrap();
+            let last = conn.last_insert_rowid();
+            reported.extend((0..*n as i64).rev().map(|b| last - b));
+        }
+        let actual: Vec<i64> = rows
+            .iter()
+            .map(|r| {
+                let v = r["v"].as_str().unwrap();
+                conn.query_row("SELECT rowid FROM t WHERE v = ?1", [v], |x| x.get(0)).unwrap()
+            })
+            .collect();
+        assert_eq!(reported, actual);
+        // Unbatched: one statement per row.
+        assert_eq!(insert_batched(&t, &rows, false).unwrap().1, vec![1; 6]);
+        assert_eq!(insert(&t, &rows).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn tables_with_triggers_or_without_rowid_are_not_batched() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (v TEXT); CREATE TABLE u (v TEXT PRIMARY KEY) WITHOUT ROWID;
+             CREATE TABLE w (v TEXT);
+             CREATE TRIGGER tr AFTER INSERT ON w BEGIN INSERT INTO w VALUES ('again'); END;",
+        )
+        .unwrap();
+        assert!(can_batch(&conn, "t").unwrap());
+        assert!(!can_batch(&conn, "w").unwrap());
+        assert!(!can_batch(&conn, "u").unwrap());
+    }
+}
