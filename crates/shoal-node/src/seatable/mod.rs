@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -456,6 +456,32 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> StResult<T> {
     q.map(|Query(q)| q).map_err(|r| invalid(format!("invalid query string: {}", r.body_text())))
 }
 
+/// A writing call's caller, checked against the base of its path, and its
+/// JSON body.
+struct Write<T>(Caller, T);
+
+impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for Write<T> {
+    type Rejection = StError;
+
+    async fn from_request(req: Request, state: &Arc<AppState>) -> StResult<Self> {
+        let (mut parts, b) = req.into_parts();
+        let uuid = path(Path::<String>::from_request_parts(&mut parts, state).await)?;
+        let who = caller(state, &parts.headers, &uuid, true)?;
+        let bytes =
+            Bytes::from_request(Request::from_parts(parts, b), state).await.map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    StError::Api(Error::TooLarge(
+                        "the request body is larger than the server accepts (see --max-body-size)"
+                            .into(),
+                    ))
+                } else {
+                    invalid(format!("cannot read the request body: {}", r.body_text()))
+                }
+            })?;
+        Ok(Write(who, body(&bytes)?))
+    }
+}
+
 /// The table a request names (`table_id` wins over `table_name`).
 fn table_of<'m>(
     meta: &'m Meta,
@@ -520,12 +546,8 @@ struct AddTable {
 /// `POST tables/`: a new table; answers the table as metadata shows it.
 async fn add_table(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    bytes: Bytes,
+    Write(who, req): Write<AddTable>,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, true)?;
-    let req: AddTable = body(&bytes)?;
     let mut columns = req
         .columns
         .into_iter()
@@ -564,12 +586,8 @@ struct NameTable {
 /// `DELETE tables/`.
 async fn delete_table(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    bytes: Bytes,
+    Write(who, req): Write<NameTable>,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, true)?;
-    let req: NameTable = body(&bytes)?;
     let statements = read(&state, &who, move |meta, _| {
         Ok(st::drop_table(table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?))
     })
@@ -637,12 +655,8 @@ struct InsertColumn {
 /// per view).
 async fn insert_column(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    bytes: Bytes,
+    Write(who, req): Write<InsertColumn>,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, true)?;
-    let req: InsertColumn = body(&bytes)?;
     let column = new_column(req.column_name, &req.column_type, req.column_data)?;
     let (table_id, key, statements) = read(&state, &who, move |meta, _| {
         let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
@@ -786,12 +800,8 @@ struct AppendRows {
 /// `POST rows/`: appends one or many rows (1000 at most per call).
 async fn append_rows(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    bytes: Bytes,
+    Write(who, req): Write<AppendRows>,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, true)?;
-    let req: AppendRows = body(&bytes)?;
     if req.rows.len() as u64 > st::MAX_LIMIT {
         return Err(invalid(format!("at most {} rows per call", st::MAX_LIMIT)));
     }
@@ -850,12 +860,8 @@ fn missing(
 /// `PUT rows/`: updates rows by id; every id must exist, or nothing changes.
 async fn update_rows(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    bytes: Bytes,
+    Write(who, req): Write<UpdateRows>,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, true)?;
-    let req: UpdateRows = body(&bytes)?;
     let stamp = Stamp { time: now(), user: who.user.clone() };
     let statements = read(&state, &who, move |meta, c| {
         let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
@@ -881,12 +887,8 @@ struct DeleteRows {
 /// changes.
 async fn delete_rows(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    bytes: Bytes,
+    Write(who, req): Write<DeleteRows>,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, true)?;
-    let req: DeleteRows = body(&bytes)?;
     let count = req.row_ids.len();
     let statements = read(&state, &who, move |meta, c| {
         let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
