@@ -271,9 +271,17 @@ async fn a_drained_node_holds_nothing_stops_without_a_move_and_is_forgotten() {
     assert!(ok, "drain: {out}{err}\n{}", c.logs());
     let drained = c.map().await.expect("map");
     assert!(balanced(&drained, &["n1", "n2", "n3"]), "{:?}", counts(&drained));
-    let status = c.status(&c.nodes["n1"]).await;
-    let n4 = status.nodes.iter().find(|n| n.node_id.0 == "n4").expect("n4");
-    assert!(n4.live && n4.drained && n4.replicas == 0 && n4.hosted == 0, "{n4:?}");
+    // Another node's view follows the registry's reports a moment later.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let status = c.status(&c.nodes["n1"]).await;
+        let n4 = status.nodes.iter().find(|n| n.node_id.0 == "n4").expect("n4").clone();
+        if n4.live && n4.drained && n4.replicas == 0 && n4.hosted == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{n4:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (ok, text, _) = cli(&url, &["cluster", "status"]);
     assert!(ok && text.contains("drained"), "{text}");
 
