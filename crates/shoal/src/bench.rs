@@ -587,6 +587,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let deadline = start + args.duration;
     let started = Arc::new(AtomicU64::new(0));
+    // A bar over the run's time, with the operations done so far (on a
+    // terminal only: it draws on standard error).
+    let bar = indicatif::ProgressBar::new(args.duration.as_millis() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {elapsed}")
+            .expect("a valid template"),
+    );
+    let progress = {
+        let (bar, started) = (bar.clone(), started.clone());
+        tokio::spawn(async move {
+            loop {
+                bar.set_position(start.elapsed().as_millis() as u64);
+                bar.set_message(format!("{} ops", started.load(Ordering::Relaxed)));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
     let max_ops = args.ops.unwrap_or(u64::MAX);
     let mut tasks = Vec::with_capacity(args.concurrency);
     for (w, mut client) in clients.into_iter().enumerate() {
@@ -632,6 +649,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         cleaner.get_or_insert(c);
     }
     let elapsed = start.elapsed().as_secs_f64();
+    progress.abort();
+    bar.finish_and_clear();
     if let Some(c) = cleaner.as_mut().filter(|_| !args.keep) {
         for id in &bases {
             let _ = c.shoal(*id, "DELETE", &format!("/v1/bases/{id}"), &Value::Null).await;

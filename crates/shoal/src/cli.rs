@@ -141,6 +141,13 @@ pub enum ClusterCommand {
     },
     /// Ask the active monitor to rebalance the placement map now.
     Rebalance {
+        /// Wait, with a progress bar, until the monitor has answered and
+        /// every move it started is done.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (the moves go on), e.g. 10m.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -390,13 +397,19 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
             out!("moves in progress: {}", s.moves_in_progress.len());
             Ok(())
         }
-        ClusterCommand::Rebalance { client } => {
-            let r = client.client()?.rebalance().await?;
-            out!(
-                "rebalance requested at {} (map epoch {}); the active monitor carries it out",
-                r.requested_at,
-                r.epoch
-            );
+        ClusterCommand::Rebalance { wait, timeout, client } => {
+            let client = client.client()?;
+            let r = client.rebalance().await?;
+            if !wait {
+                out!(
+                    "rebalance requested at {} (map epoch {}); the active monitor carries it out",
+                    r.requested_at,
+                    r.epoch
+                );
+                return Ok(());
+            }
+            let epoch = wait_rebalanced(&client, r.epoch, timeout).await?;
+            out!("rebalanced: map epoch {epoch}, no move in progress");
             Ok(())
         }
         ClusterCommand::Drain { node, no_wait, timeout, client } => {
@@ -461,6 +474,43 @@ async fn wait_drained(
             bar.finish_and_clear();
             bail!(
                 "{node} still holds {held} replicas after {}; the drain goes on (see `shoal cluster status`)",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the monitor has answered a rebalance asked at map `epoch`
+/// and no move is in progress, with a progress bar of the moves; returns
+/// the map's epoch then.
+async fn wait_rebalanced(
+    client: &shoal_client::Client,
+    epoch: u64,
+    timeout: std::time::Duration,
+) -> anyhow::Result<u64> {
+    let deadline = std::time::Instant::now() + timeout;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} moves done")
+            .expect("a valid template"),
+    );
+    bar.set_message("rebalancing");
+    let mut most = 0u64;
+    loop {
+        let s = client.cluster_status().await?;
+        let moving = s.moves_in_progress.len() as u64;
+        most = most.max(moving);
+        bar.set_length(most);
+        bar.set_position(most - moving);
+        if !s.rebalance_pending && s.epoch > epoch && moving == 0 {
+            bar.finish_and_clear();
+            return Ok(s.epoch);
+        }
+        if std::time::Instant::now() >= deadline {
+            bar.finish_and_clear();
+            bail!(
+                "the rebalance is not done after {} ({moving} moves in progress); it goes on (see `shoal cluster status`)",
                 humantime::format_duration(timeout)
             );
         }

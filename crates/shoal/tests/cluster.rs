@@ -163,12 +163,17 @@ async fn static_topology_moves_nothing_until_a_rebalance() {
     assert_eq!(status.on_dead_nodes.len(), 192, "{status:?}");
     assert_eq!(status.under_replicated, status.on_dead_nodes);
 
-    // A rebalance through the CLI, against a node: the monitor carries it out.
+    // A rebalance through the CLI, against a node: the monitor carries it
+    // out, and `--wait` returns once it has, with no move left.
     let out = std::process::Command::new(common::bin())
-        .args(["cluster", "rebalance", "--endpoint", &c.nodes["n1"].url, "--token", TOKEN])
+        .args(["cluster", "rebalance", "--wait", "--timeout", "60s"])
+        .args(["--endpoint", &c.nodes["n1"].url, "--token", TOKEN])
         .output()
         .expect("cli");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rebalanced: map epoch"));
+    let waited = c.status(&c.nodes["n1"]).await;
+    assert!(waited.epoch > before.epoch && waited.moves_in_progress.is_empty(), "{waited:?}");
     let after = c.wait_map("rebalanced", Duration::from_secs(30), |m| m.epoch > before.epoch).await;
     assert_eq!(
         counts(&after),
