@@ -27,6 +27,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -482,6 +483,22 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for Write<T> {
     }
 }
 
+/// A reading call's caller, checked against the base of its path, and its
+/// query string.
+struct Reading(Caller, TableQuery);
+
+impl FromRequestParts<Arc<AppState>> for Reading {
+    type Rejection = StError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> StResult<Self> {
+        let params = path(Path::<Vec<(String, String)>>::from_request_parts(parts, state).await)?;
+        let uuid = params.iter().find(|(k, _)| k == "uuid").map_or("", |(_, v)| v.as_str());
+        let who = caller(state, &parts.headers, uuid, false)?;
+        let q = query(Query::<TableQuery>::from_request_parts(parts, state).await)?;
+        Ok(Reading(who, q))
+    }
+}
+
 /// The table a request names (`table_id` wins over `table_name`).
 fn table_of<'m>(
     meta: &'m Meta,
@@ -625,12 +642,8 @@ fn truthy(v: Option<&str>, default: bool) -> bool {
 /// `GET columns/`.
 async fn list_columns(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    q: Result<Query<TableQuery>, QueryRejection>,
+    Reading(who, q): Reading,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, false)?;
-    let q = query(q)?;
     let columns = read(&state, &who, move |meta, _| {
         check_view(q.view_name.as_deref())?;
         let t = table_of(meta, q.table_name.as_deref(), q.table_id.as_deref())?;
@@ -698,12 +711,8 @@ fn page_of(q: &TableQuery, default_limit: u64) -> StResult<Page> {
 /// `GET rows/`: a page of rows (1000 at most, SeaTable's default).
 async fn list_rows(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    q: Result<Query<TableQuery>, QueryRejection>,
+    Reading(who, q): Reading,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, false)?;
-    let q = query(q)?;
     let page = page_of(&q, st::MAX_LIMIT)?;
     let rows = read(&state, &who, move |meta, c| {
         check_view(q.view_name.as_deref())?;
@@ -717,13 +726,10 @@ async fn list_rows(
 /// `GET rows/{row_id}/`.
 async fn get_row(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Reading(who, q): Reading,
     p: Result<Path<(String, String)>, PathRejection>,
-    q: Result<Query<TableQuery>, QueryRejection>,
 ) -> StResult<Json<Value>> {
-    let (uuid, row_id) = path(p)?;
-    let who = caller(&state, &headers, &uuid, false)?;
-    let q = query(q)?;
+    let (_, row_id) = path(p)?;
     let mut page = page_of(&q, 1)?;
     page.row_id = Some(row_id.clone());
     let row = read(&state, &who, move |meta, c| {
@@ -754,13 +760,9 @@ struct FilterSpec {
 /// `GET filtered-rows/` (the filters in a JSON body).
 async fn filtered_rows(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    q: Result<Query<TableQuery>, QueryRejection>,
+    Reading(who, q): Reading,
     bytes: Bytes,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, false)?;
-    let q = query(q)?;
     let f: FilterBody = body(&bytes)?;
     let mut page = page_of(&q, st::MAX_LIMIT)?;
     page.any = match f.filter_conjunction.as_deref() {

@@ -10,9 +10,8 @@ crates/shoal/tests/seatable.rs then reads through Shoal's own SQL API.
 """
 
 import os
-import sys
-import traceback
 
+import checks
 from seatable_api import Base
 from seatable_api.constants import ColumnTypes
 
@@ -431,20 +430,5 @@ CHECKS = [
 ]
 
 
-def main():
-    for i, check in enumerate(CHECKS):
-        try:
-            check()
-        except Exception:
-            print(f"FAIL {check.__name__}", flush=True)
-            traceback.print_exc(file=sys.stdout)
-            for rest in CHECKS[i + 1:]:
-                print(f"not run {rest.__name__}")
-            return 1
-        print(f"ok {check.__name__}", flush=True)
-    print(f"all {len(CHECKS)} checks passed")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    checks.run(CHECKS)

@@ -9,10 +9,10 @@ exits 0 only if nothing acknowledged is missing.
 """
 
 import os
-import sys
 import time
 
 import requests
+import checks
 from seatable_api import Base
 
 URL = os.environ["SHOAL_URL"]
@@ -71,10 +71,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:
-        import traceback
-
-        traceback.print_exc()
-        sys.exit(1)
+    checks.run([main])

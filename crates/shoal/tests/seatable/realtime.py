@@ -13,9 +13,9 @@ exits 0 only if every check passes.
 
 import json
 import os
-import sys
 import time
 
+import checks
 from seatable_api import Base
 from seatable_api import socket_io
 
@@ -118,10 +118,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except Exception:
-        import traceback
-
-        traceback.print_exc()
-        sys.exit(1)
+    checks.run([main])
