@@ -499,6 +499,19 @@ impl FromRequestParts<Arc<AppState>> for Reading {
     }
 }
 
+/// The table a request body names (`table_id` wins over `table_name`).
+#[derive(Deserialize)]
+struct TableRef {
+    table_name: Option<String>,
+    table_id: Option<String>,
+}
+
+impl TableRef {
+    fn of<'m>(&self, meta: &'m Meta) -> shoal_types::Result<&'m st::Table> {
+        table_of(meta, self.table_name.as_deref(), self.table_id.as_deref())
+    }
+}
+
 /// The table a request names (`table_id` wins over `table_name`).
 fn table_of<'m>(
     meta: &'m Meta,
@@ -594,21 +607,12 @@ async fn add_table(
     Ok(Json(table))
 }
 
-#[derive(Deserialize)]
-struct NameTable {
-    table_name: Option<String>,
-    table_id: Option<String>,
-}
-
 /// `DELETE tables/`.
 async fn delete_table(
     State(state): State<Arc<AppState>>,
-    Write(who, req): Write<NameTable>,
+    Write(who, table): Write<TableRef>,
 ) -> StResult<Json<Value>> {
-    let statements = read(&state, &who, move |meta, _| {
-        Ok(st::drop_table(table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?))
-    })
-    .await?;
+    let statements = read(&state, &who, move |meta, _| Ok(st::drop_table(table.of(meta)?))).await?;
     write(&state, who.base, statements).await?;
     Ok(Json(json!({ "success": true })))
 }
@@ -655,8 +659,8 @@ async fn list_columns(
 
 #[derive(Deserialize)]
 struct InsertColumn {
-    table_name: Option<String>,
-    table_id: Option<String>,
+    #[serde(flatten)]
+    table: TableRef,
     column_name: String,
     column_type: String,
     #[serde(default)]
@@ -672,7 +676,7 @@ async fn insert_column(
 ) -> StResult<Json<Value>> {
     let column = new_column(req.column_name, &req.column_type, req.column_data)?;
     let (table_id, key, statements) = read(&state, &who, move |meta, _| {
-        let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
+        let t = req.table.of(meta)?;
         let (key, statements) = st::add_column(t, &column, &mut RandomIds)?;
         Ok((t.id.clone(), key, statements))
     })
@@ -794,8 +798,8 @@ async fn filtered_rows(
 
 #[derive(Deserialize)]
 struct AppendRows {
-    table_name: Option<String>,
-    table_id: Option<String>,
+    #[serde(flatten)]
+    table: TableRef,
     rows: Vec<Map<String, Value>>,
 }
 
@@ -809,7 +813,7 @@ async fn append_rows(
     }
     let stamp = Stamp { time: now(), user: who.user.clone() };
     let (mut first_row, (statements, sizes)) = read(&state, &who, move |meta, _| {
-        let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
+        let t = req.table.of(meta)?;
         let first = req.rows.first().map(|r| st::appended_row(t, r, &stamp)).transpose()?;
         Ok((first, st::append_rows(t, &req.rows, &stamp, &mut RandomIds)?))
     })
@@ -837,8 +841,8 @@ async fn append_rows(
 
 #[derive(Deserialize)]
 struct UpdateRows {
-    table_name: Option<String>,
-    table_id: Option<String>,
+    #[serde(flatten)]
+    table: TableRef,
     updates: Vec<UpdateOne>,
 }
 
@@ -866,7 +870,7 @@ async fn update_rows(
 ) -> StResult<Json<Value>> {
     let stamp = Stamp { time: now(), user: who.user.clone() };
     let statements = read(&state, &who, move |meta, c| {
-        let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
+        let t = req.table.of(meta)?;
         let ids: Vec<String> = req.updates.iter().map(|u| u.row_id.clone()).collect();
         missing(t, &ids, &st::existing_ids(c, t, &ids)?)?;
         let updates: Vec<(String, Map<String, Value>)> =
@@ -880,8 +884,8 @@ async fn update_rows(
 
 #[derive(Deserialize)]
 struct DeleteRows {
-    table_name: Option<String>,
-    table_id: Option<String>,
+    #[serde(flatten)]
+    table: TableRef,
     row_ids: Vec<String>,
 }
 
@@ -893,7 +897,7 @@ async fn delete_rows(
 ) -> StResult<Json<Value>> {
     let count = req.row_ids.len();
     let statements = read(&state, &who, move |meta, c| {
-        let t = table_of(meta, req.table_name.as_deref(), req.table_id.as_deref())?;
+        let t = req.table.of(meta)?;
         missing(t, &req.row_ids, &st::existing_ids(c, t, &req.row_ids)?)?;
         st::delete_rows(t, &req.row_ids)
     })

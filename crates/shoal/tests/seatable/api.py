@@ -12,6 +12,7 @@ crates/shoal/tests/seatable.rs then reads through Shoal's own SQL API.
 import os
 
 import checks
+from checks import refusal
 from seatable_api import Base
 from seatable_api.constants import ColumnTypes
 
@@ -35,24 +36,6 @@ ids = {}  # row name -> _id
 
 
 # --- helpers -----------------------------------------------------------------
-
-
-def refusal(fn, *args, **kwargs):
-    """Calls fn, which must fail with an HTTP error answer; returns its status.
-
-    The client raises the builtin ConnectionError(status, body) for any
-    answer >= 400 (a network failure raises requests' own exception instead,
-    which is not caught here).
-    """
-    try:
-        got = fn(*args, **kwargs)
-    except ConnectionError as e:
-        if e.args and isinstance(e.args[0], int):
-            status = e.args[0]
-            assert 400 <= status < 500, f"want a 4xx refusal, got {e.args!r}"
-            return status
-        raise
-    raise AssertionError(f"want a refusal, got an answer: {got!r}")
 
 
 def check_id(row):

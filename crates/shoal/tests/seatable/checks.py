@@ -19,3 +19,21 @@ def run(checks):
         print(f"ok {check.__name__}", flush=True)
     print(f"all {len(checks)} checks passed")
     sys.exit(0)
+
+
+def refusal(fn, *args, **kwargs):
+    """Calls fn, which must fail with an HTTP 4xx answer; returns the status.
+
+    The client raises the builtin ConnectionError(status, body) for any
+    answer >= 400 (a network failure raises requests' own exception instead,
+    which is not caught here).
+    """
+    try:
+        got = fn(*args, **kwargs)
+    except ConnectionError as e:
+        if e.args and isinstance(e.args[0], int):
+            status = e.args[0]
+            assert 400 <= status < 500, f"want a 4xx refusal, got {e.args!r}"
+            return status
+        raise
+    raise AssertionError(f"want a refusal, got an answer: {got!r}")

@@ -8,6 +8,7 @@ the same base. Prints one line per check and exits 0 only if all pass.
 import os
 
 import checks
+from checks import refusal
 from seatable_api import Base
 from seatable_api.constants import ColumnTypes
 
@@ -21,19 +22,6 @@ WANT = [("apple", 3), ("pear", 5)]
 rw = Base(RW_TOKEN, URL)
 ro = Base(TOKEN, URL)
 state = {}
-
-
-def refusal(fn, *args, **kwargs):
-    """Calls fn, which must fail with an HTTP 4xx answer; returns the status."""
-    try:
-        got = fn(*args, **kwargs)
-    except ConnectionError as e:
-        if e.args and isinstance(e.args[0], int):
-            status = e.args[0]
-            assert 400 <= status < 500, f"want a 4xx refusal, got {e.args!r}"
-            return status
-        raise
-    raise AssertionError(f"want a refusal, got an answer: {got!r}")
 
 
 def rows_of(base):
