@@ -629,6 +629,14 @@ struct TableQuery {
     limit: Option<u64>,
 }
 
+impl TableQuery {
+    /// The table the query names, in the one view Shoal keeps.
+    fn table<'m>(&self, meta: &'m Meta) -> shoal_types::Result<&'m st::Table> {
+        check_view(self.view_name.as_deref())?;
+        table_of(meta, self.table_name.as_deref(), self.table_id.as_deref())
+    }
+}
+
 fn check_view(view: Option<&str>) -> shoal_types::Result<()> {
     match view {
         Some(v) if v != st::DEFAULT_VIEW => Err(Error::NotFound(format!(
@@ -649,8 +657,7 @@ async fn list_columns(
     Reading(who, q): Reading,
 ) -> StResult<Json<Value>> {
     let columns = read(&state, &who, move |meta, _| {
-        check_view(q.view_name.as_deref())?;
-        let t = table_of(meta, q.table_name.as_deref(), q.table_id.as_deref())?;
+        let t = q.table(meta)?;
         Ok(t.columns.iter().map(st::Column::describe).collect::<Vec<_>>())
     })
     .await?;
@@ -719,8 +726,7 @@ async fn list_rows(
 ) -> StResult<Json<Value>> {
     let page = page_of(&q, st::MAX_LIMIT)?;
     let rows = read(&state, &who, move |meta, c| {
-        check_view(q.view_name.as_deref())?;
-        let t = table_of(meta, q.table_name.as_deref(), q.table_id.as_deref())?;
+        let t = q.table(meta)?;
         st::read_rows(c, t, &page)
     })
     .await?;
@@ -737,7 +743,7 @@ async fn get_row(
     let mut page = page_of(&q, 1)?;
     page.row_id = Some(row_id.clone());
     let row = read(&state, &who, move |meta, c| {
-        let t = table_of(meta, q.table_name.as_deref(), q.table_id.as_deref())?;
+        let t = q.table(meta)?;
         st::read_rows(c, t, &page)?
             .pop()
             .ok_or_else(|| Error::NotFound(format!("no row {row_id:?} in table {:?}", t.name)))
@@ -788,8 +794,7 @@ async fn filtered_rows(
         })
         .collect();
     let rows = read(&state, &who, move |meta, c| {
-        check_view(q.view_name.as_deref())?;
-        let t = table_of(meta, q.table_name.as_deref(), q.table_id.as_deref())?;
+        let t = q.table(meta)?;
         st::read_rows(c, t, &page)
     })
     .await?;
