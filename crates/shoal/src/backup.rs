@@ -271,9 +271,16 @@ async fn restore_one(
             continue;
         }
         let with_rowid = !sql.to_ascii_uppercase().contains("WITHOUT ROWID");
+        // Stored columns only: generated ones are computed again.
+        let stored: Vec<String> = db
+            .prepare("SELECT name FROM pragma_table_xinfo(?1) WHERE hidden = 0")?
+            .query_map([table], |r| r.get::<_, String>(0))?
+            .map(|n| n.map(|n| shoal_storage::rows::quote(&n)))
+            .collect::<Result<_, _>>()?;
         let select = format!(
-            "SELECT {}* FROM {}{}",
+            "SELECT {}{} FROM {}{}",
             if with_rowid { "rowid, " } else { "" },
+            stored.join(", "),
             shoal_storage::rows::quote(table),
             if with_rowid { " ORDER BY rowid" } else { "" }
         );
