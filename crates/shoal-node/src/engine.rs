@@ -34,6 +34,9 @@ pub struct Engine {
     node: NodeId,
 }
 
+/// How long a request waits for a group that is starting on this node.
+const STARTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl Engine {
     /// An engine over `store`, writing through `multi`'s groups, routing with
     /// what `directory` knows of the map.
@@ -77,6 +80,25 @@ impl Engine {
         self.directory.borrow().node_of(id)
     }
 
+    /// Whether the map gives `bucket` to this node (or there is no map yet).
+    fn assigned(&self, bucket: BucketId) -> bool {
+        let dir = self.directory.borrow();
+        dir.map.as_ref().is_none_or(|m| m.replicas(bucket).contains(&self.node))
+    }
+
+    /// Waits, a few seconds at most, for a bucket the map gives this node
+    /// but whose group has not started yet: nothing was proposed, so a
+    /// request can wait for it rather than fail (`starting`, 503).
+    async fn wait_started(&self, bucket: BucketId) {
+        let deadline = std::time::Instant::now() + STARTING_WAIT;
+        while !self.multi.is_hosted(bucket.0)
+            && self.assigned(bucket)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     fn routing_error(&self, e: GroupError) -> Error {
         match e {
             GroupError::NotLeader { group, leader } => {
@@ -94,18 +116,15 @@ impl Engine {
                 Error::Unavailable(format!("bucket {} cannot serve now: {reason}", BucketId(group)))
             }
             GroupError::NotHosted(b) => {
-                let dir = self.directory.borrow();
                 let bucket = BucketId(b);
-                if dir.map.as_ref().is_some_and(|m| m.replicas(bucket).contains(&self.node))
-                    || dir.map.is_none()
-                {
+                if self.assigned(bucket) {
                     Error::Unavailable(format!(
                         "bucket {bucket} is starting on this node; retry shortly"
                     ))
                 } else {
                     Error::Misdirected {
                         message: format!("this node holds no replica of bucket {bucket}"),
-                        replicas: dir.replica_urls(bucket),
+                        replicas: self.directory.borrow().replica_urls(bucket),
                     }
                 }
             }
@@ -117,6 +136,7 @@ impl Engine {
     /// and changes nothing.
     pub async fn write(&self, command: Command, key: Option<&str>) -> Result<(u64, Output)> {
         let bucket = command.base().bucket();
+        self.wait_started(bucket).await;
         let (index, answer) = self
             .multi
             .write(bucket.0, replica::encode(command, key))
@@ -138,6 +158,7 @@ impl Engine {
         consistency: Consistency,
         f: impl FnOnce(&Store) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.wait_started(bucket).await;
         if !self.multi.is_hosted(bucket.0) {
             return Err(self.routing_error(GroupError::NotHosted(bucket.0)));
         }
