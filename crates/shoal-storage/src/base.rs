@@ -761,21 +761,7 @@ fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
 /// comments, is SELECT, INSERT, UPDATE, DELETE, REPLACE, WITH or VALUES):
 /// such a statement cannot change the schema. Anything else might.
 fn is_dml(sql: &str) -> bool {
-    let mut rest = sql;
-    loop {
-        rest = rest.trim_start();
-        if let Some(r) = rest.strip_prefix("--") {
-            rest = r.split_once('\n').map_or("", |(_, after)| after);
-        } else if let Some(r) = rest.strip_prefix("/*") {
-            match r.split_once("*/") {
-                Some((_, after)) => rest = after,
-                None => return false,
-            }
-        } else {
-            break;
-        }
-    }
-    let word: String = rest.chars().take_while(|c| c.is_ascii_alphabetic()).collect();
+    let word = crate::first_keyword(sql);
     ["SELECT", "INSERT", "UPDATE", "DELETE", "REPLACE", "WITH", "VALUES"]
         .iter()
         .any(|k| word.eq_ignore_ascii_case(k))

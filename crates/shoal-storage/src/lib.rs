@@ -26,6 +26,27 @@ pub use command::{Command, Output, Proposal};
 pub use store::{Options, Store};
 pub use value::{json_to_sql, sql_to_json};
 
+/// The first keyword of a statement, after white space and comments (empty
+/// when there is none, or a comment is not closed).
+pub fn first_keyword(sql: &str) -> &str {
+    let mut rest = sql;
+    loop {
+        rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("--") {
+            rest = r.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(r) = rest.strip_prefix("/*") {
+            match r.split_once("*/") {
+                Some((_, after)) => rest = after,
+                None => return "",
+            }
+        } else {
+            break;
+        }
+    }
+    let end = rest.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(rest.len());
+    &rest[..end]
+}
+
 use rusqlite::ErrorCode;
 use shoal_types::Error;
 

@@ -21,15 +21,11 @@ fn check_columns<'a>(table: &TableInfo, names: impl Iterator<Item = &'a String>)
     Ok(())
 }
 
-/// One INSERT per row. `_rowid` may be given to choose the rowid.
-pub fn insert(table: &TableInfo, rows: &[Row]) -> Result<Vec<Statement>> {
-    Ok(insert_batched(table, rows, false)?.0)
-}
-
 /// The most values one multi-row insert binds (SQLite allows 32766).
 const MAX_VALUES: usize = 30_000;
 
-/// The INSERTs for `rows`, and how many rows each inserts. With `batch`,
+/// The INSERTs for `rows` (`_rowid` may be given to choose the rowid), and
+/// how many rows each inserts: one per row, or with `batch`,
 /// rows that name the same columns one after another share one multi-row
 /// INSERT, whose rows get consecutive rowids ending at its last insert
 /// rowid; a row that chooses its rowid (`_rowid`, or a value for an
@@ -242,8 +238,8 @@ mod tests {
             .collect();
         assert_eq!(reported, actual);
         // Unbatched: one statement per row.
-        assert_eq!(insert_batched(&t, &rows, false).unwrap().1, vec![1; 6]);
-        assert_eq!(insert(&t, &rows).unwrap().len(), 6);
+        let (statements, sizes) = insert_batched(&t, &rows, false).unwrap();
+        assert_eq!((statements.len(), sizes), (6, vec![1; 6]));
     }
 
     #[test]

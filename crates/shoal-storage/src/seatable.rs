@@ -395,6 +395,10 @@ pub struct TokenRecord {
     pub created_at: String,
 }
 
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRecord> {
+    Ok(TokenRecord { name: r.get(0)?, permission: r.get(1)?, created_at: r.get(2)? })
+}
+
 /// The token whose hash is `hash`, if the base has one.
 pub fn find_token(conn: &Connection, hash: &str) -> Result<Option<TokenRecord>> {
     if !has_catalog(conn)? {
@@ -403,13 +407,14 @@ pub fn find_token(conn: &Connection, hash: &str) -> Result<Option<TokenRecord>> 
     conn.prepare_cached(
         "SELECT name, permission, created_at FROM _shoal_api_tokens WHERE hash = ?1",
     )
-    .and_then(|mut s| {
-        s.query_row([hash], |r| {
-            Ok(TokenRecord { name: r.get(0)?, permission: r.get(1)?, created_at: r.get(2)? })
-        })
-        .optional()
-    })
+    .and_then(|mut s| s.query_row([hash], token_row).optional())
     .map_err(map_sqlite_error)
+}
+
+/// The catalog, for a caller whose API token (by hash) the base still
+/// has; `None` once the token is revoked.
+pub fn load_for_token(conn: &Connection, hash: &str) -> Result<Option<Meta>> {
+    find_token(conn, hash)?.map(|_| load(conn)).transpose()
 }
 
 /// Every API token of the base, by name.
@@ -420,11 +425,7 @@ pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
     let mut s = conn
         .prepare_cached("SELECT name, permission, created_at FROM _shoal_api_tokens ORDER BY name")
         .map_err(map_sqlite_error)?;
-    let rows = s
-        .query_map([], |r| {
-            Ok(TokenRecord { name: r.get(0)?, permission: r.get(1)?, created_at: r.get(2)? })
-        })
-        .map_err(map_sqlite_error)?;
+    let rows = s.query_map([], token_row).map_err(map_sqlite_error)?;
     rows.collect::<rusqlite::Result<_>>().map_err(map_sqlite_error)
 }
 

@@ -520,7 +520,7 @@ async fn wait_rebalanced(
 
 /// Whether a statement reads, judged by its first keyword.
 fn looks_like_read(sql: &str) -> bool {
-    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    let first = shoal_storage::first_keyword(sql);
     ["select", "values", "pragma", "explain", "with"].iter().any(|k| first.eq_ignore_ascii_case(k))
 }
 
