@@ -27,7 +27,7 @@ fn base_id(s: &str) -> Result<BaseId, Error> {
 }
 
 /// The engine; base routes are only mounted where there is one.
-fn engine(state: &AppState) -> Result<&std::sync::Arc<crate::Engine>, Error> {
+pub(crate) fn engine(state: &AppState) -> Result<&std::sync::Arc<crate::Engine>, Error> {
     state.engine.as_ref().ok_or_else(|| Error::Unavailable("this process serves no bases".into()))
 }
 

@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use shoal_types::{BaseId, BucketId};
@@ -67,16 +67,7 @@ pub async fn gateway(State(proxy): State<Arc<Proxy>>, req: Request) -> Response 
 
 /// `/api/v2.1/dtable/app-access-token/`.
 pub async fn access_token(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
-    let token = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Token ").or_else(|| v.strip_prefix("Bearer ")))
-        .map(str::trim);
-    let base = token
-        .filter(|t| t.len() == 64)
-        .and_then(|t| t.get(..32))
-        .and_then(|t| t.parse::<BaseId>().ok());
+    let base = shoal_node::seatable::api_token_base(req.headers());
     match base {
         Some(base) => pass(proxy, base.bucket(), false, req).await,
         None => refuse(StatusCode::UNAUTHORIZED, "invalid API token"),

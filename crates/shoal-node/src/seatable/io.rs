@@ -23,7 +23,7 @@ use serde_json::Value;
 use shoal_storage::feed::Subscription;
 use shoal_storage::seatable::{self as st, Event, Meta};
 use shoal_types::BaseId;
-use shoal_types::api::{ChangeEvent, ChangeOp, Consistency};
+use shoal_types::api::{ChangeEvent, Consistency};
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
@@ -103,9 +103,7 @@ async fn join(
     // The room is served by this replica: read it as it is here.
     let opened = engine
         .read(base.bucket(), Consistency::None, move |store| {
-            let meta = store.read_system(&base, |c| {
-                st::find_token(c, &tid)?.map(|_| st::load(c)).transpose()
-            })?;
+            let meta = store.read_system(&base, |c| st::load_for_token(c, &tid))?;
             let Some(meta) = meta else { return Ok(None) };
             Ok(Some((meta, store.subscribe(&base, after)?)))
         })
@@ -117,9 +115,7 @@ async fn join(
     };
     tracing::debug!(%base, "SeaTable socket joined");
     let last = stream(&engine, &s, base, meta, sub).await;
-    if let Some(index) = last {
-        places.put(key, index);
-    }
+    places.put(key, last);
 }
 
 /// Sends the base's changes to the socket until either ends; returns the
@@ -130,8 +126,8 @@ async fn stream(
     base: BaseId,
     mut meta: Meta,
     mut sub: Subscription,
-) -> Option<u64> {
-    let mut last = Some(sub.after);
+) -> u64 {
+    let mut last = sub.after;
     let backlog = std::mem::take(&mut sub.backlog);
     for batch in backlog {
         if !send(engine, s, base, &mut meta, &batch, sub.after, &mut last).await {
@@ -169,11 +165,12 @@ async fn send(
     meta: &mut Meta,
     batch: &[ChangeEvent],
     after: u64,
-    last: &mut Option<u64>,
+    last: &mut u64,
 ) -> bool {
     for e in batch.iter().filter(|e| e.index > after) {
+        // A schema change is stale too: the catalog is read again.
         let mut op = st::event(meta, e);
-        if op == Event::Stale || e.op == ChangeOp::Ddl {
+        if op == Event::Stale {
             let reloaded = engine.local(move |store| store.read_system(&base, st::load)).await;
             if let Ok(m) = reloaded {
                 *meta = m;
@@ -186,7 +183,7 @@ async fn send(
                 return false;
             }
         }
-        *last = Some(e.index);
+        *last = e.index;
     }
     s.connected()
 }

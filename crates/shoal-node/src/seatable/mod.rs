@@ -24,9 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -45,10 +43,11 @@ use shoal_types::api::{
 use shoal_types::{BaseId, Error};
 
 use crate::AppState;
+use crate::api::engine;
 
 mod io;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{ApiJson, ApiPath};
+use crate::extract::{ApiJson, ApiPath, ApiQuery};
 pub use io::socket_layers;
 
 /// How long an access token is good for (the client assumes three days).
@@ -136,10 +135,6 @@ pub fn admin_routes() -> Router<Arc<AppState>> {
         .route("/v1/bases/{id}/api-tokens/{name}", axum::routing::delete(revoke_api_token))
 }
 
-fn engine(state: &AppState) -> Result<&Arc<crate::Engine>, Error> {
-    state.engine.as_ref().ok_or_else(|| Error::Unavailable("this process serves no bases".into()))
-}
-
 // ---------------------------------------------------------------- tokens
 
 /// An API token: the base's id (32 hex digits), then 32 random ones.
@@ -151,6 +146,12 @@ fn new_api_token(base: BaseId) -> String {
 
 fn token_hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The base of the API token a request carries (`Authorization: Token T`),
+/// if it carries one: where it must be checked.
+pub fn api_token_base(headers: &HeaderMap) -> Option<BaseId> {
+    bearer(headers).ok().and_then(token_base)
 }
 
 /// The base an API token belongs to, read off its first 32 characters.
@@ -182,37 +183,42 @@ async fn create_api_token(
     if req.permission != "rw" && req.permission != "r" {
         return Err(Error::InvalidInput("permission must be \"rw\" or \"r\"".into()).into());
     }
-    let engine = engine(&state)?;
-    let name = match req.name {
-        Some(n) if n.trim().is_empty() || n.len() > 128 => {
-            return Err(Error::InvalidInput("a token name is 1 to 128 bytes".into()).into());
-        }
-        Some(n) => n,
-        None => {
-            let taken = engine
-                .read(base.bucket(), Consistency::default(), move |s| {
-                    s.read_system(&base, st::list_tokens)
-                })
-                .await?;
-            (1..)
-                .map(|i| format!("token-{i}"))
-                .find(|n| !taken.iter().any(|t| &t.name == n))
-                .unwrap_or_default()
-        }
-    };
-    // The base must exist (a write would make its file otherwise).
-    engine.read(base.bucket(), Consistency::default(), move |s| s.get_base(&base)).await?;
+    if req.name.as_ref().is_some_and(|n| n.trim().is_empty() || n.len() > 128) {
+        return Err(Error::InvalidInput("a token name is 1 to 128 bytes".into()).into());
+    }
+    // Also checks that the base exists (a write would make its file otherwise).
+    let taken = tokens(&state, base).await?;
+    let name = req.name.unwrap_or_else(|| {
+        (1..)
+            .map(|i| format!("token-{i}"))
+            .find(|n| !taken.iter().any(|t| &t.name == n))
+            .unwrap_or_default()
+    });
     let token = new_api_token(base);
     let record = TokenRecord { name, permission: req.permission, created_at: now() };
     let statements = st::add_token(&token_hash(&token), &record);
-    engine.write(Command::System { base, statements }, None).await.map_err(|e| match e {
-        Error::Constraint(_) => Error::Conflict(format!("a token named {:?} exists", record.name)),
-        e => e,
-    })?;
+    engine(&state)?.write(Command::System { base, statements }, None).await.map_err(
+        |e| match e {
+            Error::Constraint(_) => {
+                Error::Conflict(format!("a token named {:?} exists", record.name))
+            }
+            e => e,
+        },
+    )?;
     Ok((
         StatusCode::CREATED,
         Json(ApiToken { api_token: token, dtable_uuid: base, info: info(record) }),
     ))
+}
+
+/// The tokens of a base that exists (`NotFound` if not).
+async fn tokens(state: &AppState, base: BaseId) -> Result<Vec<TokenRecord>, Error> {
+    engine(state)?
+        .read(base.bucket(), Consistency::default(), move |s| {
+            s.get_base(&base)?;
+            s.read_system(&base, st::list_tokens)
+        })
+        .await
 }
 
 /// `GET /v1/bases/{id}/api-tokens`: the base's tokens (names, not secrets).
@@ -221,12 +227,7 @@ async fn list_api_tokens(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ApiTokenList>> {
     let base: BaseId = id.parse()?;
-    let tokens = engine(&state)?
-        .read(base.bucket(), Consistency::default(), move |s| {
-            s.get_base(&base)?;
-            s.read_system(&base, st::list_tokens)
-        })
-        .await?;
+    let tokens = tokens(&state, base).await?;
     Ok(Json(ApiTokenList { api_tokens: tokens.into_iter().map(info).collect() }))
 }
 
@@ -237,18 +238,11 @@ async fn revoke_api_token(
     ApiPath((id, name)): ApiPath<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let base: BaseId = id.parse()?;
-    let engine = engine(&state)?;
-    let lookup = name.clone();
-    let exists = engine
-        .read(base.bucket(), Consistency::default(), move |s| {
-            s.get_base(&base)?;
-            Ok(s.read_system(&base, st::list_tokens)?.iter().any(|t| t.name == lookup))
-        })
-        .await?;
-    if !exists {
+    if !tokens(&state, base).await?.iter().any(|t| t.name == name) {
         return Err(Error::NotFound(format!("base {base} has no API token named {name:?}")).into());
     }
-    engine.write(Command::System { base, statements: st::revoke_token(&name) }, None).await?;
+    let statements = st::revoke_token(&name);
+    engine(&state)?.write(Command::System { base, statements }, None).await?;
     Ok(Json(json!({ "success": true })))
 }
 
@@ -394,6 +388,10 @@ fn check_access(state: &AppState, token: &str, uuid: &str, write: bool) -> StRes
     Ok(Caller { base, tid: claims.tid, user: format!("{}@auth.local", claims.app) })
 }
 
+fn revoked() -> StError {
+    unauthorized("the API token of this access token was revoked")
+}
+
 /// Reads the base as Shoal, after checking the caller's API token still
 /// exists; `f` gets the SeaTable catalog and the connection.
 async fn read<T: Send + 'static>(
@@ -404,16 +402,13 @@ async fn read<T: Send + 'static>(
     let (base, tid) = (who.base, who.tid.clone());
     let out = engine(state)?
         .read(base.bucket(), Consistency::default(), move |s| {
-            s.read_system(&base, |c| {
-                if st::find_token(c, &tid)?.is_none() {
-                    return Ok(None);
-                }
-                let meta = st::load(c)?;
-                f(&meta, c).map(Some)
+            s.read_system(&base, |c| match st::load_for_token(c, &tid)? {
+                Some(meta) => f(&meta, c).map(Some),
+                None => Ok(None),
             })
         })
         .await?;
-    out.ok_or_else(|| unauthorized("the API token of this access token was revoked"))
+    out.ok_or_else(revoked)
 }
 
 async fn write(
@@ -445,18 +440,6 @@ impl st::Ids for RandomIds {
     }
 }
 
-fn body<T: serde::de::DeserializeOwned>(bytes: &Bytes) -> StResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| invalid(format!("invalid JSON body: {e}")))
-}
-
-fn path<T>(p: Result<Path<T>, PathRejection>) -> StResult<T> {
-    p.map(|Path(p)| p).map_err(|r| invalid(format!("invalid path: {}", r.body_text())))
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> StResult<T> {
-    q.map(|Query(q)| q).map_err(|r| invalid(format!("invalid query string: {}", r.body_text())))
-}
-
 /// A writing call's caller, checked against the base of its path, and its
 /// JSON body.
 struct Write<T>(Caller, T);
@@ -466,20 +449,10 @@ impl<T: serde::de::DeserializeOwned> FromRequest<Arc<AppState>> for Write<T> {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> StResult<Self> {
         let (mut parts, b) = req.into_parts();
-        let uuid = path(Path::<String>::from_request_parts(&mut parts, state).await)?;
+        let ApiPath(uuid) = ApiPath::<String>::from_request_parts(&mut parts, state).await?;
         let who = caller(state, &parts.headers, &uuid, true)?;
-        let bytes =
-            Bytes::from_request(Request::from_parts(parts, b), state).await.map_err(|r| {
-                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    StError::Api(Error::TooLarge(
-                        "the request body is larger than the server accepts (see --max-body-size)"
-                            .into(),
-                    ))
-                } else {
-                    invalid(format!("cannot read the request body: {}", r.body_text()))
-                }
-            })?;
-        Ok(Write(who, body(&bytes)?))
+        let ApiJson(body) = ApiJson::from_request(Request::from_parts(parts, b), state).await?;
+        Ok(Write(who, body))
     }
 }
 
@@ -491,10 +464,11 @@ impl FromRequestParts<Arc<AppState>> for Reading {
     type Rejection = StError;
 
     async fn from_request_parts(parts: &mut Parts, state: &Arc<AppState>) -> StResult<Self> {
-        let params = path(Path::<Vec<(String, String)>>::from_request_parts(parts, state).await)?;
+        let ApiPath(params) =
+            ApiPath::<Vec<(String, String)>>::from_request_parts(parts, state).await?;
         let uuid = params.iter().find(|(k, _)| k == "uuid").map_or("", |(_, v)| v.as_str());
         let who = caller(state, &parts.headers, uuid, false)?;
-        let q = query(Query::<TableQuery>::from_request_parts(parts, state).await)?;
+        let ApiQuery(q) = ApiQuery::from_request_parts(parts, state).await?;
         Ok(Reading(who, q))
     }
 }
@@ -530,10 +504,8 @@ fn table_of<'m>(
 /// `GET metadata/`.
 async fn metadata(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
+    Reading(who, _): Reading,
 ) -> StResult<Json<Value>> {
-    let who = caller(&state, &headers, &path(uuid)?, false)?;
     let meta = read(&state, &who, |m, _| Ok(m.describe())).await?;
     Ok(Json(json!({ "metadata": meta })))
 }
@@ -737,9 +709,9 @@ async fn list_rows(
 async fn get_row(
     State(state): State<Arc<AppState>>,
     Reading(who, q): Reading,
-    p: Result<Path<(String, String)>, PathRejection>,
+    p: Result<ApiPath<(String, String)>, ApiError>,
 ) -> StResult<Json<Value>> {
-    let (_, row_id) = path(p)?;
+    let ApiPath((_, row_id)) = p?;
     let mut page = page_of(&q, 1)?;
     page.row_id = Some(row_id.clone());
     let row = read(&state, &who, move |meta, c| {
@@ -771,9 +743,9 @@ struct FilterSpec {
 async fn filtered_rows(
     State(state): State<Arc<AppState>>,
     Reading(who, q): Reading,
-    bytes: Bytes,
+    f: Result<ApiJson<FilterBody>, ApiError>,
 ) -> StResult<Json<Value>> {
-    let f: FilterBody = body(&bytes)?;
+    let ApiJson(f) = f?;
     let mut page = page_of(&q, st::MAX_LIMIT)?;
     page.any = match f.filter_conjunction.as_deref() {
         None | Some("And") => false,
@@ -922,13 +894,13 @@ struct SqlRequest {
 
 /// Whether a statement changes the schema, which the SQL call does not do.
 fn changes_schema(sql: &str) -> bool {
-    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    let first = shoal_storage::first_keyword(sql);
     ["create", "drop", "alter"].iter().any(|w| first.eq_ignore_ascii_case(w))
 }
 
 /// Whether a statement writes (and so goes through the log).
 fn writes(sql: &str) -> bool {
-    let first = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    let first = shoal_storage::first_keyword(sql);
     ["insert", "update", "delete", "replace"].iter().any(|w| first.eq_ignore_ascii_case(w))
 }
 
@@ -953,16 +925,16 @@ fn sql_error(e: Error) -> StError {
 async fn sql(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    uuid: Result<Path<String>, PathRejection>,
-    bytes: Bytes,
+    uuid: Result<ApiPath<String>, ApiError>,
+    req: Result<ApiJson<SqlRequest>, ApiError>,
 ) -> Response {
-    let uuid = match path(uuid) {
-        Ok(u) => u,
-        Err(e) => return e.into_response(),
+    let uuid = match uuid {
+        Ok(ApiPath(u)) => u,
+        Err(e) => return StError::from(e).into_response(),
     };
-    let req: SqlRequest = match body(&bytes) {
-        Ok(r) => r,
-        Err(e) => return sql_failure(e),
+    let req = match req {
+        Ok(ApiJson(r)) => r,
+        Err(e) => return sql_failure(e.into()),
     };
     if changes_schema(&req.sql) {
         return sql_failure(invalid(
@@ -1018,13 +990,20 @@ async fn run_sql(
         );
     }
     let convert = req.convert_keys.unwrap_or(true);
-    let base = who.base;
-    let meta = read(state, who, |meta, _| Ok(meta.clone())).await?;
+    let (base, tid) = (who.base, who.tid.clone());
     let sql_text = req.sql.clone();
-    let result = engine(state)?
-        .read(base.bucket(), Consistency::default(), move |s| s.query(&base, &req.sql, &params))
-        .await
-        .map_err(sql_error)?;
+    // One read: the token check and the catalog (as Shoal), then the
+    // user's statement (in the sandbox), its error kept apart.
+    let (meta, result) = engine(state)?
+        .read(base.bucket(), Consistency::default(), move |s| {
+            let Some(meta) = s.read_system(&base, |c| st::load_for_token(c, &tid))? else {
+                return Ok(None);
+            };
+            Ok(Some((meta, s.query(&base, &req.sql, &params))))
+        })
+        .await?
+        .ok_or_else(revoked)?;
+    let result = result.map_err(sql_error)?;
     // The SeaTable column each result column comes from, where one of the
     // tables the statement names has a column of that name.
     let lower = sql_text.to_lowercase();
@@ -1089,5 +1068,8 @@ mod tests {
         assert!(writes("DELETE FROM t"));
         assert!(!writes("select * from t"));
         assert!(!writes("WITH x AS (SELECT 1) SELECT * FROM x"));
+        assert!(writes("-- a note\n/* and another */ INSERT INTO t VALUES (1)"));
+        assert!(changes_schema("/* x */ DROP TABLE t"));
+        assert!(!changes_schema("SELECT 1"));
     }
 }
