@@ -252,14 +252,7 @@ async fn a_drained_node_holds_nothing_stops_without_a_move_and_is_forgotten() {
     let url = c.nodes["n1"].url.clone();
     // Data that must survive the drain.
     let client = shoal_client::Client::new(&url, Some(TOKEN.into())).expect("client");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let base = loop {
-        match client.create_base(None, None).await {
-            Ok(b) => break b.id,
-            Err(e) => assert!(Instant::now() < deadline, "create a base: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let base = common::eventually("create a base", || client.create_base(None, None)).await.id;
     let sql =
         |s: &str| vec![shoal_types::api::Statement { sql: s.into(), params: Default::default() }];
     client.execute(base, sql("CREATE TABLE t (v INTEGER)"), true).await.expect("table");
