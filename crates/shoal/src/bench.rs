@@ -437,24 +437,23 @@ impl Client {
             .as_str()
             .with_context(|| format!("no access token: {}", String::from_utf8_lossy(&r.body)))?
             .to_string();
-        let auth = format!("Token {access}");
-        let mut conns =
-            Connections::new(&[("X-Shoal-No-Forward", "1"), ("Authorization", auth.as_str())]);
-        std::mem::swap(&mut self.conns, &mut conns);
+        let admin = self.use_access_token(&access);
         let table = json!({"table_name": "stbench", "columns": [{"column_name": "v", "column_type": "text"}]});
         let made = self
             .shoal_ok(base, "POST", &format!("/api-gateway/api/v2/dtables/{base}/tables/"), &table)
             .await;
-        std::mem::swap(&mut self.conns, &mut conns);
+        self.conns = admin;
         made?;
         Ok(access)
     }
 
-    /// From now on, talks to the SeaTable API with `access`.
-    fn use_access_token(&mut self, access: &str) {
+    /// From now on, talks to the SeaTable API with `access`; returns the
+    /// connections it used until now.
+    fn use_access_token(&mut self, access: &str) -> Connections {
         let auth = format!("Token {access}");
-        self.conns =
+        let conns =
             Connections::new(&[("X-Shoal-No-Forward", "1"), ("Authorization", auth.as_str())]);
+        std::mem::replace(&mut self.conns, conns)
     }
 
     /// Creates one base (the create workload).
@@ -553,7 +552,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
             }
             for (w, c) in clients.iter_mut().enumerate() {
-                c.use_access_token(&access[w % access.len()]);
+                drop(c.use_access_token(&access[w % access.len()]));
             }
         }
     } else if args.target != Target::Shoal && rows > 0 {
