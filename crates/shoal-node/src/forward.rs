@@ -68,17 +68,12 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
     ]
     .into_iter()
     .filter_map(|name| parts.headers.get(&name).cloned().map(|v| (name, v)))
-    .chain(
-        // The address the client used, for answers that name a server.
-        (!parts.headers.contains_key(FORWARDED_HOST))
-            .then(|| parts.headers.get(header::HOST).cloned())
-            .flatten()
-            .map(|v| (axum::http::HeaderName::from_static(FORWARDED_HOST), v)),
-    )
+    // The address the client used, for answers that name a server.
     .chain(
         parts
             .headers
             .get(FORWARDED_HOST)
+            .or_else(|| parts.headers.get(header::HOST))
             .cloned()
             .map(|v| (axum::http::HeaderName::from_static(FORWARDED_HOST), v)),
     )
