@@ -8,7 +8,7 @@
 //! operation as a JSON string (`insert_row`, `modify_row`, `delete_row`,
 //! with the table id, the row id and the values by column key) and the
 //! log index of the write (the base's version). A bad token gets an
-//! `error` event and the connection is closed.
+//! `error` event and the connection is closed soon after.
 //!
 //! The room is fed by the local replica's change feed, so any replica of
 //! the base, follower or leader, serves it. A client that reconnects with
@@ -76,10 +76,22 @@ pub fn socket_layers(state: Arc<AppState>) -> Vec<SocketIoLayer> {
         .collect()
 }
 
+/// How long a refused socket stays open after its `error` event.
+///
+/// A client emits `join-room` from its connect handler, before its own
+/// connect call has marked it connected; a disconnect that arrives in
+/// that window is dropped by the client (python-socketio ignores it),
+/// which would leave it waiting on a room it never joined. The error is
+/// sent at once; the close waits until the client has settled.
+const REFUSED_CLOSE_AFTER: Duration = Duration::from_millis(500);
+
 fn refuse(s: SocketRef, message: String) {
     tracing::debug!(%message, "SeaTable socket refused");
     let _ = s.emit("error", &message);
-    let _ = s.disconnect();
+    tokio::spawn(async move {
+        tokio::time::sleep(REFUSED_CLOSE_AFTER).await;
+        let _ = s.disconnect();
+    });
 }
 
 async fn join(
