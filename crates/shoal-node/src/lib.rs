@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod console;
 pub mod engine;
 pub mod error;
 mod extract;
@@ -101,6 +102,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
+        .merge(console::routes())
         .merge(v1);
     if state.engine.is_some() {
         app = app.merge(seatable::routes(state.clone()));
