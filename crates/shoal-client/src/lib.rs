@@ -31,9 +31,9 @@ use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shoal_types::api::{
-    ApiToken, ApiTokenList, BaseInfo, BaseList, BaseLocation, Checksum, ClusterStatus,
-    CreateApiTokenRequest, CreateBaseRequest, ExecuteRequest, ExecuteResponse, Health,
-    InsertRowsRequest, InsertRowsResponse, NodeChange, Params, QueryRequest, QueryResponse,
+    ApiToken, ApiTokenList, BaseInfo, BaseList, BaseLocation, BucketsStatus, Checksum,
+    ClusterStatus, CreateApiTokenRequest, CreateBaseRequest, ExecuteRequest, ExecuteResponse,
+    Health, InsertRowsRequest, InsertRowsResponse, NodeChange, Params, QueryRequest, QueryResponse,
     RebalanceRequest, Row, RowList, Statement, TableList, UpdateRowRequest, WriteResponse,
 };
 use shoal_types::{BaseId, BucketId, Error, ErrorBody, NodeId, Result};
@@ -478,6 +478,12 @@ impl Client {
     /// `GET /v1/cluster`.
     pub async fn cluster_status(&self) -> Result<ClusterStatus> {
         self.call(Request::new(Method::GET, "/v1/cluster".into())).await
+    }
+
+    /// `GET /v1/cluster/buckets`: every bucket's replicas, leader and Raft
+    /// state.
+    pub async fn cluster_buckets(&self) -> Result<BucketsStatus> {
+        self.call(Request::new(Method::GET, "/v1/cluster/buckets".into())).await
     }
 
     /// `POST /v1/cluster/rebalance`. Retried only when it was never sent.

@@ -11,8 +11,8 @@ use std::time::SystemTime;
 
 use shoal_registry::{Registry, keys};
 use shoal_types::api::{
-    ClusterStatus, Member, MonitorInfo, NodeInfo, NodeReport, NodeStatus, PendingMove,
-    RebalanceRequest,
+    BucketStatus, BucketsStatus, ClusterStatus, Member, MonitorInfo, NodeInfo, NodeReplicas,
+    NodeReport, NodeStatus, PendingMove, RebalanceRequest, ReplicaState,
 };
 use shoal_types::placement::PlacementMap;
 use shoal_types::{BucketId, NodeId};
@@ -165,6 +165,13 @@ pub async fn forget(registry: &dyn Registry, node: &NodeId) -> shoal_types::Resu
 
 /// The cluster as the registry describes it now.
 pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatus> {
+    Ok(read_status(registry).await?.0)
+}
+
+/// The cluster's status, with the map and the live nodes it was made from.
+async fn read_status(
+    registry: &dyn Registry,
+) -> shoal_types::Result<(ClusterStatus, Option<PlacementMap>, BTreeMap<NodeId, NodeInfo>)> {
     let reg = |e: shoal_registry::Error| shoal_types::Error::from(e);
     let live = live_nodes(registry).await?;
     let members = members(registry).await?;
@@ -221,7 +228,7 @@ pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatu
             }
         }
     }
-    Ok(ClusterStatus {
+    let status = ClusterStatus {
         registry: registry.describe(),
         monitor,
         epoch: map.as_ref().map(|m| m.epoch).unwrap_or(0),
@@ -235,7 +242,79 @@ pub async fn status(registry: &dyn Registry) -> shoal_types::Result<ClusterStatu
         on_dead_nodes,
         moves_in_progress,
         rebalance_pending,
-    })
+    };
+    Ok((status, map, live))
+}
+
+/// `GET /v1/cluster/buckets` without the replicas' Raft states: the map's
+/// buckets with their flags, and the live nodes to ask for the states
+/// ([`fill_states`]), by id with their internal URL.
+pub async fn bucket_map(
+    registry: &dyn Registry,
+) -> shoal_types::Result<(BucketsStatus, Vec<(NodeId, String)>)> {
+    let (status, map, live) = read_status(registry).await?;
+    let to_ask = live.into_iter().map(|(id, info)| (id, info.local_node_url)).collect();
+    let Some(map) = map else {
+        let none = BucketsStatus {
+            epoch: 0,
+            replication_factor: 0,
+            buckets: Vec::new(),
+            unreachable: Vec::new(),
+        };
+        return Ok((none, to_ask));
+    };
+    let moving: BTreeSet<BucketId> = status.moves_in_progress.iter().map(|m| m.bucket).collect();
+    let buckets = BucketId::all()
+        .map(|bucket| BucketStatus {
+            bucket,
+            replicas: map.replicas(bucket).to_vec(),
+            leader: None,
+            term: 0,
+            moving: moving.contains(&bucket),
+            under_replicated: status.under_replicated.contains(&bucket),
+            on_dead_nodes: status.on_dead_nodes.contains(&bucket),
+            states: Vec::new(),
+        })
+        .collect();
+    let view = BucketsStatus {
+        epoch: map.epoch,
+        replication_factor: map.replication_factor,
+        buckets,
+        unreachable: Vec::new(),
+    };
+    Ok((view, to_ask))
+}
+
+/// Fills in what the live nodes answered: each replica's state, each
+/// bucket's leader (the replica that leads in the highest term: an old
+/// leader cut off from the others may still think it leads in an older
+/// one) and each replica's lag behind that leader's commit index.
+pub fn fill_states(view: &mut BucketsStatus, answers: Vec<NodeReplicas>) {
+    let mut by_bucket: BTreeMap<BucketId, Vec<ReplicaState>> = BTreeMap::new();
+    for answer in answers {
+        for r in answer.replicas {
+            by_bucket.entry(r.bucket).or_default().push(r);
+        }
+    }
+    for b in &mut view.buckets {
+        let mut states = by_bucket.remove(&b.bucket).unwrap_or_default();
+        let leader = states.iter().filter(|r| r.role == "leader").max_by_key(|r| r.term).cloned();
+        if let Some(l) = &leader {
+            b.leader = Some(l.node_id.clone());
+            b.term = l.term;
+            for r in &mut states {
+                r.lag = Some(l.commit.saturating_sub(r.applied));
+            }
+        } else {
+            b.term = states.iter().map(|r| r.term).max().unwrap_or(0);
+        }
+        // Map order first, then replicas the map no longer names.
+        let rank = |r: &ReplicaState| {
+            b.replicas.iter().position(|n| *n == r.node_id).unwrap_or(usize::MAX)
+        };
+        states.sort_by(|x, y| rank(x).cmp(&rank(y)).then_with(|| x.node_id.cmp(&y.node_id)));
+        b.states = states;
+    }
 }
 
 /// Asks the active monitor to rebalance: writes the request it watches for.

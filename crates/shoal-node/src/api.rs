@@ -7,13 +7,13 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
-use shoal_storage::{Command, Output, rows};
+use shoal_storage::{BaseFilter, Command, Output, rows};
 use shoal_types::api::{
     BaseInfo, BaseList, BaseLocation, Consistency, CreateBaseRequest, ExecuteRequest,
     ExecuteResponse, InsertRowsRequest, InsertRowsResponse, QueryRequest, QueryResponse, Row,
     RowList, TableList, UpdateRowRequest, WriteResponse,
 };
-use shoal_types::{BaseId, Error};
+use shoal_types::{BaseId, BucketId, Error};
 
 use crate::AppState;
 use crate::error::ApiResult;
@@ -64,6 +64,10 @@ pub async fn create_base(
 pub struct ListParams {
     limit: Option<usize>,
     after: Option<String>,
+    /// Only bases whose id starts with this, or whose name contains it.
+    q: Option<String>,
+    /// Only the bases of this bucket (`00`..`ff`).
+    bucket: Option<String>,
 }
 
 pub async fn list_bases(
@@ -77,7 +81,21 @@ pub async fn list_bases(
         );
     }
     let after = p.after.as_deref().map(base_id).transpose()?;
-    let (bases, more) = engine(&state)?.local(move |s| s.list_bases(after.as_ref(), limit)).await?;
+    let bucket = p.bucket.as_deref().map(str::parse::<BucketId>).transpose()?;
+    let filter = BaseFilter { bucket, text: p.q.unwrap_or_default() };
+    let engine = engine(&state)?;
+    // One bucket's list comes from its leader (forwarded there, like any
+    // read); the whole list from this node's replicas.
+    let (bases, more) = match bucket {
+        Some(b) => {
+            engine
+                .read(b, Consistency::default(), move |s| {
+                    s.find_bases(after.as_ref(), limit, &filter)
+                })
+                .await?
+        }
+        None => engine.local(move |s| s.find_bases(after.as_ref(), limit, &filter)).await?,
+    };
     let next_after = if more { bases.last().map(|b| b.id) } else { None };
     Ok(Json(BaseList { bases, next_after }))
 }

@@ -10,8 +10,11 @@ use async_trait::async_trait;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use shoal_types::api::{ClusterStatus, NodeChange, RebalanceRequest};
-use shoal_types::{NodeId, Result};
+use shoal_raft::StateRole;
+use shoal_types::api::{
+    BucketsStatus, ClusterStatus, NodeChange, NodeReplicas, RebalanceRequest, ReplicaState,
+};
+use shoal_types::{BucketId, NodeId, Result};
 
 use crate::AppState;
 use crate::error::ApiResult;
@@ -22,6 +25,8 @@ use crate::extract::ApiPath;
 pub trait Cluster: Send + Sync + 'static {
     /// The cluster as the registry describes it now.
     async fn status(&self) -> Result<ClusterStatus>;
+    /// The placement map with every bucket's Raft state, from the live nodes.
+    async fn buckets(&self) -> Result<BucketsStatus>;
     /// Asks the active monitor to rebalance.
     async fn request_rebalance(&self) -> Result<RebalanceRequest>;
     /// Drains a node (`on`) or undrains it.
@@ -39,6 +44,43 @@ fn cluster(state: &AppState) -> Result<&Arc<dyn Cluster>> {
 
 pub async fn status(State(state): State<Arc<AppState>>) -> ApiResult<Json<ClusterStatus>> {
     Ok(Json(cluster(&state)?.status().await?))
+}
+
+/// `GET /v1/cluster/buckets`.
+pub async fn buckets(State(state): State<Arc<AppState>>) -> ApiResult<Json<BucketsStatus>> {
+    Ok(Json(cluster(&state)?.buckets().await?))
+}
+
+/// `GET /v1/node/buckets`: this node's replicas as its Raft engine sees
+/// them now (what `/v1/cluster/buckets` gathers from every live node).
+pub async fn node_buckets(State(state): State<Arc<AppState>>) -> ApiResult<Json<NodeReplicas>> {
+    let engine = crate::api::engine(&state)?;
+    let me = engine.multi().id();
+    let node_id = engine.node_id().clone();
+    let replicas = engine
+        .multi()
+        .status()
+        .await
+        .into_iter()
+        .map(|g| ReplicaState {
+            bucket: BucketId(g.group),
+            node_id: node_id.clone(),
+            role: match g.role {
+                StateRole::Leader => "leader",
+                StateRole::Candidate => "candidate",
+                StateRole::PreCandidate => "pre-candidate",
+                StateRole::Follower if g.learners.contains(&me) => "learner",
+                StateRole::Follower => "follower",
+            }
+            .into(),
+            term: g.term,
+            commit: g.commit,
+            applied: g.applied,
+            last_index: g.last_index,
+            lag: None,
+        })
+        .collect();
+    Ok(Json(NodeReplicas { node_id, replicas }))
 }
 
 pub async fn rebalance(

@@ -49,6 +49,11 @@ impl Engine {
         Engine { store, multi, directory, node }
     }
 
+    /// The node this engine runs on.
+    pub fn node_id(&self) -> &NodeId {
+        &self.node
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store

@@ -39,6 +39,9 @@ const PING_EVERY: Duration = Duration::from_secs(15);
 /// for gone.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The WebSocket subprotocol of the feed, for clients that offer one.
+pub const FEED_PROTOCOL: &str = "shoal.v1";
+
 /// The query string of the feed.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +71,9 @@ pub async fn changes(
             e.body_text()
         ))
     })?;
-    Ok(ws.on_upgrade(move |socket| stream(socket, subscription)))
+    // A browser sends its token as a subprotocol (see `authorize`) next to
+    // this one, which the server picks.
+    Ok(ws.protocols([FEED_PROTOCOL]).on_upgrade(move |socket| stream(socket, subscription)))
 }
 
 /// Why sending stopped.

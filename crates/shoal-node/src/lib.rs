@@ -89,11 +89,13 @@ pub fn router(state: Arc<AppState>) -> Router {
             )
             .route_layer(middleware::from_fn_with_state(state.clone(), forward::forward))
             // Served by the local replica, leader or follower: not forwarded.
-            .route("/v1/bases/{id}/changes", get(feed::changes));
+            .route("/v1/bases/{id}/changes", get(feed::changes))
+            .route("/v1/node/buckets", get(cluster::node_buckets));
     }
     if state.cluster.is_some() {
         v1 = v1
             .route("/v1/cluster", get(cluster::status))
+            .route("/v1/cluster/buckets", get(cluster::buckets))
             .route("/v1/cluster/rebalance", post(cluster::rebalance))
             .route("/v1/cluster/nodes/{id}", delete(cluster::forget))
             .route("/v1/cluster/nodes/{id}/drain", post(cluster::drain).delete(cluster::undrain));
@@ -178,14 +180,37 @@ async fn require_token(
     }
 }
 
+/// The prefix of the WebSocket subprotocol that carries a token.
+pub const BEARER_PROTOCOL: &str = "shoal.bearer.";
+
 /// Checks a request's `Authorization: Bearer TOKEN` against `token`; every
 /// process that serves `/v1` (nodes, monitors, proxies) refuses the same way.
+///
+/// A browser cannot set headers on a WebSocket: there the token may come as
+/// a subprotocol instead, `shoal.bearer.` followed by the token in unpadded
+/// base64url (offered with `shoal.v1`, which the server picks).
 pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
+    let from_protocol = || {
+        headers
+            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL).map(str::to_string))
+            .map(|t| {
+                use base64::Engine as _;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(t.trim_end_matches('='))
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default()
+            })
+    };
+    let given = match headers.get(header::AUTHORIZATION) {
+        Some(v) => v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string),
+        None => from_protocol(),
+    };
+    match given.as_deref() {
         None => Err(ApiError(Error::Unauthorized(
             "missing bearer token: send \"Authorization: Bearer TOKEN\"".into(),
         ))),

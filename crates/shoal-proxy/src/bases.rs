@@ -79,6 +79,18 @@ pub async fn create(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
 /// can appear on one node and not yet on another: the merge is a union.
 pub async fn list(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    // One bucket's bases: a read of that bucket, routed like any other.
+    if let Some(b) =
+        req.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("bucket="))
+    {
+        return match b.parse::<BucketId>() {
+            Ok(bucket) => {
+                let path = format!("/v1/bases{query}");
+                send(&proxy, bucket, Method::GET, &path, req.headers(), Default::default()).await
+            }
+            Err(e) => ApiError(e).into_response(),
+        };
+    }
     let limit = list_limit(req.uri().query());
     let auth = req.headers().get(header::AUTHORIZATION).cloned();
     let nodes = proxy.view.live_nodes();

@@ -49,6 +49,8 @@ pub async fn relay_to(proxy: Arc<Proxy>, bucket: BucketId, sticky: bool, req: Re
     };
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let auth = parts.headers.get(header::AUTHORIZATION).cloned();
+    // A browser's token comes as a subprotocol: pass the offer on.
+    let protocols = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
     let mut attempts = Attempts::new(&proxy, bucket).with_path(&path).sticky(sticky);
     let mut last: Option<Response> = None;
     while let Some((target, url)) = attempts.next().await {
@@ -63,13 +65,26 @@ pub async fn relay_to(proxy: Arc<Proxy>, bucket: BucketId, sticky: bool, req: Re
         if let Some(a) = &auth {
             request.headers_mut().insert(header::AUTHORIZATION, a.clone());
         }
+        if let Some(p) = &protocols {
+            request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
+        }
         let connect = tokio_tungstenite::connect_async(request);
         let outcome = match tokio::time::timeout(proxy.options.connect_timeout * 2, connect).await {
             Ok(r) => r,
             Err(_) => Err(tung::Error::Io(std::io::ErrorKind::TimedOut.into())),
         };
         match outcome {
-            Ok((upstream, _)) => {
+            Ok((upstream, answer)) => {
+                // The client gets the subprotocol the node picked.
+                let picked = answer
+                    .headers()
+                    .get(header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let upgrade = match picked {
+                    Some(p) => upgrade.protocols([p]),
+                    None => upgrade,
+                };
                 return upgrade.on_upgrade(move |client| pipe(client, upstream)).into_response();
             }
             Err(tung::Error::Http(answer)) => {

@@ -159,16 +159,21 @@ impl Catalog {
     }
 
     /// Up to `limit` bases with ids greater than `after`, in id order.
-    pub fn list(&self, after: Option<&BaseId>, limit: usize) -> Result<Vec<BaseInfo>> {
+    pub fn list(&self, after: Option<&BaseId>, limit: usize, text: &str) -> Result<Vec<BaseInfo>> {
         let after = after.map(|a| a.to_string()).unwrap_or_default();
+        // `text`: an id prefix, or a part of the name, in any case.
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, name, created_at FROM bases WHERE id > ?1 ORDER BY id LIMIT ?2",
+                "SELECT id, name, created_at FROM bases WHERE id > ?1 \
+                 AND (?3 = '' OR substr(id, 1, length(?3)) = lower(?3) \
+                      OR instr(lower(coalesce(name, '')), lower(?3)) > 0) \
+                 ORDER BY id LIMIT ?2",
             )
             .map_err(map_sqlite_error)?;
-        let rows =
-            stmt.query_map(params![after, limit as i64], row_to_info).map_err(map_sqlite_error)?;
+        let rows = stmt
+            .query_map(params![after, limit as i64, text], row_to_info)
+            .map_err(map_sqlite_error)?;
         rows.collect::<rusqlite::Result<_>>().map_err(map_sqlite_error)
     }
 

@@ -23,7 +23,7 @@ mod value;
 
 pub use base::{Base, Executed};
 pub use command::{Command, Output, Proposal};
-pub use store::{Options, Store};
+pub use store::{BaseFilter, Options, Store};
 pub use value::{json_to_sql, sql_to_json};
 
 /// The first keyword of a statement, after white space and comments (empty

@@ -54,6 +54,16 @@ impl Default for Options {
     }
 }
 
+/// Which bases a list returns.
+#[derive(Clone, Debug, Default)]
+pub struct BaseFilter {
+    /// Only the bases of this bucket.
+    pub bucket: Option<BucketId>,
+    /// Only the bases whose id starts with this text or whose name contains
+    /// it, in any case; empty: all.
+    pub text: String,
+}
+
 /// All bases of this node.
 pub struct Store {
     dir: Option<PathBuf>,
@@ -462,10 +472,28 @@ impl Store {
         after: Option<&BaseId>,
         limit: usize,
     ) -> Result<(Vec<BaseInfo>, bool)> {
+        self.find_bases(after, limit, &BaseFilter::default())
+    }
+
+    /// [`Store::list_bases`], of the bases `filter` lets through.
+    pub fn find_bases(
+        &self,
+        after: Option<&BaseId>,
+        limit: usize,
+        filter: &BaseFilter,
+    ) -> Result<(Vec<BaseInfo>, bool)> {
         let mut out = Vec::new();
-        let first = after.map(|a| a.bucket().0).unwrap_or(0);
+        let mut first = after.map(|a| a.bucket().0).unwrap_or(0);
+        let mut last = u8::MAX;
+        if let Some(b) = filter.bucket {
+            if b.0 < first {
+                return Ok((out, false));
+            }
+            (first, last) = (b.0, b.0);
+        }
+        let text = filter.text.trim().to_lowercase();
         // Ids sort by bucket first, so walking buckets in order walks ids in order.
-        for b in first..=u8::MAX {
+        for b in first..=last {
             let bucket = BucketId(b);
             // Skip buckets never written to without creating their catalog.
             if let Some(d) = self.bucket_dir(bucket) {
@@ -476,7 +504,7 @@ impl Store {
                 continue;
             }
             let want = limit + 1 - out.len();
-            out.extend(self.with_catalog(bucket, |c| c.list(after, want))?);
+            out.extend(self.with_catalog(bucket, |c| c.list(after, want, &text))?);
             if out.len() > limit {
                 out.truncate(limit);
                 return Ok((out, true));

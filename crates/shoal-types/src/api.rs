@@ -376,6 +376,76 @@ pub struct ClusterStatus {
     pub rebalance_pending: bool,
 }
 
+/// One replica of a bucket as its node's Raft engine sees it
+/// (`GET /v1/node/buckets`, and per replica in `GET /v1/cluster/buckets`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// The bucket.
+    pub bucket: BucketId,
+    /// The node holding the replica.
+    pub node_id: NodeId,
+    /// `leader`, `follower`, `candidate`, `pre-candidate` or `learner`.
+    pub role: String,
+    /// The replica's current term.
+    pub term: u64,
+    /// The highest log index it knows committed.
+    pub commit: u64,
+    /// The highest log index it has applied.
+    pub applied: u64,
+    /// The last index in its log.
+    pub last_index: u64,
+    /// How far its applied index is behind the leader's commit index, when
+    /// the leader answered too.
+    #[serde(default)]
+    pub lag: Option<u64>,
+}
+
+/// `GET /v1/node/buckets`: the replicas of the node asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReplicas {
+    /// The node.
+    pub node_id: NodeId,
+    /// Its replicas, by bucket.
+    pub replicas: Vec<ReplicaState>,
+}
+
+/// One bucket in `GET /v1/cluster/buckets`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketStatus {
+    /// The bucket.
+    pub bucket: BucketId,
+    /// The nodes the placement map gives it, preferred first.
+    pub replicas: Vec<NodeId>,
+    /// The replica that leads its group, as the replicas report it (the
+    /// leader of the highest term).
+    pub leader: Option<NodeId>,
+    /// The leader's term (0 when no leader is known).
+    pub term: u64,
+    /// A replica is placed but not hosted yet.
+    pub moving: bool,
+    /// Fewer live replicas than the replication factor allows.
+    pub under_replicated: bool,
+    /// A replica is on a node that is not live.
+    pub on_dead_nodes: bool,
+    /// Each replica that answered, whether or not the map still names it.
+    pub states: Vec<ReplicaState>,
+}
+
+/// `GET /v1/cluster/buckets`: the placement map with every bucket's Raft
+/// state, read from the live nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketsStatus {
+    /// The placement map's epoch (0: no map yet).
+    pub epoch: u64,
+    /// Replicas per bucket the map aims for.
+    pub replication_factor: usize,
+    /// The 256 buckets in order (none before the first map).
+    pub buckets: Vec<BucketStatus>,
+    /// Live nodes that did not answer in time: their replicas' states are
+    /// missing.
+    pub unreachable: Vec<NodeId>,
+}
+
 /// The answer to `POST /v1/cluster/rebalance`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebalanceRequest {

@@ -68,7 +68,7 @@ impl FromStr for BucketId {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        if s.len() != 2 {
+        if s.len() != 2 || !s.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::InvalidInput(format!(
                 "invalid bucket {s:?}: expected two hex digits"
             )));

@@ -139,6 +139,14 @@ pub enum ClusterCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Show every bucket: its replicas, its leader and term, and each
+    /// replica's role, commit and applied index and lag.
+    Buckets {
+        #[command(flatten)]
+        out: Output,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Ask the active monitor to rebalance the placement map now.
     Rebalance {
         /// Wait, with a progress bar, until the monitor has answered and
@@ -395,6 +403,57 @@ pub async fn cluster(cmd: ClusterCommand) -> anyhow::Result<()> {
             out!("under-replicated buckets: {}", s.under_replicated.len());
             out!("buckets with replicas on dead nodes: {}", s.on_dead_nodes.len());
             out!("moves in progress: {}", s.moves_in_progress.len());
+            Ok(())
+        }
+        ClusterCommand::Buckets { out, client } => {
+            let s = client.client()?.cluster_buckets().await?;
+            if out.json {
+                return print_json(&s);
+            }
+            out!("placement: epoch {}, replication factor {}", s.epoch, s.replication_factor);
+            let header = [
+                "bucket",
+                "replicas",
+                "leader",
+                "term",
+                "states (role commit/applied lag)",
+                "flags",
+            ]
+            .map(String::from);
+            print_table(
+                &header,
+                s.buckets.iter().map(|b| {
+                    let names: Vec<String> = b.replicas.iter().map(|n| n.to_string()).collect();
+                    let states: Vec<String> = b
+                        .states
+                        .iter()
+                        .map(|r| {
+                            let lag = r.lag.map(|l| format!(" lag {l}")).unwrap_or_default();
+                            format!("{} {} {}/{}{lag}", r.node_id, r.role, r.commit, r.applied)
+                        })
+                        .collect();
+                    let flags: Vec<&str> = [
+                        (b.moving, "moving"),
+                        (b.under_replicated, "under-replicated"),
+                        (b.on_dead_nodes, "dead replica"),
+                    ]
+                    .into_iter()
+                    .filter_map(|(on, name)| on.then_some(name))
+                    .collect();
+                    vec![
+                        b.bucket.to_string(),
+                        names.join(" "),
+                        b.leader.as_ref().map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                        b.term.to_string(),
+                        states.join(", "),
+                        flags.join(" "),
+                    ]
+                }),
+            );
+            if !s.unreachable.is_empty() {
+                let names: Vec<String> = s.unreachable.iter().map(|n| n.to_string()).collect();
+                out!("live nodes that did not answer: {}", names.join(", "));
+            }
             Ok(())
         }
         ClusterCommand::Rebalance { wait, timeout, client } => {

@@ -16,7 +16,7 @@ use shoal_node::{AppState, Node, NodeConfig, ServerOptions};
 use shoal_registry::Registry;
 use shoal_types::NodeId;
 use shoal_types::api::NodeInfo;
-use shoal_types::api::{ClusterStatus, RebalanceRequest};
+use shoal_types::api::{BucketsStatus, ClusterStatus, NodeReplicas, RebalanceRequest};
 use tokio::sync::watch;
 
 /// HTTP flags of every server command (the listen address is per command).
@@ -255,7 +255,11 @@ pub async fn serve_with(
         .context("cannot install the metrics recorder")?;
     let state = Arc::new(AppState {
         engine,
-        cluster: Some(Arc::new(RegistryCluster(registry))),
+        cluster: Some(Arc::new(RegistryCluster {
+            registry,
+            http: shoal_node::forward::client(),
+            token: token.clone(),
+        })),
         options: ServerOptions { admin_token: token.clone(), max_body_bytes: http.max_body_size },
         metrics: Some(metrics),
         forwarder: shoal_node::forward::client(),
@@ -322,24 +326,59 @@ pub fn shutdown_channel() -> watch::Receiver<bool> {
     rx
 }
 
-/// `/v1/cluster` over the registry.
-struct RegistryCluster(Arc<dyn Registry>);
+/// `/v1/cluster` over the registry, and the live nodes for their Raft state.
+struct RegistryCluster {
+    registry: Arc<dyn Registry>,
+    http: reqwest::Client,
+    token: String,
+}
+
+/// How long `/v1/cluster/buckets` waits for a node's replicas.
+const NODE_STATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[async_trait]
 impl Cluster for RegistryCluster {
     async fn status(&self) -> shoal_types::Result<ClusterStatus> {
-        shoal_monitor::status(self.0.as_ref()).await
+        shoal_monitor::status(self.registry.as_ref()).await
+    }
+
+    async fn buckets(&self) -> shoal_types::Result<BucketsStatus> {
+        let (mut view, nodes) = shoal_monitor::bucket_map(self.registry.as_ref()).await?;
+        let asks = nodes.iter().map(|(_, url)| async move {
+            let url = format!("{}/v1/node/buckets", url.trim_end_matches('/'));
+            let answer = self
+                .http
+                .get(url)
+                .bearer_auth(&self.token)
+                .timeout(NODE_STATE_TIMEOUT)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status())?;
+            answer.json::<NodeReplicas>().await
+        });
+        let mut answered = Vec::new();
+        for ((id, _), answer) in nodes.iter().zip(futures_util::future::join_all(asks).await) {
+            match answer {
+                Ok(a) => answered.push(a),
+                Err(e) => {
+                    tracing::debug!(node = %id.0, error = %e, "no replica states from a node");
+                    view.unreachable.push(id.clone());
+                }
+            }
+        }
+        shoal_monitor::fill_states(&mut view, answered);
+        Ok(view)
     }
 
     async fn request_rebalance(&self) -> shoal_types::Result<RebalanceRequest> {
-        shoal_monitor::request_rebalance(self.0.as_ref()).await
+        shoal_monitor::request_rebalance(self.registry.as_ref()).await
     }
 
     async fn drain(&self, node: &NodeId, on: bool) -> shoal_types::Result<()> {
-        shoal_monitor::drain(self.0.as_ref(), node, on).await
+        shoal_monitor::drain(self.registry.as_ref(), node, on).await
     }
 
     async fn forget(&self, node: &NodeId) -> shoal_types::Result<()> {
-        shoal_monitor::forget(self.0.as_ref(), node).await
+        shoal_monitor::forget(self.registry.as_ref(), node).await
     }
 }
