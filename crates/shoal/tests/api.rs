@@ -501,6 +501,8 @@ async fn openapi_and_metrics() {
         ("/v1/bases/{id}/api-tokens", &["get", "post"]),
         ("/v1/bases/{id}/api-tokens/{name}", &["delete"]),
         ("/v1/cluster", &["get"]),
+        ("/v1/cluster/buckets", &["get"]),
+        ("/v1/node/buckets", &["get"]),
         ("/v1/cluster/nodes/{id}/drain", &["post", "delete"]),
         ("/v1/cluster/nodes/{id}", &["delete"]),
         ("/v1/cluster/rebalance", &["post"]),

@@ -8,38 +8,18 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, TOKEN};
-use common::{Mode, Server, cli};
+use common::{Mode, Server, cli, python};
 use serde_json::{Value, json};
 
 /// How long one script may run before it is killed.
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn repo_root() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..");
-    root.canonicalize().unwrap_or(root)
-}
-
 /// The virtual environment's python, once it is known to have the client.
 fn python() -> PathBuf {
-    let venv = repo_root().join("target").join("seatable-venv");
-    let python = venv.join("bin").join("python");
-    let ready = Command::new(&python)
-        .args(["-c", "import seatable_api"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ready,
-        "SeaTable's Python client is not installed in {}: run scripts/install-test-deps",
-        venv.display()
-    );
-    python
+    python::venv_python("seatable-venv", "seatable_api")
 }
 
 fn ok(server: &Server, args: &[&str]) -> String {
@@ -78,59 +58,8 @@ async fn run_script_with(
     script: &str,
     env: &[(&str, &str)],
 ) -> String {
-    let python = python();
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("seatable").join(script);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut cmd = Command::new(&python);
-    cmd.arg(&path)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out_path).expect("stdout file"))
-        .stderr(std::fs::File::create(&err_path).expect("stderr file"))
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("PYTHONUNBUFFERED", "1")
-        // The server is on loopback: no proxy of the environment in between.
-        .env("NO_PROXY", "*")
-        .env("no_proxy", "*");
-    for var in [
-        "PYTHONPATH",
-        "PYTHONHOME",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied());
-    let mut child = cmd.spawn().expect("start python");
-    let deadline = Instant::now() + SCRIPT_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for python") {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            // SIGKILL to the child's pid.
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
-    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    let what = match status {
-        Some(s) if s.success() => return stdout,
-        Some(s) => format!("{script} exited with {s}"),
-        None => format!("{script} did not finish within {SCRIPT_TIMEOUT:?} and was killed"),
-    };
-    panic!(
-        "{what}\n--- {script} stdout\n{stdout}\n--- {script} stderr\n{stderr}\n--- server\n{}",
-        logs()
-    );
+    python::run(&python(), &path, env, SCRIPT_TIMEOUT, logs).await
 }
 
 /// GET `url` with `Authorization: AUTH` (none when `None`): (status, JSON body

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod python;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -298,6 +299,11 @@ impl Process {
     }
 
     /// Kills it with SIGKILL.
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
