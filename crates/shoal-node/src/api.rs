@@ -5,7 +5,7 @@ use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, Uri};
 use serde::Deserialize;
 use shoal_storage::{BaseFilter, Command, Output, rows};
 use shoal_types::api::{
@@ -13,7 +13,7 @@ use shoal_types::api::{
     ExecuteResponse, InsertRowsRequest, InsertRowsResponse, QueryRequest, QueryResponse, Row,
     RowList, TableList, UpdateRowRequest, WriteResponse,
 };
-use shoal_types::{BaseId, BucketId, Error};
+use shoal_types::{BaseId, BucketId, Error, ErrorBody};
 
 use crate::AppState;
 use crate::error::ApiResult;
@@ -72,6 +72,8 @@ pub struct ListParams {
 
 pub async fn list_bases(
     State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    uri: Uri,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> ApiResult<Json<BaseList>> {
     let limit = p.limit.unwrap_or(100);
@@ -84,6 +86,27 @@ pub async fn list_bases(
     let bucket = p.bucket.as_deref().map(str::parse::<BucketId>).transpose()?;
     let filter = BaseFilter { bucket, text: p.q.unwrap_or_default() };
     let engine = engine(&state)?;
+    // A node that does not hold every bucket asks the others (who answer
+    // from their own replicas).
+    let dir = engine.directory();
+    let holds_all = dir
+        .map
+        .as_ref()
+        .is_none_or(|m| BucketId::all().all(|b| m.replicas(b).contains(engine.node_id())));
+    if bucket.is_none() && !holds_all && !headers.contains_key(crate::forward::FORWARDED) {
+        let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+        let auth = headers.get(axum::http::header::AUTHORIZATION);
+        return match crate::lists::gather(&state.forwarder, &dir, &query, auth, limit).await {
+            Ok(list) => Ok(Json(list)),
+            Err(crate::lists::ListFailure::Unavailable(e)) => Err(e.into()),
+            Err(crate::lists::ListFailure::Refused(answer)) => {
+                let body: ErrorBody = answer.json().await.map_err(|e| {
+                    Error::Unavailable(format!("a node refused the list unreadably: {e}"))
+                })?;
+                Err(Error::InvalidInput(body.error.message).into())
+            }
+        };
+    }
     // One bucket's list comes from its leader (forwarded there, like any
     // read); the whole list from this node's replicas.
     let (bases, more) = match bucket {

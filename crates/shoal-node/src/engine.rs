@@ -54,6 +54,11 @@ impl Engine {
         &self.node
     }
 
+    /// What this node knows of the map and the live nodes now.
+    pub fn directory(&self) -> Directory {
+        self.directory.borrow().clone()
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<Store> {
         &self.store

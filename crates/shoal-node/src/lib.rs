@@ -15,6 +15,7 @@ pub mod error;
 mod extract;
 pub mod feed;
 pub mod forward;
+pub mod lists;
 pub mod node;
 pub mod registration;
 pub mod relay;

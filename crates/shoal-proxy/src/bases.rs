@@ -2,7 +2,6 @@
 //! create (which needs an id to route by), list (every node holds only its
 //! buckets) and location.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use shoal_node::error::ApiError;
 use shoal_node::forward::{FORWARDED, NO_FORWARD};
-use shoal_types::api::{BaseInfo, BaseList, BaseLocation};
-use shoal_types::{BaseId, BucketId, Error, NodeId};
+use shoal_node::lists::{self, ListFailure};
+use shoal_types::api::BaseLocation;
+use shoal_types::{BaseId, BucketId, Error};
 
 use crate::Proxy;
 use crate::forward::{answer_of, bad_path, base_id, body, join, relay_answer, send};
@@ -92,55 +92,15 @@ pub async fn list(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
         };
     }
     let limit = list_limit(req.uri().query());
-    let auth = req.headers().get(header::AUTHORIZATION).cloned();
-    let nodes = proxy.view.live_nodes();
-    let asks = nodes.iter().map(|t| {
-        let mut r = proxy.http.get(join(&t.url, &format!("/v1/bases{query}"))).timeout(ASK_TIMEOUT);
-        if let Some(a) = &auth {
-            r = r.header(header::AUTHORIZATION, a);
-        }
-        r.send()
-    });
-    let answers = futures_util::future::join_all(asks).await;
-    let mut pages: Vec<(NodeId, BaseList)> = Vec::new();
-    for (t, answer) in nodes.iter().zip(answers) {
-        match answer {
-            Ok(a) if a.status().is_client_error() => {
-                return match answer_of(a).await {
-                    Ok(a) => relay_answer(a),
-                    Err(why) => ApiError(Error::Unavailable(why)).into_response(),
-                };
-            }
-            Ok(a) if a.status().is_success() => match a.json::<BaseList>().await {
-                Ok(page) => pages.push((t.node.clone(), page)),
-                Err(e) => {
-                    tracing::warn!(node = %t.node.0, error = %e, "a node's base list is unreadable")
-                }
-            },
-            Ok(a) => {
-                tracing::warn!(node = %t.node.0, status = %a.status(), "a node cannot list its bases")
-            }
-            Err(e) => tracing::warn!(node = %t.node.0, error = %e, "a node cannot list its bases"),
-        }
+    let auth = req.headers().get(header::AUTHORIZATION);
+    match lists::gather(&proxy.http, &proxy.view.directory(), &query, auth, limit).await {
+        Ok(list) => Json(list).into_response(),
+        Err(ListFailure::Refused(answer)) => match answer_of(answer).await {
+            Ok(a) => relay_answer(a),
+            Err(why) => ApiError(Error::Unavailable(why)).into_response(),
+        },
+        Err(ListFailure::Unavailable(e)) => ApiError(e).into_response(),
     }
-    // Every bucket must have had a replica answer, or the list has a hole.
-    let answered: BTreeSet<NodeId> = pages.iter().map(|(n, _)| n.clone()).collect();
-    let dir = proxy.view.directory();
-    let Some(map) = &dir.map else {
-        return ApiError(Error::Unavailable(
-            "the proxy has not read the placement map yet; retry shortly".into(),
-        ))
-        .into_response();
-    };
-    if let Some(b) = BucketId::all().find(|b| {
-        !map.replicas(*b).is_empty() && !map.replicas(*b).iter().any(|n| answered.contains(n))
-    }) {
-        return ApiError(Error::Unavailable(format!(
-            "no replica of bucket {b} answered; the list would be incomplete: retry shortly"
-        )))
-        .into_response();
-    }
-    Json(merge(pages.into_iter().map(|(_, p)| p), limit)).into_response()
 }
 
 /// The `limit` of a list query (the nodes' default when absent or unreadable:
@@ -152,23 +112,6 @@ fn list_limit(query: Option<&str>) -> usize {
         .find_map(|kv| kv.strip_prefix("limit="))
         .and_then(|v| v.parse().ok())
         .unwrap_or(100)
-}
-
-/// One page out of the nodes' pages: the first `limit` distinct bases by id.
-/// There are more when a node said so or when the union is longer.
-pub fn merge(pages: impl IntoIterator<Item = BaseList>, limit: usize) -> BaseList {
-    let mut all: BTreeMap<BaseId, BaseInfo> = BTreeMap::new();
-    let mut more = false;
-    for page in pages {
-        more |= page.next_after.is_some();
-        for b in page.bases {
-            all.entry(b.id).or_insert(b);
-        }
-    }
-    more |= all.len() > limit;
-    let bases: Vec<BaseInfo> = all.into_values().take(limit).collect();
-    let next_after = if more { bases.last().map(|b| b.id) } else { None };
-    BaseList { bases, next_after }
 }
 
 /// `GET /v1/bases/{id}/location`: the bucket's replicas from the proxy's
@@ -220,32 +163,7 @@ pub async fn location(
 mod tests {
     use super::*;
 
-    fn info(id: &str) -> BaseInfo {
-        let id: BaseId = id.parse().expect("id");
-        BaseInfo { id, name: None, bucket: id.bucket(), created_at: String::new() }
-    }
-
     const A: &str = "00000000-0000-4000-8000-000000000001";
-    const B: &str = "10000000-0000-4000-8000-000000000002";
-    const C: &str = "20000000-0000-4000-8000-000000000003";
-    const D: &str = "30000000-0000-4000-8000-000000000004";
-
-    #[test]
-    fn pages_merge_in_id_order_without_duplicates() {
-        let p1 = BaseList { bases: vec![info(A), info(C)], next_after: None };
-        let p2 = BaseList { bases: vec![info(A), info(B)], next_after: None };
-        let all = merge([p1.clone(), p2.clone()], 10);
-        let ids: Vec<String> = all.bases.iter().map(|b| b.id.to_string()).collect();
-        assert_eq!(ids, [A, B, C]);
-        assert_eq!(all.next_after, None);
-        // Cut at the limit: the rest is on the next page.
-        let two = merge([p1, p2], 2);
-        assert_eq!(two.bases.len(), 2);
-        assert_eq!(two.next_after.map(|b| b.to_string()).as_deref(), Some(B));
-        // A node with more makes the page not the last.
-        let p3 = BaseList { bases: vec![info(D)], next_after: Some(info(D).id) };
-        assert!(merge([p3], 5).next_after.is_some());
-    }
 
     #[test]
     fn list_limit_reads_the_query() {

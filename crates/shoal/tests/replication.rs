@@ -334,6 +334,18 @@ async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
         break;
     }
     assert!(after.replica_counts().get(&n4).copied().unwrap_or(0) > 0);
+    // Every node lists every base, though none holds every bucket now.
+    for (name, p) in &c.nodes {
+        let list = "/v1/bases?limit=1000";
+        let (s, v) =
+            call(&http, &p.url, reqwest::Method::GET, list, None, false).await.expect("list");
+        assert_eq!(s, StatusCode::OK, "{name}: {v}");
+        let listed: BTreeSet<&str> =
+            v["bases"].as_array().expect("bases").iter().filter_map(|b| b["id"].as_str()).collect();
+        for base in &bases {
+            assert!(listed.contains(base.as_str()), "{name} does not list {base}: {v}");
+        }
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.await.expect("writer");
 
