@@ -370,7 +370,7 @@ function sqlView(baseId, pane, onWrite) {
           h("td", { class: "num", text: String(i + 1) }),
           h("td", { class: "mono stmt", text: statements[i] ? statements[i].sql : "" }),
           h("td", { class: "num", text: x.error ? "" : String(x.rows_affected) }),
-          h("td", { class: "num", text: x.error ? (x.error.message || JSON.stringify(x.error)) : String(x.last_insert_rowid) })))))),
+          h("td", { class: "num", text: x.error ? (x.error.message || JSON.stringify(x.error)) : String(x.last_insert_rowid) }))))),
     );
   }
 

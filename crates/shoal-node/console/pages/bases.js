@@ -14,7 +14,7 @@ export function mount(root) {
   const listSlot = h("div", { class: "slot", id: "bases-error" });
   const nameInput = h("input", { type: "text", id: "new-base-name", name: "name", placeholder: "name (optional)", maxlength: "200" });
   const createButton = h("button", { type: "submit", class: "primary", id: "create-base", text: "Create base" });
-  const qInput = h("input", { type: "search", id: "base-search", name: "q", placeholder: "id prefix or part of the name", value: state.q });
+  const qInput = h("input", { type: "search", id: "base-search", name: "q", placeholder: "id prefix or part of a name", value: state.q });
   const body = h("tbody", { id: "bases-body" });
   const pageLabel = h("span", { class: "muted", id: "bases-page" });
   const prev = h("button", { type: "button", id: "bases-prev", text: "← Previous", on: { click: () => go(-1) } });
