@@ -22,6 +22,12 @@ export function mount(root, params) {
   const sqlPane = h("section", { class: "pane", id: "sql-pane" });
   const feedPane = h("aside", { class: "feed card", id: "feed" });
 
+  const layout = h("div", { class: "base-layout" },
+      h("div", { class: "base-main" },
+        h("nav", { class: "tabs" }, tabTables, tabSql),
+        tablesPane,
+        sqlPane),
+      feedPane);
   fill(
     root,
     h("div", { class: "page-head" },
@@ -29,12 +35,7 @@ export function mount(root, params) {
       title),
     meta,
     headSlot,
-    h("div", { class: "base-layout" },
-      h("div", { class: "base-main" },
-        h("nav", { class: "tabs" }, tabTables, tabSql),
-        tablesPane,
-        sqlPane),
-      feedPane),
+    layout,
   );
 
   const tables = tablesView(baseId, tablesPane);
@@ -65,6 +66,9 @@ export function mount(root, params) {
     } catch (e) {
       title.textContent = baseId;
       if (e.status === 404) {
+        // Nothing to show below: no tables, no SQL, no feed.
+        layout.hidden = true;
+        feed.dispose();
         // A monitor has no /v1/bases at all; a node or proxy says the base is unknown.
         let monitor = false;
         try {

@@ -237,6 +237,19 @@ def the_cluster_page_shows_three_live_nodes():
     shot("cluster")
 
 
+def rebalance_asks_first():
+    """Rebalance asks in an in-page dialog; Cancel does nothing, Rebalance requests it"""
+    click("#rebalance")
+    find("#confirm-dialog")
+    click("#confirm-cancel")
+    wait(lambda: js("return document.getElementById('confirm-dialog') === null"), SHORT, "the dialog to close")
+    assert not text_of("#rebalance-message"), "cancel still requested a rebalance"
+    click("#rebalance")
+    click("#confirm-ok")
+    msg = wait(lambda: text_of("#rebalance-message .banner.ok"), SHORT, "the rebalance answer")
+    assert "Rebalance requested" in msg, msg
+
+
 def the_bucket_map_shows_every_leader():
     """the bucket map's 256 cells show the leaders GET /v1/cluster/buckets reports"""
     click("#nav-buckets")
@@ -441,6 +454,15 @@ def no_bucket_names_the_dead_node_as_leader():
     assert js("return window.__shoalNoReload === true"), "the page was reloaded"
 
 
+def sign_out_forgets_the_token():
+    """Sign out forgets the token and shows the sign-in form"""
+    click("#sign-out")
+    find("#token")
+    assert js("return sessionStorage.length") == 0, "the token is still kept"
+    driver.refresh()
+    find("#token")
+
+
 def the_console_works_through_the_proxy():
     """the console served by the proxy signs in and shows the cluster and the base"""
     open_console(PROXY_URL)
@@ -457,6 +479,26 @@ def the_console_works_through_the_proxy():
          SHORT, "the read through the proxy")
 
 
+def a_base_is_dropped_after_confirmation():
+    """a base is dropped from the Bases page after an in-page confirmation"""
+    name = f"console-drop-{os.getpid()}"
+    status, body = api("POST", "/v1/bases", {"name": name}, base=PROXY_URL)
+    assert status == 201, f"create: {status} {body}"
+    drop_id = body["id"]
+    click("#nav-bases")
+    type_into("#base-search", name)
+    click("#search")
+    row = f'#bases-body tr[data-base="{drop_id}"]'
+    find(row)
+    click(f"{row} button.drop")
+    wait(lambda: drop_id in (text_of("#confirm-dialog .dialog-message") or ""), SHORT, "the drop dialog")
+    click("#confirm-ok")
+    wait(lambda: text_of("#dropped") and js("return document.querySelector(arguments[0])", row) is None,
+         SHORT, "the base to leave the list")
+    status, _ = api("GET", f"/v1/bases/{drop_id}", base=PROXY_URL)
+    assert status == 404, f"the dropped base answers {status}"
+
+
 def main():
     global driver
     driver = start_browser()
@@ -465,6 +507,7 @@ def main():
             a_wrong_token_is_refused,
             the_admin_token_signs_in,
             the_cluster_page_shows_three_live_nodes,
+            rebalance_asks_first,
             the_bucket_map_shows_every_leader,
             a_bucket_detail_shows_its_replicas,
             a_base_is_created_from_the_bases_page,
@@ -478,7 +521,9 @@ def main():
             the_tables_tab_pages_and_orders_rows,
             a_killed_node_turns_dead_on_the_cluster_page,
             no_bucket_names_the_dead_node_as_leader,
+            sign_out_forgets_the_token,
             the_console_works_through_the_proxy,
+            a_base_is_dropped_after_confirmation,
         ])
     except SystemExit as e:
         if e.code:
