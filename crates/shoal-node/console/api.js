@@ -28,16 +28,39 @@ export class ApiError extends Error {
   }
 }
 
+/** How long a call retries a 503 (no leader yet, bucket starting) before it gives up. */
+const RETRY_MS = 6000;
+
 /**
  * Calls the API: `api("GET", "/v1/cluster")`, `api("POST", path, body)`.
  * Resolves with the parsed JSON answer (null for an empty one); rejects with
  * an ApiError carrying the API's own code and message. A 401 also fires the
  * `shoal:unauthorized` event on window (the console signs out), unless
  * `opts.token` was given (sign-in checks a token that is not kept yet).
+ *
+ * A 503 (the bucket's leader is not known yet, or the bucket is starting) is
+ * retried for a few seconds: always for GET, and for other methods when
+ * `opts.retry` says the call is safe to repeat (a read, or a write that
+ * carries an Idempotency-Key). `opts.headers` adds headers.
  */
 export async function api(method, path, body, opts = {}) {
+  const deadline = Date.now() + RETRY_MS;
+  let pause = 200;
+  for (;;) {
+    try {
+      return await call(method, path, body, opts);
+    } catch (e) {
+      const retry = e instanceof ApiError && e.status === 503 && (method === "GET" || opts.retry);
+      if (!retry || Date.now() + pause > deadline) throw e;
+    }
+    await new Promise((r) => setTimeout(r, pause));
+    pause = Math.min(pause * 2, 1000);
+  }
+}
+
+async function call(method, path, body, opts) {
   const token = opts.token ?? getToken();
-  const headers = { Accept: "application/json" };
+  const headers = { Accept: "application/json", ...(opts.headers || {}) };
   if (token) headers.Authorization = `Bearer ${token}`;
   const init = { method, headers, cache: "no-store", credentials: "omit" };
   if (body !== undefined) {
@@ -72,6 +95,20 @@ export async function api(method, path, body, opts = {}) {
     throw apiErr;
   }
   return data;
+}
+
+/** A random UUID (v4); works outside secure contexts too, unlike crypto.randomUUID. */
+export function uuid() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const hex = Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** Options for a write that may be retried: one Idempotency-Key for every try. */
+export function idempotent() {
+  return { retry: true, headers: { "Idempotency-Key": uuid() } };
 }
 
 /** A query string from an object, skipping empty values. */

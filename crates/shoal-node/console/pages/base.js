@@ -3,7 +3,7 @@
 //
 // Routes: #/bases/ID, #/bases/ID/tables[/TABLE], #/bases/ID/sql.
 
-import { api, openFeed, qs } from "../api.js";
+import { api, idempotent, openFeed, qs } from "../api.js";
 import { fill, h, showError, timeText, valueCell } from "../dom.js";
 import { splitStatements } from "../sql.js";
 
@@ -332,11 +332,11 @@ function sqlView(baseId, pane, onWrite) {
     try {
       if (write) {
         const statements = splitStatements(sql).map((s) => ({ sql: s }));
-        const r = await api("POST", `/v1/bases/${enc}/execute`, { statements });
+        const r = await api("POST", `/v1/bases/${enc}/execute`, { statements }, idempotent());
         showWrite(r, statements, performance.now() - started);
         onWrite();
       } else {
-        const r = await api("POST", `/v1/bases/${enc}/query`, { sql, consistency: consistency.value });
+        const r = await api("POST", `/v1/bases/${enc}/query`, { sql, consistency: consistency.value }, { retry: true });
         showRead(r, performance.now() - started);
       }
     } catch (e) {

@@ -1,6 +1,6 @@
 // The bases page: search, list (paged), create and drop bases.
 
-import { api, qs } from "../api.js";
+import { api, idempotent, qs } from "../api.js";
 import { confirmDialog, fill, h, showError, timeText } from "../dom.js";
 
 const PAGE_SIZE = 20;
@@ -8,6 +8,10 @@ const PAGE_SIZE = 20;
 // Kept across visits of the page (not across reloads): the search and the
 // page the user was on.
 const state = { q: "", cursors: [null] };
+// Bases dropped from this page. A list is read from the replicas without a
+// leader round trip, so for a moment after a drop it may still name the
+// base: leave those out.
+const dropped = new Set();
 
 export function mount(root) {
   const createSlot = h("div", { class: "slot", id: "create-message" });
@@ -68,7 +72,7 @@ export function mount(root) {
     fill(listSlot);
     table.hidden = false;
     nextAfter = page.next_after || null;
-    const rows = (page.bases || []).map((b) =>
+    const rows = (page.bases || []).filter((b) => !dropped.has(b.id)).map((b) =>
       h("tr", { dataset: { base: b.id } },
         h("td", {}, h("a", { class: "mono", href: `#/bases/${b.id}`, text: b.id })),
         h("td", { text: b.name ?? "" }),
@@ -134,7 +138,8 @@ export function mount(root) {
     createButton.disabled = true;
     fill(createSlot);
     try {
-      const b = await api("POST", "/v1/bases", name ? { name } : {});
+      const b = await api("POST", "/v1/bases", name ? { name } : {}, idempotent());
+      dropped.delete(b.id);
       nameInput.value = "";
       fill(createSlot, h("div", { class: "banner ok", role: "status", id: "created" },
         h("span", { class: "banner-text" }, "Created base ", h("b", { text: b.name || "(no name)" }), " ",
@@ -158,7 +163,8 @@ export function mount(root) {
     if (!ok) return;
     fill(createSlot);
     try {
-      await api("DELETE", `/v1/bases/${encodeURIComponent(b.id)}`);
+      await api("DELETE", `/v1/bases/${encodeURIComponent(b.id)}`, undefined, idempotent());
+      dropped.add(b.id);
       fill(createSlot, h("div", { class: "banner ok", role: "status", id: "dropped", text: `Dropped base ${b.name ? `"${b.name}" ` : ""}${b.id}.` }));
       load();
     } catch (e) {

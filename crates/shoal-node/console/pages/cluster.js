@@ -147,7 +147,7 @@ export function mount(root) {
     if (!ok) return;
     rebalance.disabled = true;
     try {
-      const r = await api("POST", "/v1/cluster/rebalance");
+      const r = await api("POST", "/v1/cluster/rebalance", undefined, { retry: true });
       const at = r && r.epoch !== undefined ? ` (requested at epoch ${r.epoch})` : "";
       showInfo(actionSlot, `Rebalance requested${at}: the active monitor carries it out shortly.`);
     } catch (e) {

@@ -175,6 +175,21 @@ def sign_in(token):
     click("#sign-in")
 
 
+def search_until(cond, what, timeout=SHORT):
+    """Submits the Bases page's search until cond() holds: a list is read
+    from the replicas, so a base just created may take a moment to show."""
+    def again():
+        if cond():
+            return True
+        click("#search")
+        try:
+            WebDriverWait(driver, 1, poll_frequency=0.1).until(lambda _d: cond())
+            return True
+        except TimeoutException:
+            return False
+    wait(again, timeout, what)
+
+
 def map_leaders():
     """{bucket: leader} as the bucket map's cells show them."""
     return js(
@@ -305,9 +320,8 @@ def a_base_is_created_from_the_bases_page():
     assert status == 200 and body["name"] == name, f"GET the new base: {status} {body}"
     state["bucket"] = body["bucket"]
     type_into("#base-search", name)
-    click("#search")
-    wait(lambda: js("return Array.from(document.querySelectorAll('#bases-body tr[data-base]')).map(r => r.dataset.base)") == [base_id],
-         SHORT, "the search to list exactly the new base")
+    search_until(lambda: js("return Array.from(document.querySelectorAll('#bases-body tr[data-base]')).map(r => r.dataset.base)") == [base_id],
+                 "the search to list exactly the new base")
     shot("bases")
 
 
@@ -487,9 +501,8 @@ def a_base_is_dropped_after_confirmation():
     drop_id = body["id"]
     click("#nav-bases")
     type_into("#base-search", name)
-    click("#search")
     row = f'#bases-body tr[data-base="{drop_id}"]'
-    find(row)
+    search_until(lambda: js("return document.querySelector(arguments[0]) !== null", row), f"base {drop_id} in the list")
     click(f"{row} button.drop")
     wait(lambda: drop_id in (text_of("#confirm-dialog .dialog-message") or ""), SHORT, "the drop dialog")
     click("#confirm-ok")
