@@ -163,7 +163,7 @@ export function mount(root, params) {
       h("span", { class: "legend-item" }, h("span", { class: "swatch no-leader" }), "no leader"),
       h("span", { class: "legend-item" }, h("span", { class: "swatch mark moving" }), "moving"),
       h("span", { class: "legend-item" }, h("span", { class: "swatch mark under-replicated" }), "under-replicated"),
-      h("span", { class: "legend-item" }, h("span", { class: "swatch mark on-dead-nodes" }), "replica on a dead node"),
+      h("span", { class: "legend-item" }, h("span", { class: "swatch mark on-dead-nodes" }), "on a dead node"),
     );
   }
 
