@@ -94,6 +94,14 @@ impl Node {
             Arc::new(move |g: u8| BucketStateMachine::new(s.clone(), shoal_types::BucketId(g)));
         let multi: MultiRaft = shoal_raft::MultiRaft::start(options, factory)
             .map_err(|e| Error::Unavailable(format!("cannot start replication: {e}")))?;
+        // Data of another cluster's groups must not join this one.
+        if let Err(e) =
+            replication::check_groups(registry.as_ref(), &multi, &store, &config.node_id).await
+        {
+            // The engine's threads are joined when it goes: not on a worker.
+            let _ = tokio::task::spawn_blocking(move || drop(multi)).await;
+            return Err(e);
+        }
         let (directory_tx, directory_rx) = watch::channel(Directory::default());
         let (report_tx, report_rx) = watch::channel(NodeReport::default());
         let reconcile = tokio::spawn(replication::reconcile(

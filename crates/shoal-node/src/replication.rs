@@ -103,11 +103,124 @@ fn group_key(bucket: BucketId) -> Vec<u8> {
     format!("groups/{bucket}").into_bytes()
 }
 
-/// What `groups/{bucket}` holds: the group's first voters (version 1).
+/// What `groups/{bucket}` holds: the group's first voters (version 1), and
+/// the group's id. Every replica keeps the id of its group with the bucket's
+/// data (the first voters when they start it, the others in the snapshot
+/// they are sent), so data of another group is recognised: see
+/// [`check_groups`].
 #[derive(serde::Serialize, serde::Deserialize)]
 struct GroupClaim {
     version: u32,
     voters: Vec<NodeId>,
+    /// Absent in claims made before groups had ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+}
+
+fn new_group_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn encode_claim(claim: &GroupClaim) -> Result<Vec<u8>, Error> {
+    serde_json::to_vec(claim).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// Checks, before the node registers, that every group it holds on disk is
+/// the group the registry names for its bucket, and records the ones the
+/// registry does not know yet.
+///
+/// - No claim: the group's data is the only copy the cluster has. It is
+///   claimed with its id (made now if the data has none); a group whose only
+///   voter is this node names it as first voter, any other names none, so
+///   that no node starts a second group for the bucket beside it: new
+///   replicas are sent a snapshot of this one. This is how a standalone
+///   data directory becomes the first node of a cluster.
+/// - A claim with another id: the data belongs to another group (another
+///   cluster, or a standalone server started after the cluster began
+///   without it). Joining would replace it with the cluster's copy, so the
+///   node refuses to start and says why.
+/// - A claim without an id (made before ids) or data without one: the two
+///   are taken to match, and the missing id is filled in.
+pub async fn check_groups(
+    registry: &dyn Registry,
+    multi: &MultiRaft,
+    store: &Store,
+    me: &NodeId,
+) -> Result<(), Error> {
+    for g in multi.status().await.into_iter().filter(|g| g.initialized) {
+        let bucket = BucketId(g.group);
+        let key = group_key(bucket);
+        let local = store.group_id(bucket)?;
+        // A claim may change under us (another replica filling in an id):
+        // a few rounds of compare-and-set.
+        for _ in 0..5 {
+            let Some(kv) = registry.get(&key).await? else {
+                let id = local.clone().unwrap_or_else(new_group_id);
+                let voters = if g.voters == [raft_id(me)] { vec![me.clone()] } else { Vec::new() };
+                let claim = GroupClaim { version: 1, voters, id: Some(id.clone()) };
+                let txn = Txn::new()
+                    .when([Compare::create_revision(key.clone(), CompareOp::Equal, Revision(0))])
+                    .and_then([TxnOp::put(key.clone(), encode_claim(&claim)?, None)]);
+                if registry.txn(txn).await?.succeeded {
+                    if local.is_none() {
+                        store.set_group_id(bucket, &id)?;
+                    }
+                    tracing::info!(%bucket, "recorded this node's data as the bucket's group");
+                    break;
+                }
+                continue;
+            };
+            let mut claim: GroupClaim = serde_json::from_slice(&kv.value).map_err(|e| {
+                Error::InvalidData(format!(
+                    "the registry's {} is unreadable: {e}",
+                    bucket_key(bucket)
+                ))
+            })?;
+            match (&claim.id, &local) {
+                (Some(theirs), Some(ours)) if theirs != ours => {
+                    return Err(Error::Conflict(format!(
+                        "bucket {bucket} of this data directory belongs to another Raft group \
+                         than the cluster's (the registry's {} names group {theirs}; the data \
+                         here is of group {ours}): this directory was not started in this \
+                         cluster, and joining would replace its data with the cluster's copy. \
+                         Nothing was changed. To grow a standalone server into a cluster, start \
+                         its directory as the first node, against a registry no other node has \
+                         used yet, and add the other nodes after it; to bring its bases into a \
+                         running cluster, copy them with `shoal backup` and `shoal restore` \
+                         (docs/cluster.md, \"Growing a standalone server\")",
+                        bucket_key(bucket)
+                    )));
+                }
+                (Some(_), Some(_)) => break,
+                (Some(theirs), None) => {
+                    store.set_group_id(bucket, theirs)?;
+                    break;
+                }
+                (None, _) => {
+                    let id = local.clone().unwrap_or_else(new_group_id);
+                    claim.id = Some(id.clone());
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(
+                            key.clone(),
+                            CompareOp::Equal,
+                            kv.mod_revision,
+                        )])
+                        .and_then([TxnOp::put(key.clone(), encode_claim(&claim)?, None)]);
+                    if registry.txn(txn).await?.succeeded {
+                        if local.is_none() {
+                            store.set_group_id(bucket, &id)?;
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn bucket_key(bucket: BucketId) -> String {
+    String::from_utf8_lossy(&group_key(bucket)).into_owned()
 }
 
 /// Follows the map until `shutdown`.
@@ -258,13 +371,14 @@ async fn pass(ctx: &mut Ctx) -> Result<Revision, Error> {
 async fn start_group(ctx: &Ctx, map: &PlacementMap, bucket: BucketId) -> Result<(), Error> {
     let me = &ctx.options.node_id;
     let key = group_key(bucket);
-    let wanted = GroupClaim { version: 1, voters: map.replicas(bucket).to_vec() };
-    let value = serde_json::to_vec(&wanted).map_err(|e| Error::Internal(e.to_string()))?;
+    let wanted =
+        GroupClaim { version: 1, voters: map.replicas(bucket).to_vec(), id: Some(new_group_id()) };
+    let value = encode_claim(&wanted)?;
     let claim = Txn::new()
         .when([Compare::create_revision(key.clone(), CompareOp::Equal, Revision(0))])
         .and_then([TxnOp::put(key.clone(), value, None)]);
-    let voters = if ctx.registry.txn(claim).await?.succeeded {
-        wanted.voters
+    let (voters, id) = if ctx.registry.txn(claim).await?.succeeded {
+        (wanted.voters, wanted.id)
     } else {
         let Some(kv) = ctx.registry.get(&key).await? else { return Ok(()) };
         match serde_json::from_slice::<GroupClaim>(&kv.value) {
@@ -275,12 +389,15 @@ async fn start_group(ctx: &Ctx, map: &PlacementMap, bucket: BucketId) -> Result<
             Ok(c)
                 if c.version == 1 && c.voters.contains(me) && c.voters == map.replicas(bucket) =>
             {
-                c.voters
+                (c.voters, c.id)
             }
             _ => return Ok(()),
         }
     };
     if voters.contains(me) {
+        if let Some(id) = &id {
+            ctx.store.set_group_id(bucket, id)?;
+        }
         let ids = voters.iter().map(raft_id).collect();
         let started = ctx
             .multi

@@ -58,6 +58,7 @@ impl Catalog {
                  id TEXT PRIMARY KEY, name TEXT, created_at TEXT NOT NULL,
                  created_index INTEGER NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS identity (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              INSERT OR IGNORE INTO meta (key, value)
                  VALUES ('format', 1), ('applied_index', 0);",
         )
@@ -202,6 +203,28 @@ impl Catalog {
     pub fn restore_from(&mut self, src: &Path) -> Result<()> {
         self.conn
             .restore("main", src, None::<fn(rusqlite::backup::Progress)>)
+            .map_err(map_sqlite_error)
+    }
+}
+
+impl Catalog {
+    /// The id of the Raft group this bucket's data belongs to, if recorded.
+    pub fn group_id(&self) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM identity WHERE key = 'group'", [], |r| r.get(0))
+            .optional()
+            .map_err(map_sqlite_error)
+    }
+
+    /// Records the id of the Raft group this bucket's data belongs to.
+    pub fn set_group_id(&self, id: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO identity (key, value) VALUES ('group', ?1) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [id],
+            )
+            .map(|_| ())
             .map_err(map_sqlite_error)
     }
 }

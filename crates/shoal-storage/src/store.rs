@@ -513,6 +513,18 @@ impl Store {
         Ok((out, false))
     }
 
+    /// The id of the Raft group a bucket's data belongs to, if recorded. It
+    /// is kept in the bucket's catalog, so a replica that is sent a snapshot
+    /// receives its group's id with the data.
+    pub fn group_id(&self, bucket: BucketId) -> Result<Option<String>> {
+        self.with_catalog(bucket, |c| c.group_id())
+    }
+
+    /// Records the id of the Raft group a bucket's data belongs to.
+    pub fn set_group_id(&self, bucket: BucketId, id: &str) -> Result<()> {
+        self.with_catalog(bucket, |c| c.set_group_id(id))
+    }
+
     /// Runs a read-only statement on a base.
     pub fn query(&self, id: &BaseId, sql: &str, params: &Params) -> Result<QueryResponse> {
         let b = self.base(id)?;

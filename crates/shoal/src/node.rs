@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::Args;
 use shoal_node::Node;
 use shoal_storage::Options;
@@ -14,8 +13,8 @@ use tokio::sync::watch;
 
 use crate::config::{RaftArgs, RegistryArgs};
 use crate::server::{
-    FeedArgs, HttpArgs, NodeIdentity, bind, cluster_token, init_logging, instance_id,
-    lock_data_dir, node_config, read_or_make_marker, serve, shutdown_channel,
+    FeedArgs, HttpArgs, NodeIdentity, bind, claim_data_dir, cluster_token, init_logging,
+    instance_id, node_config, serve, shutdown_channel,
 };
 
 /// Flags of `shoal node`.
@@ -119,23 +118,4 @@ fn check_node_id(id: &str) -> anyhow::Result<NodeId> {
         anyhow::bail!("--node-id {id:?}: use 1 to 64 letters, digits, '-', '_' or '.'");
     }
     Ok(NodeId(id.to_string()))
-}
-
-/// Marks the data directory as this node's, and refuses another node's.
-/// Takes `dir` for `node`: locks it for this process (before touching
-/// anything in it), and checks or writes whose it is. The lock is held
-/// while the returned file lives.
-fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<std::fs::File> {
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
-    let lock = lock_data_dir(dir)?;
-    let owner = read_or_make_marker(&dir.join("node_id"), || node.0.clone())?;
-    if owner != node.0 {
-        anyhow::bail!(
-            "{} belongs to node {owner:?}, not {:?}: give each node its own --data-dir",
-            dir.display(),
-            node.0
-        );
-    }
-    Ok(lock)
 }

@@ -17,7 +17,7 @@ use shoal_types::placement::Topology;
 use shoal_types::{BUCKET_COUNT, NodeId};
 
 use crate::server::{
-    FeedArgs, HttpArgs, NodeIdentity, bind, init_logging, instance_id, lock_data_dir, node_config,
+    FeedArgs, HttpArgs, NodeIdentity, bind, claim_data_dir, init_logging, instance_id, node_config,
     serve, shutdown_channel,
 };
 
@@ -81,12 +81,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     let dir = (!args.memory).then_some(args.data_dir.as_path());
+    // The directory is this node id's, as a cluster node's is: it can
+    // later be started as that node of a cluster (docs/cluster.md).
     let _lock = match dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)
-                .with_context(|| format!("cannot create data directory {}", d.display()))?;
-            Some(lock_data_dir(d)?)
-        }
+        Some(d) => Some(claim_data_dir(d, &NodeId(args.node_id.clone()))?),
         None => None,
     };
     let (token, token_note) = admin_token(&args, dir)?;

@@ -205,6 +205,26 @@ pub fn instance_id(dir: Option<&std::path::Path>) -> anyhow::Result<String> {
     Ok(id)
 }
 
+/// Marks the data directory as this node's, and refuses another node's.
+/// Takes `dir` for `node`: locks it for this process (before touching
+/// anything in it), and checks or writes whose it is. The lock is held
+/// while the returned file lives.
+pub fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let lock = lock_data_dir(dir)?;
+    let owner = read_or_make_marker(&dir.join("node_id"), || node.0.clone())?;
+    if owner != node.0 {
+        anyhow::bail!(
+            "{} belongs to node {owner:?}, not {:?}: give each node its own --data-dir \
+             (or start this one with --node-id {owner})",
+            dir.display(),
+            node.0
+        );
+    }
+    Ok(lock)
+}
+
 /// The content of the one-line marker file at `path`, trimmed; if there is
 /// no such file, `make()`'s value, written there first.
 pub fn read_or_make_marker(

@@ -51,12 +51,23 @@ impl Cluster {
     }
 
     pub fn start_node(&mut self, id: &str) {
+        let data = self.dir.path().join(id).join("data");
+        self.start_node_on(id, &data);
+    }
+
+    /// Starts node `id` on the data directory `data`.
+    pub fn start_node_on(&mut self, id: &str, data: &std::path::Path) {
         let dir = self.dir.path().join(id);
+        self.nodes.insert(id.to_string(), Process::start(&dir, &self.node_args(id, data)));
+    }
+
+    /// The arguments of `shoal node` for node `id` on `data`.
+    pub fn node_args(&self, id: &str, data: &std::path::Path) -> Vec<String> {
         let mut args: Vec<String> =
             ["node", "--node-id", id, "--data-dir"].map(String::from).to_vec();
-        args.push(dir.join("data").display().to_string());
+        args.push(data.display().to_string());
         args.extend(self.common());
-        self.nodes.insert(id.to_string(), Process::start(&dir, &args));
+        args
     }
 
     pub fn start_monitor(&mut self, extra: &[&str]) {
