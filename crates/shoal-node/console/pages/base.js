@@ -381,6 +381,12 @@ function sqlView(baseId, pane, onWrite) {
   return { focus: () => text.focus() };
 }
 
+/** A row as JSON with a space after each colon and comma, so it wraps between values. */
+function rowJson(row) {
+  if (row === null || typeof row !== "object" || Array.isArray(row)) return JSON.stringify(row);
+  return `{${Object.entries(row).map(([k, v]) => `${JSON.stringify(k)}: ${JSON.stringify(v)}`).join(", ")}}`;
+}
+
 /** The live change feed over a WebSocket, reconnecting after the last index seen. */
 function feedView(baseId, pane) {
   const status = h("span", { class: "pill stopped", id: "feed-status", text: "stopped" });
@@ -520,7 +526,7 @@ function feedView(baseId, pane) {
 
   function addRow(msg) {
     if (count === 0) fill(events);
-    const detail = msg.op === "ddl" ? msg.sql : msg.row !== undefined ? JSON.stringify(msg.row) : "";
+    const detail = msg.op === "ddl" ? msg.sql : msg.row !== undefined ? rowJson(msg.row) : "";
     const tr = h("tr", { class: `event op-${msg.op}`, dataset: { index: msg.index, op: msg.op, table: msg.table, rowid: msg.rowid } },
       h("td", { class: "num", text: String(msg.index ?? "") }),
       h("td", {}, h("span", { class: `op ${msg.op}`, text: msg.op ?? "" })),

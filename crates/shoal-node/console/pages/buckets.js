@@ -158,12 +158,15 @@ export function mount(root, params) {
         h("span", { class: "muted", text: ` ${led.get(id) || 0} led` })));
     fill(
       legend,
-      h("span", { class: "legend-title", text: "Leader:" }),
-      items,
-      h("span", { class: "legend-item" }, h("span", { class: "swatch no-leader" }), "no leader"),
-      h("span", { class: "legend-item" }, h("span", { class: "swatch mark moving" }), "moving"),
-      h("span", { class: "legend-item" }, h("span", { class: "swatch mark under-replicated" }), "under-replicated"),
-      h("span", { class: "legend-item" }, h("span", { class: "swatch mark on-dead-nodes" }), "on a dead node"),
+      h("div", { class: "legend-row" },
+        h("span", { class: "legend-title", text: "Leader" }),
+        items,
+        h("span", { class: "legend-item" }, h("span", { class: "swatch no-leader" }), "no leader")),
+      h("div", { class: "legend-row" },
+        h("span", { class: "legend-title", text: "Marks" }),
+        h("span", { class: "legend-item" }, h("span", { class: "swatch mark moving" }), "move in progress"),
+        h("span", { class: "legend-item" }, h("span", { class: "swatch mark under-replicated" }), "under-replicated"),
+        h("span", { class: "legend-item" }, h("span", { class: "swatch mark on-dead-nodes" }), "replica on a dead node")),
     );
   }
 
