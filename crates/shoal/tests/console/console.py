@@ -156,7 +156,16 @@ def text_of(css):
     return js("const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", css)
 
 
+def collect_logs():
+    """Keeps the browser's console messages (reading them empties its buffer)."""
+    try:
+        state.setdefault("logs", []).extend(driver.get_log("browser"))
+    except Exception:
+        pass
+
+
 def shot(name):
+    collect_logs()
     if not SHOTS:
         return
     os.makedirs(SHOTS, exist_ok=True)
@@ -166,6 +175,7 @@ def shot(name):
 
 
 def open_console(base):
+    collect_logs()
     driver.get(base + "/ui/")
     find("#token")
 
@@ -531,9 +541,25 @@ def a_base_is_dropped_after_confirmation():
     assert status == 404, f"the dropped base answers {status}"
 
 
+def no_script_error_and_no_policy_violation():
+    """the pages raised no script error and broke no Content-Security-Policy rule"""
+    collect_logs()
+    bad = [
+        e for e in state.get("logs", [])
+        if e.get("source") == "javascript"
+        or "Content Security Policy" in e.get("message", "")
+        or "Refused to" in e.get("message", "")
+    ]
+    assert not bad, "\n".join(f"{e.get('level')} {e.get('message')}" for e in bad)
+
+
 def main():
     global driver
-    driver = start_browser()
+    try:
+        driver = start_browser()
+    except BaseException:
+        shutil.rmtree(PROFILE, ignore_errors=True)
+        raise
     try:
         checks.run([
             a_wrong_token_is_refused,
@@ -557,14 +583,13 @@ def main():
             sign_out_forgets_the_token,
             the_console_works_through_the_proxy,
             a_base_is_dropped_after_confirmation,
+            no_script_error_and_no_policy_violation,
         ])
     except SystemExit as e:
         if e.code:
-            try:
-                for entry in driver.get_log("browser"):
-                    print(f"browser log: {entry.get('level')} {entry.get('message')}")
-            except Exception:
-                pass
+            collect_logs()
+            for entry in state.get("logs", []):
+                print(f"browser log: {entry.get('level')} {entry.get('message')}")
         raise
     finally:
         try:
