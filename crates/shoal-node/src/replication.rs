@@ -147,14 +147,26 @@ pub async fn check_groups(
     store: &Store,
     me: &NodeId,
 ) -> Result<(), Error> {
+    // Every claim in one read; a bucket read again only when it changed.
+    let mut claims: BTreeMap<Vec<u8>, shoal_registry::KeyValue> = registry
+        .get_prefix(b"groups/")
+        .await?
+        .kvs
+        .into_iter()
+        .map(|kv| (kv.key.clone(), kv))
+        .collect();
     for g in multi.status().await.into_iter().filter(|g| g.initialized) {
         let bucket = BucketId(g.group);
         let key = group_key(bucket);
         let local = store.group_id(bucket)?;
         // A claim may change under us (another replica filling in an id):
         // a few rounds of compare-and-set.
-        for _ in 0..5 {
-            let Some(kv) = registry.get(&key).await? else {
+        for round in 0..5 {
+            let current = match round {
+                0 => claims.remove(&key),
+                _ => registry.get(&key).await?,
+            };
+            let Some(kv) = current else {
                 let id = local.clone().unwrap_or_else(new_group_id);
                 let voters = if g.voters == [raft_id(me)] { vec![me.clone()] } else { Vec::new() };
                 let claim = GroupClaim { version: 1, voters, id: Some(id.clone()) };
