@@ -146,7 +146,8 @@ struct Request {
     method: Method,
     path: String,
     query: Vec<(&'static str, String)>,
-    body: Option<Vec<u8>>,
+    body: Option<bytes::Bytes>,
+    content_type: &'static str,
     /// The base the request is about: it goes to the leader of its bucket.
     base: Option<BaseId>,
     kind: Kind,
@@ -160,6 +161,7 @@ impl Request {
             path,
             query: Vec::new(),
             body: None,
+            content_type: "application/json",
             base: None,
             kind: Kind::Read,
             key: None,
@@ -179,8 +181,15 @@ impl Request {
     fn json(mut self, body: &impl Serialize) -> Result<Request> {
         let bytes = serde_json::to_vec(body)
             .map_err(|e| Error::InvalidInput(format!("cannot encode the request: {e}")))?;
-        self.body = Some(bytes);
+        self.body = Some(bytes.into());
         Ok(self)
+    }
+
+    /// A body that is not JSON.
+    fn bytes(mut self, body: bytes::Bytes, content_type: &'static str) -> Request {
+        self.body = Some(body);
+        self.content_type = content_type;
+        self
     }
 
     /// Marks the request as a write, with `key` when it has one.
@@ -426,7 +435,7 @@ impl Client {
             r = r.query(&req.query);
         }
         if let Some(body) = &req.body {
-            r = r.header(CONTENT_TYPE, "application/json").body(body.clone());
+            r = r.header(CONTENT_TYPE, req.content_type).body(body.clone());
         }
         if let Some(key) = &req.key {
             r = r.header("idempotency-key", key);
@@ -511,6 +520,29 @@ impl Client {
         let req = Request::new(Method::POST, "/v1/bases".into())
             .base(id)
             .json(&CreateBaseRequest { id: Some(id), name })?
+            .write(self.write_key());
+        self.call(req).await
+    }
+
+    /// Creates a base holding a SQLite database file: a backup of a base
+    /// ([`Client::backup`]) or any SQLite database. The server checks the
+    /// file first (a damaged one is refused and nothing is created); the
+    /// base starts without the API tokens the file had.
+    pub async fn restore_base(
+        &self,
+        id: Option<BaseId>,
+        name: Option<String>,
+        file: bytes::Bytes,
+    ) -> Result<BaseInfo> {
+        let id = id.unwrap_or_else(BaseId::random);
+        let mut query = vec![("id", id.to_string())];
+        if let Some(n) = name {
+            query.push(("name", n));
+        }
+        let req = Request::new(Method::POST, "/v1/bases".into())
+            .base(id)
+            .query(query)
+            .bytes(file, "application/vnd.sqlite3")
             .write(self.write_key());
         self.call(req).await
     }

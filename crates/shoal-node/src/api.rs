@@ -17,7 +17,7 @@ use shoal_types::{BaseId, BucketId, Error, ErrorBody};
 
 use crate::AppState;
 use crate::error::ApiResult;
-use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey};
+use crate::extract::{ApiBody, ApiJson, ApiPath, ApiQuery, IdempotencyKey};
 
 /// The largest page of bases one list call returns.
 const MAX_LIST_LIMIT: usize = 1000;
@@ -38,22 +38,69 @@ fn unexpected(output: Output) -> Error {
 /// Ids made from idempotency keys live in their own UUID namespace.
 pub const KEYED_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x5d7c_2f4e_8a1b_4c3d_9e6f_1a2b_3c4d_5e6f);
 
+/// The query string of `POST /v1/bases`: with a SQLite file as the body,
+/// the new base's id and name (with JSON, they are in the body).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    id: Option<String>,
+    name: Option<String>,
+}
+
+/// Whether a request's body is a SQLite database file.
+pub fn is_sqlite(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| shoal_storage::image::CONTENT_TYPES.contains(&t.trim()))
+}
+
+/// The id of a new base: the one given, or, for a retried create without
+/// one, the id derived from its idempotency key (so that every attempt
+/// names the same base, in the same bucket), or a random one.
+fn new_base_id(given: Option<BaseId>, key: Option<&str>) -> BaseId {
+    given.unwrap_or_else(|| match key {
+        Some(k) => BaseId(uuid::Uuid::new_v5(&KEYED_IDS, k.as_bytes())),
+        None => BaseId::random(),
+    })
+}
+
+/// `POST /v1/bases`: an empty base from a JSON body, or a base holding the
+/// SQLite database file sent as the body (`Content-Type:
+/// application/vnd.sqlite3`; a backup made by `GET .../backup`, or any
+/// SQLite database).
 pub async fn create_base(
     State(state): State<Arc<AppState>>,
     IdempotencyKey(key): IdempotencyKey,
-    ApiJson(req): ApiJson<CreateBaseRequest>,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<CreateParams>,
+    ApiBody(body): ApiBody,
 ) -> ApiResult<(StatusCode, Json<BaseInfo>)> {
-    // A retried create without an id must name the same base as the first
-    // attempt (and so land in the same bucket): derive it from the key.
-    let id = req.id.unwrap_or_else(|| match &key {
-        Some(k) => BaseId(uuid::Uuid::new_v5(&KEYED_IDS, k.as_bytes())),
-        None => BaseId::random(),
-    });
     let created_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-    match engine(&state)?
-        .write(Command::CreateBase { id, name: req.name, created_at }, key.as_deref())
-        .await?
-    {
+    let command = if is_sqlite(&headers) {
+        let given = params.id.as_deref().map(base_id).transpose()?;
+        let id = new_base_id(given, key.as_deref());
+        // Checking reads the whole file: off the async workers.
+        let image = tokio::task::spawn_blocking(move || shoal_storage::image::check(&body))
+            .await
+            .map_err(|e| Error::Internal(format!("the file check failed: {e}")))??;
+        Command::Restore { id, name: params.name, created_at, image }
+    } else {
+        if params.id.is_some() || params.name.is_some() {
+            return Err(Error::InvalidInput(
+                "id and name go in the JSON body (the query string takes them only with a \
+                 SQLite file as the body)"
+                    .into(),
+            )
+            .into());
+        }
+        let req: CreateBaseRequest = serde_json::from_slice(&body)
+            .map_err(|e| Error::InvalidInput(format!("invalid JSON body: {e}")))?;
+        let id = new_base_id(req.id, key.as_deref());
+        Command::CreateBase { id, name: req.name, created_at }
+    };
+    match engine(&state)?.write(command, key.as_deref()).await? {
         (_, Output::Created { base: info }) => Ok((StatusCode::CREATED, Json(info))),
         (_, other) => Err(unexpected(other).into()),
     }

@@ -48,6 +48,28 @@ pub async fn create(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
+    let key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok());
+    // A SQLite file to make a base of: the id is in the query string.
+    if shoal_node::api::is_sqlite(&parts.headers) {
+        let query = parts.uri.query().unwrap_or("");
+        let given = query.split('&').find_map(|kv| kv.strip_prefix("id="));
+        let id = match given {
+            Some(id) => match id.parse::<BaseId>() {
+                Ok(id) => id,
+                Err(e) => return ApiError(e).into_response(),
+            },
+            None => match create_id(&Value::Null, key) {
+                Ok(id) => id,
+                Err(e) => return ApiError(e).into_response(),
+            },
+        };
+        let path = match given {
+            Some(_) => format!("/v1/bases?{query}"),
+            None if query.is_empty() => format!("/v1/bases?id={id}"),
+            None => format!("/v1/bases?{query}&id={id}"),
+        };
+        return send(&proxy, id.bucket(), Method::POST, &path, &parts.headers, bytes).await;
+    }
     let mut request: Value = match serde_json::from_slice(&bytes) {
         Ok(v @ Value::Object(_)) => v,
         Ok(_) => {
@@ -59,7 +81,6 @@ pub async fn create(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
                 .into_response();
         }
     };
-    let key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok());
     let id = match create_id(&request, key) {
         Ok(id) => id,
         Err(e) => return ApiError(e).into_response(),

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use shoal_types::api::{
     ChangeEvent, ColumnInfo, ExecuteResult, Params, QueryResponse, Statement, TableInfo,
 };
@@ -98,6 +98,11 @@ enum Attempt {
 const RESET_LAST_INSERT_ROWID: &str =
     "INSERT OR REPLACE INTO _shoal_meta (rowid, key, value) VALUES (0, 'last_insert_rowid', 0)";
 
+/// Shoal's own bookkeeping table of every base.
+const SHOAL_TABLES: &str =
+    "CREATE TABLE IF NOT EXISTS _shoal_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+     INSERT OR IGNORE INTO _shoal_meta (key, value) VALUES ('applied_index', 0), ('format', 1);";
+
 /// The most commands applied between two commits of a base.
 const MAX_UNCOMMITTED: usize = 1000;
 
@@ -130,11 +135,10 @@ impl Base {
              PRAGMA cache_size = -1024;
              PRAGMA temp_store = MEMORY;
              PRAGMA journal_size_limit = 1048576;
-             PRAGMA busy_timeout = 5000;
-             CREATE TABLE IF NOT EXISTS _shoal_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             INSERT OR IGNORE INTO _shoal_meta (key, value) VALUES ('applied_index', 0), ('format', 1);",
+             PRAGMA busy_timeout = 5000;",
         )
         .map_err(map_sqlite_error)?;
+        conn.execute_batch(SHOAL_TABLES).map_err(map_sqlite_error)?;
         let format: i64 = conn
             .query_row("SELECT value FROM _shoal_meta WHERE key = 'format'", [], |r| r.get(0))
             .map_err(map_sqlite_error)?;
@@ -158,6 +162,65 @@ impl Base {
             uncommitted: Vec::new(),
             uncommitted_bytes: 0,
         })
+    }
+
+    /// A base whose content is the SQLite database `image` (checked by
+    /// [`crate::image::check`]), beginning at log `index`: stored at `path`
+    /// (written aside, synced, then renamed in place), or in memory. What
+    /// the file says of its own past is not this base's: its applied index
+    /// becomes `index`, and its answered idempotency keys and API tokens
+    /// are dropped (a token names the base it was made for).
+    pub fn from_image(path: Option<&Path>, image: &[u8], index: u64) -> Result<Base> {
+        let base = match path {
+            Some(p) => {
+                let aside = p.with_extension("db.restoring");
+                {
+                    let mut f = std::fs::File::create(&aside)?;
+                    std::io::Write::write_all(&mut f, image)?;
+                    f.sync_all()?;
+                }
+                std::fs::rename(&aside, p)?;
+                if let Some(dir) = p.parent() {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Base::open(Some(p))?
+            }
+            None => {
+                let dir = tempfile::tempdir()?;
+                let file = dir.path().join("image.db");
+                std::fs::write(&file, image)?;
+                let mut base = Base::open(None)?;
+                {
+                    let src = Connection::open_with_flags(&file, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                        .map_err(map_sqlite_error)?;
+                    rusqlite::backup::Backup::new(&src, &mut base.conn)
+                        .and_then(|b| b.run_to_completion(1024, std::time::Duration::ZERO, None))
+                        .map_err(map_sqlite_error)?;
+                }
+                base.conn.execute_batch(SHOAL_TABLES).map_err(map_sqlite_error)?;
+                base.conn
+                    .execute_batch(&idempotency::schema(IDEMPOTENCY))
+                    .map_err(map_sqlite_error)?;
+                base
+            }
+        };
+        base.guard.leave();
+        let tokens: bool = base
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = '_shoal_api_tokens'",
+                [],
+                |_| Ok(true),
+            )
+            .optional()
+            .map_err(map_sqlite_error)?
+            .unwrap_or(false);
+        if tokens {
+            base.conn.execute("DELETE FROM _shoal_api_tokens", []).map_err(map_sqlite_error)?;
+        }
+        base.conn.execute(&format!("DELETE FROM {IDEMPOTENCY}"), []).map_err(map_sqlite_error)?;
+        write_applied_index(&base.conn, index)?;
+        Ok(base)
     }
 
     /// The index of the last command applied to this base.

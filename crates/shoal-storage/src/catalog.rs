@@ -208,6 +208,11 @@ impl Catalog {
 }
 
 impl Catalog {
+    /// The last log index applied to this catalog.
+    pub fn applied_index(&self) -> Result<u64> {
+        meta(&self.conn, "applied_index")
+    }
+
     /// The id of the Raft group this bucket's data belongs to, if recorded.
     pub fn group_id(&self) -> Result<Option<String>> {
         self.conn

@@ -44,13 +44,27 @@ pub enum Command {
         /// The statements, in order.
         statements: Vec<Statement>,
     },
+    /// Creates a base from a SQLite database file (checked by
+    /// [`crate::image::check`] before it was proposed).
+    Restore {
+        /// Its id.
+        id: BaseId,
+        /// Its name.
+        name: Option<String>,
+        /// Its creation time, RFC 3339, fixed by the proposer.
+        created_at: String,
+        /// The file.
+        image: Vec<u8>,
+    },
 }
 
 impl Command {
     /// The base this command changes.
     pub fn base(&self) -> BaseId {
         match self {
-            Command::CreateBase { id, .. } | Command::DropBase { id } => *id,
+            Command::CreateBase { id, .. }
+            | Command::DropBase { id }
+            | Command::Restore { id, .. } => *id,
             Command::Execute { base, .. } | Command::System { base, .. } => *base,
         }
     }
@@ -139,11 +153,30 @@ mod wire {
 
     #[derive(Serialize, Deserialize)]
     enum Command<'a> {
-        CreateBase { id: [u8; 16], name: Option<Cow<'a, str>>, created_at: Cow<'a, str> },
-        DropBase { id: [u8; 16] },
-        Execute { base: [u8; 16], transaction: bool, statements: Vec<Stmt<'a>> },
+        CreateBase {
+            id: [u8; 16],
+            name: Option<Cow<'a, str>>,
+            created_at: Cow<'a, str>,
+        },
+        DropBase {
+            id: [u8; 16],
+        },
+        Execute {
+            base: [u8; 16],
+            transaction: bool,
+            statements: Vec<Stmt<'a>>,
+        },
         // Added after the first release: variants only ever go at the end.
-        System { base: [u8; 16], statements: Vec<Stmt<'a>> },
+        System {
+            base: [u8; 16],
+            statements: Vec<Stmt<'a>>,
+        },
+        Restore {
+            id: [u8; 16],
+            name: Option<Cow<'a, str>>,
+            created_at: Cow<'a, str>,
+            image: Cow<'a, [u8]>,
+        },
     }
 
     fn stmts(statements: &[Statement]) -> Vec<Stmt<'_>> {
@@ -255,6 +288,12 @@ mod wire {
                 super::Command::System { base, statements } => {
                     Command::System { base: *base.0.as_bytes(), statements: stmts(statements) }
                 }
+                super::Command::Restore { id, name, created_at, image } => Command::Restore {
+                    id: *id.0.as_bytes(),
+                    name: name.as_deref().map(Cow::Borrowed),
+                    created_at: Cow::Borrowed(created_at),
+                    image: Cow::Borrowed(image),
+                },
             };
             Proposal { key: p.key.as_deref().map(Cow::Borrowed), command }
         }
@@ -281,6 +320,12 @@ mod wire {
                 Command::System { base, statements } => {
                     super::Command::System { base: id(base), statements: unstmts(statements) }
                 }
+                Command::Restore { id: i, name, created_at, image } => super::Command::Restore {
+                    id: id(i),
+                    name: name.map(Cow::into_owned),
+                    created_at: created_at.into_owned(),
+                    image: image.into_owned(),
+                },
             };
             super::Proposal { key: p.key.map(Cow::into_owned), command }
         }

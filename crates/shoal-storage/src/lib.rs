@@ -15,6 +15,7 @@ mod catalog;
 mod command;
 pub mod feed;
 pub mod idempotency;
+pub mod image;
 pub mod rows;
 pub mod sandbox;
 pub mod seatable;

@@ -222,7 +222,9 @@ impl Store {
         let mut unsynced = lock(&self.buckets[command.base().bucket().0 as usize]);
         // Marked before applying: a failed apply may have written too.
         match command {
-            Command::CreateBase { .. } | Command::DropBase { .. } => unsynced.catalog = true,
+            Command::CreateBase { .. } | Command::DropBase { .. } | Command::Restore { .. } => {
+                unsynced.catalog = true
+            }
             Command::Execute { base, .. } | Command::System { base, .. } => {
                 unsynced.bases.insert(*base);
             }
@@ -251,6 +253,49 @@ impl Store {
                 Ok(match catalog.create(index, &info, key)? {
                     Applied::Replayed => Output::Replayed,
                     Applied::Done => {
+                        self.feed.created(*id);
+                        Output::Created { base: info }
+                    }
+                    Applied::Repeated { index } => {
+                        let base = catalog.get(id)?.unwrap_or(info);
+                        Output::Repeated { index, output: Box::new(Output::Created { base }) }
+                    }
+                })
+            }
+            Command::Restore { id, name, created_at, image } => {
+                if name.as_ref().is_some_and(|n| n.len() > 1024) {
+                    return Err(Error::InvalidInput(
+                        "a base name may be at most 1024 bytes".into(),
+                    ));
+                }
+                let info = BaseInfo {
+                    id: *id,
+                    name: name.clone(),
+                    bucket: id.bucket(),
+                    created_at: created_at.clone(),
+                };
+                let catalog = self.catalog(id.bucket())?;
+                let mut catalog = lock(&catalog);
+                if catalog.applied_index()? >= index {
+                    return Ok(Output::Replayed);
+                }
+                // The file first, then the catalog: a crash in between
+                // leaves a file the replay writes again (a file with no
+                // catalog entry is stale, as after a drop).
+                let written = if catalog.get(id)?.is_none() {
+                    lock(&self.open).pop(id);
+                    self.remove_files(id)?;
+                    Some(Base::from_image(self.base_path(id).as_deref(), image, index)?)
+                } else {
+                    // It exists: the catalog refuses, or answers a repeat.
+                    None
+                };
+                Ok(match catalog.create(index, &info, key)? {
+                    Applied::Replayed => Output::Replayed,
+                    Applied::Done => {
+                        if let Some(base) = written {
+                            lock(&self.open).put(*id, Arc::new(Mutex::new(base)));
+                        }
                         self.feed.created(*id);
                         Output::Created { base: info }
                     }
@@ -606,6 +651,63 @@ mod tests {
                 params: Params::default(),
             }],
             transaction: true,
+        }
+    }
+
+    /// A SQLite file with a table of three rows and a stale API token.
+    fn image() -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.db");
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1), (2), (3);
+             CREATE TABLE _shoal_api_tokens (hash TEXT PRIMARY KEY, name TEXT);
+             INSERT INTO _shoal_api_tokens VALUES ('h', 'old');",
+        )
+        .unwrap();
+        drop(conn);
+        crate::image::check(&std::fs::read(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_restored_base_holds_the_file_and_begins_at_its_index() {
+        for on_disk in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(on_disk.then_some(dir.path()), Options::default()).unwrap();
+            let id = BaseId::random();
+            let restore = Command::Restore {
+                id,
+                name: Some("restored".into()),
+                created_at: "2026-01-01T00:00:00Z".into(),
+                image: image(),
+            };
+            assert!(matches!(store.apply(5, &restore).unwrap(), Output::Created { .. }));
+            let count = |store: &Store| {
+                store.query(&id, "SELECT count(*) FROM t", &Params::default()).unwrap().rows
+            };
+            assert_eq!(count(&store), vec![vec![serde_json::json!(3)]]);
+            // Applied again (a replay after a restart): nothing happens.
+            assert!(matches!(store.apply(5, &restore).unwrap(), Output::Replayed));
+            // Over an existing base: refused.
+            assert!(matches!(store.apply(6, &restore), Err(Error::Conflict(_))));
+            // It goes on from its index, with no token of the file's past.
+            store.apply(7, &insert(id, 4)).unwrap();
+            assert_eq!(count(&store), vec![vec![serde_json::json!(4)]]);
+            let tokens = store
+                .read_system(&id, |c| {
+                    c.query_row("SELECT count(*) FROM _shoal_api_tokens", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map_err(crate::map_sqlite_error)
+                })
+                .unwrap();
+            assert_eq!(tokens, 0);
+            if on_disk {
+                store.sync_bucket(id.bucket()).unwrap();
+                drop(store);
+                let again = Store::open(Some(dir.path()), Options::default()).unwrap();
+                assert_eq!(count(&again), vec![vec![serde_json::json!(4)]]);
+            }
         }
     }
 

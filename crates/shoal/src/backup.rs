@@ -224,7 +224,18 @@ pub async fn restore(args: RestoreArgs) -> anyhow::Result<()> {
                 Err(err) => return Err(err.into()),
             }
         }
-        restore_one(&client, &args.path.join(&e.file), target, e.name.clone()).await?;
+        let file = args.path.join(&e.file);
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        // The file itself, as one replicated write; one too large for the
+        // server's body limit goes as its statements and rows instead.
+        match client.restore_base(Some(target), e.name.clone(), bytes.into()).await {
+            Ok(_) => {}
+            Err(shoal_types::Error::TooLarge(_)) => {
+                restore_one(&client, &file, target, e.name.clone()).await?
+            }
+            Err(err) => return Err(err.into()),
+        }
         if let Some(want) = &e.checksum {
             let got = client.checksum(target).await?;
             if got.checksum != *want {

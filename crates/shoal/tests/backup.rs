@@ -84,3 +84,129 @@ async fn backup_drop_restore_gives_the_same_base() {
     let (restored, _, err) = shoal(&s, &["restore", dir.path().to_str().expect("path")]);
     assert!(!restored && err.contains("is not a backup"), "{err}");
 }
+
+/// `POST /v1/bases` with a SQLite file as the body.
+async fn post_file(s: &Server, query: &str, body: Vec<u8>) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/bases{query}", s.url))
+        .bearer_auth(&s.token)
+        .header("content-type", "application/vnd.sqlite3")
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn count(s: &Server, id: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/bases/{id}/query", s.url))
+        .bearer_auth(&s.token)
+        .json(&serde_json::json!({"sql": "SELECT count(*) FROM songs"}))
+        .send()
+        .await
+        .expect("query");
+    let v: Value = resp.json().await.expect("json");
+    v["rows"][0][0].clone()
+}
+
+#[tokio::test]
+async fn a_sqlite_file_posted_becomes_a_base_and_a_bad_one_changes_nothing() {
+    let (dir, s) = Server::start(Mode::Standalone, &[]);
+    // Any SQLite database, made here, not by Shoal; with a small page size.
+    let path = dir.path().join("songs.db");
+    let db = rusqlite::Connection::open(&path).expect("open");
+    db.execute_batch(
+        "PRAGMA page_size = 1024;
+         CREATE TABLE songs (id INTEGER PRIMARY KEY, title TEXT NOT NULL, secs INTEGER);
+         CREATE INDEX songs_title ON songs (title);
+         INSERT INTO songs (title, secs) VALUES ('one', 180), ('two', 200), ('three', NULL);",
+    )
+    .expect("fill");
+    drop(db);
+    let file = std::fs::read(&path).expect("read");
+
+    let id = "1d000000-0000-4000-8000-000000000001";
+    let (status, v) = post_file(&s, &format!("?id={id}&name=songs"), file.clone()).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!((v["id"].as_str(), v["name"].as_str()), (Some(id), Some("songs")), "{v}");
+    assert_eq!(count(&s, id).await, 3);
+    ok(&s, &["sql", id, "INSERT INTO songs (title) VALUES ('four')"]);
+    assert_eq!(count(&s, id).await, 4);
+    let before = checksum(&s, id).await.expect("checksum");
+
+    // Over an existing base: 409, and the base is as it was.
+    let (status, v) = post_file(&s, &format!("?id={id}"), file.clone()).await;
+    assert_eq!(status, 409, "{v}");
+    assert_eq!(checksum(&s, id).await.as_deref(), Some(before.as_str()));
+
+    // Not a database, or a damaged one: 400, and no base.
+    let other = "1e000000-0000-4000-8000-000000000002";
+    let (status, v) = post_file(&s, &format!("?id={other}"), b"id,title\n1,one\n".to_vec()).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"]["message"].as_str().is_some_and(|m| m.contains("not a SQLite")), "{v}");
+    let mut damaged = file.clone();
+    damaged.truncate(file.len() / 2);
+    let (status, v) = post_file(&s, &format!("?id={other}"), damaged).await;
+    assert_eq!(status, 400, "{v}");
+    assert_eq!(checksum(&s, other).await, None, "a refused file made a base");
+
+    // A backup streamed out comes back in under another id, equal.
+    let backup = reqwest::Client::new()
+        .get(format!("{}/v1/bases/{id}/backup", s.url))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .expect("backup")
+        .bytes()
+        .await
+        .expect("bytes");
+    let (status, v) = post_file(&s, &format!("?id={other}"), backup.to_vec()).await;
+    assert_eq!(status, 201, "{v}");
+    assert_eq!(checksum(&s, other).await.as_deref(), Some(before.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_posted_through_a_proxy_reaches_every_replica() {
+    use common::cluster::{Cluster, TOKEN};
+    let mut c = Cluster::new().await;
+    c.start_three_nodes();
+    c.wait_three_replicas().await;
+    let proxy = c.start_proxy(0, &[]);
+    let client = shoal_client::Client::new(&proxy.url, Some(TOKEN.into())).expect("client");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("f.db");
+    let db = rusqlite::Connection::open(&path).expect("open");
+    db.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES (1), (2), (3);").expect("fill");
+    drop(db);
+    let file = std::fs::read(&path).expect("read");
+    let base = common::eventually("restore through the proxy", || {
+        client.restore_base(None, Some("copied".into()), file.clone().into())
+    })
+    .await;
+    assert_eq!(base.name.as_deref(), Some("copied"));
+    // Every replica holds it, equal.
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let mut sums = std::collections::BTreeSet::new();
+        for p in c.nodes.values() {
+            let v: Value = http
+                .get(format!("{}/v1/bases/{}/checksum?consistency=none", p.url, base.id))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .expect("checksum")
+                .json()
+                .await
+                .unwrap_or(Value::Null);
+            sums.insert(v["checksum"].as_str().unwrap_or("missing").to_string());
+        }
+        if sums.len() == 1 && !sums.contains("missing") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "replicas differ: {sums:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -176,6 +176,74 @@ async fn seatable_token_of_another_base_is_refused() {
     assert!((400..500).contains(&status), "{status} {v}");
 }
 
+/// The access token and the base's gateway URL (as the server spells the
+/// uuid) for an API token.
+async fn gateway_of(http: &reqwest::Client, server: &Server, token: &str) -> (String, String) {
+    let (status, v) = app_access_token(http, server, token).await;
+    assert_eq!(status, 200, "{v}");
+    let uuid = v["dtable_uuid"].as_str().expect("dtable_uuid");
+    let access = v["access_token"].as_str().expect("access_token");
+    (format!("Token {access}"), format!("{}/api-gateway/api/v2/dtables/{uuid}", server.url))
+}
+
+#[tokio::test]
+async fn seatable_tables_come_back_with_a_restored_base_and_its_tokens_do_not() {
+    let (dir, server) = Server::start(Mode::Standalone, &[]);
+    let base = create_base(&server, "catalog");
+    let token = create_token(&server, &base, &[]);
+    let http = reqwest::Client::new();
+    let (auth, gateway) = gateway_of(&http, &server, &token).await;
+    let table = json!({"table_name": "Contacts", "columns": [
+        {"column_name": "Name", "column_type": "text"},
+        {"column_name": "Level", "column_type": "single-select"}]});
+    let resp = http
+        .post(format!("{gateway}/tables/"))
+        .header("authorization", &auth)
+        .json(&table)
+        .send()
+        .await
+        .expect("add table");
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    let rows = json!({"table_name": "Contacts", "rows": [{"Name": "Ada", "Level": "High"}]});
+    let resp = http
+        .post(format!("{gateway}/rows/"))
+        .header("authorization", &auth)
+        .json(&rows)
+        .send()
+        .await
+        .expect("append");
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+
+    let out = dir.path().join("backup").display().to_string();
+    ok(&server, &["backup", "--out", &out, "--base", &base]);
+    let copy = "0c000000-0000-4000-8000-000000000003";
+    ok(&server, &["restore", &out, "--base", &base, "--as", copy]);
+
+    // The copy's tables are SeaTable tables again, with their rows and
+    // options; the original's token does not open it, and it has none.
+    let list = ok(&server, &["token", "list", "--base", copy]);
+    assert!(!list.contains("token-"), "a restored base kept tokens: {list}");
+    let token = create_token(&server, copy, &[]);
+    let (auth, gateway) = gateway_of(&http, &server, &token).await;
+    let (status, v) = get(&http, &format!("{gateway}/metadata/"), Some(&auth)).await;
+    assert_eq!(status, 200, "{v}");
+    let tables = v["metadata"]["tables"].as_array().expect("tables");
+    let contacts = tables.iter().find(|t| t["name"] == "Contacts").expect("Contacts: {v}");
+    let names: Vec<&str> = contacts["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert!(names.contains(&"Name") && names.contains(&"Level"), "{v}");
+    let (status, v) =
+        get(&http, &format!("{gateway}/rows/?table_name=Contacts&convert_keys=true"), Some(&auth))
+            .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["rows"][0]["Name"], "Ada", "{v}");
+    assert_eq!(v["rows"][0]["Level"], "High", "{v}");
+}
+
 #[tokio::test]
 async fn seatable_tokens_list_create_over_http_and_revoke() {
     let (_dir, server) = Server::start(Mode::Standalone, &[]);
