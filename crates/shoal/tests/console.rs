@@ -52,7 +52,9 @@ async fn console_signs_in_shows_the_cluster_runs_sql_and_follows_a_node_kill() {
     let out = python::run(&python, &script, &env, SCRIPT_TIMEOUT, &logs).await;
     println!("{out}");
     // Every page was shot.
-    for page in ["signin-error", "cluster", "buckets", "bucket-detail", "bases", "sql", "feed"] {
+    for page in
+        ["signin-error", "cluster", "buckets", "bucket-detail", "bases", "base", "sql", "feed"]
+    {
         let file = Path::new(&shots_dir).join(format!("{page}.png"));
         let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
         assert!(size > 1000, "no screenshot {}:\n{out}", file.display());
