@@ -63,7 +63,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     let url = format!("http://{}", listener.addr);
     let id = args.monitor_id.clone().unwrap_or_else(|| format!("monitor@{}", listener.addr));
     out!("Shoal monitor {id} is serving {url}");
-    out!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
+    out!("Registry: {}", crate::server::describe_registry(registry.as_ref(), &registry_options));
     let shutdown = shutdown_channel();
     let options = MonitorOptions {
         id,

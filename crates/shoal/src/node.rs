@@ -66,7 +66,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     let node_url = args.node_url.clone().unwrap_or_else(|| format!("http://{}", listener.addr));
     let local_node_url = args.local_node_url.clone().unwrap_or_else(|| node_url.clone());
     out!("Shoal node {node_id} is serving http://{} (node_url {node_url})", listener.addr);
-    out!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
+    out!("Registry: {}", crate::server::describe_registry(registry.as_ref(), &registry_options));
 
     let signal = shutdown_channel();
     // SIGTERM first hands this node's leaderships over, then stops serving.

@@ -49,7 +49,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     let registry = shoal_registry::connect(&registry_options).await?;
     let listener = bind(args.listen).await?;
     out!("Shoal proxy is serving http://{}", listener.addr);
-    out!("Registry: {} (namespace {})", registry.describe(), registry_options.namespace);
+    out!("Registry: {}", crate::server::describe_registry(registry.as_ref(), &registry_options));
     let shutdown = shutdown_channel();
     let (directory_tx, directory_rx) = watch::channel(Directory::default());
     let follower = tokio::spawn(shoal_proxy::follow(

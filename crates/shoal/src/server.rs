@@ -225,6 +225,16 @@ pub fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<st
     Ok(lock)
 }
 
+/// The registry and its namespace, for start-up lines (an etcd registry
+/// names its namespace itself).
+pub fn describe_registry(
+    registry: &dyn Registry,
+    options: &shoal_registry::RegistryOptions,
+) -> String {
+    let d = registry.describe();
+    if d.contains("(namespace ") { d } else { format!("{d} (namespace {})", options.namespace) }
+}
+
 /// The content of the one-line marker file at `path`, trimmed; if there is
 /// no such file, `make()`'s value, written there first.
 pub fn read_or_make_marker(
