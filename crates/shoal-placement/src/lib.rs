@@ -70,8 +70,9 @@
 //!
 //! - Replica order: surviving replicas keep their previous order, new ones are
 //!   appended in the order of a fixed hash of (bucket, node id). The first
-//!   replica is the preferred-leader hint; it stays put while its node keeps
-//!   the bucket, and is spread over nodes for fresh buckets.
+//!   replica is the preferred-leader hint; the firsts are then balanced over
+//!   the nodes in proportion to their replicas, by reordering only (see
+//!   `balance_leaders`), so a node that came back or joined leads its share.
 //! - Epoch: if the buckets, replication factor and topology equal the previous
 //!   map's, the previous map is returned as it was; otherwise the epoch is the
 //!   previous epoch plus one (1 without a previous map).

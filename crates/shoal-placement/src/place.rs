@@ -70,7 +70,8 @@ pub fn place(
     topology: Topology,
 ) -> PlacementMap {
     let cluster = Cluster::new(nodes, replication_factor);
-    let buckets = assign(previous, &cluster);
+    let mut buckets = assign(previous, &cluster);
+    balance_leaders(&mut buckets, cluster.k);
     match previous {
         Some(prev)
             if prev.buckets == buckets
@@ -176,6 +177,69 @@ fn assign(previous: Option<&PlacementMap>, cluster: &Cluster) -> Vec<Vec<NodeId>
             replicas
         })
         .collect()
+}
+
+/// Spreads the preferred leaders (first replicas) over the nodes in
+/// proportion to the replicas they hold, by changing replica order only: no
+/// replica moves. A node's share is `replicas / k`, rounded down (`low`) or
+/// up (`high`). A node first in more than its `high` share hands buckets to
+/// another replica of the same bucket whose node is below its `high`
+/// share; one above its `low` share, to a replica below its `low` share.
+/// The replica furthest below goes to the front; the others keep their
+/// order. A balanced map is left as it is, so this only acts after the node
+/// set changed (a node that died and came back is appended last in its
+/// buckets, and would otherwise lead none of them).
+fn balance_leaders(buckets: &mut [Vec<NodeId>], k: usize) {
+    if k < 2 {
+        return;
+    }
+    let mut held: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut firsts: BTreeMap<NodeId, usize> = BTreeMap::new();
+    for replicas in buckets.iter() {
+        for id in replicas {
+            *held.entry(id.clone()).or_default() += 1;
+        }
+        if let Some(f) = replicas.first() {
+            *firsts.entry(f.clone()).or_default() += 1;
+        }
+    }
+    let low = |id: &NodeId| held.get(id).copied().unwrap_or(0) / k;
+    let high = |id: &NodeId| held.get(id).copied().unwrap_or(0).div_ceil(k);
+    let count =
+        |firsts: &BTreeMap<NodeId, usize>, id: &NodeId| firsts.get(id).copied().unwrap_or(0);
+    // Each change lowers the excess over `high` shares or the shortfall
+    // below `low` shares, and raises neither: this ends.
+    loop {
+        let mut changed = false;
+        for replicas in buckets.iter_mut() {
+            let Some(first) = replicas.first().cloned() else { continue };
+            let led = count(&firsts, &first);
+            let below: &dyn Fn(&NodeId) -> usize = if led > high(&first) {
+                &high
+            } else if led > low(&first) {
+                &low
+            } else {
+                continue;
+            };
+            let best = replicas
+                .iter()
+                .enumerate()
+                .skip(1)
+                .filter(|(_, id)| count(&firsts, id) < below(id))
+                .min_by_key(|(_, id)| count(&firsts, id) as i64 - low(id) as i64)
+                .map(|(pos, _)| pos);
+            if let Some(pos) = best {
+                let id = replicas.remove(pos);
+                *firsts.entry(first).or_default() -= 1;
+                *firsts.entry(id.clone()).or_default() += 1;
+                replicas.insert(0, id);
+                changed = true;
+            }
+        }
+        if !changed {
+            break;
+        }
+    }
 }
 
 /// The order in which new replicas of bucket `b` are appended: a hash of the

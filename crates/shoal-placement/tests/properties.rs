@@ -101,6 +101,43 @@ impl Cluster {
     }
 }
 
+/// Leader balance: a node first in more buckets than its share
+/// (`ceil(replicas / k)`) has no bucket with a replica on a node first in
+/// fewer than its own share (the first could have gone there).
+fn check_leaders(map: &PlacementMap) {
+    let k = map.buckets.iter().map(Vec::len).max().unwrap_or(0);
+    if k < 2 {
+        return;
+    }
+    let mut held: BTreeMap<&NodeId, usize> = BTreeMap::new();
+    let mut firsts: BTreeMap<&NodeId, usize> = BTreeMap::new();
+    for replicas in &map.buckets {
+        for id in replicas {
+            *held.entry(id).or_default() += 1;
+        }
+        if let Some(f) = replicas.first() {
+            *firsts.entry(f).or_default() += 1;
+        }
+    }
+    let share = |id: &NodeId| held.get(id).copied().unwrap_or(0).div_ceil(k);
+    let first_of = |id: &NodeId| firsts.get(id).copied().unwrap_or(0);
+    for replicas in &map.buckets {
+        let Some(f) = replicas.first() else { continue };
+        if first_of(f) > share(f) {
+            for other in &replicas[1..] {
+                assert!(
+                    first_of(other) >= share(other),
+                    "{f:?} leads {} (share {}) while {other:?} leads {} (share {})",
+                    first_of(f),
+                    share(f),
+                    first_of(other),
+                    share(other)
+                );
+            }
+        }
+    }
+}
+
 /// Checks that apply to every step, whatever the zones: rules 1 and 3, the
 /// epoch, and that placing again is a no-op, also with the nodes reversed.
 fn check_step(previous: Option<&PlacementMap>, next: &PlacementMap, nodes: &[NodeSpec], rf: usize) {
@@ -112,14 +149,9 @@ fn check_step(previous: Option<&PlacementMap>, next: &PlacementMap, nodes: &[Nod
         Some(prev) => assert_eq!(next.epoch, prev.epoch + 1),
         None => assert_eq!(next.epoch, 1),
     }
-    if let Some(prev) = previous {
-        // Surviving replicas keep their relative order, ahead of new ones.
-        for (before, after) in prev.buckets.iter().zip(&next.buckets) {
-            let kept: Vec<&NodeId> = before.iter().filter(|n| after.contains(n)).collect();
-            let head: Vec<&NodeId> = after.iter().take(kept.len()).collect();
-            assert_eq!(head, kept);
-        }
-    }
+    // Replica order is free but for leader balance: the first replicas are
+    // spread over the nodes as far as the replica sets allow.
+    check_leaders(next);
     assert_eq!(&place(Some(next), nodes, rf, Topology::Dynamic), next);
     let mut reversed = nodes.to_vec();
     reversed.reverse();
