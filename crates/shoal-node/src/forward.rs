@@ -79,8 +79,21 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
     )
     .collect();
     let response = next.run(Request::from_parts(parts, Body::from(bytes.clone()))).await;
-    let Some(LeaderHint(leader)) = response.extensions().get::<LeaderHint>().cloned() else {
-        return response;
+    let leader = match response.extensions().get::<LeaderHint>().cloned() {
+        Some(LeaderHint(leader)) => leader,
+        // A bucket this node holds no replica of: on to the replica the map
+        // names first, which leads it or knows who does; unless the client
+        // asked to be told (421, with the replicas).
+        None if response.status() == StatusCode::MISDIRECTED_REQUEST
+            && !forwarded
+            && !no_forward =>
+        {
+            match holder(&state, &uri, &bytes) {
+                Some(url) => url,
+                None => return response,
+            }
+        }
+        None => return response,
     };
     if forwarded {
         return response;
@@ -135,6 +148,28 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         }
         return resp;
     }
+}
+
+/// The internal URL of the replica the map names first for the base a
+/// request is about: by the id in its path, or for a create, in its query
+/// string or JSON body.
+fn holder(state: &AppState, uri: &axum::http::Uri, body: &[u8]) -> Option<String> {
+    let path = uri.path().strip_prefix("/v1/bases")?;
+    let id: shoal_types::BaseId = match path.strip_prefix('/') {
+        Some(rest) => rest.split('/').next()?.parse().ok()?,
+        None => {
+            let from_query =
+                uri.query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("id="));
+            match from_query {
+                Some(id) => id.parse().ok()?,
+                None => {
+                    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+                    v.get("id")?.as_str()?.parse().ok()?
+                }
+            }
+        }
+    };
+    state.engine.as_ref()?.replica_local_urls(id.bucket()).into_iter().next()
 }
 
 /// How many leaders a request is forwarded to, at most.

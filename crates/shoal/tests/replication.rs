@@ -236,6 +236,10 @@ async fn leader_loss_under_load_loses_no_acknowledged_write_and_replicas_converg
     }
 }
 
+fn node_id(name: &str) -> shoal_types::NodeId {
+    shoal_types::NodeId(name.to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
     let mut c = Cluster::new().await;
@@ -334,6 +338,19 @@ async fn a_new_node_receives_its_buckets_data_and_old_replicas_let_go() {
         break;
     }
     assert!(after.replica_counts().get(&n4).copied().unwrap_or(0) > 0);
+    // A node without a replica of a base's bucket sends a request on to one
+    // that has it (421 only when the client asks not to be forwarded).
+    for base in &bases {
+        let bucket: shoal_types::BaseId = base.parse().expect("id");
+        let replicas = after.replicas(bucket.bucket());
+        for (name, p) in c.nodes.iter().filter(|(n, _)| !replicas.contains(&node_id(n))) {
+            let path = format!("/v1/bases/{base}/query");
+            let q = Some(json!({"sql": "SELECT count(*) FROM t"}));
+            let (s, v) =
+                call(&http, &p.url, reqwest::Method::POST, &path, q, false).await.expect("query");
+            assert_eq!(s, StatusCode::OK, "{name}, which holds no replica of {base}: {v}");
+        }
+    }
     // Every node lists every base, though none holds every bucket now.
     for (name, p) in &c.nodes {
         let list = "/v1/bases?limit=1000";
