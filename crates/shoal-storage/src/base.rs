@@ -856,6 +856,18 @@ fn sql_error(guard: &Guard, e: rusqlite::Error) -> Error {
     guard.take_refusal().unwrap_or_else(|| map_sqlite_error(e))
 }
 
+/// A statement that does not compile: if the text holds a second
+/// statement, that is the mistake to report (the error may be the second
+/// statement's, compiled before the first ran).
+fn prepare_error(guard: &Guard, sql: &str, e: rusqlite::Error) -> Error {
+    match sql_error(guard, e) {
+        Error::InvalidSql(_) if crate::has_second_statement(sql) => Error::InvalidSql(
+            "only one statement per SQL text; send several statements as a list".into(),
+        ),
+        other => other,
+    }
+}
+
 fn is_vacuum(sql: &str) -> bool {
     let s = sql.trim_start();
     s.len() >= 6 && s[..6].eq_ignore_ascii_case("vacuum")
@@ -886,10 +898,10 @@ fn run_write(
         // schema changes). Reads never take statements from this cache.
         let (mut cached, mut plain);
         let stmt: &mut rusqlite::Statement = if s.sql.len() <= MAX_CACHED_SQL {
-            cached = conn.prepare_cached(&s.sql).map_err(|e| sql_error(guard, e))?;
+            cached = conn.prepare_cached(&s.sql).map_err(|e| prepare_error(guard, &s.sql, e))?;
             &mut cached
         } else {
-            plain = conn.prepare(&s.sql).map_err(|e| sql_error(guard, e))?;
+            plain = conn.prepare(&s.sql).map_err(|e| prepare_error(guard, &s.sql, e))?;
             &mut plain
         };
         bind(stmt, &s.params)?;
@@ -921,7 +933,7 @@ fn read(
     if is_vacuum(sql) {
         return Err(Error::SqlNotAllowed("VACUUM is not allowed".into()));
     }
-    let mut stmt = conn.prepare(sql).map_err(|e| sql_error(guard, e))?;
+    let mut stmt = conn.prepare(sql).map_err(|e| prepare_error(guard, sql, e))?;
     if !stmt.readonly() {
         return Err(Error::InvalidInput(
             "this statement writes; send it to /execute instead of /query".into(),

@@ -48,6 +48,63 @@ pub fn first_keyword(sql: &str) -> &str {
     &rest[..end]
 }
 
+/// Whether `sql` holds a second statement after a `;` (quotes and comments
+/// skipped). A trigger's body holds `;` of its own, so a `CREATE TRIGGER`
+/// never counts. Used only to explain a failure: SQLite compiles the text
+/// after the first statement to tell whether there is one, and a second
+/// statement that cannot compile yet (it uses a table the first creates)
+/// fails with its own error instead of "one statement per text".
+pub fn has_second_statement(sql: &str) -> bool {
+    let words: Vec<String> = sql
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+        .filter(|w| !w.is_empty())
+        .take(3)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if words.first().is_some_and(|w| w == "CREATE") && words.iter().any(|w| w == "TRIGGER") {
+        return false;
+    }
+    let bytes = sql.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            q @ (b'\'' | b'"' | b'`') => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != q {
+                    i += 1;
+                }
+            }
+            b'[' => {
+                while i < bytes.len() && bytes[i] != b']' {
+                    i += 1;
+                }
+            }
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < bytes.len() && !(bytes[i] == b'*' && bytes[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 1;
+            }
+            b';' => {
+                let rest = &sql[i + 1..];
+                let rest = rest.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
+                if !first_keyword(rest).is_empty() {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 use rusqlite::ErrorCode;
 use shoal_types::Error;
 
@@ -90,5 +147,27 @@ pub(crate) fn map_sqlite_error(e: rusqlite::Error) -> Error {
             Error::InvalidInput("the SQL text contains a NUL byte or invalid UTF-8".into())
         }
         _ => Error::Internal(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_statement_is_found_outside_quotes_comments_and_triggers() {
+        assert!(has_second_statement("CREATE TABLE t (a); INSERT INTO t VALUES (1)"));
+        assert!(has_second_statement("SELECT 1;\n  -- then\n SELECT 2"));
+        assert!(!has_second_statement("SELECT 1;"));
+        assert!(!has_second_statement("SELECT 1; -- done\n ;  "));
+        assert!(!has_second_statement("SELECT 'a; SELECT 2'"));
+        assert!(!has_second_statement("SELECT \"x;y\" FROM [a;b] -- ; SELECT 2"));
+        assert!(!has_second_statement("SELECT 1 /* ; SELECT 2 */"));
+        assert!(!has_second_statement(
+            "CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; DELETE FROM u; END"
+        ));
+        assert!(!has_second_statement(
+            "create temp trigger tr after insert on t begin select 1; end;"
+        ));
     }
 }
