@@ -1,6 +1,8 @@
 //! Configuration shared by the server commands: where `shoal.toml` is, the
-//! registry settings (top-level keys) and the Raft settings of nodes (table
-//! `[raft]`), each layered defaults < file < `SHOAL_*` environment < flags.
+//! registry settings (top-level keys), the Raft settings of nodes (table
+//! `[raft]`) and every other flag of a command (tables `[serve]`, `[node]`,
+//! `[monitor]`, `[proxy]`, ...: see [`file_defaults`]), each layered
+//! defaults < file < `SHOAL_*` environment < flags.
 //!
 //! The registry crate does the layering and validation (each error names the
 //! key as the user spelled it); this module only gathers the raw layers.
@@ -57,7 +59,8 @@ impl RegistryArgs {
     pub fn load(&self) -> anyhow::Result<RegistryOptions> {
         let env: HashMap<String, String> = std::env::vars().collect();
         let mut file = self.file()?;
-        file.remove("raft");
+        // Tables belong to the Raft settings and to commands.
+        file.retain(|_, v| !v.is_table());
         let flags: Vec<(&str, &str)> = [
             ("registry", &self.registry),
             ("namespace", &self.namespace),
@@ -71,6 +74,93 @@ impl RegistryArgs {
         .collect();
         Ok(RegistryOptions::layer(&file, &env, &flags)?)
     }
+}
+
+/// The registry flags: set at the top level of the file, not in a
+/// command's table.
+const REGISTRY_KEYS: [&str; 7] = [
+    "config",
+    "registry",
+    "namespace",
+    "node_ttl",
+    "retry_interval",
+    "max_retries",
+    "operation_timeout",
+];
+
+/// `cmd` with the values of the running command's table in the
+/// configuration file as its flags' defaults: `[node] listen =
+/// "0.0.0.0:7071"` is `shoal node --listen 0.0.0.0:7071` unless the flag or
+/// its `SHOAL_*` variable says otherwise. Keys are flag names with `_` or
+/// `-`. An unknown key, a registry key (those go at the top level) or a
+/// value that is not a string, number or boolean is an error naming it.
+///
+/// The file is the one `--config` names (also as `--config=PATH`), else
+/// `SHOAL_CONFIG`, else `./shoal.toml` when present.
+pub fn file_defaults(
+    mut cmd: clap::Command,
+    args: &[std::ffi::OsString],
+) -> anyhow::Result<clap::Command> {
+    let words: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let Some(name) = words.iter().skip(1).find(|w| !w.starts_with('-')) else { return Ok(cmd) };
+    let given = words.iter().enumerate().find_map(|(i, w)| {
+        w.strip_prefix("--config=")
+            .map(PathBuf::from)
+            .or_else(|| (w == "--config").then(|| words.get(i + 1).map(PathBuf::from)).flatten())
+    });
+    let path = given.or_else(|| std::env::var_os("SHOAL_CONFIG").map(PathBuf::from));
+    let (path, file) = match path {
+        Some(p) => {
+            let file = read_toml(&p)?;
+            (p, file)
+        }
+        None if std::path::Path::new("shoal.toml").exists() => {
+            let p = PathBuf::from("shoal.toml");
+            (p.clone(), read_toml(&p)?)
+        }
+        None => return Ok(cmd),
+    };
+    let Some(sub) = cmd.find_subcommand(name) else { return Ok(cmd) };
+    let Some(table) = file.get(name).and_then(|t| t.as_table()) else { return Ok(cmd) };
+    let flags: Vec<(String, clap::Id)> = sub
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(|l| (l.replace('-', "_"), a.get_id().clone())))
+        .collect();
+    let mut defaults = Vec::new();
+    for (key, value) in table {
+        let key_ = key.replace('-', "_");
+        let place = format!("{} [{name}] {key}", path.display());
+        if REGISTRY_KEYS.contains(&key_.as_str()) {
+            anyhow::bail!("{place}: registry settings go at the top level of the file");
+        }
+        let Some((_, id)) = flags.iter().find(|(long, _)| *long == key_) else {
+            let known: Vec<&str> = flags
+                .iter()
+                .map(|(l, _)| l.as_str())
+                .filter(|l| !REGISTRY_KEYS.contains(l) && !l.starts_with("raft_") && *l != "help")
+                .collect();
+            anyhow::bail!(
+                "{place}: unknown key (the flags of `shoal {name}`: {})",
+                known.join(", ")
+            );
+        };
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            _ => anyhow::bail!("{place}: expected a string, a number or a boolean"),
+        };
+        defaults.push((id.clone(), text));
+    }
+    let name = name.clone();
+    cmd = cmd.mut_subcommand(name, |mut sub| {
+        for (id, text) in defaults {
+            sub = sub.mut_arg(id, |a| a.default_value(text));
+        }
+        sub
+    });
+    Ok(cmd)
 }
 
 fn read_toml(path: &PathBuf) -> anyhow::Result<toml::Table> {

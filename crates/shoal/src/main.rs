@@ -139,7 +139,19 @@ fn print_line(line: std::fmt::Arguments<'_>) {
 }
 
 fn main() -> ExitCode {
-    let opts = Opts::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = match config::file_defaults(<Opts as clap::CommandFactory>::command(), &args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts =
+        match <Opts as clap::FromArgMatches>::from_arg_matches(&command.get_matches_from(args)) {
+            Ok(o) => o,
+            Err(e) => e.exit(),
+        };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // A node's Raft loop, log writer and apply thread are threads of their
     // own: its runtime (HTTP, peer connections) needs only part of the

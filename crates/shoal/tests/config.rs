@@ -157,3 +157,33 @@ fn raft_settings_are_layered_and_checked() {
     );
     assert!(!exited, "{err}");
 }
+
+#[test]
+fn every_flag_of_a_command_can_come_from_its_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let toml = |text: &str| std::fs::write(dir.path().join("shoal.toml"), text).expect("write");
+    // A value from [serve] is the flag's value...
+    toml("[serve]\nmax_open_bases = 0\n");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("--max-open-bases"), "the file's value was not used: {err}");
+    // ...below the environment and the flag.
+    let (exited, _, err) = serve(dir.path(), &[], &[("SHOAL_MAX_OPEN_BASES", "5")]);
+    assert!(!exited, "{err}");
+    let (exited, _, err) = serve(dir.path(), &["--max-open-bases", "5"], &[]);
+    assert!(!exited, "{err}");
+    // Dashes or underscores; registry keys stay at the top level beside it.
+    toml("namespace = \"top\"\n[serve]\nmax-sql-length = 0\n");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("--max-sql-length"), "{err}");
+    // Mistakes name the key.
+    toml("[serve]\nlisten_addr = \"127.0.0.1:1\"\n");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("[serve] listen_addr: unknown key"), "{err}");
+    assert!(err.contains("listen"), "the known flags are not listed: {err}");
+    toml("[serve]\nnamespace = \"x\"\n");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("top level"), "{err}");
+    toml("[serve]\nlisten = [1]\n");
+    let (exited, _, err) = serve(dir.path(), &[], &[]);
+    assert!(exited && err.contains("[serve] listen: expected a string"), "{err}");
+}
