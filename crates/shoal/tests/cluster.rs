@@ -451,3 +451,57 @@ async fn a_second_process_cannot_take_a_live_node_id() {
     let still = registered().await.expect("n1 is still registered");
     assert_eq!((still.node_url, still.instance), (live.node_url, live.instance));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_process_shows_each_buckets_leader_and_replica_states() {
+    let mut c = Cluster::new().await;
+    c.start_three_nodes();
+    c.wait_three_replicas().await;
+    let proxy = c.start_proxy(0, &[]);
+    let buckets = |url: &str| {
+        let (ok, text, err) = cli(url, &["cluster", "buckets", "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str::<shoal_types::api::BucketsStatus>(&text).expect("json")
+    };
+    // From a node, the monitor and the proxy: every bucket, its leader
+    // among its replicas, and each replica's state (one leader, no lag
+    // once writes settle).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for url in [c.nodes["n1"].url.clone(), c.monitors[0].url.clone(), proxy.url.clone()] {
+        loop {
+            let view = buckets(&url);
+            let whole = view.buckets.len() == 256
+                && view.unreachable.is_empty()
+                && view.buckets.iter().all(|b| {
+                    b.leader.as_ref().is_some_and(|l| b.replicas.contains(l))
+                        && b.states.len() == 3
+                        && b.states.iter().filter(|s| s.role == "leader").count() == 1
+                        && b.states.iter().all(|s| s.lag.is_some() && s.term == b.term)
+                });
+            if whole {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{url}: {view:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (ok, table, _) = cli(&proxy.url, &["cluster", "buckets"]);
+    assert!(ok && table.contains("bucket") && table.contains(" ff "), "{table}");
+
+    // A killed node: its replicas' states go, and no bucket names it leader.
+    c.nodes.get_mut("n3").expect("n3").kill();
+    let gone = NodeId("n3".into());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = buckets(&c.nodes["n1"].url);
+        let moved = view.buckets.iter().all(|b| {
+            b.leader.as_ref().is_some_and(|l| *l != gone)
+                && b.states.iter().all(|s| s.node_id != gone)
+        });
+        if moved {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{view:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
