@@ -174,7 +174,9 @@ impl Engine {
         }
         match consistency {
             Consistency::None => {}
-            Consistency::Leader if self.multi.is_leader(bucket.0) => {}
+            Consistency::Leader if self.multi.is_leader(bucket.0) => {
+                self.wait_current(bucket).await?
+            }
             Consistency::Leader => {
                 return Err(self.routing_error(GroupError::NotLeader {
                     group: bucket.0,
@@ -186,6 +188,32 @@ impl Engine {
             }
         }
         self.local(f).await
+    }
+
+    /// Waits (up to the Raft `leader_wait`) until this node, which leads
+    /// `bucket`, has applied everything earlier leaders committed: a new
+    /// leader's state may lack acknowledged writes until an entry of its
+    /// own term commits and applies.
+    async fn wait_current(&self, bucket: BucketId) -> Result<()> {
+        let deadline = std::time::Instant::now() + self.multi.options().settings.leader_wait;
+        loop {
+            if self.multi.is_leader_current(bucket.0) {
+                return Ok(());
+            }
+            if !self.multi.is_leader(bucket.0) {
+                return Err(self.routing_error(GroupError::NotLeader {
+                    group: bucket.0,
+                    leader: self.multi.leader(bucket.0),
+                }));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(format!(
+                    "bucket {bucket} has a new leader that has not yet applied its predecessors' \
+                     writes; retry shortly"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
     }
 
     /// Runs a read of this node's own state (e.g. listing its bases).

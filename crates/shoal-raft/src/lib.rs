@@ -288,6 +288,9 @@ struct Slot {
     term: AtomicU64,
     voter: AtomicBool,
     applied: AtomicU64,
+    /// On a leader: the index of its first entry in its term. Once applied,
+    /// everything earlier leaders committed is applied here too.
+    led_from: AtomicU64,
 }
 
 /// What the loop publishes of a group.
@@ -298,6 +301,8 @@ pub(crate) struct View {
     pub(crate) role: StateRole,
     pub(crate) term: u64,
     pub(crate) voter: bool,
+    /// On a leader, the index of its first entry in its term; else 0.
+    pub(crate) led_from: u64,
 }
 
 impl Board {
@@ -315,6 +320,7 @@ impl Board {
         s.role.store(role_code(v.role), Ordering::Relaxed);
         s.term.store(v.term, Ordering::Relaxed);
         s.voter.store(v.voter, Ordering::Relaxed);
+        s.led_from.store(v.led_from, Ordering::Relaxed);
         s.initialized.store(v.initialized, Ordering::Relaxed);
         s.hosted.store(v.hosted, Ordering::Release);
     }
@@ -558,6 +564,17 @@ impl<S: StateMachine> MultiRaft<S> {
         let s = self.inner.board.slot(group);
         s.hosted.load(Ordering::Acquire)
             && s.role.load(Ordering::Relaxed) == role_code(StateRole::Leader)
+    }
+
+    /// Whether this node leads the group and has applied every entry
+    /// committed before its term: a new leader holds earlier leaders'
+    /// committed entries in its log, but applies them only once an entry
+    /// of its own term commits. Until then its state may lack writes that
+    /// were acknowledged, and a read served from it would miss them.
+    pub fn is_leader_current(&self, group: u8) -> bool {
+        let s = self.inner.board.slot(group);
+        let from = s.led_from.load(Ordering::Relaxed);
+        self.is_leader(group) && from > 0 && s.applied.load(Ordering::Relaxed) >= from
     }
 
     /// Whether this node is a voter of the group, as far as it knows.

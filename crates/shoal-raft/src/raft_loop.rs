@@ -390,7 +390,8 @@ impl<S: StateMachine> Loop<S> {
         }
     }
 
-    /// Tells readers what the group looks like now.
+    /// Tells readers what the group looks like now (called whenever its
+    /// role, term or configuration changes).
     fn publish(&self, group: u8) {
         let Some(g) = self.groups[group as usize].as_deref() else {
             let view = View {
@@ -400,6 +401,7 @@ impl<S: StateMachine> Loop<S> {
                 role: StateRole::Follower,
                 term: 0,
                 voter: false,
+                led_from: 0,
             };
             self.board.set(group, view);
             return;
@@ -414,6 +416,11 @@ impl<S: StateMachine> Loop<S> {
             role: r.state,
             term: r.term,
             voter,
+            led_from: if r.state == StateRole::Leader {
+                term_start(&r.raft_log, r.term)
+            } else {
+                0
+            },
         };
         self.board.set(group, view);
         self.board.set_applied(group, g.applied);
@@ -1280,4 +1287,19 @@ impl<S: StateMachine> Loop<S> {
             self.inflight.push_back((id, std::mem::take(&mut self.turn_readies)));
         }
     }
+}
+
+/// The index of the first entry of `term` in the log (terms only grow
+/// along a log), or the last index + 1 if it has none. Entries compacted
+/// away are applied, so the search starts at the first one kept.
+fn term_start(log: &raft::RaftLog<crate::storage::GroupStorage>, term: u64) -> u64 {
+    let (mut lo, mut hi) = (log.first_index(), log.last_index() + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match log.term(mid) {
+            Ok(t) if t >= term => hi = mid,
+            _ => lo = mid + 1,
+        }
+    }
+    lo
 }

@@ -309,3 +309,29 @@ async fn leadership_is_not_handed_to_a_node_that_is_down() {
     assert_eq!(c.leader(5, LONG).await, leader);
     assert!(took < Duration::from_secs(2), "a write took {took:?} (election timeout 5 s)");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_is_current_only_once_it_applied_its_predecessors_writes() {
+    let c = Cluster::start(3, fast_options).await;
+    c.bootstrap([2u8], &[1, 2, 3]).await;
+    let first = c.leader(2, LONG).await;
+    for i in 0..200 {
+        c.write(2, &format!("k{i}"), "v", LONG).await.expect("write");
+    }
+    assert!(c.node(first).is_leader_current(2));
+    let heir = if first == 1 { 2 } else { 1 };
+    c.node(first).transfer_leader(2, heir);
+    // From the moment the heir says it is current, its state holds every
+    // write acknowledged before the handover.
+    let deadline = Instant::now() + LONG;
+    loop {
+        if c.node(heir).is_leader_current(2) {
+            let state = c.state(heir, 2);
+            assert!((0..200).all(|i| state.contains_key(&format!("k{i}"))), "{} keys", state.len());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the heir never became a current leader");
+        tokio::task::yield_now().await;
+    }
+    assert!(!c.node(first).is_leader_current(2));
+}
