@@ -6,6 +6,7 @@
 
 use axum::Router;
 use axum::extract::Path;
+use axum::extract::rejection::PathRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
@@ -21,7 +22,16 @@ pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/", get(|| async { Redirect::to("/ui/") }))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/", get(|| async { asset("index.html") }))
-        .route("/ui/{*path}", get(|Path(path): Path<String>| async move { asset(&path) }))
+        .route(
+            "/ui/{*path}",
+            get(|path: Result<Path<String>, PathRejection>| async move {
+                match path {
+                    Ok(Path(path)) => asset(&path),
+                    // Not UTF-8: no file has such a name.
+                    Err(_) => asset(""),
+                }
+            }),
+        )
 }
 
 /// One file of the console, or 404.

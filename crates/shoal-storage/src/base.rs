@@ -98,6 +98,9 @@ enum Attempt {
 const RESET_LAST_INSERT_ROWID: &str =
     "INSERT OR REPLACE INTO _shoal_meta (rowid, key, value) VALUES (0, 'last_insert_rowid', 0)";
 
+/// The largest string or blob a base holds or a statement computes.
+const MAX_VALUE_BYTES: i32 = 64 << 20;
+
 /// Shoal's own bookkeeping table of every base.
 const SHOAL_TABLES: &str =
     "CREATE TABLE IF NOT EXISTS _shoal_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -138,6 +141,11 @@ impl Base {
              PRAGMA busy_timeout = 5000;",
         )
         .map_err(map_sqlite_error)?;
+        // No string or blob value over MAX_VALUE_BYTES, stored or computed:
+        // a query cannot build a value of gigabytes in memory (or in a
+        // response), and a write that tries fails alike on every replica.
+        conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, MAX_VALUE_BYTES)
+            .map_err(map_sqlite_error)?;
         conn.execute_batch(SHOAL_TABLES).map_err(map_sqlite_error)?;
         let format: i64 = conn
             .query_row("SELECT value FROM _shoal_meta WHERE key = 'format'", [], |r| r.get(0))
