@@ -267,6 +267,11 @@ fn hostile_requests_get_clear_refusals_and_change_nothing() {
             }
         }
     }
+    // A body over --max-body-size: 413, with the error body.
+    let path = format!("/v1/bases/{base}/execute");
+    let (status, bytes) = call_ok("POST", &path, Some("application/json"), vec![b' '; 17 << 20]);
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(status == 413 && text.contains("\"too_large\""), "{status} {text}");
     // A value over the 64 MiB limit is refused, read or written.
     for sql in ["SELECT replace(hex(zeroblob(40000000)), '00', 'ab')", "SELECT zeroblob(70000000)"]
     {
