@@ -21,6 +21,7 @@ pub mod registration;
 pub mod relay;
 pub mod replica;
 pub mod replication;
+pub mod scoped;
 pub mod seatable;
 
 use std::collections::HashMap;
@@ -177,20 +178,24 @@ async fn require_token(
 ) -> Response {
     match authorize(&headers, &state.options.admin_token) {
         Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+        // A base's API token reaches that base's data routes, as its
+        // permission allows.
+        Err(e) => match scoped::check(&state, &headers, req.method(), req.uri().path()).await {
+            None => e.into_response(),
+            Some(Ok(())) => next.run(req).await,
+            Some(Err(refused)) => ApiError(refused).into_response(),
+        },
     }
 }
 
 /// The prefix of the WebSocket subprotocol that carries a token.
 pub const BEARER_PROTOCOL: &str = "shoal.bearer.";
 
-/// Checks a request's `Authorization: Bearer TOKEN` against `token`; every
-/// process that serves `/v1` (nodes, monitors, proxies) refuses the same way.
-///
-/// A browser cannot set headers on a WebSocket: there the token may come as
-/// a subprotocol instead, `shoal.bearer.` followed by the token in unpadded
-/// base64url (offered with `shoal.v1`, which the server picks).
-pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
+/// The bearer token a request presents: `Authorization: Bearer TOKEN`, or,
+/// from a browser's WebSocket, which cannot set headers, a subprotocol
+/// `shoal.bearer.` followed by the token in unpadded base64url (offered
+/// with `shoal.v1`, which the server picks).
+pub fn presented_token(headers: &HeaderMap) -> Option<String> {
     let from_protocol = || {
         headers
             .get_all(header::SEC_WEBSOCKET_PROTOCOL)
@@ -207,15 +212,23 @@ pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
                     .unwrap_or_default()
             })
     };
-    let given = match headers.get(header::AUTHORIZATION) {
-        Some(v) => v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(str::to_string),
+    match headers.get(header::AUTHORIZATION) {
+        Some(v) => {
+            v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(|t| t.trim().to_string())
+        }
         None => from_protocol(),
-    };
-    match given.as_deref() {
+    }
+}
+
+/// Checks the token a request presents ([`presented_token`]) against
+/// `token`; every process that serves `/v1` (nodes, monitors, proxies)
+/// refuses the same way.
+pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
+    match presented_token(headers).as_deref() {
         None => Err(ApiError(Error::Unauthorized(
             "missing bearer token: send \"Authorization: Bearer TOKEN\"".into(),
         ))),
-        Some(t) if !constant_time_eq(t.trim().as_bytes(), token.as_bytes()) => {
+        Some(t) if !constant_time_eq(t.as_bytes(), token.as_bytes()) => {
             Err(ApiError(Error::Unauthorized("invalid bearer token".into())))
         }
         Some(_) => Ok(()),

@@ -42,6 +42,10 @@ pub enum Error {
     /// No or a wrong bearer token.
     #[error("{0}")]
     Unauthorized(String),
+    /// A good token that does not allow this (a base's token used on
+    /// another base, or to write when it may only read).
+    #[error("{0}")]
+    Forbidden(String),
     /// This node does not lead the base's bucket: send the request to the
     /// leader (its URL, when known).
     #[error("{message}")]
@@ -91,6 +95,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Conflict(_) => "conflict",
             Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden(_) => "forbidden",
             Error::NotLeader { .. } => "not_leader",
             Error::Misdirected { .. } => "misdirected",
             Error::Unavailable(_) => "unavailable",
@@ -115,6 +120,7 @@ impl Error {
             "not_found" => Error::NotFound(message),
             "conflict" => Error::Conflict(message),
             "unauthorized" => Error::Unauthorized(message),
+            "forbidden" => Error::Forbidden(message),
             "unavailable" => Error::Unavailable(message),
             "timeout" => Error::Timeout(message),
             "io" => Error::Io(message),
@@ -220,6 +226,7 @@ mod tests {
             Error::NotFound("a".into()),
             Error::Conflict("a".into()),
             Error::Unauthorized("a".into()),
+            Error::Forbidden("a".into()),
             Error::Unavailable("a".into()),
             Error::Timeout("a".into()),
         ];

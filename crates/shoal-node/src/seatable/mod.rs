@@ -144,7 +144,7 @@ fn new_api_token(base: BaseId) -> String {
     format!("{}{hex}", base.0.simple())
 }
 
-fn token_hash(token: &str) -> String {
+pub(crate) fn token_hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -155,7 +155,7 @@ pub fn api_token_base(headers: &HeaderMap) -> Option<BaseId> {
 }
 
 /// The base an API token belongs to, read off its first 32 characters.
-fn token_base(token: &str) -> Option<BaseId> {
+pub fn token_base(token: &str) -> Option<BaseId> {
     if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
