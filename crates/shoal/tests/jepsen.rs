@@ -72,14 +72,98 @@ enum Fault {
     Kill,
     /// SIGSTOP, then SIGCONT.
     Pause,
+    /// One node cut off from the two others (a 2/1 split).
+    Isolate,
+    /// One pair of nodes cut apart; the third still reaches both.
+    Bridge,
+    /// One node's packets to another dropped, the other way open.
+    OneWay,
 }
 
 impl Fault {
     fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill + restart",
-            Fault::Pause => "pause (SIGSTOP/SIGCONT)",
+            Fault::Pause => "pause (STOP/CONT)",
+            Fault::Isolate => "isolate one node",
+            Fault::Bridge => "cut one pair",
+            Fault::OneWay => "one-way cut",
         }
+    }
+}
+
+/// Where the nodes run: in the test's own network namespace (only
+/// loopback), each on its own address and as its own user, so that packet
+/// filters can cut them apart; or on 127.0.0.1 without partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Net {
+    Namespace,
+    Plain,
+}
+
+/// Set in the copy of the test that runs inside the new namespace.
+const IN_NETNS: &str = "SHOAL_JEPSEN_IN_NETNS";
+/// Each node's user in the namespace: n1 is `NODE_UID`, n2 the next...
+const NODE_UID: u32 = 47001;
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    std::process::Command::new(program)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Why partitions cannot be injected here, if they cannot.
+fn partitions_unavailable() -> Option<String> {
+    if std::env::var("SHOAL_JEPSEN_PARTITIONS").is_ok_and(|v| v == "off") {
+        return Some("SHOAL_JEPSEN_PARTITIONS=off".into());
+    }
+    let uid = std::process::Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root (a network namespace and iptables need it)".into());
+    }
+    for tool in ["unshare", "ip", "iptables", "curl"] {
+        if !succeeds("sh", &["-c", &format!("command -v {tool}")]) {
+            return Some(format!("{tool} is missing (scripts/install-test-deps installs it)"));
+        }
+    }
+    None
+}
+
+/// The host part of a node's URL.
+fn host_of(url: &str) -> String {
+    let rest = url.trim_start_matches("http://");
+    rest.rsplit_once(':').map_or(rest, |(h, _)| h).to_string()
+}
+
+/// Packet filters between nodes: a cut from `a` to `b` drops every packet
+/// `a`'s process sends to `b`'s address (so no connection between them
+/// opens either way, and those open stop carrying `a`'s messages). etcd,
+/// on 127.0.0.1, stays reachable from every node.
+struct Cuts;
+
+impl Cuts {
+    fn cut(a: u32, b_host: &str) {
+        let uid = a.to_string();
+        let args = ["-A", "OUTPUT", "-m", "owner", "--uid-owner", &uid, "-d", b_host, "-j", "DROP"];
+        assert!(succeeds("iptables", &args), "iptables {args:?} failed");
+    }
+
+    fn heal() {
+        assert!(succeeds("iptables", &["-F", "OUTPUT"]), "iptables -F OUTPUT failed");
+    }
+
+    /// Whether user `uid` can reach `url`'s /healthz within a second.
+    fn reaches(uid: u32, url: &str) -> bool {
+        std::process::Command::new("setpriv")
+            .args(["--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups"])
+            .args(["curl", "-sf", "-m", "1", "-o", "/dev/null", &format!("{url}/healthz")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
     }
 }
 
@@ -219,20 +303,93 @@ struct Ages {
     stale_reads: Vec<(usize, Duration, Operation)>,
 }
 
+/// The test's name, to run it again inside a network namespace.
+const TEST_NAME: &str = "reads_writes_and_cas_stay_linearizable_under_faults";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reads_writes_and_cas_stay_linearizable_under_kills_and_pauses() {
+async fn reads_writes_and_cas_stay_linearizable_under_faults() {
     let seed = seed();
+    if std::env::var(IN_NETNS).is_ok() {
+        assert!(succeeds("ip", &["link", "set", "lo", "up"]), "ip link set lo up failed");
+        return run(seed, Net::Namespace).await;
+    }
+    match partitions_unavailable() {
+        Some(why) => {
+            println!("partitions off: {why}; the nodes run on 127.0.0.1");
+            run(seed, Net::Plain).await
+        }
+        None => in_namespace(seed),
+    }
+}
+
+/// Runs this test again in a new network namespace (`unshare -n`: only a
+/// loopback interface, no way out), where it may install packet filters.
+fn in_namespace(seed: u64) {
+    let _guard = SeedOnPanic(seed);
+    println!("running the test inside a new network namespace (unshare -n), seed {seed}");
+    let exe = std::env::current_exe().expect("the test binary");
+    let mut child = std::process::Command::new("unshare")
+        .arg("-n")
+        .arg(exe)
+        .args([TEST_NAME, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(IN_NETNS, "1")
+        .env("SHOAL_JEPSEN_SEED", seed.to_string())
+        .spawn()
+        .expect("start unshare");
+    let deadline = Instant::now() + duration() + Duration::from_secs(600);
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for the namespaced test") {
+            assert!(status.success(), "[seed {seed}] the test in the namespace failed: {status}");
+            return;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("[seed {seed}] the test in the namespace did not end in time");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+async fn run(seed: u64, net: Net) {
     let _guard = SeedOnPanic(seed);
     let run_for = duration();
     println!(
-        "linearizability test: seed {seed}, workload {run_for:?} (replay: SHOAL_JEPSEN_SEED={seed} cargo test -p shoal --test jepsen -- --nocapture)"
+        "linearizability test: seed {seed}, workload {run_for:?}, nodes {} (replay: SHOAL_JEPSEN_SEED={seed} cargo test -p shoal --test jepsen -- --nocapture)",
+        match net {
+            Net::Namespace => "on 127.0.0.2-4 in a network namespace, with partitions",
+            Net::Plain => "on 127.0.0.1, without partitions",
+        }
     );
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
-    let faults = [Fault::Kill, Fault::Pause];
+    let faults: &[Fault] = match net {
+        Net::Namespace => {
+            &[Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Bridge, Fault::OneWay]
+        }
+        Net::Plain => &[Fault::Kill, Fault::Pause],
+    };
+    let uid_of =
+        |node: &str| NODE_UID + NODES.iter().position(|n| *n == node).expect("a node") as u32;
 
     let mut c = Cluster::new().await;
-    c.start_three_nodes();
+    match net {
+        Net::Plain => {
+            for n in NODES {
+                c.start_node(n);
+            }
+        }
+        Net::Namespace => {
+            // The nodes' users must reach their directories.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(c.dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod the cluster directory");
+            for (i, n) in NODES.iter().enumerate() {
+                c.start_node_as(n, &format!("127.0.0.{}", i + 2), Some(uid_of(n)));
+            }
+        }
+    }
+    c.start_monitor(&[]);
     c.wait_three_replicas().await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -317,8 +474,10 @@ async fn reads_writes_and_cas_stay_linearizable_under_kills_and_pauses() {
         let length = Duration::from_millis(match fault {
             Fault::Kill => rng.random_range(300..4000),
             Fault::Pause => rng.random_range(1000..5000),
+            Fault::Isolate | Fault::Bridge | Fault::OneWay => rng.random_range(2000..8000),
         });
         let new_port = rng.random_bool(0.5);
+        let other = rng.random_range(0..NODES.len() - 1);
         if Instant::now() + quiet + length + Duration::from_secs(2) > until {
             break;
         }
@@ -346,14 +505,66 @@ async fn reads_writes_and_cas_stay_linearizable_under_kills_and_pauses() {
                 tokio::time::sleep(length).await;
                 signal(pid, "CONT");
             }
+            Fault::Isolate | Fault::Bridge | Fault::OneWay => {
+                let others: Vec<String> =
+                    NODES.iter().filter(|n| **n != victim).map(|n| n.to_string()).collect();
+                let pairs: Vec<(String, String)> = match fault {
+                    Fault::Isolate => others
+                        .iter()
+                        .flat_map(|o| [(victim.clone(), o.clone()), (o.clone(), victim.clone())])
+                        .collect(),
+                    Fault::Bridge => vec![
+                        (victim.clone(), others[other].clone()),
+                        (others[other].clone(), victim.clone()),
+                    ],
+                    _ => vec![(victim.clone(), others[other].clone())],
+                };
+                for (a, b) in &pairs {
+                    Cuts::cut(uid_of(a), &host_of(&urls.get(b)));
+                }
+                // The cut holds: the node's user cannot reach the other
+                // node, while the test can.
+                for (a, b) in &pairs {
+                    let url = urls.get(b);
+                    assert!(Cuts::reaches(0, &url), "[seed {seed}] {b} is not reachable at all");
+                    assert!(
+                        !Cuts::reaches(uid_of(a), &url),
+                        "[seed {seed}] the cut from {a} to {b} lets traffic through"
+                    );
+                }
+                tokio::time::sleep(length).await;
+                Cuts::heal();
+                for (a, b) in &pairs {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while !Cuts::reaches(uid_of(a), &urls.get(b)) {
+                        assert!(
+                            Instant::now() < deadline,
+                            "[seed {seed}] {a} cannot reach {b} after the heal"
+                        );
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
         }
         *injected.entry(fault).or_default() += 1;
         let healed = wait_whole(&http, &urls, &bases, Duration::from_secs(30)).await;
         let line = format!(
-            "{:>7.2}s {} of {victim}{} for {:.1}s; {}",
+            "{:>7.2}s {} ({victim}{}) for {:.1}s; {}",
             at.as_secs_f64(),
             fault.name(),
-            if target_leader { format!(" (leader of base {base})") } else { String::new() },
+            match (fault, target_leader) {
+                (Fault::Bridge | Fault::OneWay, _) => {
+                    let o: Vec<&str> = NODES.iter().filter(|n| **n != victim).copied().collect();
+                    let arrow = if fault == Fault::OneWay { "-/->" } else { "<-/->" };
+                    format!(
+                        " {arrow} {}{}",
+                        o[other],
+                        if target_leader { ", leader of a base" } else { "" }
+                    )
+                }
+                (_, true) => format!(", leader of base {base}"),
+                _ => String::new(),
+            },
             length.as_secs_f64(),
             match &healed {
                 Ok(d) => format!("whole again {:.1}s later", d.as_secs_f64()),
@@ -521,7 +732,7 @@ async fn reads_writes_and_cas_stay_linearizable_under_kills_and_pauses() {
         .count();
     s += &format!("  cas swapped            {swapped}\n");
     s += &format!("faults injected          {}\n", injected.values().sum::<usize>());
-    for f in faults {
+    for &f in faults {
         s += &format!("  {:<22} {}\n", f.name(), injected.get(&f).copied().unwrap_or(0));
     }
     s += &format!(
