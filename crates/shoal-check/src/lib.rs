@@ -723,61 +723,125 @@ pub enum ReadAge {
 
 /// Places `read` (an [`Op::Read`] that succeeded, not part of the history
 /// checked) against `order`, a linearization of its key's operations as
-/// returned in [`KeyReport::order`].
+/// returned in [`KeyReport::order`]. To place many reads, build
+/// [`Versions`] once.
 pub fn read_age(
     history: &[Operation],
     order: &[usize],
     read: &Operation,
     initial: State,
 ) -> ReadAge {
-    let Op::Read { seen } = read.op else { return ReadAge::Unexplained };
-    let Some(read_end) = read.completed else { return ReadAge::Unexplained };
-    // The register's versions along the order: version k holds values[k];
-    // each operation leaves the register at some version.
-    let mut values = vec![initial];
-    let mut after: Vec<(usize, usize)> = Vec::with_capacity(order.len());
-    let mut state = initial;
-    for &i in order {
-        let o = &history[i];
-        let unknown = o.outcome == Outcome::Unknown;
-        if let Some(s) = step(state, o.op, unknown)
-            && s != state
-        {
-            values.push(s);
-            state = s;
+    Versions::new(history, order, initial).age(read)
+}
+
+/// The versions a register went through along one linearization of its
+/// key, indexed to place reads quickly.
+pub struct Versions {
+    /// Version k held `values[k]`; version 0 is the initial state.
+    values: Vec<State>,
+    /// The versions that held each state, ascending.
+    of_state: std::collections::HashMap<State, Vec<usize>>,
+    /// (invocation, version it left) of every operation, by invocation,
+    /// with the running maximum of the version.
+    by_invocation: Vec<(Duration, usize)>,
+    /// (completion, version it left) of every acknowledged operation, by
+    /// completion, with the running maximum of the version.
+    by_completion: Vec<(Duration, usize)>,
+    /// For each version k, the earliest completion of an acknowledged
+    /// operation that left version k or a later one.
+    first_done_from: Vec<Option<Duration>>,
+}
+
+impl Versions {
+    /// Replays `order` (history indices of one key) on the register.
+    pub fn new(history: &[Operation], order: &[usize], initial: State) -> Versions {
+        let mut values = vec![initial];
+        let mut after: Vec<(usize, usize)> = Vec::with_capacity(order.len());
+        let mut state = initial;
+        for &i in order {
+            let o = &history[i];
+            if let Some(s) = step(state, o.op, o.outcome == Outcome::Unknown)
+                && s != state
+            {
+                values.push(s);
+                state = s;
+            }
+            after.push((i, values.len() - 1));
         }
-        after.push((i, values.len() - 1));
+        let mut of_state: std::collections::HashMap<State, Vec<usize>> = Default::default();
+        for (k, v) in values.iter().enumerate() {
+            of_state.entry(*v).or_default().push(k);
+        }
+        let running_max = |mut list: Vec<(Duration, usize)>| {
+            list.sort();
+            let mut max = 0;
+            for e in &mut list {
+                max = max.max(e.1);
+                e.1 = max;
+            }
+            list
+        };
+        let by_invocation =
+            running_max(after.iter().map(|&(i, v)| (history[i].invoked, v)).collect());
+        let done: Vec<(Duration, usize)> = after
+            .iter()
+            .filter(|(i, _)| history[*i].outcome == Outcome::Ok)
+            .filter_map(|&(i, v)| history[i].completed.map(|c| (c, v)))
+            .collect();
+        let mut first_done_from = vec![None; values.len() + 1];
+        for &(c, v) in &done {
+            let e: &mut Option<Duration> = &mut first_done_from[v];
+            *e = Some(e.map_or(c, |x| x.min(c)));
+        }
+        for k in (0..values.len()).rev() {
+            first_done_from[k] = match (first_done_from[k], first_done_from[k + 1]) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Versions {
+            values,
+            of_state,
+            by_invocation,
+            by_completion: running_max(done),
+            first_done_from,
+        }
     }
-    // The newest version the read may return: any made by an operation
-    // invoked before it completed.
-    let newest_possible = after
-        .iter()
-        .filter(|(i, _)| history[*i].invoked <= read_end)
-        .map(|a| a.1)
-        .max()
-        .unwrap_or(0);
-    let Some(seen_version) = (0..=newest_possible).rev().find(|&k| values[k] == seen) else {
-        return ReadAge::Unexplained;
-    };
-    // The oldest it may return: what any operation completed before it was
-    // invoked saw or made.
-    let done_before = |i: usize| {
-        let o = &history[i];
-        o.outcome == Outcome::Ok && o.completed.is_some_and(|c| c < read.invoked)
-    };
-    let required = after.iter().filter(|(i, _)| done_before(*i)).map(|a| a.1).max().unwrap_or(0);
-    if seen_version >= required {
-        return ReadAge::Fresh;
+
+    /// The highest version among the entries of `list` before time `t`
+    /// (strictly before, or at or before with `inclusive`).
+    fn max_before(list: &[(Duration, usize)], t: Duration, inclusive: bool) -> usize {
+        let n = list.partition_point(|(at, _)| if inclusive { *at <= t } else { *at < t });
+        if n == 0 { 0 } else { list[n - 1].1 }
     }
-    let known_overwritten = after
-        .iter()
-        .filter(|(i, v)| *v > seen_version && done_before(*i))
-        .filter_map(|(i, _)| history[*i].completed)
-        .min()
-        .unwrap_or(read.invoked);
-    ReadAge::Stale {
-        versions: required - seen_version,
-        behind: read.invoked.saturating_sub(known_overwritten),
+
+    /// How stale `read` was.
+    pub fn age(&self, read: &Operation) -> ReadAge {
+        let Op::Read { seen } = read.op else { return ReadAge::Unexplained };
+        let Some(read_end) = read.completed else { return ReadAge::Unexplained };
+        // The newest version the read may return: any made by an operation
+        // invoked before it completed.
+        let newest_possible = Self::max_before(&self.by_invocation, read_end, true);
+        let Some(seen_version) = self
+            .of_state
+            .get(&seen)
+            .and_then(|ks| ks.iter().rev().find(|&&k| k <= newest_possible))
+            .copied()
+        else {
+            return ReadAge::Unexplained;
+        };
+        // The oldest it may return: what any operation completed before it
+        // was invoked saw or made.
+        let required = Self::max_before(&self.by_completion, read.invoked, false);
+        if seen_version >= required {
+            return ReadAge::Fresh;
+        }
+        let known_overwritten = self.first_done_from[seen_version + 1].unwrap_or(read.invoked);
+        debug_assert!(self.values.len() > required);
+        ReadAge::Stale {
+            versions: required - seen_version,
+            behind: read.invoked.saturating_sub(known_overwritten),
+        }
     }
 }
 

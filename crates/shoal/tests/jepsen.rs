@@ -287,6 +287,44 @@ fn keep(c: &Cluster, seed: u64, history: &[Operation], weak: &[WeakRead]) -> Str
     to.display().to_string()
 }
 
+/// A check of the checker on the history just recorded: one late read is
+/// made to return a value overwritten before it began (an acknowledged
+/// write completed, then another, then the read started), which no
+/// linearizable store returns; the checker must say so, at that read.
+fn planted_stale_read_is_caught(history: &[Operation]) -> String {
+    let writes = |key: &str| -> Vec<(Duration, Duration, i64)> {
+        history
+            .iter()
+            .filter(|o| o.key == key && o.outcome == Outcome::Ok)
+            .filter_map(|o| match o.op {
+                Op::Write { value } => Some((o.invoked, o.completed.expect("ok"), value)),
+                _ => None,
+            })
+            .collect()
+    };
+    for (i, read) in history.iter().enumerate().rev() {
+        if read.outcome != Outcome::Ok || !matches!(read.op, Op::Read { .. }) {
+            continue;
+        }
+        let w = writes(&read.key);
+        let older = w.iter().find(|(_, done, _)| {
+            w.iter().any(|(start, end, _)| done < start && *end < read.invoked)
+        });
+        let Some(&(_, _, stale)) = older else { continue };
+        let mut doctored = history.to_vec();
+        doctored[i].op = Op::Read { seen: Some(stale) };
+        let report = shoal_check::check(&doctored, &shoal_check::Options::default())
+            .expect("a well-formed history");
+        let v = report.violations();
+        return match v.first() {
+            Some(v) if v.op.0 == i => format!("caught (read #{i} made to return {stale})"),
+            Some(v) => format!("caught elsewhere: at #{} instead of #{i}", v.op.0),
+            None => format!("MISSED (read #{i} made to return {stale})"),
+        };
+    }
+    "no read to plant".into()
+}
+
 /// How stale the reads of one weaker level were.
 #[derive(Default)]
 struct Ages {
@@ -656,6 +694,7 @@ async fn run(seed: u64, net: Net) {
     let report = shoal_check::check(&history, &shoal_check::Options::default())
         .expect("a well-formed history");
     let check_took = check_started.elapsed();
+    let planted = planted_stale_read_is_caught(&history);
     let mut lost = Vec::new();
     let mut never_written = Vec::new();
     for (key, seen) in &finals {
@@ -668,11 +707,17 @@ async fn run(seed: u64, net: Net) {
 
     // How stale the reads at weaker levels were, against each key's witness.
     let mut ages: BTreeMap<&str, Ages> = BTreeMap::new();
+    let versions: BTreeMap<&str, shoal_check::Versions> = report
+        .keys
+        .iter()
+        .filter_map(|k| Some((k.key.as_str(), report.order(&k.key)?)))
+        .map(|(key, order)| (key, shoal_check::Versions::new(&history, order, None)))
+        .collect();
     for w in &weak {
         let e = ages.entry(w.level).or_default();
         e.reads += 1;
-        let Some(order) = report.order(&w.read.key) else { continue };
-        match shoal_check::read_age(&history, order, &w.read, None) {
+        let Some(versions) = versions.get(w.read.key.as_str()) else { continue };
+        match versions.age(&w.read) {
             ReadAge::Fresh => {}
             ReadAge::Stale { versions, behind } => {
                 e.stale += 1;
@@ -743,6 +788,7 @@ async fn run(seed: u64, net: Net) {
     );
     s += &format!("violations               {}\n", report.violations().len());
     s += &format!("undecided (budget)       {}\n", report.undecided().len());
+    s += &format!("planted stale read       {planted}\n");
     s += &format!("acknowledged writes lost {}\n", lost.len());
     s += &format!("final values unexplained {}\n", never_written.len());
     s += &format!("checksums equal          {}\n", if checksums_equal { "yes" } else { "NO" });
@@ -782,6 +828,7 @@ async fn run(seed: u64, net: Net) {
         || !never_written.is_empty()
         || !checksums_equal
         || !surprises.is_empty()
+        || !planted.starts_with("caught")
         || ages.values().any(|a| !a.unexplained.is_empty());
     if failed {
         let kept = keep(&c, seed, &history, &weak);
