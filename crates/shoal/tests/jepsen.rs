@@ -124,7 +124,7 @@ fn partitions_unavailable() -> Option<String> {
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Some("not root (a network namespace and iptables need it)".into());
     }
-    for tool in ["unshare", "ip", "iptables", "curl"] {
+    for tool in ["unshare", "ip", "iptables", "setpriv", "curl"] {
         if !succeeds("sh", &["-c", &format!("command -v {tool}")]) {
             return Some(format!("{tool} is missing (scripts/install-test-deps installs it)"));
         }
