@@ -281,7 +281,7 @@ fn keep(c: &Cluster, seed: u64, history: &[Operation], weak: &[WeakRead]) -> Str
     }
     let mut text: String = history.iter().enumerate().map(|(i, o)| format!("#{i} {o}\n")).collect();
     for w in weak {
-        text += &format!("weak {} {}\n", w.level, w.read);
+        text += &format!("weak {} {} from {}\n", w.level, w.read, w.served_by);
     }
     let _ = std::fs::write(to.join("history.txt"), text);
     to.display().to_string()
@@ -325,6 +325,16 @@ fn planted_stale_read_is_caught(history: &[Operation]) -> String {
     "no read to plant".into()
 }
 
+/// Where time `t` falls among the faults: during one, or how long after
+/// the last one ended.
+fn place(windows: &[(Duration, Duration, String)], t: Duration) -> String {
+    match windows.iter().rev().find(|(from, _, _)| *from <= t) {
+        Some((_, to, what)) if t <= *to => format!("during {what}"),
+        Some((_, to, what)) => format!("{:.2}s after {what} ended", (t - *to).as_secs_f64()),
+        None => "before any fault".into(),
+    }
+}
+
 /// How stale the reads of one weaker level were.
 #[derive(Default)]
 struct Ages {
@@ -338,7 +348,10 @@ struct Ages {
     saw_unknown: usize,
     /// Reads of a value no write could have made by then.
     unexplained: Vec<Operation>,
-    stale_reads: Vec<(usize, Duration, Operation)>,
+    /// Stale reads that overlapped a fault (the others came with every
+    /// node up and connected).
+    stale_in_fault: usize,
+    stale_reads: Vec<(usize, Duration, Operation, String)>,
 }
 
 /// The test's name, to run it again inside a network namespace.
@@ -503,6 +516,8 @@ async fn run(seed: u64, net: Net) {
     // The nemesis: one fault at a time, healed before the next.
     let mut injected: BTreeMap<Fault, usize> = BTreeMap::new();
     let mut timeline = Vec::new();
+    // (start, end, what) of every fault, for placing stale reads.
+    let mut windows: Vec<(Duration, Duration, String)> = Vec::new();
     loop {
         let quiet = Duration::from_millis(rng.random_range(1000..3000));
         let fault = faults[rng.random_range(0..faults.len())];
@@ -585,6 +600,7 @@ async fn run(seed: u64, net: Net) {
             }
         }
         *injected.entry(fault).or_default() += 1;
+        windows.push((at, origin.elapsed(), format!("{} of {victim}", fault.name())));
         let healed = wait_whole(&http, &urls, &bases, Duration::from_secs(30)).await;
         let line = format!(
             "{:>7.2}s {} ({victim}{}) for {:.1}s; {}",
@@ -723,7 +739,13 @@ async fn run(seed: u64, net: Net) {
                 e.stale += 1;
                 e.versions = e.versions.max(versions);
                 e.behind = e.behind.max(behind);
-                e.stale_reads.push((versions, behind, w.read.clone()));
+                let during = windows.iter().any(|(from, to, _)| {
+                    w.read.invoked <= *to && w.read.completed.is_some_and(|c| c >= *from)
+                });
+                if during {
+                    e.stale_in_fault += 1;
+                }
+                e.stale_reads.push((versions, behind, w.read.clone(), w.served_by.clone()));
             }
             ReadAge::Unexplained => {
                 // A value only an unknown write (one no linearizable read
@@ -795,9 +817,10 @@ async fn run(seed: u64, net: Net) {
     s += &format!("unexpected answers       {}\n", surprises.len());
     for (level, a) in &ages {
         s += &format!(
-            "reads at {level:<7}         {}: {} stale (at most {} versions, {:.0} ms behind), {} saw an unknown write, {} unexplained\n",
+            "reads at {level:<7}         {}: {} stale ({} during a fault; at most {} versions, {:.0} ms behind), {} saw an unknown write, {} unexplained\n",
             a.reads,
             a.stale,
+            a.stale_in_fault,
             a.versions,
             a.behind.as_secs_f64() * 1000.0,
             a.saw_unknown,
@@ -809,11 +832,12 @@ async fn run(seed: u64, net: Net) {
     println!("{report}");
     for (level, a) in &ages {
         let mut stale = a.stale_reads.clone();
-        stale.sort_by_key(|(v, b, _)| std::cmp::Reverse((*b, *v)));
-        for (versions, behind, read) in stale.iter().take(5) {
+        stale.sort_by_key(|(v, b, _, _)| std::cmp::Reverse((*b, *v)));
+        for (versions, behind, read, node) in stale.iter().take(8) {
             println!(
-                "stalest {level} reads: {read} ({versions} versions, {:.0} ms behind)",
-                behind.as_secs_f64() * 1000.0
+                "stalest {level} reads: {read} from {node} ({versions} versions, {:.0} ms behind; {})",
+                behind.as_secs_f64() * 1000.0,
+                place(&windows, read.invoked)
             );
         }
         for read in &a.unexplained {

@@ -80,6 +80,49 @@ pub async fn call(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
 }
 
+/// A read at a weaker level, sent with `X-Shoal-No-Forward` so that the
+/// node that answers is known: a follower asked for a `leader` read answers
+/// `307` at the leader, which is asked in turn (once). Returns the answer
+/// and the URL of the node that gave it.
+async fn weak_call(
+    http: &reqwest::Client,
+    url: &str,
+    path: &str,
+    body: &Value,
+) -> (Result<(StatusCode, Value), reqwest::Error>, String) {
+    let mut at = url.to_string();
+    for _ in 0..2 {
+        let sent = http
+            .post(format!("{at}{path}"))
+            .bearer_auth(TOKEN)
+            .header("x-shoal-no-forward", "1")
+            .json(body)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => return (Err(e), at),
+        };
+        let status = resp.status();
+        let location =
+            resp.headers().get("location").and_then(|l| l.to_str().ok()).map(String::from);
+        if status == StatusCode::TEMPORARY_REDIRECT
+            && let Some(l) = location.and_then(|l| l.strip_suffix(path).map(String::from))
+        {
+            at = l;
+            continue;
+        }
+        return match resp.text().await {
+            Ok(text) => {
+                (Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text)))), at)
+            }
+            Err(e) => (Err(e), at),
+        };
+    }
+    // Redirected twice: leadership is moving; an ambiguous-free retry.
+    (Ok((StatusCode::SERVICE_UNAVAILABLE, json!({"error": {"code": "not_leader"}}))), at)
+}
+
 /// How one attempt ended.
 enum Attempt {
     Done(Value),
@@ -126,6 +169,8 @@ pub enum Kind {
 pub struct WeakRead {
     pub level: &'static str,
     pub read: Operation,
+    /// The node that answered.
+    pub served_by: String,
 }
 
 /// What one client recorded.
@@ -228,14 +273,12 @@ impl Client {
         let mut url = self.w.urls.get(&self.node);
         while Instant::now() < deadline {
             let invoked = self.now();
-            let r = call(
-                &self.w.http,
-                reqwest::Method::POST,
-                &format!("{url}{path}"),
-                Some(&body),
-                &[],
-            )
-            .await;
+            let (r, served_by) = if level == "linearizable" {
+                let u = format!("{url}{path}");
+                (call(&self.w.http, reqwest::Method::POST, &u, Some(&body), &[]).await, url.clone())
+            } else {
+                weak_call(&self.w.http, &url, &path, &body).await
+            };
             let completed = self.now();
             match classify(r, &mut self.record.surprises) {
                 Attempt::Done(v) => {
@@ -256,7 +299,14 @@ impl Client {
                         }
                         self.record.history.push(read);
                     } else {
-                        self.record.weak.push(WeakRead { level, read });
+                        let served_by = self
+                            .w
+                            .urls
+                            .all()
+                            .into_iter()
+                            .find(|(_, u)| *u == served_by)
+                            .map_or(served_by, |(n, _)| n);
+                        self.record.weak.push(WeakRead { level, read, served_by });
                     }
                     return;
                 }
