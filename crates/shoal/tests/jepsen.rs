@@ -1,17 +1,23 @@
 //! Linearizability under faults: concurrent clients, each pinned to one
 //! node of a three-node cluster, read, write and compare-and-set a few
-//! keys while a nemesis kills nodes (SIGKILL, then a restart) and pauses
-//! them (SIGSTOP, then SIGCONT). At the end every fault is healed, every
-//! key's history must be linearizable (checked by `shoal-check`), every
-//! key's final value must agree with the acknowledged writes, and every
-//! replica of every base must be byte-equal.
+//! keys while a nemesis kills nodes (SIGKILL, then a restart), pauses
+//! them (SIGSTOP, then SIGCONT) and, when the test can run in a network
+//! namespace of its own (as root, with iptables), cuts the network between
+//! them (a node isolated, a pair cut, a one-way cut). At the end every
+//! fault is healed, every key's history must be linearizable (checked by
+//! `shoal-check`), every key's final value must agree with the
+//! acknowledged writes, and every replica of every base must be
+//! byte-equal. Reads at `leader` and `none` are recorded apart and
+//! measured: how many were stale, and by how much.
 //!
 //! The seed fixes the clients' and the nemesis's choices, not the
 //! interleaving of threads and processes. It is printed at the start and
 //! on failure; replay with
 //! `SHOAL_JEPSEN_SEED=<seed> cargo test -p shoal --test jepsen -- --nocapture`.
 //! `SHOAL_JEPSEN_DURATION` (e.g. `600s`) sets how long the workload runs
-//! (default 60 s); `bench/jepsen.sh` runs a long one. See docs/reliability.md.
+//! (default 60 s); `SHOAL_JEPSEN_PARTITIONS=off` keeps the nodes on
+//! 127.0.0.1 without partitions; `bench/jepsen.sh` runs a long one. See
+//! docs/reliability.md.
 
 #[path = "jepsen/client.rs"]
 mod client;
