@@ -448,3 +448,36 @@ fn a_corrupted_read_in_a_generated_history_is_found() {
     assert_eq!(v.len(), 1, "{r}");
     assert_eq!(v[0].op.0, i);
 }
+
+#[test]
+fn versions_place_reads_with_compare_and_sets_and_unknown_writes() {
+    let mut h = H::default();
+    h.ok(0, 0, 10, write(1));
+    h.ok(0, 20, 30, cas(1, 2, true));
+    h.ok(0, 40, 50, cas(7, 3, false));
+    h.unknown(1, 55, write(4));
+    h.ok(0, 60, 70, read(Some(4)));
+    h.ok(0, 80, 90, write(5));
+    let r = h.assert_linearizable();
+    let versions = Versions::new(&h.0, r.order("k").expect("order"), None);
+    let weak = |t0: u64, seen: Option<i64>| Operation {
+        process: 9,
+        key: "k".into(),
+        invoked: ms(t0),
+        completed: Some(ms(t0 + 2)),
+        op: read(seen),
+        outcome: Outcome::Ok,
+    };
+    // Absent before the first write completed; stale by three versions after
+    // the read of 4 completed.
+    assert_eq!(versions.age(&weak(5, None)), ReadAge::Fresh);
+    assert_eq!(versions.age(&weak(75, None)), ReadAge::Stale { versions: 3, behind: ms(65) });
+    // A CAS that did not swap makes no version.
+    assert_eq!(versions.age(&weak(52, Some(2))), ReadAge::Fresh);
+    assert_eq!(versions.age(&weak(75, Some(2))), ReadAge::Stale { versions: 1, behind: ms(5) });
+    // The unknown write's value, once it was there.
+    assert_eq!(versions.age(&weak(56, Some(4))), ReadAge::Fresh);
+    assert_eq!(versions.age(&weak(95, Some(5))), ReadAge::Fresh);
+    assert_eq!(versions.age(&weak(95, Some(4))), ReadAge::Stale { versions: 1, behind: ms(5) });
+    assert_eq!(versions.age(&weak(95, Some(3))), ReadAge::Unexplained);
+}
