@@ -87,6 +87,20 @@ enum Fault {
 }
 
 impl Fault {
+    /// A fault kind by its name in `SHOAL_JEPSEN_FAULTS`.
+    fn parse(name: &str) -> Fault {
+        match name {
+            "kill" => Fault::Kill,
+            "pause" => Fault::Pause,
+            "isolate" => Fault::Isolate,
+            "bridge" => Fault::Bridge,
+            "oneway" => Fault::OneWay,
+            other => panic!(
+                "SHOAL_JEPSEN_FAULTS: unknown fault {other:?} (kill, pause, isolate, bridge, oneway)"
+            ),
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Fault::Kill => "kill + restart",
@@ -420,12 +434,21 @@ async fn run(seed: u64, net: Net) {
     );
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
-    let faults: &[Fault] = match net {
+    let possible: &[Fault] = match net {
         Net::Namespace => {
             &[Fault::Kill, Fault::Pause, Fault::Isolate, Fault::Bridge, Fault::OneWay]
         }
         Net::Plain => &[Fault::Kill, Fault::Pause],
     };
+    let faults: Vec<Fault> = match std::env::var("SHOAL_JEPSEN_FAULTS") {
+        Ok(list) => {
+            let wanted: Vec<Fault> = list.split(',').map(|f| Fault::parse(f.trim())).collect();
+            possible.iter().copied().filter(|f| wanted.contains(f)).collect()
+        }
+        Err(_) => possible.to_vec(),
+    };
+    assert!(!faults.is_empty(), "no fault kind left to inject here");
+    println!("faults: {}", faults.iter().map(|f| f.name()).collect::<Vec<_>>().join(", "));
     let uid_of =
         |node: &str| NODE_UID + NODES.iter().position(|n| *n == node).expect("a node") as u32;
 
@@ -805,7 +828,7 @@ async fn run(seed: u64, net: Net) {
         .count();
     s += &format!("  cas swapped            {swapped}\n");
     s += &format!("faults injected          {}\n", injected.values().sum::<usize>());
-    for &f in faults {
+    for &f in &faults {
         s += &format!("  {:<22} {}\n", f.name(), injected.get(&f).copied().unwrap_or(0));
     }
     s += &format!(
@@ -860,6 +883,9 @@ async fn run(seed: u64, net: Net) {
         || !surprises.is_empty()
         || !planted.starts_with("caught")
         || ages.values().any(|a| !a.unexplained.is_empty());
+    if std::env::var("SHOAL_JEPSEN_KEEP").is_ok() && !failed {
+        println!("history and logs kept in {}", keep(&c, seed, &history, &weak));
+    }
     if failed {
         let kept = keep(&c, seed, &history, &weak);
         panic!(
