@@ -355,6 +355,12 @@ fn place(windows: &[(Duration, Duration, String)], t: Duration) -> String {
     }
 }
 
+/// The longest an election can take with the default settings (10 ticks
+/// of 100 ms, randomized up to twice that): a `leader` read whose value had
+/// been overwritten for longer came from a node that went on answering as
+/// leader after the others had elected another.
+const LONG_STALE: Duration = Duration::from_secs(2);
+
 /// How stale the reads of one weaker level were.
 #[derive(Default)]
 struct Ages {
@@ -371,6 +377,9 @@ struct Ages {
     /// Stale reads that overlapped a fault (the others came with every
     /// node up and connected).
     stale_in_fault: usize,
+    /// Stale reads whose value had been overwritten for longer than
+    /// [`LONG_STALE`].
+    long_stale: usize,
     stale_reads: Vec<(usize, Duration, Operation, String)>,
 }
 
@@ -774,6 +783,9 @@ async fn run(seed: u64, net: Net) {
                 if during {
                     e.stale_in_fault += 1;
                 }
+                if behind > LONG_STALE {
+                    e.long_stale += 1;
+                }
                 e.stale_reads.push((versions, behind, w.read.clone(), w.served_by.clone()));
             }
             ReadAge::Unexplained => {
@@ -846,10 +858,11 @@ async fn run(seed: u64, net: Net) {
     s += &format!("unexpected answers       {}\n", surprises.len());
     for (level, a) in &ages {
         s += &format!(
-            "reads at {level:<7}         {}: {} stale ({} during a fault; at most {} versions, {:.0} ms behind), {} saw an unknown write, {} unexplained\n",
+            "reads at {level:<7}         {}: {} stale ({} during a fault, {} over 2 s behind; at most {} versions, {:.0} ms behind), {} saw an unknown write, {} unexplained\n",
             a.reads,
             a.stale,
             a.stale_in_fault,
+            a.long_stale,
             a.versions,
             a.behind.as_secs_f64() * 1000.0,
             a.saw_unknown,
