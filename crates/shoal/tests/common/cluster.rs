@@ -70,6 +70,16 @@ impl Cluster {
         args
     }
 
+    /// Starts node `id` listening on `host`, as user `uid` if given.
+    pub fn start_node_as(&mut self, id: &str, host: &str, uid: Option<u32>) {
+        let dir = self.dir.path().join(id);
+        let mut args: Vec<String> =
+            ["node", "--node-id", id, "--data-dir"].map(String::from).to_vec();
+        args.push(dir.join("data").display().to_string());
+        args.extend(self.common());
+        self.nodes.insert(id.to_string(), Process::start_as(&dir, &args, host, uid));
+    }
+
     pub fn start_monitor(&mut self, extra: &[&str]) {
         let n = self.monitors.len();
         let dir = self.dir.path().join(format!("monitor-{n}"));

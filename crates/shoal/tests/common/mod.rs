@@ -241,21 +241,42 @@ pub struct Process {
     args: Vec<String>,
     child: Option<Child>,
     runs: usize,
+    /// The address it listens on (port 0: any free port).
+    host: String,
+    /// The user id it runs as, if not the test's own.
+    uid: Option<u32>,
 }
 
 impl Process {
     /// Starts `shoal ARGS --listen 127.0.0.1:0 --addr-file DIR/addr` and waits for it to listen.
     pub fn start(dir: &Path, args: &[String]) -> Process {
+        Process::start_as(dir, args, "127.0.0.1", None)
+    }
+
+    /// Starts it listening on `host` (port 0), as user `uid` if given (the
+    /// directory is then made over to that user). A process of its own
+    /// user can be told apart by packet filters (`-m owner --uid-owner`).
+    pub fn start_as(dir: &Path, args: &[String], host: &str, uid: Option<u32>) -> Process {
         std::fs::create_dir_all(dir).expect("process dir");
+        if let Some(uid) = uid {
+            std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown process dir");
+        }
         let mut p = Process {
             dir: dir.to_path_buf(),
             url: String::new(),
             args: args.to_vec(),
             child: None,
             runs: 0,
+            host: host.to_string(),
+            uid,
         };
-        p.spawn("127.0.0.1:0");
+        p.spawn(&format!("{host}:0"));
         p
+    }
+
+    /// The user id it runs as, if not the test's own.
+    pub fn uid(&self) -> Option<u32> {
+        self.uid
     }
 
     fn spawn(&mut self, listen: &str) {
@@ -270,6 +291,10 @@ impl Process {
         cmd.args(&self.args).args(["--listen", listen, "--addr-file"]).arg(&addr_file);
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOAL_")) {
             cmd.env_remove(k);
+        }
+        if let Some(uid) = self.uid {
+            use std::os::unix::process::CommandExt;
+            cmd.uid(uid).gid(uid);
         }
         let child = cmd
             .env("SHOAL_LOG", log_filter())
@@ -322,7 +347,8 @@ impl Process {
     /// Starts it again with the same arguments and directory.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn("127.0.0.1:0");
+        let listen = format!("{}:0", self.host);
+        self.spawn(&listen);
     }
 
     /// Starts it again on the port it had, as a server with a fixed address
