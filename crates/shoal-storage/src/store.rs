@@ -231,17 +231,7 @@ impl Store {
         }
         match command {
             Command::CreateBase { id, name, created_at } => {
-                if name.as_ref().is_some_and(|n| n.len() > 1024) {
-                    return Err(Error::InvalidInput(
-                        "a base name may be at most 1024 bytes".into(),
-                    ));
-                }
-                let info = BaseInfo {
-                    id: *id,
-                    name: name.clone(),
-                    bucket: id.bucket(),
-                    created_at: created_at.clone(),
-                };
+                let info = new_base(id, name, created_at)?;
                 let catalog = self.catalog(id.bucket())?;
                 let mut catalog = lock(&catalog);
                 // A file left by a drop that crashed before deleting it is stale.
@@ -263,17 +253,7 @@ impl Store {
                 })
             }
             Command::Restore { id, name, created_at, image } => {
-                if name.as_ref().is_some_and(|n| n.len() > 1024) {
-                    return Err(Error::InvalidInput(
-                        "a base name may be at most 1024 bytes".into(),
-                    ));
-                }
-                let info = BaseInfo {
-                    id: *id,
-                    name: name.clone(),
-                    bucket: id.bucket(),
-                    created_at: created_at.clone(),
-                };
+                let info = new_base(id, name, created_at)?;
                 let catalog = self.catalog(id.bucket())?;
                 let mut catalog = lock(&catalog);
                 if catalog.applied_index()? >= index {
@@ -617,6 +597,14 @@ impl Store {
         let mut b = lock(&b);
         b.table(name)
     }
+}
+
+/// What a create or a restore records of a new base.
+fn new_base(id: &BaseId, name: &Option<String>, created_at: &str) -> Result<BaseInfo> {
+    if name.as_ref().is_some_and(|n| n.len() > 1024) {
+        return Err(Error::InvalidInput("a base name may be at most 1024 bytes".into()));
+    }
+    Ok(BaseInfo { id: *id, name: name.clone(), bucket: id.bucket(), created_at: created_at.into() })
 }
 
 #[cfg(test)]

@@ -187,26 +187,5 @@ async fn a_file_posted_through_a_proxy_reaches_every_replica() {
     .await;
     assert_eq!(base.name.as_deref(), Some("copied"));
     // Every replica holds it, equal.
-    let http = reqwest::Client::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let mut sums = std::collections::BTreeSet::new();
-        for p in c.nodes.values() {
-            let v: Value = http
-                .get(format!("{}/v1/bases/{}/checksum?consistency=none", p.url, base.id))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .expect("checksum")
-                .json()
-                .await
-                .unwrap_or(Value::Null);
-            sums.insert(v["checksum"].as_str().unwrap_or("missing").to_string());
-        }
-        if sums.len() == 1 && !sums.contains("missing") {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "replicas differ: {sums:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    c.equal_checksums(&base.id.to_string()).await;
 }

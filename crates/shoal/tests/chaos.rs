@@ -29,27 +29,6 @@ const OP_WITHIN: Duration = Duration::from_secs(20);
 /// One HTTP request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 
-/// Prints the seed again if the test panics anywhere, harness included.
-struct SeedOnPanic(u64);
-
-impl Drop for SeedOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "chaos test failed with seed {0}; replay: SHOAL_CHAOS_SEED={0} cargo test -p shoal --test chaos -- --nocapture",
-                self.0
-            );
-        }
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("SHOAL_CHAOS_SEED") {
-        Ok(s) => s.trim().parse().expect("SHOAL_CHAOS_SEED must be an unsigned integer"),
-        Err(_) => rand::random(),
-    }
-}
-
 /// The current URL of every node (a restart binds a new port).
 #[derive(Clone, Default)]
 struct Urls(Arc<RwLock<BTreeMap<String, String>>>);
@@ -569,8 +548,13 @@ fn keep_logs(c: &Cluster, seed: u64) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mixed_writes_under_node_kills_keep_replicas_equal_and_lose_no_acknowledged_write() {
-    let seed = seed();
-    let _guard = SeedOnPanic(seed);
+    let seed = common::seed::seed("SHOAL_CHAOS_SEED");
+    let _guard = common::seed::SeedOnPanic {
+        seed,
+        test: "chaos test",
+        var: "SHOAL_CHAOS_SEED",
+        target: "chaos",
+    };
     let mode = restart_mode();
     println!(
         "chaos seed {seed}, restarts {mode} (replay: SHOAL_CHAOS_SEED={seed} SHOAL_CHAOS_RESTART={mode} cargo test -p shoal --test chaos)"

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,33 +49,6 @@ async fn standalone_with_bases(dir: &Path) -> Vec<(BaseId, String)> {
     let status = server.terminate();
     assert!(status.success(), "standalone exit on SIGTERM: {status}");
     bases
-}
-
-/// Each base's checksum on every node, once all nodes agree (bounded).
-async fn equal_checksums(c: &Cluster, base: BaseId) -> String {
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let mut sums = BTreeMap::new();
-        for (name, p) in &c.nodes {
-            let answer = http
-                .get(format!("{}/v1/bases/{base}/checksum?consistency=none", p.url))
-                .bearer_auth(TOKEN)
-                .send()
-                .await;
-            let v: serde_json::Value = match answer {
-                Ok(a) => a.json().await.unwrap_or_default(),
-                Err(_) => serde_json::Value::Null,
-            };
-            sums.insert(name.clone(), v["checksum"].as_str().unwrap_or("?").to_string());
-        }
-        let distinct: BTreeSet<&String> = sums.values().collect();
-        if distinct.len() == 1 && !sums.values().any(|s| s == "?") {
-            return sums.into_values().next().expect("a node");
-        }
-        assert!(Instant::now() < deadline, "base {base}'s replicas differ: {sums:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Waits (bounded) until every node hosts every bucket and nothing moves.
@@ -165,7 +137,7 @@ async fn a_standalone_directory_grows_into_a_three_node_cluster_under_load() {
             .expect("count");
         let n = acked[i];
         assert_eq!(q.rows, vec![vec![json!(n), json!(0), json!(n - 1)]], "base {i}");
-        equal_checksums(&c, *base).await;
+        c.equal_checksums(&base.to_string()).await;
     }
     println!("{} rows written while the cluster grew", acked.iter().sum::<i64>() - 4 * ROWS);
 }

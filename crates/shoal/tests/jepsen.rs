@@ -42,27 +42,6 @@ const CLIENTS_PER_NODE: usize = 2;
 /// Share of the reads made at `leader` or `none`.
 const WEAK_READS: f64 = 0.2;
 
-/// Prints the seed again if the test panics anywhere, harness included.
-struct SeedOnPanic(u64);
-
-impl Drop for SeedOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "linearizability test failed with seed {0}; replay: SHOAL_JEPSEN_SEED={0} cargo test -p shoal --test jepsen -- --nocapture",
-                self.0
-            );
-        }
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("SHOAL_JEPSEN_SEED") {
-        Ok(s) => s.trim().parse().expect("SHOAL_JEPSEN_SEED must be an unsigned integer"),
-        Err(_) => rand::random(),
-    }
-}
-
 fn duration() -> Duration {
     match std::env::var("SHOAL_JEPSEN_DURATION") {
         Ok(s) => humantime::parse_duration(s.trim())
@@ -388,7 +367,7 @@ const TEST_NAME: &str = "reads_writes_and_cas_stay_linearizable_under_faults";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_writes_and_cas_stay_linearizable_under_faults() {
-    let seed = seed();
+    let seed = common::seed::seed("SHOAL_JEPSEN_SEED");
     if std::env::var(IN_NETNS).is_ok() {
         assert!(succeeds("ip", &["link", "set", "lo", "up"]), "ip link set lo up failed");
         return run(seed, Net::Namespace).await;
@@ -405,7 +384,12 @@ async fn reads_writes_and_cas_stay_linearizable_under_faults() {
 /// Runs this test again in a new network namespace (`unshare -n`: only a
 /// loopback interface, no way out), where it may install packet filters.
 fn in_namespace(seed: u64) {
-    let _guard = SeedOnPanic(seed);
+    let _guard = common::seed::SeedOnPanic {
+        seed,
+        test: "linearizability test",
+        var: "SHOAL_JEPSEN_SEED",
+        target: "jepsen",
+    };
     println!("running the test inside a new network namespace (unshare -n), seed {seed}");
     let exe = std::env::current_exe().expect("the test binary");
     let mut child = std::process::Command::new("unshare")
@@ -432,7 +416,12 @@ fn in_namespace(seed: u64) {
 }
 
 async fn run(seed: u64, net: Net) {
-    let _guard = SeedOnPanic(seed);
+    let _guard = common::seed::SeedOnPanic {
+        seed,
+        test: "linearizability test",
+        var: "SHOAL_JEPSEN_SEED",
+        target: "jepsen",
+    };
     let run_for = duration();
     println!(
         "linearizability test: seed {seed}, workload {run_for:?}, nodes {} (replay: SHOAL_JEPSEN_SEED={seed} cargo test -p shoal --test jepsen -- --nocapture)",

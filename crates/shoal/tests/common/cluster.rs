@@ -156,6 +156,34 @@ impl Cluster {
             .expect("status")
     }
 
+    /// A base's checksum, once every node answers the same (bounded);
+    /// a node without the base counts as differing.
+    pub async fn equal_checksums(&self, base: &str) -> String {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut sums = BTreeMap::new();
+            for (name, p) in &self.nodes {
+                let answer = http
+                    .get(format!("{}/v1/bases/{base}/checksum?consistency=none", p.url))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await;
+                let v: serde_json::Value = match answer {
+                    Ok(a) => a.json().await.unwrap_or_default(),
+                    Err(_) => serde_json::Value::Null,
+                };
+                sums.insert(name.clone(), v["checksum"].as_str().unwrap_or("?").to_string());
+            }
+            let distinct: std::collections::BTreeSet<&String> = sums.values().collect();
+            if distinct.len() == 1 && !sums.values().any(|s| s == "?") {
+                return sums.into_values().next().expect("a node");
+            }
+            assert!(Instant::now() < deadline, "base {base}'s replicas differ: {sums:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub fn logs(&self) -> String {
         self.monitors.iter().chain(self.nodes.values()).map(|p| p.logs()).collect()
     }

@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod python;
+pub mod seed;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
