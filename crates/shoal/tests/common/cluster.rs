@@ -25,8 +25,17 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn new() -> Cluster {
+        Cluster::on(EtcdCluster::single().await)
+    }
+
+    /// A cluster whose registry is an etcd of `members` members.
+    pub async fn with_etcd(members: usize) -> Cluster {
+        Cluster::on(EtcdCluster::start(members).await)
+    }
+
+    fn on(etcd: EtcdCluster) -> Cluster {
         Cluster {
-            etcd: EtcdCluster::single().await,
+            etcd,
             dir: tempfile::tempdir().expect("tempdir"),
             nodes: BTreeMap::new(),
             monitors: Vec::new(),

@@ -1,0 +1,78 @@
+//! The registry's own failure: a three-member etcd loses its leader
+//! (SIGKILL) while clients write through every node; no request fails,
+//! nothing is lost, and the cluster's view stays whole.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, TOKEN};
+use common::eventually;
+use serde_json::json;
+use shoal_client::Client;
+use shoal_types::api::{Row, Statement};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_an_etcd_member_under_load_fails_no_request() {
+    let mut c = Cluster::with_etcd(3).await;
+    c.start_three_nodes();
+    c.wait_three_replicas().await;
+    let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
+    let client = Client::with_endpoints(&urls, Some(TOKEN.into())).expect("client");
+    let mut bases = Vec::new();
+    for _ in 0..3 {
+        let base = eventually("create a base", || client.create_base(None, None)).await.id;
+        let ddl = vec![Statement {
+            sql: "CREATE TABLE t (v INTEGER)".into(),
+            params: Default::default(),
+        }];
+        client.execute(base, ddl, true).await.expect("table");
+        bases.push(base);
+    }
+    let acked = Arc::new(Mutex::new(vec![0i64; bases.len()]));
+    let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (i, base) in bases.iter().copied().enumerate() {
+        let (client, acked, errors, stop) =
+            (client.clone(), acked.clone(), errors.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let mut row = Row::new();
+                row.insert("v".into(), json!(1));
+                match client.insert_rows(base, "t", vec![row]).await {
+                    Ok(_) => acked.lock().expect("lock")[i] += 1,
+                    Err(e) => errors.lock().expect("lock").push(format!("{e:?}")),
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = c.etcd.leader().await.expect("an etcd leader");
+    c.etcd.kill(leader);
+    // Longer than the node TTL (3 s) and an etcd election: registrations,
+    // reports and the map must all live through it.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let status = c.status(&c.nodes["n1"]).await;
+    assert!(status.nodes.iter().all(|n| n.live), "a node dropped out: {status:?}");
+    assert!(status.under_replicated.is_empty(), "{status:?}");
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let errors = errors.lock().expect("lock").clone();
+    assert!(errors.is_empty(), "writes failed while etcd lost a member: {errors:#?}");
+    let acked = acked.lock().expect("lock").clone();
+    for (i, base) in bases.iter().enumerate() {
+        let q =
+            client.query(*base, "SELECT count(*) FROM t", Default::default()).await.expect("count");
+        assert_eq!(q.rows, vec![vec![json!(acked[i])]], "base {i}");
+    }
+    println!(
+        "{} writes while etcd member {leader} (its leader) was killed",
+        acked.iter().sum::<i64>()
+    );
+}
