@@ -525,25 +525,7 @@ async fn read_all(
 
 /// Copies the processes' output somewhere that outlives the test, for a failure.
 fn keep_logs(c: &Cluster, seed: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let to = std::env::temp_dir().join(format!("shoal-chaos-{seed}-{now}"));
-    for p in c.monitors.iter().chain(c.nodes.values()) {
-        let name = p.dir.file_name().expect("name").to_string_lossy().to_string();
-        let dir = to.join(&name);
-        let _ = std::fs::create_dir_all(&dir);
-        if let Ok(d) = std::fs::read_dir(&p.dir) {
-            for e in d.flatten() {
-                let f = e.file_name().to_string_lossy().to_string();
-                if f.starts_with("stdout.") || f.starts_with("stderr.") {
-                    let _ = std::fs::copy(e.path(), dir.join(&f));
-                }
-            }
-        }
-    }
-    to.display().to_string()
+    c.keep_logs("chaos", seed).display().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -260,24 +260,8 @@ async fn wait_whole(
 
 /// Copies the processes' output and the history somewhere that outlives the test.
 fn keep(c: &Cluster, seed: u64, history: &[Operation], weak: &[WeakRead]) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let to = std::env::temp_dir().join(format!("shoal-jepsen-{seed}-{now}"));
-    for p in c.monitors.iter().chain(c.nodes.values()) {
-        let name = p.dir.file_name().expect("name").to_string_lossy().to_string();
-        let dir = to.join(&name);
-        let _ = std::fs::create_dir_all(&dir);
-        if let Ok(d) = std::fs::read_dir(&p.dir) {
-            for e in d.flatten() {
-                let f = e.file_name().to_string_lossy().to_string();
-                if f.starts_with("stdout.") || f.starts_with("stderr.") {
-                    let _ = std::fs::copy(e.path(), dir.join(&f));
-                }
-            }
-        }
-    }
+    let to = c.keep_logs("jepsen", seed);
+    let _ = std::fs::create_dir_all(&to);
     let mut text: String = history.iter().enumerate().map(|(i, o)| format!("#{i} {o}\n")).collect();
     for w in weak {
         text += &format!("weak {} {} from {}\n", w.level, w.read, w.served_by);

@@ -193,6 +193,31 @@ impl Cluster {
         }
     }
 
+    /// Copies every process's output to a new directory under the temporary
+    /// directory, named `shoal-{what}-{seed}-{time}`, that outlives the
+    /// test; answers that directory.
+    pub fn keep_logs(&self, what: &str, seed: u64) -> std::path::PathBuf {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let to = std::env::temp_dir().join(format!("shoal-{what}-{seed}-{now}"));
+        for p in self.monitors.iter().chain(self.nodes.values()) {
+            let name = p.dir.file_name().expect("name").to_string_lossy().to_string();
+            let dir = to.join(&name);
+            let _ = std::fs::create_dir_all(&dir);
+            if let Ok(d) = std::fs::read_dir(&p.dir) {
+                for e in d.flatten() {
+                    let f = e.file_name().to_string_lossy().to_string();
+                    if f.starts_with("stdout.") || f.starts_with("stderr.") {
+                        let _ = std::fs::copy(e.path(), dir.join(&f));
+                    }
+                }
+            }
+        }
+        to
+    }
+
     pub fn logs(&self) -> String {
         self.monitors.iter().chain(self.nodes.values()).map(|p| p.logs()).collect()
     }
