@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use lru::LruCache;
@@ -74,6 +74,12 @@ pub struct Store {
     /// bucket, so a snapshot is one consistent point of the bucket. Holds
     /// what the bucket changed since its last sync.
     buckets: Vec<Mutex<Unsynced>>,
+    /// Taken (shared) to open a bucket's catalog or base files, and
+    /// (exclusively) while the bucket's files are replaced or removed: a
+    /// read must not open a file that is not there yet, which would make
+    /// an empty one (a base without its tables, or worse, a file the copy
+    /// then writes under an open connection).
+    files: Vec<RwLock<()>>,
     /// The change feed: what applies published.
     feed: Hub,
 }
@@ -118,6 +124,7 @@ impl Store {
             open: Mutex::new(open),
             catalogs: Mutex::new(vec![None; BUCKET_COUNT]),
             buckets: (0..BUCKET_COUNT).map(|_| Mutex::new(Unsynced::default())).collect(),
+            files: (0..BUCKET_COUNT).map(|_| RwLock::new(())).collect(),
             feed: Hub::new(options.feed.clone()),
             options,
         })
@@ -161,6 +168,12 @@ impl Store {
 
     /// The catalog of a bucket, opened on first use.
     pub(crate) fn catalog(&self, bucket: BucketId) -> Result<Arc<Mutex<Catalog>>> {
+        if let Some(c) = &lock(&self.catalogs)[bucket.0 as usize] {
+            return Ok(c.clone());
+        }
+        // The files lock before the catalogs' (a restore takes them in
+        // that order too).
+        let _files = self.files[bucket.0 as usize].read().unwrap_or_else(|e| e.into_inner());
         let mut catalogs = lock(&self.catalogs);
         let slot = &mut catalogs[bucket.0 as usize];
         if let Some(c) = slot {
@@ -199,6 +212,7 @@ impl Store {
         };
         // Opened outside the LRU lock: opening a file must not stall reads
         // of other bases. Two racing opens are harmless; one handle wins.
+        let files = self.files[id.bucket().0 as usize].read().unwrap_or_else(|e| e.into_inner());
         let mut base = Base::open(self.base_path(id).as_deref())?;
         // A new file starts at its base's creation index, so that commands of
         // an earlier base with the same id (dropped before) are never
@@ -207,7 +221,9 @@ impl Store {
             base.start_at(created)?;
         }
         let base = Arc::new(Mutex::new(base));
-        Ok(lock(&self.open).get_or_insert(*id, || base).clone())
+        let base = lock(&self.open).get_or_insert(*id, || base).clone();
+        drop(files);
+        Ok(base)
     }
 
     /// Applies a command at log `index`. Commands of one bucket must be
@@ -401,6 +417,7 @@ impl Store {
     /// Replaces a bucket with the copy in `dir` made by [`Store::snapshot_bucket`].
     pub fn restore_bucket(&self, bucket: BucketId, dir: &Path) -> Result<()> {
         let _bucket = lock(&self.buckets[bucket.0 as usize]);
+        let _files = self.files[bucket.0 as usize].write().unwrap_or_else(|e| e.into_inner());
         self.forget_bucket(bucket);
         self.feed.reset_bucket(bucket);
         let files: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -462,6 +479,7 @@ impl Store {
     /// Forgets a bucket and deletes its data (its replica moved to other nodes).
     pub fn remove_bucket(&self, bucket: BucketId) -> Result<()> {
         let _bucket = lock(&self.buckets[bucket.0 as usize]);
+        let _files = self.files[bucket.0 as usize].write().unwrap_or_else(|e| e.into_inner());
         self.forget_bucket(bucket);
         self.feed.reset_bucket(bucket);
         if let Some(d) = self.bucket_dir(bucket).filter(|d| d.exists()) {
@@ -807,6 +825,42 @@ mod tests {
         };
         assert_eq!(store.apply(250, &old).unwrap(), Output::Replayed);
         assert!(store.tables(&victim).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reads_during_a_bucket_restore_see_the_old_or_the_new_bucket_never_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(Some(&dir.path().join("a")), Options::default()).unwrap());
+        let id: BaseId = "6e000001-0000-4000-8000-000000000000".parse().unwrap();
+        for (i, c) in [create(id), table(id), insert(id, 1)].iter().enumerate() {
+            store.apply(i as u64 + 1, c).unwrap();
+        }
+        let snap = dir.path().join("snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        store.snapshot_bucket(id.bucket(), &snap).unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if let Err(e) = store.query(&id, "SELECT count(*) FROM t", &Params::default()) {
+                        errors.push(e.to_string());
+                    }
+                }
+                errors
+            })
+        };
+        for _ in 0..100 {
+            store.restore_bucket(id.bucket(), &snap).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let errors = reader.join().unwrap();
+        assert!(errors.is_empty(), "{} reads failed, e.g. {:?}", errors.len(), errors.first());
+        assert_eq!(store.checksum(&id).unwrap(), {
+            let again = Store::open(Some(&dir.path().join("a")), Options::default()).unwrap();
+            again.checksum(&id).unwrap()
+        });
     }
 
     #[test]
