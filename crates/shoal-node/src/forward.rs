@@ -157,19 +157,21 @@ fn holder(state: &AppState, uri: &axum::http::Uri, body: &[u8]) -> Option<String
     let path = uri.path().strip_prefix("/v1/bases")?;
     let id: shoal_types::BaseId = match path.strip_prefix('/') {
         Some(rest) => rest.split('/').next()?.parse().ok()?,
-        None => {
-            let from_query =
-                uri.query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("id="));
-            match from_query {
-                Some(id) => id.parse().ok()?,
-                None => {
-                    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
-                    v.get("id")?.as_str()?.parse().ok()?
-                }
+        None => match query_param(uri.query(), "id") {
+            Some(id) => id.parse().ok()?,
+            None => {
+                let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+                v.get("id")?.as_str()?.parse().ok()?
             }
-        }
+        },
     };
     state.engine.as_ref()?.replica_local_urls(id.bucket()).into_iter().next()
+}
+
+/// The raw value of the first `name=` in a query string, if any (not
+/// percent-decoded: the values routing reads, ids and numbers, need none).
+pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
 
 /// How many leaders a request is forwarded to, at most.
@@ -184,6 +186,16 @@ fn moved_to(body: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_params_are_found_by_whole_name() {
+        let q = Some("after=x&id=7&bucket=0a&id=8");
+        assert_eq!(query_param(q, "id"), Some("7"));
+        assert_eq!(query_param(q, "bucket"), Some("0a"));
+        assert_eq!(query_param(Some("bucketid=1"), "id"), None);
+        assert_eq!(query_param(Some("id"), "id"), None);
+        assert_eq!(query_param(None, "id"), None);
+    }
 
     #[test]
     fn only_not_leader_answers_with_a_hint_move_a_request() {

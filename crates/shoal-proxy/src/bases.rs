@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use shoal_node::error::ApiError;
-use shoal_node::forward::{FORWARDED, NO_FORWARD};
+use shoal_node::forward::{FORWARDED, NO_FORWARD, query_param};
 use shoal_node::lists::{self, ListFailure};
 use shoal_types::api::BaseLocation;
 use shoal_types::{BaseId, BucketId, Error};
@@ -52,7 +52,7 @@ pub async fn create(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     // A SQLite file to make a base of: the id is in the query string.
     if shoal_node::api::is_sqlite(&parts.headers) {
         let query = parts.uri.query().unwrap_or("");
-        let given = query.split('&').find_map(|kv| kv.strip_prefix("id="));
+        let given = query_param(Some(query), "id");
         let id = match given {
             Some(id) => match id.parse::<BaseId>() {
                 Ok(id) => id,
@@ -101,9 +101,7 @@ pub async fn create(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
 pub async fn list(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
     // One bucket's bases: a read of that bucket, routed like any other.
-    if let Some(b) =
-        req.uri().query().unwrap_or("").split('&').find_map(|kv| kv.strip_prefix("bucket="))
-    {
+    if let Some(b) = query_param(req.uri().query(), "bucket") {
         return match b.parse::<BucketId>() {
             Ok(bucket) => {
                 let path = format!("/v1/bases{query}");
@@ -127,12 +125,7 @@ pub async fn list(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
 /// The `limit` of a list query (the nodes' default when absent or unreadable:
 /// a bad one is refused by the nodes before this matters).
 fn list_limit(query: Option<&str>) -> usize {
-    query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|kv| kv.strip_prefix("limit="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100)
+    query_param(query, "limit").and_then(|v| v.parse().ok()).unwrap_or(100)
 }
 
 /// `GET /v1/bases/{id}/location`: the bucket's replicas from the proxy's

@@ -76,12 +76,8 @@ pub async fn access_token(State(proxy): State<Arc<Proxy>>, req: Request) -> Resp
 
 /// Socket.IO, by `dtable_uuid`.
 pub async fn socket(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
-    let base = req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == "dtable_uuid")
-            .and_then(|(_, v)| v.parse::<BaseId>().ok())
-    });
+    let base = shoal_node::forward::query_param(req.uri().query(), "dtable_uuid")
+        .and_then(|v| v.parse::<BaseId>().ok());
     match base {
         Some(base) => pass(proxy, base.bucket(), true, req).await,
         None => refuse(

@@ -561,17 +561,8 @@ async fn mixed_writes_under_node_kills_keep_replicas_equal_and_lose_no_acknowled
     c.wait_map("3 nodes", Duration::from_secs(30), |m| m.replica_counts().len() == 3).await;
 
     // Bases in distinct buckets, each with one table.
-    let mut buckets = BTreeSet::new();
-    while buckets.len() < BASES {
-        buckets.insert(rng.random_range(0..=255u8));
-    }
     let mut bases = Vec::new();
-    for b in buckets {
-        let id = format!(
-            "{b:02x}{:06x}-0000-4000-8000-{:012x}",
-            rng.random_range(0..1u32 << 24),
-            seed >> 16
-        );
+    for id in common::seed::ids_in_distinct_buckets(&mut rng, BASES, seed) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let url = &urls.all()[0];

@@ -464,17 +464,8 @@ async fn run(seed: u64, net: Net) {
     }
 
     // Bases in distinct buckets, each with the table.
-    let mut buckets = BTreeSet::new();
-    while buckets.len() < BASES {
-        buckets.insert(rng.random_range(0..=255u8));
-    }
     let mut bases = Vec::new();
-    for b in buckets {
-        let id = format!(
-            "{b:02x}{:06x}-0000-4000-8000-{:012x}",
-            rng.random_range(0..1u32 << 24),
-            seed >> 16
-        );
+    for id in common::seed::ids_in_distinct_buckets(&mut rng, BASES, seed) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let base_url = format!("{}/v1/bases", urls.get("n1"));
         loop {

@@ -31,3 +31,22 @@ impl Drop for SeedOnPanic {
         }
     }
 }
+
+/// `n` base ids in `n` distinct buckets, drawn from `rng` (the last 12
+/// digits tell the run's `seed` apart).
+pub fn ids_in_distinct_buckets(rng: &mut impl rand::Rng, n: usize, seed: u64) -> Vec<String> {
+    let mut buckets = std::collections::BTreeSet::new();
+    while buckets.len() < n {
+        buckets.insert(rng.random_range(0..=255u8));
+    }
+    buckets
+        .into_iter()
+        .map(|b| {
+            format!(
+                "{b:02x}{:06x}-0000-4000-8000-{:012x}",
+                rng.random_range(0..1u32 << 24),
+                seed >> 16
+            )
+        })
+        .collect()
+}
