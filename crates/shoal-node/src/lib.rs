@@ -246,6 +246,7 @@ async fn track(req: Request, next: Next) -> Response {
 }
 
 /// The names of a process's request counter and latency histogram.
+#[derive(Clone, Copy, Debug)]
 pub struct RequestMetrics {
     /// Requests, by route, method and status.
     pub total: &'static str,
@@ -253,8 +254,8 @@ pub struct RequestMetrics {
     pub duration: &'static str,
 }
 
-/// What a node counts its requests under.
-const REQUEST_METRICS: RequestMetrics = RequestMetrics {
+/// What every process counts its HTTP requests under.
+pub const REQUEST_METRICS: RequestMetrics = RequestMetrics {
     total: "shoal_http_requests_total",
     duration: "shoal_http_request_duration_seconds",
 };
@@ -280,9 +281,21 @@ pub async fn track_as(names: RequestMetrics, req: Request, next: Next) -> Respon
     let method = req.method().clone();
     let start = Instant::now();
     let response = next.run(req).await;
-    let elapsed = start.elapsed().as_secs_f64();
     let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    let status = response.status().as_u16();
+    record_request(names, route, &method, response.status().as_u16(), start.elapsed());
+    response
+}
+
+/// Records one request of `route` under `names` (for handlers that are not
+/// behind [`track_as`]).
+pub fn record_request(
+    names: RequestMetrics,
+    route: &str,
+    method: &axum::http::Method,
+    status: u16,
+    elapsed: std::time::Duration,
+) {
+    let elapsed = elapsed.as_secs_f64();
     let record = |h: &Handles| {
         h.total.increment(1);
         h.duration.record(elapsed);
@@ -295,19 +308,18 @@ pub async fn track_as(names: RequestMetrics, req: Request, next: Next) -> Respon
             .and_then(|hs| hs.iter().find(|h| h.method == method && h.status == status));
         if let Some(h) = found {
             record(h);
-            return response;
+            return;
         }
     }
     let handles = Handles {
         total: metrics::counter!(names.total, "route" => route.to_string(), "method" => method.to_string(), "status" => status.to_string()),
         duration: metrics::histogram!(names.duration, "route" => route.to_string(), "method" => method.to_string()),
-        method,
+        method: method.clone(),
         status,
     };
     record(&handles);
     let mut cache = HANDLES.write().unwrap_or_else(|e| e.into_inner());
     cache.entry(names.total).or_default().entry(route.to_string()).or_default().push(handles);
-    response
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@
 
 mod bases;
 mod forward;
+mod front;
 mod links;
 pub mod retry;
 mod seatable;
@@ -39,7 +40,6 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -47,6 +47,7 @@ use shoal_node::error::ApiError;
 use shoal_types::Error;
 use tower_http::catch_panic::CatchPanicLayer;
 
+pub use front::Front;
 pub use view::{View, follow};
 
 /// How the proxy behaves.
@@ -153,32 +154,31 @@ pub fn router(proxy: Arc<Proxy>) -> Router {
 
 /// Refuses requests without the cluster's bearer token, before anything is
 /// sent on.
-async fn require_token(
-    State(proxy): State<Arc<Proxy>>,
-    headers: HeaderMap,
-    req: Request,
-    next: Next,
-) -> Response {
-    match shoal_node::authorize(&headers, &proxy.options.admin_token) {
+async fn require_token(State(proxy): State<Arc<Proxy>>, req: Request, next: Next) -> Response {
+    match check_token(&proxy, &req) {
         Ok(()) => next.run(req).await,
-        // A base's API token on that base's data routes goes on to the
-        // nodes, which check it; the routes the proxy answers itself
-        // (lists, creates, locations) need the admin token.
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// The admin token, or a base's API token on that base's data routes, which
+/// goes on to the nodes that check it; the routes the proxy answers itself
+/// (lists, creates, locations) need the admin token.
+fn check_token(proxy: &Proxy, req: &Request) -> Result<(), ApiError> {
+    let headers = req.headers();
+    match shoal_node::authorize(headers, &proxy.options.admin_token) {
+        Ok(()) => Ok(()),
         Err(_)
             if !req.uri().path().ends_with("/location")
-                && shoal_node::scoped::may_carry(&headers, req.method(), req.uri().path()) =>
+                && shoal_node::scoped::may_carry(headers, req.method(), req.uri().path()) =>
         {
-            next.run(req).await
+            Ok(())
         }
-        Err(e) => e.into_response(),
+        Err(e) => Err(e),
     }
 }
 
 /// Counts the proxy's requests and their latency by route.
 async fn track(req: Request, next: Next) -> Response {
-    let names = shoal_node::RequestMetrics {
-        total: "shoal_proxy_requests_total",
-        duration: "shoal_proxy_request_duration_seconds",
-    };
-    shoal_node::track_as(names, req, next).await
+    shoal_node::track_as(front::PROXY_METRICS, req, next).await
 }

@@ -4,7 +4,6 @@
 //! every other process. Run as many as you like.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -67,8 +66,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         ..ProxyOptions::default()
     };
     let proxy = Proxy::new(options, View::new(directory_rx))?;
-    let routes = shoal_proxy::router(Arc::clone(&proxy));
-    serve_with(listener, &args.http, token, None, registry, Some(routes), shutdown).await?;
+    serve_with(listener, &args.http, token, None, registry, Some(proxy), shutdown).await?;
     let _ = follower.await;
     tracing::info!("stopped");
     Ok(())

@@ -273,7 +273,7 @@ pub async fn serve_with(
     token: String,
     node: Option<&Node>,
     registry: Arc<dyn Registry>,
-    extra: Option<axum::Router>,
+    proxy: Option<Arc<shoal_proxy::Proxy>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let engine = node.map(|n| n.engine().clone());
@@ -303,8 +303,8 @@ pub async fn serve_with(
         app = app.merge(relay);
         relays = Some(open);
     }
-    if let Some(extra) = extra {
-        app = app.merge(extra);
+    if let Some(p) = &proxy {
+        app = app.merge(shoal_proxy::router(p.clone()));
     }
     if let Some(f) = &http.addr_file {
         std::fs::write(f, listener.addr.to_string())
@@ -315,11 +315,22 @@ pub async fn serve_with(
     let listener = listener.listener.tap_io(|s| {
         let _ = s.set_nodelay(true);
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await?;
+    let stopped = async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    };
+    match proxy {
+        // A proxy's base requests skip the router's layers (see `Front`).
+        Some(p) => {
+            let front = shoal_proxy::Front::new(p, app);
+            axum::serve(
+                listener,
+                axum::ServiceExt::<axum::extract::Request>::into_make_service(front),
+            )
+            .with_graceful_shutdown(stopped)
+            .await?
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await?,
+    }
     // Requests taken over relays are answered before the node stops.
     if let Some(open) = relays
         && !open.closed(RELAY_DRAIN).await
