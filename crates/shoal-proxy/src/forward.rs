@@ -280,7 +280,7 @@ pub struct Attempts<'a> {
     follow: Option<String>,
     round: u32,
     hops: u32,
-    path: Option<String>,
+    path: &'a str,
     sticky: bool,
 }
 
@@ -299,7 +299,7 @@ impl<'a> Attempts<'a> {
             follow: None,
             round: 0,
             hops: 0,
-            path: None,
+            path: "",
             sticky: false,
         }
     }
@@ -313,8 +313,8 @@ impl<'a> Attempts<'a> {
     }
 
     /// Sets the path and query appended to node URLs (default: none).
-    pub fn with_path(mut self, path: &str) -> Self {
-        self.path = Some(path.to_string());
+    pub fn with_path(mut self, path: &'a str) -> Self {
+        self.path = path;
         self
     }
 
@@ -366,7 +366,7 @@ impl<'a> Attempts<'a> {
                 }
             }
             if let Some(t) = self.queue.pop() {
-                let url = format!("{}{}", t.url, self.path.as_deref().unwrap_or(""));
+                let url = format!("{}{}", t.url, self.path);
                 return Some((Some(t), url));
             }
         }

@@ -96,6 +96,9 @@ impl Links {
 
     fn link(&self, hostport: &str) -> Arc<Link> {
         let mut links = self.links.lock().expect("links lock");
+        if let Some(link) = links.get(hostport) {
+            return link.clone();
+        }
         links
             .entry(hostport.to_string())
             .or_insert_with(|| {

