@@ -265,7 +265,7 @@ pub async fn serve(
     serve_with(listener, http, token, node, registry, None, shutdown).await
 }
 
-/// Serves the API, plus `extra` routes (a proxy's base routes), until
+/// Serves the API (and, for a proxy, its base routes behind its front door), until
 /// `shutdown` turns true.
 pub async fn serve_with(
     listener: Listener,

@@ -1,4 +1,5 @@
-//! Hostile and malformed requests against a running server, generated:
+//! Hostile and malformed requests against a running server and against the
+//! router in process, generated:
 //! paths, methods, content types and bodies (bad JSON, wrong types, deep
 //! nesting, huge numbers, invalid UTF-8, SQL that tries ATTACH,
 //! load_extension, PRAGMA writes, recursive CTEs, huge results, Shoal's own
@@ -194,17 +195,23 @@ fn case(base: String) -> impl Strategy<Value = Case> {
     })
 }
 
+/// One request: method, path and query, content type, body; the status and
+/// body of the answer, or why there was none.
+type Call<'a> = dyn Fn(&str, &str, Option<&str>, Vec<u8>) -> Result<(u16, Vec<u8>), String> + 'a;
+
 #[test]
-fn hostile_requests_get_clear_refusals_and_change_nothing() {
+fn hostile_requests_to_a_running_server_get_clear_refusals_and_change_nothing() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (_dir, server) = Server::start(Mode::Memory, &["--statement-timeout", "500ms"]);
-    let base = uuid_like();
+    // A connection per request: after refusing an oversized body the server
+    // closes the connection it did not read to the end, and a pooled
+    // connection picked up in that moment would fail the next request.
     let http = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("client");
-    let token = server.token.clone();
-    let url = server.url.clone();
+    let (token, url) = (server.token.clone(), server.url.clone());
     let call = |method: &str, path: &str, ct: Option<&str>, body: Vec<u8>| {
         let mut req = http
             .request(method.parse().expect("method"), format!("{url}{path}"))
@@ -216,11 +223,116 @@ fn hostile_requests_get_clear_refusals_and_change_nothing() {
             let resp = req.body(body).send().await?;
             let status = resp.status().as_u16();
             let bytes = resp.bytes().await?;
-            Ok::<_, reqwest::Error>((status, bytes))
+            Ok::<_, reqwest::Error>((status, bytes.to_vec()))
+        })
+        .map_err(|e| e.to_string())
+    };
+    hostile_requests(&call);
+}
+
+/// The same requests straight into the router of a node running in this
+/// process (memory registry, memory store, its own monitor), as the HTTP
+/// server would hand them over: no socket, so a panic would fail the test
+/// here rather than be hidden behind a dropped connection.
+#[test]
+fn hostile_requests_to_the_router_in_process_get_clear_refusals_and_change_nothing() {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use tower::ServiceExt as _;
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let token = "fuzz-in-process-token".to_string();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (node, app) = rt.block_on(async {
+        let registry = shoal_registry::connect(&shoal_registry::RegistryOptions::default())
+            .await
+            .expect("memory registry");
+        let monitor = shoal_monitor::MonitorOptions {
+            id: "fuzz-monitor".into(),
+            replication_factor: 1,
+            ..shoal_monitor::MonitorOptions::default()
+        };
+        tokio::spawn(shoal_monitor::run(registry.clone(), monitor, stopped.clone()));
+        let url = "http://127.0.0.1:9".to_string();
+        let config = shoal_node::NodeConfig {
+            node_id: shoal_types::NodeId("fuzz".into()),
+            data_dir: None,
+            store: shoal_storage::Options {
+                statement_timeout: Duration::from_millis(500),
+                ..shoal_storage::Options::default()
+            },
+            raft: shoal_node::RaftSettings::default(),
+            token: token.clone(),
+            info: shoal_types::api::NodeInfo {
+                node_url: url.clone(),
+                local_node_url: url,
+                zone: "default".into(),
+                capacity: 1,
+                version: "fuzz".into(),
+                registered_at: String::new(),
+                instance: "fuzz".into(),
+            },
+            node_ttl: Duration::from_secs(30),
+            retry_interval: Duration::from_millis(200),
+            remove_after: Duration::from_secs(600),
+            leader_moves_per_pass: 2,
+        };
+        let node = shoal_node::Node::start(config, registry, stopped).await.expect("node");
+        node.wait_until_leading(shoal_types::BUCKET_COUNT, Duration::from_secs(120))
+            .await
+            .expect("the node leads every bucket");
+        let state = Arc::new(shoal_node::AppState {
+            engine: Some(node.engine().clone()),
+            cluster: None,
+            options: shoal_node::ServerOptions {
+                admin_token: token.clone(),
+                max_body_bytes: 16 << 20,
+            },
+            metrics: None,
+            forwarder: shoal_node::forward::client(),
+        });
+        let app = shoal_node::router(state).merge(node.routes());
+        (node, app)
+    });
+    let call = |method: &str, path: &str, ct: Option<&str>, body: Vec<u8>| {
+        // What an HTTP client would put on the wire for this path.
+        let url = reqwest::Url::parse(&format!("http://127.0.0.1{path}"))
+            .map_err(|e| format!("not a URL: {e}"))?;
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let mut req = axum::http::Request::builder()
+            .method(method)
+            .uri(target)
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        let req = req.body(axum::body::Body::from(body)).map_err(|e| e.to_string())?;
+        let app = app.clone();
+        rt.block_on(async move {
+            let resp = app.oneshot(req).await.expect("the router is infallible");
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((status, bytes.to_vec()))
         })
     };
+    hostile_requests(&call);
+    let _ = stop.send(true);
+    rt.block_on(node.stop());
+}
+
+/// Hostile SQL and generated requests through `call`: never a 5xx, every
+/// refusal a 4xx with a message, and a refused request leaves the base as
+/// it was.
+fn hostile_requests(call: &Call<'_>) {
+    let base = uuid_like();
     let call_ok = |m: &str, p: &str, ct: Option<&str>, b: Vec<u8>| {
-        call(m, p, ct, b).unwrap_or_else(|e| panic!("{m} {p}: the server did not answer: {e}"))
+        call(m, p, ct, b).unwrap_or_else(|e| panic!("{m} {p}: no answer: {e}"))
     };
     // The base every request may aim at: a table with rows. A request that
     // drops it (a DELETE that was carried out) gets it made again.
