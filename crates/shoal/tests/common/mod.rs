@@ -246,6 +246,8 @@ pub struct Process {
     host: String,
     /// The user id it runs as, if not the test's own.
     uid: Option<u32>,
+    /// Variables set for it (every other SHOAL_* variable is removed).
+    env: Vec<(String, String)>,
 }
 
 impl Process {
@@ -270,8 +272,27 @@ impl Process {
             runs: 0,
             host: host.to_string(),
             uid,
+            env: Vec::new(),
         };
         p.spawn(&format!("{host}:0"));
+        p
+    }
+
+    /// Starts `shoal ARGS` as [`Process::start`] does, with the variables
+    /// `env` set.
+    pub fn start_with_env(dir: &Path, args: &[String], env: &[(String, String)]) -> Process {
+        std::fs::create_dir_all(dir).expect("process dir");
+        let mut p = Process {
+            dir: dir.to_path_buf(),
+            url: String::new(),
+            args: args.to_vec(),
+            child: None,
+            runs: 0,
+            host: "127.0.0.1".into(),
+            uid: None,
+            env: env.to_vec(),
+        };
+        p.spawn("127.0.0.1:0");
         p
     }
 
@@ -293,6 +314,7 @@ impl Process {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SHOAL_")) {
             cmd.env_remove(k);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(uid) = self.uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
