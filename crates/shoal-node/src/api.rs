@@ -221,7 +221,7 @@ pub async fn query(
     // One node serves every consistency level: it is the only replica.
     Ok(Json(
         engine(&state)?
-            .read(base.bucket(), req.consistency, move |s| s.query(&base, &req.sql, &req.params))
+            .query(base, req.consistency, req.sql, req.params)
             .await?,
     ))
 }

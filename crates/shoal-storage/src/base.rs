@@ -619,9 +619,20 @@ impl Base {
         params: &Params,
         options: &Options,
     ) -> Result<QueryResponse> {
+        self.query_until(sql, params, options, Instant::now() + options.statement_timeout)
+    }
+
+    /// [`Base::query`], stopped at `deadline` rather than after the
+    /// statement time limit.
+    pub fn query_until(
+        &mut self,
+        sql: &str,
+        params: &Params,
+        options: &Options,
+        deadline: Instant,
+    ) -> Result<QueryResponse> {
         check_length(sql, options)?;
         self.recover()?;
-        let deadline = Instant::now() + options.statement_timeout;
         let guard = self.guard.clone();
         guard.enter(Mode::Read, Limits { read_deadline: Some(deadline), write_budget: 0 });
         let result = read(&self.conn, &guard, sql, params, options.max_result_rows);

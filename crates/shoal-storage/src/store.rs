@@ -575,6 +575,34 @@ impl Store {
         b.query(sql, params, &self.options)
     }
 
+    /// Runs a read-only statement on a base right away, on the calling
+    /// thread, if that costs no wait: the base is open, no apply or other
+    /// read holds it, and the statement finishes within `within`. `None`
+    /// when it could not (nothing was changed): run [`Store::query`] where
+    /// blocking is fine. For callers that must not block long (an async
+    /// worker), saving the hand-over to another thread for the many short
+    /// reads.
+    pub fn try_query_now(
+        &self,
+        id: &BaseId,
+        sql: &str,
+        params: &Params,
+        within: Duration,
+    ) -> Option<Result<QueryResponse>> {
+        let b = lock(&self.open).get(id)?.clone();
+        let mut b = match b.try_lock() {
+            Ok(b) => b,
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+        };
+        let cut = within < self.options.statement_timeout;
+        let deadline = std::time::Instant::now() + within.min(self.options.statement_timeout);
+        match b.query_until(sql, params, &self.options, deadline) {
+            Err(Error::LimitExceeded(_)) if cut && std::time::Instant::now() >= deadline => None,
+            done => Some(done),
+        }
+    }
+
     /// A consistent copy of a base's database file at `dest` (SQLite's
     /// online backup).
     pub fn backup_to(&self, id: &BaseId, dest: &std::path::Path) -> Result<()> {
