@@ -34,13 +34,17 @@ pub const NO_FORWARD: &str = "x-shoal-no-forward";
 #[derive(Clone, Debug)]
 pub struct LeaderHint(pub String);
 
-/// The HTTP client used to forward.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The HTTP client used to forward (and to ask other nodes): `tls`
+/// verifies `https://` nodes and shows them this process's certificate.
+pub fn client(tls: Option<&Arc<shoal_tls::ClientConfig>>) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .timeout(Duration::from_secs(30));
+    let builder = match tls {
+        Some(config) => builder.use_preconfigured_tls(config.as_ref().clone()),
+        None => builder,
+    };
+    builder.build().unwrap_or_else(|_| reqwest::Client::new())
 }
 
 /// The middleware.

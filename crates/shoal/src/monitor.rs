@@ -59,8 +59,9 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
         anyhow::bail!("--initial-node-count must be at least 1");
     }
     let registry = shoal_registry::connect(&registry_options).await?;
-    let listener = bind(args.listen).await?;
-    let url = format!("http://{}", listener.addr);
+    let tls = args.http.tls.load()?;
+    let listener = bind(args.listen, tls).await?;
+    let url = listener.addr_url();
     let id = args.monitor_id.clone().unwrap_or_else(|| format!("monitor@{}", listener.addr));
     out!("Shoal monitor {id} is serving {url}");
     out!("Registry: {}", crate::server::describe_registry(registry.as_ref(), &registry_options));
