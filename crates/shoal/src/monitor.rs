@@ -58,7 +58,7 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     if args.initial_node_count == 0 {
         anyhow::bail!("--initial-node-count must be at least 1");
     }
-    let registry = shoal_registry::connect(&registry_options).await?;
+    let registry = crate::config::connect_registry(&registry_options).await?;
     let tls = args.http.tls.load()?;
     let listener = bind(args.listen, tls).await?;
     let url = listener.addr_url();

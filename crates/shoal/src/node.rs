@@ -63,7 +63,7 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     }
     let tls = args.http.tls.load()?;
     let _lock = claim_data_dir(&args.data_dir, &node_id)?;
-    let registry = shoal_registry::connect(&registry_options).await?;
+    let registry = crate::config::connect_registry(&registry_options).await?;
     let listener = bind(args.listen, tls).await?;
     let node_url = args.node_url.clone().unwrap_or_else(|| listener.addr_url());
     let local_node_url = args.local_node_url.clone().unwrap_or_else(|| node_url.clone());

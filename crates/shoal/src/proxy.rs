@@ -46,7 +46,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         anyhow::bail!("--retry-deadline and --request-timeout must be more than 0");
     }
     let tls = args.http.tls.load()?;
-    let registry = shoal_registry::connect(&registry_options).await?;
+    let registry = crate::config::connect_registry(&registry_options).await?;
     let listener = bind(args.listen, tls).await?;
     out!("Shoal proxy is serving {}", listener.addr_url());
     out!("Registry: {}", crate::server::describe_registry(registry.as_ref(), &registry_options));

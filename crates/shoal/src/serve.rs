@@ -99,7 +99,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Connect before serving, so that a wrong or dead registry fails start-up
     // with the endpoints it tried.
-    let registry = shoal_registry::connect(&registry_options).await?;
+    let registry = crate::config::connect_registry(&registry_options).await?;
     let registry_note = format!(
         "Registry: {} (namespace {}, node_ttl {})",
         registry.describe(),
