@@ -314,12 +314,27 @@ impl AsyncWrite for Stream {
 /// A TLS failure somewhere in `error`'s chain of causes, explained for a
 /// user (what to fix), or `None` when the error is not about TLS.
 pub fn explain(error: &(dyn std::error::Error + 'static)) -> Option<String> {
+    find_rustls(error).map(explain_rustls)
+}
+
+/// The rustls error in `error`'s causes. An `io::Error`'s `source()` skips
+/// the error it wraps (and HTTP clients wrap one io::Error in another), so
+/// wrapped errors are looked into too.
+fn find_rustls<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
     let mut cause = Some(error);
+    let mut depth = 0;
     while let Some(e) = cause {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return Some(explain_rustls(tls));
+            return Some(tls);
         }
-        cause = e.source();
+        cause = match e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+        depth += 1;
+        if depth > 32 {
+            return None;
+        }
     }
     None
 }
@@ -327,7 +342,7 @@ pub fn explain(error: &(dyn std::error::Error + 'static)) -> Option<String> {
 /// A failed handshake with `hostport`: kind `InvalidData` (see
 /// [`is_tls_refusal`]) when TLS itself refused, with what to fix.
 fn tls_failure(hostport: &str, e: &io::Error) -> io::Error {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+    match find_rustls(e) {
         Some(tls) => io::Error::new(
             io::ErrorKind::InvalidData,
             format!("TLS with {hostport}: {}", explain_rustls(tls)),
