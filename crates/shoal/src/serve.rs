@@ -145,14 +145,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     out!("{token_note}");
     out!("{registry_note}");
+    let ca = match (&listener.tls.server, &args.http.tls.tls_ca) {
+        (Some(_), Some(ca)) => format!(" --tls-ca {}", ca.display()),
+        _ => String::new(),
+    };
     match dir {
         Some(d) => out!(
-            "Try: shoal base create --endpoint {} --data-dir {}",
+            "Try: shoal base create --endpoint {}{ca} --data-dir {}",
             listener.addr_url(),
             d.display()
         ),
         None => out!(
-            "Try: shoal base create --endpoint {} --token TOKEN (the token above)",
+            "Try: shoal base create --endpoint {}{ca} --token TOKEN (the token above)",
             listener.addr_url()
         ),
     }

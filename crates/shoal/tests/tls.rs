@@ -356,6 +356,23 @@ fn bad_certificate_files_are_named() {
         assert_eq!(code, Some(want_code), "{flags:?}: {err}");
         assert!(err.contains(&want), "{flags:?}: wanted {want:?} in: {err}");
     }
+    // The flags are keys of the command's table in shoal.toml too.
+    let config = dir.path().join("shoal.toml");
+    let table = format!(
+        "[serve]\ntls_cert = {:?}\ntls_key = {:?}\ntls_ca = {:?}\n",
+        s(&a.cert),
+        s(&garbage),
+        s(&a.ca)
+    );
+    std::fs::write(&config, table).expect("write shoal.toml");
+    let path = s(&config);
+    let (code, _, err, _) =
+        cli(&["serve", "--memory", "--listen", "127.0.0.1:0", "--config", &path]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains(&format!("--tls-key {}: no private key in it", garbage.display())),
+        "{err}"
+    );
 }
 
 /// GET `url` with `client`, as JSON.
