@@ -26,6 +26,9 @@ use crate::error::ApiError;
 pub const FORWARDED: &str = "x-shoal-forwarded";
 /// The host a client addressed, kept when a request is forwarded.
 pub const FORWARDED_HOST: &str = "x-forwarded-host";
+/// The scheme a client used (`https` on a TLS port), kept when a request
+/// is forwarded.
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
 /// Set by a client that wants a redirect instead of forwarding.
 pub const NO_FORWARD: &str = "x-shoal-no-forward";
 
@@ -69,6 +72,7 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         header::AUTHORIZATION,
         header::CONTENT_TYPE,
         axum::http::HeaderName::from_static("idempotency-key"),
+        axum::http::HeaderName::from_static(FORWARDED_PROTO),
     ]
     .into_iter()
     .filter_map(|name| parts.headers.get(&name).cloned().map(|v| (name, v)))

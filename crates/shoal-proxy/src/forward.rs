@@ -19,8 +19,13 @@ use crate::retry::{self, Next};
 use crate::view::Target;
 
 /// The request headers passed on to the node.
-const REQUEST_HEADERS: [HeaderName; 3] =
-    [header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")];
+const REQUEST_HEADERS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    HeaderName::from_static("idempotency-key"),
+    // The scheme the client used, for answers that name a server.
+    HeaderName::from_static(shoal_node::forward::FORWARDED_PROTO),
+];
 
 /// The answer headers passed back to the client.
 const ANSWER_HEADERS: [HeaderName; 4] = [

@@ -340,7 +340,7 @@ pub async fn serve_with(
 }
 
 /// Serves `service` on `listener` until `stopped`: over TLS when the
-/// listener has a server configuration, behind [`crate::tls::require_peer_certificate`].
+/// listener has a server configuration, behind [`crate::tls::tls_requests`].
 async fn run<S>(
     listener: Listener,
     service: S,
@@ -369,7 +369,7 @@ where
         }
         Some(config) => {
             let listener = crate::tls::TlsListener::new(listener.listener, config)?;
-            let layer = axum::middleware::from_fn(crate::tls::require_peer_certificate);
+            let layer = axum::middleware::from_fn(crate::tls::tls_requests);
             let service = tower::Layer::layer(&layer, service)
                 .into_make_service_with_connect_info::<crate::tls::Peer>();
             axum::serve(listener, service).with_graceful_shutdown(stopped).await?;

@@ -215,9 +215,22 @@ impl axum::extract::connect_info::Connected<IncomingStream<'_, TlsListener>> for
     }
 }
 
-/// Routes under `/internal/` (Raft streams and snapshots, relays) answer
-/// only clients that presented a certificate signed by the cluster CA.
-pub async fn require_peer_certificate(req: Request, next: Next) -> Response {
+/// What every request on a TLS port goes through: routes under
+/// `/internal/` (Raft streams and snapshots, relays) answer only clients
+/// that presented a certificate signed by the cluster CA; and a request
+/// straight from a client (not forwarded by a node or a proxy, which say
+/// what their client used) is marked `X-Forwarded-Proto: https`, for
+/// answers that name a server (the SeaTable API's `dtable_server`).
+pub async fn tls_requests(mut req: Request, next: Next) -> Response {
+    let headers = req.headers_mut();
+    if !headers.contains_key(shoal_node::forward::FORWARDED_HOST)
+        && !headers.contains_key(shoal_node::forward::FORWARDED_PROTO)
+    {
+        headers.insert(
+            shoal_node::forward::FORWARDED_PROTO,
+            axum::http::HeaderValue::from_static("https"),
+        );
+    }
     if req.uri().path().starts_with("/internal/") {
         let peer = req.extensions().get::<ConnectInfo<Peer>>().map(|c| c.0);
         if !peer.is_some_and(|p| p.verified) {

@@ -183,6 +183,23 @@ async fn standalone_serves_https_and_refuses_what_it_must() {
     .await
     .expect("the insert over wss within 20s");
 
+    // The SeaTable API names this server with the scheme the client used.
+    let api = client.create_api_token(base, None, false).await.expect("api token").api_token;
+    let https_client = reqwest::Client::builder()
+        .use_preconfigured_tls(good.client_tls(false).as_ref().clone())
+        .build()
+        .expect("client");
+    let access: serde_json::Value = https_client
+        .get(format!("{url}/api/v2.1/dtable/app-access-token/"))
+        .header("authorization", format!("Token {api}"))
+        .send()
+        .await
+        .expect("access token")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(access["dtable_server"], format!("{url}/"), "{access}");
+
     // The CLI with --tls-ca.
     let id = base.to_string();
     let ca = good.ca.display().to_string();
