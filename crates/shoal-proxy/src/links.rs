@@ -225,7 +225,7 @@ async fn run(
         }
     };
     metrics::counter!("shoal_proxy_relay_connections_total").increment(1);
-    let (read, write) = tokio::io::split(stream);
+    let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     {
         let mut inner = link.inner.lock().expect("link lock");
@@ -321,7 +321,7 @@ impl Link {
 }
 
 async fn read_answers(
-    read: tokio::io::ReadHalf<shoal_tls::Stream>,
+    read: shoal_tls::ReadHalf,
     link: &Link,
     generation: u64,
 ) -> std::io::Result<()> {
