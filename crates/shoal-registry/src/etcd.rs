@@ -480,7 +480,11 @@ impl Registry for EtcdRegistry {
     }
 
     fn describe(&self) -> String {
-        format!("etcd://{} (namespace {})", self.endpoints(), self.options.namespace)
+        let tls = self.options.endpoints.iter().any(|e| e.starts_with("https://"));
+        let hosts: Vec<&str> =
+            self.options.endpoints.iter().map(|e| e.split("://").last().unwrap_or(e)).collect();
+        let scheme = if tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{} (namespace {})", hosts.join(","), self.options.namespace)
     }
 }
 

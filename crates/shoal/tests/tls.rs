@@ -724,12 +724,8 @@ async fn etcd_over_tls() {
     ];
     extra.extend(tls_flags.iter().map(String::as_str));
     let (_dir, server) = Server::start(Mode::Memory, &extra);
-    assert!(
-        server.stdout().contains(&format!("etcd://{}", etcd.endpoint))
-            || server.stdout().contains(&etcd.endpoint),
-        "{}",
-        server.stdout()
-    );
+    let registry_line = format!("Registry: etcds://{} (namespace tlsreg", etcd.endpoint);
+    assert!(server.stdout().contains(&registry_line), "{}", server.stdout());
     let client = Client::new(&server.url, Some("etcd-tls".into())).expect("client");
     let base =
         client.create_base(None, None).await.expect("create (the map came through etcds)").id;
