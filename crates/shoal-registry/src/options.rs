@@ -330,6 +330,37 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    #[test]
+    fn etcd_over_tls_needs_a_ca() {
+        let empty = toml::Table::new();
+        let e = RegistryOptions::layer(&empty, &env(&[]), &[("registry", "etcds://h1:2379")])
+            .expect_err("no CA");
+        assert!(e.to_string().contains("etcds:// needs registry_ca"), "{e}");
+        let flags = [("registry", "etcds://h1:2379,h2:2379"), ("registry_ca", "/ca.pem")];
+        let o = RegistryOptions::layer(&empty, &env(&[]), &flags).expect("valid");
+        let https = vec!["https://h1:2379".to_string(), "https://h2:2379".to_string()];
+        assert_eq!(o.url().expect("url"), RegistryUrl::Etcd(https.clone()));
+        assert!(o.wants_tls());
+        // A CA turns TLS on for etcd:// too; from the environment as well.
+        let o = RegistryOptions::layer(
+            &empty,
+            &env(&[("SHOAL_REGISTRY_CA", "/ca.pem")]),
+            &[("registry", "etcd://h1:2379,h2:2379")],
+        )
+        .expect("valid");
+        assert_eq!(o.url().expect("url"), RegistryUrl::Etcd(https));
+        let e = RegistryOptions::layer(
+            &empty,
+            &env(&[]),
+            &[("registry", "etcds://h1:2379"), ("registry_ca", "/ca.pem"), ("registry_cert", "/c")],
+        )
+        .expect_err("a certificate without its key");
+        assert!(e.to_string().contains("registry_cert and registry_key go together"), "{e}");
+        let plain = RegistryOptions::layer(&empty, &env(&[]), &[("registry", "etcd://h1:2379")])
+            .expect("valid");
+        assert!(!plain.wants_tls());
+    }
+
     fn table(text: &str) -> toml::Table {
         text.parse().expect("test TOML parses")
     }
