@@ -70,6 +70,10 @@ pub struct Options {
     /// reached from the client (nodes behind proxies): every request then
     /// goes to the endpoints. Default true.
     pub follow_leaders: bool,
+    /// How `https://` endpoints are verified: made by [`tls_config`] from
+    /// the CA that signed the servers' certificates. Without it an
+    /// `https://` server is refused (no CA is trusted by default).
+    pub tls: Option<Arc<shoal_tls::ClientConfig>>,
 }
 
 impl Default for Options {
@@ -83,6 +87,7 @@ impl Default for Options {
             down_for: Duration::from_secs(2),
             idempotency_keys: true,
             follow_leaders: true,
+            tls: None,
         }
     }
 }
@@ -200,6 +205,26 @@ impl Request {
     }
 }
 
+/// The TLS configuration of a client that trusts the CA certificates in
+/// `ca_pem` (the contents of a PEM file). With `identity` (a certificate
+/// chain and its private key, both PEM), the client also shows that
+/// certificate to servers that ask for one. Errors name `ca_what`.
+pub fn tls_config(
+    ca_pem: &[u8],
+    ca_what: &str,
+    identity: Option<(&[u8], &[u8])>,
+) -> Result<Arc<shoal_tls::ClientConfig>> {
+    let bad = |e: shoal_tls::Error| Error::InvalidInput(e.to_string());
+    let roots = shoal_tls::parse_roots(ca_pem, ca_what).map_err(bad)?;
+    let identity = match identity {
+        Some((cert, key)) => Some(
+            shoal_tls::Identity::from_pem(cert, "the certificate", key, "the key").map_err(bad)?,
+        ),
+        None => None,
+    };
+    shoal_tls::client_config(roots, identity.as_ref()).map_err(bad)
+}
+
 impl Client {
     /// A client for `endpoint` (e.g. `http://127.0.0.1:7070`) with a bearer
     /// token and default [`Options`]. Several endpoints may be given,
@@ -222,15 +247,27 @@ impl Client {
         options: Options,
     ) -> Result<Client> {
         let endpoints = routing::parse_endpoints(endpoints)?;
+        if options.tls.is_none()
+            && let Some(e) = endpoints.iter().find(|e| e.starts_with("https://"))
+        {
+            return Err(Error::InvalidInput(format!(
+                "endpoint {e}: an https:// endpoint needs the CA that signed its certificate \
+                 (--tls-ca, or Options::tls)"
+            )));
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(options.connect_timeout)
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             // Redirects to a leader are followed here, so that the client
             // learns where the leader is.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| Error::Internal(format!("cannot build HTTP client: {e}")))?;
+            .redirect(reqwest::redirect::Policy::none());
+        let http = match &options.tls {
+            Some(tls) => http.use_preconfigured_tls(tls.as_ref().clone()),
+            None => http,
+        };
+        let http =
+            http.build().map_err(|e| Error::Internal(format!("cannot build HTTP client: {e}")))?;
         let routes = Routes::new(endpoints, options.down_for)?;
         Ok(Client { shared: Arc::new(Shared { routes, token, http, options }), key: None })
     }
@@ -716,7 +753,11 @@ impl Client {
 /// Classifies a transport failure: a connection that could not be made
 /// means the request never left; anything else may have reached the server.
 fn transport(url: &str, e: reqwest::Error) -> Failure {
-    if e.is_connect() {
+    if let Some(why) = shoal_tls::explain(&e) {
+        // A certificate the CA did not sign, or a server that does not
+        // speak TLS: no retry mends it.
+        Failure::Answered(Error::InvalidInput(format!("cannot connect to {url}: {why}")))
+    } else if e.is_connect() {
         Failure::NotSent(Error::Unavailable(format!("cannot reach {url}: {e}")))
     } else if e.is_builder() {
         Failure::Answered(Error::InvalidInput(format!("cannot make a request to {url}: {e}")))

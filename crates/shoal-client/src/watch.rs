@@ -14,17 +14,17 @@
 //! bounded backoff. Errors that another try cannot fix (`400`, `401`,
 //! `404`) are returned.
 //!
-//! Only plain `ws://` is spoken: endpoints are `http://host:port` URLs.
+//! Endpoints are `http://host:port` (`ws://`) or `https://host:port`
+//! (`wss://`, verified with [`WatchOptions::tls`]) URLs.
 
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use shoal_types::api::{ChangeOp, FeedMessage};
 use shoal_types::{BaseId, Error, ErrorBody, Result};
-use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How a [`Watch`] connects and retries.
 #[derive(Clone, Debug)]
@@ -38,6 +38,9 @@ pub struct WatchOptions {
     /// A feed silent for this long (the server pings every 15 s) counts as
     /// broken.
     pub idle_timeout: Duration,
+    /// How `https://` endpoints are verified (see [`crate::tls_config`]);
+    /// without it they are refused.
+    pub tls: Option<std::sync::Arc<shoal_tls::ClientConfig>>,
 }
 
 impl Default for WatchOptions {
@@ -47,6 +50,7 @@ impl Default for WatchOptions {
             max_backoff: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(45),
+            tls: None,
         }
     }
 }
@@ -66,7 +70,7 @@ pub enum WatchEvent {
     },
 }
 
-type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Socket = WebSocketStream<shoal_tls::Stream>;
 
 /// A resuming change-feed subscriber.
 pub struct Watch {
@@ -107,9 +111,14 @@ impl Watch {
             return Err(Error::InvalidInput("no endpoint given".into()));
         }
         for e in &endpoints {
-            if !e.starts_with("http://") {
+            if !e.starts_with("http://") && !e.starts_with("https://") {
                 return Err(Error::InvalidInput(format!(
-                    "endpoint {e:?}: the change feed client speaks plain http:// (ws://) only"
+                    "endpoint {e:?}: the change feed client takes http:// or https:// URLs"
+                )));
+            }
+            if e.starts_with("https://") && options.tls.is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "endpoint {e:?}: an https:// endpoint needs a CA to verify it (WatchOptions::tls)"
                 )));
             }
         }
@@ -237,11 +246,10 @@ impl Watch {
 
     async fn connect(&mut self, endpoint: &str) -> Result<Socket> {
         let (after, skip) = self.resume_point();
-        let mut url = format!(
-            "ws://{}/v1/bases/{}/changes",
-            endpoint.trim_start_matches("http://"),
-            self.base
-        );
+        let (tls, hostport, _) =
+            shoal_tls::split_url(endpoint).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let scheme = if tls { "wss" } else { "ws" };
+        let mut url = format!("{scheme}://{hostport}/v1/bases/{}/changes", self.base);
         if let Some(a) = after {
             url.push_str(&format!("?after={a}"));
         }
@@ -255,13 +263,25 @@ impl Watch {
                 .map_err(|_| Error::InvalidInput("the token is not a valid header value".into()))?;
             request.headers_mut().insert("authorization", value);
         }
-        let connecting = tokio_tungstenite::connect_async(request);
-        let (socket, _) = match tokio::time::timeout(self.options.connect_timeout, connecting).await
-        {
+        let connector = shoal_tls::Connector::new(self.options.tls.clone());
+        let connecting = async move {
+            let stream = connector.connect(endpoint).await?;
+            Ok::<_, std::io::Error>(tokio_tungstenite::client_async(request, stream).await)
+        };
+        let answer = match tokio::time::timeout(self.options.connect_timeout, connecting).await {
             Err(_) => {
                 return Err(Error::Timeout(format!("cannot connect to {endpoint} in time")));
             }
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
+            // A certificate the CA did not sign, or no CA: another try
+            // cannot mend it.
+            Ok(Err(e)) if shoal_tls::is_tls_refusal(&e) => {
+                return Err(Error::InvalidInput(format!("{endpoint}: {e}")));
+            }
+            Ok(Err(e)) => return Err(Error::Unavailable(format!("{endpoint}: {e}"))),
+            Ok(Ok(answer)) => answer,
+        };
+        let (socket, _) = match answer {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
                 let status = response.status();
                 let body = response.body().as_deref().unwrap_or_default();
                 return Err(match serde_json::from_slice::<ErrorBody>(body) {
@@ -269,8 +289,8 @@ impl Watch {
                     Err(_) => Error::Unavailable(format!("{endpoint} answered {status}")),
                 });
             }
-            Ok(Err(e)) => return Err(Error::Unavailable(format!("{endpoint}: {e}"))),
-            Ok(Ok(s)) => s,
+            Err(e) => return Err(Error::Unavailable(format!("{endpoint}: {e}"))),
+            Ok(s) => s,
         };
         self.skip = skip;
         Ok(socket)

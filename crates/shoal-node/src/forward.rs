@@ -26,6 +26,9 @@ use crate::error::ApiError;
 pub const FORWARDED: &str = "x-shoal-forwarded";
 /// The host a client addressed, kept when a request is forwarded.
 pub const FORWARDED_HOST: &str = "x-forwarded-host";
+/// The scheme a client used (`https` on a TLS port), kept when a request
+/// is forwarded.
+pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
 /// Set by a client that wants a redirect instead of forwarding.
 pub const NO_FORWARD: &str = "x-shoal-no-forward";
 
@@ -34,13 +37,17 @@ pub const NO_FORWARD: &str = "x-shoal-no-forward";
 #[derive(Clone, Debug)]
 pub struct LeaderHint(pub String);
 
-/// The HTTP client used to forward.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+/// The HTTP client used to forward (and to ask other nodes): `tls`
+/// verifies `https://` nodes and shows them this process's certificate.
+pub fn client(tls: Option<&Arc<shoal_tls::ClientConfig>>) -> reqwest::Client {
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .timeout(Duration::from_secs(30));
+    let builder = match tls {
+        Some(config) => builder.use_preconfigured_tls(config.as_ref().clone()),
+        None => builder,
+    };
+    builder.build().unwrap_or_else(|_| reqwest::Client::new())
 }
 
 /// The middleware.
@@ -65,6 +72,7 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         header::AUTHORIZATION,
         header::CONTENT_TYPE,
         axum::http::HeaderName::from_static("idempotency-key"),
+        axum::http::HeaderName::from_static(FORWARDED_PROTO),
     ]
     .into_iter()
     .filter_map(|name| parts.headers.get(&name).cloned().map(|v| (name, v)))

@@ -41,6 +41,9 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     /// The cluster's bearer token (node-to-node requests carry it).
     pub token: String,
+    /// TLS for `https://` peers (the cluster CA and this node's
+    /// certificate); `None` speaks plain HTTP only.
+    pub tls: Option<std::sync::Arc<shoal_tls::ClientConfig>>,
     /// What the node registers (`registered_at` is filled in).
     pub info: NodeInfo,
     /// The registration's lease TTL.
@@ -89,6 +92,7 @@ impl Node {
         let mut options = shoal_raft::Options::new(shoal_raft::raft_id(&config.node_id), &raft_dir);
         options.settings = config.raft.clone();
         options.token = config.token.clone();
+        options.tls = config.tls.clone();
         let s = store.clone();
         let factory =
             Arc::new(move |g: u8| BucketStateMachine::new(s.clone(), shoal_types::BucketId(g)));

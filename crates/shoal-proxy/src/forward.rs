@@ -19,8 +19,13 @@ use crate::retry::{self, Next};
 use crate::view::Target;
 
 /// The request headers passed on to the node.
-const REQUEST_HEADERS: [HeaderName; 3] =
-    [header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static("idempotency-key")];
+const REQUEST_HEADERS: [HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    HeaderName::from_static("idempotency-key"),
+    // The scheme the client used, for answers that name a server.
+    HeaderName::from_static(shoal_node::forward::FORWARDED_PROTO),
+];
 
 /// The answer headers passed back to the client.
 const ANSWER_HEADERS: [HeaderName; 4] = [
@@ -217,10 +222,12 @@ async fn attempt(
 ) -> Result<Answer, Failed> {
     let timeout = proxy.options.request_timeout;
     if let Some(links) = &proxy.links
-        && let Some(rest) = url.strip_prefix("http://")
+        && let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))
     {
         let (hostport, target) = rest.find('/').map_or((rest, "/"), |at| rest.split_at(at));
-        match links.send(hostport, method, target, headers, body.clone(), timeout).await {
+        // The node's origin, scheme included: `https://` links do TLS.
+        let origin = &url[..url.len() - rest.len() + hostport.len()];
+        match links.send(origin, method, target, headers, body.clone(), timeout).await {
             Ok(a) => return Ok(a),
             Err(Failure::Unsupported) => {}
             Err(Failure::NotSent(why)) => return Err(Failed { sent: false, why }),

@@ -73,6 +73,9 @@ pub struct ProxyOptions {
     /// Send base requests to the nodes over one relay connection per node
     /// (many requests per frame) rather than one HTTP request each.
     pub relay: bool,
+    /// TLS for `https://` nodes: the cluster CA, and this proxy's
+    /// certificate to show them. `None` speaks plain HTTP only.
+    pub tls: Option<std::sync::Arc<shoal_tls::ClientConfig>>,
 }
 
 impl Default for ProxyOptions {
@@ -86,6 +89,7 @@ impl Default for ProxyOptions {
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             relay: true,
+            tls: None,
         }
     }
 }
@@ -96,6 +100,8 @@ pub struct Proxy {
     view: View,
     http: reqwest::Client,
     links: Option<links::Links>,
+    /// Opens WebSockets to nodes (TLS to `https://` ones).
+    connector: shoal_tls::Connector,
 }
 
 impl Proxy {
@@ -106,13 +112,23 @@ impl Proxy {
             // Redirects are the nodes' way to name the leader: the proxy
             // follows them itself, and learns from them.
             .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
+            .tcp_nodelay(true);
+        let http = match &options.tls {
+            Some(tls) => http.use_preconfigured_tls(tls.as_ref().clone()),
+            None => http,
+        };
+        let connector = shoal_tls::Connector::new(options.tls.clone());
+        let http = http
             .build()
             .map_err(|e| Error::Internal(format!("cannot build the HTTP client: {e}")))?;
-        let links = options
-            .relay
-            .then(|| links::Links::new(options.admin_token.clone(), options.connect_timeout));
-        Ok(Arc::new(Proxy { options, view, http, links }))
+        let links = options.relay.then(|| {
+            links::Links::new(
+                options.admin_token.clone(),
+                connector.clone(),
+                options.connect_timeout,
+            )
+        });
+        Ok(Arc::new(Proxy { options, view, http, links, connector }))
     }
 
     /// The view of the cluster.

@@ -54,12 +54,13 @@ pub enum Failure {
 /// The relay links to every node the proxy has sent to.
 pub struct Links {
     token: String,
+    connector: shoal_tls::Connector,
     connect_timeout: Duration,
     links: Mutex<HashMap<String, Arc<Link>>>,
 }
 
 struct Link {
-    hostport: String,
+    origin: String,
     inner: Mutex<Inner>,
 }
 
@@ -89,21 +90,22 @@ struct Waiter {
 }
 
 impl Links {
-    /// Links that authenticate with `token` and give up connecting after `connect_timeout`.
-    pub fn new(token: String, connect_timeout: Duration) -> Links {
-        Links { token, connect_timeout, links: Mutex::new(HashMap::new()) }
+    /// Links that authenticate with `token`, open `https://` connections
+    /// with `connector` and give up connecting after `connect_timeout`.
+    pub fn new(token: String, connector: shoal_tls::Connector, connect_timeout: Duration) -> Links {
+        Links { token, connector, connect_timeout, links: Mutex::new(HashMap::new()) }
     }
 
-    fn link(&self, hostport: &str) -> Arc<Link> {
+    fn link(&self, origin: &str) -> Arc<Link> {
         let mut links = self.links.lock().expect("links lock");
-        if let Some(link) = links.get(hostport) {
+        if let Some(link) = links.get(origin) {
             return link.clone();
         }
         links
-            .entry(hostport.to_string())
+            .entry(origin.to_string())
             .or_insert_with(|| {
                 Arc::new(Link {
-                    hostport: hostport.to_string(),
+                    origin: origin.to_string(),
                     inner: Mutex::new(Inner {
                         state: State::Idle,
                         generation: 0,
@@ -117,11 +119,11 @@ impl Links {
             .clone()
     }
 
-    /// Sends one request to the node at `hostport` and waits, at most
+    /// Sends one request to the node at `origin` and waits, at most
     /// `timeout`, for its answer.
     pub async fn send(
         &self,
-        hostport: &str,
+        origin: &str,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
@@ -140,7 +142,7 @@ impl Links {
         };
         let mut record = BytesMut::new();
         request.encode(&mut record);
-        let link = self.link(hostport);
+        let link = self.link(origin);
         let (tx, rx) = oneshot::channel();
         let id = {
             let mut inner = link.inner.lock().expect("link lock");
@@ -157,6 +159,7 @@ impl Links {
                         link.clone(),
                         inner.generation,
                         self.token.clone(),
+                        self.connector.clone(),
                         self.connect_timeout,
                     ));
                 }
@@ -189,12 +192,18 @@ impl Links {
 }
 
 /// Connects a link and carries its requests until the connection ends.
-async fn run(link: Arc<Link>, generation: u64, token: String, connect_timeout: Duration) {
-    let stream = match tokio::time::timeout(connect_timeout, connect(&link.hostport, &token)).await
-    {
+async fn run(
+    link: Arc<Link>,
+    generation: u64,
+    token: String,
+    connector: shoal_tls::Connector,
+    connect_timeout: Duration,
+) {
+    let connecting = connect(&connector, &link.origin, &token);
+    let stream = match tokio::time::timeout(connect_timeout, connecting).await {
         Ok(Ok(s)) => s,
         Ok(Err(Refused::NoRelay(why))) => {
-            tracing::info!(node = %link.hostport, %why, "the node serves no relay; sending it plain HTTP");
+            tracing::info!(node = %link.origin, %why, "the node serves no relay; sending it plain HTTP");
             link.not_connected(
                 generation,
                 State::Unsupported { until: Instant::now() + UNSUPPORTED_FOR },
@@ -203,14 +212,13 @@ async fn run(link: Arc<Link>, generation: u64, token: String, connect_timeout: D
             return;
         }
         Ok(Err(Refused::Io(e))) => {
-            let why = format!("cannot connect to {}: {e}", link.hostport);
+            let why = format!("cannot connect to {}: {e}", link.origin);
             let state = State::Down { until: Instant::now() + DOWN_FOR, why: why.clone() };
             link.not_connected(generation, state, || Failure::NotSent(why.clone()));
             return;
         }
         Err(_) => {
-            let why =
-                format!("connecting to {} took longer than {connect_timeout:?}", link.hostport);
+            let why = format!("connecting to {} took longer than {connect_timeout:?}", link.origin);
             let state = State::Down { until: Instant::now() + DOWN_FOR, why: why.clone() };
             link.not_connected(generation, state, || Failure::NotSent(why.clone()));
             return;
@@ -249,17 +257,17 @@ async fn run(link: Arc<Link>, generation: u64, token: String, connect_timeout: D
     };
     writer.abort();
     let why = why.map_or_else(|| "the node closed the relay".to_string(), |e| e.to_string());
-    tracing::debug!(node = %link.hostport, %why, "a relay ended");
+    tracing::debug!(node = %link.origin, %why, "a relay ended");
     let mut inner = link.inner.lock().expect("link lock");
     inner.retire(generation);
     let sent_upto = inner.sent_upto;
     inner.fail(generation, |id| {
         if id <= sent_upto {
-            Some(Failure::Lost(format!("the relay to {} broke: {why}", link.hostport)))
+            Some(Failure::Lost(format!("the relay to {} broke: {why}", link.origin)))
         } else {
             Some(Failure::NotSent(format!(
                 "the relay to {} broke before sending: {why}",
-                link.hostport
+                link.origin
             )))
         }
     });
@@ -313,7 +321,7 @@ impl Link {
 }
 
 async fn read_answers(
-    read: tokio::net::tcp::OwnedReadHalf,
+    read: shoal_tls::ReadHalf,
     link: &Link,
     generation: u64,
 ) -> std::io::Result<()> {
@@ -333,7 +341,7 @@ async fn read_answers(
                 // it close once it has answered the rest.
                 inner.retire(generation);
                 inner.fail(generation, |id| {
-                    (id > last).then(|| Failure::NotSent(format!("{} is stopping", link.hostport)))
+                    (id > last).then(|| Failure::NotSent(format!("{} is stopping", link.origin)))
                 });
                 continue;
             }
@@ -361,9 +369,13 @@ impl From<std::io::Error> for Refused {
 }
 
 /// Opens a relay: the upgrade request, then the raw stream.
-async fn connect(hostport: &str, token: &str) -> Result<tokio::net::TcpStream, Refused> {
-    let mut stream = tokio::net::TcpStream::connect(hostport).await?;
-    stream.set_nodelay(true)?;
+async fn connect(
+    connector: &shoal_tls::Connector,
+    origin: &str,
+    token: &str,
+) -> Result<shoal_tls::Stream, Refused> {
+    let (_, hostport, _) = shoal_tls::split_url(origin)?;
+    let mut stream = connector.connect(origin).await?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {hostport}\r\nConnection: Upgrade\r\nUpgrade: {}\r\n\
          Authorization: Bearer {token}\r\n{}: {}\r\n\r\n",

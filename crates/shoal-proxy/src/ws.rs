@@ -20,16 +20,15 @@ use futures_util::{SinkExt, StreamExt};
 use shoal_node::error::ApiError;
 use shoal_node::forward::NO_FORWARD;
 use shoal_types::{BucketId, Error};
-use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self as tung, protocol::CloseFrame};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::Proxy;
 use crate::forward::Attempts;
 use crate::retry::{self, Next};
 
-type Upstream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Upstream = WebSocketStream<shoal_tls::Stream>;
 
 /// Relays a WebSocket request to the bucket's leader.
 pub async fn relay(proxy: Arc<Proxy>, bucket: BucketId, req: Request) -> Response {
@@ -68,7 +67,11 @@ pub async fn relay_to(proxy: Arc<Proxy>, bucket: BucketId, sticky: bool, req: Re
         if let Some(p) = &protocols {
             request.headers_mut().insert(header::SEC_WEBSOCKET_PROTOCOL, p.clone());
         }
-        let connect = tokio_tungstenite::connect_async(request);
+        let (connector, at) = (proxy.connector.clone(), url.clone());
+        let connect = async move {
+            let stream = connector.connect(&at).await.map_err(tung::Error::Io)?;
+            tokio_tungstenite::client_async(request, stream).await
+        };
         let outcome = match tokio::time::timeout(proxy.options.connect_timeout * 2, connect).await {
             Ok(r) => r,
             Err(_) => Err(tung::Error::Io(std::io::ErrorKind::TimedOut.into())),

@@ -136,6 +136,9 @@ pub struct Options {
     pub settings: Settings,
     /// The bearer token of node-to-node requests.
     pub token: String,
+    /// TLS for `https://` peers: the cluster CA to verify them and this
+    /// node's certificate to show them. `None` speaks plain HTTP only.
+    pub tls: Option<Arc<shoal_tls::ClientConfig>>,
     /// The most bytes of entries in one append message.
     pub max_append_bytes: u64,
 }
@@ -148,6 +151,7 @@ impl Options {
             dir: dir.to_path_buf(),
             settings: Settings::default(),
             token: String::new(),
+            tls: None,
             max_append_bytes: 1 << 20,
         }
     }
@@ -399,6 +403,7 @@ impl<S: StateMachine> MultiRaft<S> {
         let transport = Transport::new(
             options.id,
             options.token.clone(),
+            shoal_tls::Connector::new(options.tls.clone()),
             options.settings.max_snapshot_sends,
             snapshots.clone(),
             Arc::new(deliver),

@@ -5,7 +5,8 @@
 //!
 //! # Wire (version 1)
 //!
-//! A connection starts as an HTTP/1.1 request on the peer's ordinary port:
+//! A connection starts as an HTTP/1.1 request on the peer's ordinary port
+//! (after a TLS handshake when the peer's URL is `https://`):
 //! `GET /internal/raft/stream` with `Connection: Upgrade`, `Upgrade:
 //! shoal-raft`, the cluster's bearer token, `X-Shoal-Raft-Version: 1` and
 //! `X-Shoal-Raft-From: <raft id>`. The peer answers `101 Switching
@@ -176,6 +177,7 @@ struct Peer {
 pub struct Transport {
     id: RaftNodeId,
     token: String,
+    connector: shoal_tls::Connector,
     addresses: RwLock<HashMap<RaftNodeId, String>>,
     peers: Mutex<HashMap<RaftNodeId, Peer>>,
     deliver: Deliver,
@@ -194,23 +196,26 @@ impl Transport {
     pub(crate) fn new(
         id: RaftNodeId,
         token: String,
+        connector: shoal_tls::Connector,
         max_snapshot_sends: usize,
         snapshots: Snapshots,
         deliver: Deliver,
     ) -> Arc<Transport> {
+        let client = reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true);
+        let client = match connector.tls() {
+            Some(tls) => client.use_preconfigured_tls(tls.as_ref().clone()),
+            None => client,
+        };
         Arc::new(Transport {
             id,
             token,
+            connector,
             addresses: RwLock::default(),
             peers: Mutex::default(),
             deliver,
             snapshots,
             snapshot_slots: Arc::new(Semaphore::new(max_snapshot_sends.max(1))),
-            client: reqwest::Client::builder()
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .build()
-                .expect("a plain HTTP client builds"),
+            client: client.build().expect("an HTTP client with a rustls configuration builds"),
             runtime: tokio::runtime::Handle::current(),
             frames: AtomicU64::new(0),
             messages: AtomicU64::new(0),
@@ -470,9 +475,10 @@ impl PeerTask {
         let reported = AtomicBool::new(false);
         while let Some(first) = rx.recv().await {
             let Some(t) = self.transport.upgrade() else { return };
-            let (token, from) = (t.token.clone(), t.id);
+            let (token, from, connector) = (t.token.clone(), t.id, t.connector.clone());
             drop(t);
-            match tokio::time::timeout(CONNECT_TIMEOUT, connect(&self.addr, &token, from)).await {
+            let connecting = connect(&connector, &self.addr, &token, from);
+            match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                 Ok(Ok(stream)) => {
                     backoff = Duration::from_millis(50);
                     reported.store(false, Ordering::Relaxed);
@@ -514,7 +520,7 @@ impl PeerTask {
     /// fails (the error).
     async fn pump(
         &self,
-        stream: tokio::net::TcpStream,
+        stream: shoal_tls::Stream,
         first: Bytes,
         rx: &mut mpsc::UnboundedReceiver<Bytes>,
     ) -> Option<std::io::Error> {
@@ -568,16 +574,16 @@ impl PeerTask {
 
 /// Opens a peer connection: the upgrade request, then the raw stream.
 async fn connect(
+    connector: &shoal_tls::Connector,
     addr: &str,
     token: &str,
     from: RaftNodeId,
-) -> std::io::Result<tokio::net::TcpStream> {
-    let hostport = addr
-        .strip_prefix("http://")
-        .ok_or_else(|| std::io::Error::other(format!("{addr}: only http:// peers are supported")))?
-        .trim_end_matches('/');
-    let mut stream = tokio::net::TcpStream::connect(hostport).await?;
-    stream.set_nodelay(true)?;
+) -> std::io::Result<shoal_tls::Stream> {
+    if !addr.starts_with("http://") && !addr.starts_with("https://") {
+        return Err(std::io::Error::other(format!("{addr}: a peer URL is http:// or https://")));
+    }
+    let (_, hostport, _) = shoal_tls::split_url(addr)?;
+    let mut stream = connector.connect(addr).await?;
     let request = format!(
         "GET {STREAM_PATH} HTTP/1.1\r\nHost: {hostport}\r\nConnection: Upgrade\r\nUpgrade: shoal-raft\r\n\
          Authorization: Bearer {token}\r\n{VERSION_HEADER}: {WIRE_VERSION}\r\n{FROM_HEADER}: {from}\r\n\r\n"

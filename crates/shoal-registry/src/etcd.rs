@@ -60,6 +60,27 @@ pub struct EtcdOptions {
     pub max_retries: u32,
     /// The longest one attempt of one request may take, connecting included.
     pub operation_timeout: Duration,
+    /// TLS to `https://` members; `None` speaks plain HTTP.
+    pub tls: Option<EtcdTls>,
+}
+
+/// TLS to etcd: PEM contents (the caller reads the files).
+#[derive(Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA certificate(s) that signed the members' certificates.
+    pub ca_pem: Vec<u8>,
+    /// A client certificate and its key, for an etcd started with
+    /// `--client-cert-auth`.
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a private key.
+        f.debug_struct("EtcdTls")
+            .field("identity", &self.identity.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for EtcdOptions {
@@ -70,6 +91,7 @@ impl Default for EtcdOptions {
             retry_interval: Duration::from_millis(500),
             max_retries: 5,
             operation_timeout: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -106,11 +128,35 @@ impl EtcdRegistry {
         if options.operation_timeout.is_zero() {
             return Err(Error::config("operation_timeout", "must be positive"));
         }
-        let connect = ConnectOptions::new()
+        let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.operation_timeout)
             .with_keep_alive(options.operation_timeout, options.operation_timeout)
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
+        let https = options.endpoints.iter().filter(|e| e.starts_with("https://")).count();
+        match &options.tls {
+            Some(tls) => {
+                if https != options.endpoints.len() {
+                    return Err(Error::config(
+                        "registry",
+                        "TLS to etcd needs every endpoint to be https:// (etcds://)",
+                    ));
+                }
+                let mut t = etcd_client::TlsOptions::new()
+                    .ca_certificate(etcd_client::Certificate::from_pem(&tls.ca_pem));
+                if let Some((cert, key)) = &tls.identity {
+                    t = t.identity(etcd_client::Identity::from_pem(cert, key));
+                }
+                connect = connect.with_tls(t);
+            }
+            None if https > 0 => {
+                return Err(Error::config(
+                    "registry",
+                    "https:// etcd endpoints need the CA that signed their certificates (registry_ca)",
+                ));
+            }
+            None => {}
+        }
         let client = Client::connect(&options.endpoints, Some(connect))
             .await
             .map_err(|e| Error::config("registry", format!("bad etcd endpoints: {e}")))?;
@@ -434,7 +480,11 @@ impl Registry for EtcdRegistry {
     }
 
     fn describe(&self) -> String {
-        format!("etcd://{} (namespace {})", self.endpoints(), self.options.namespace)
+        let tls = self.options.endpoints.iter().any(|e| e.starts_with("https://"));
+        let hosts: Vec<&str> =
+            self.options.endpoints.iter().map(|e| e.split("://").last().unwrap_or(e)).collect();
+        let scheme = if tls { "etcds" } else { "etcd" };
+        format!("{scheme}://{} (namespace {})", hosts.join(","), self.options.namespace)
     }
 }
 

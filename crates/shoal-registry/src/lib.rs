@@ -34,13 +34,13 @@ pub mod testing;
 
 pub use election::{Election, Leader, leader, observe};
 pub use error::{Error, Result};
-pub use etcd::{EtcdOptions, EtcdRegistry};
+pub use etcd::{EtcdOptions, EtcdRegistry, EtcdTls};
 pub use kv::{
     Compare, CompareOp, CompareTarget, Event, EventKind, KeyValue, Listing, Txn, TxnOp,
     TxnOpResponse, TxnResponse, WatchMessage,
 };
 pub use memory::{MemoryOptions, MemoryRegistry};
-pub use options::{RegistryOptions, RegistryUrl, connect};
+pub use options::{RegistryOptions, RegistryUrl, connect, connect_with};
 pub use registry::{Registry, Watch};
 pub use session::{Session, SessionOptions};
 pub use shoal_types::{LeaseId, Revision};

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::etcd::{EtcdOptions, EtcdRegistry};
+use crate::etcd::{EtcdOptions, EtcdRegistry, EtcdTls};
 use crate::memory::{MemoryOptions, MemoryRegistry};
 use crate::registry::Registry;
 use crate::session::SessionOptions;
@@ -33,7 +33,8 @@ use crate::session::SessionOptions;
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryOptions {
     /// The backend: `memory` (in-process), or
-    /// `etcd://host1:2379,host2:2379,...` (one or more etcd members).
+    /// `etcd://host1:2379,host2:2379,...` (one or more etcd members), or
+    /// `etcds://...` for etcd over TLS.
     pub registry: String,
     /// The key prefix: every key lives under `/{namespace}/`, so several
     /// clusters can share one etcd. Letters, digits, `-`, `_` and `.`.
@@ -53,6 +54,13 @@ pub struct RegistryOptions {
     /// included. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub operation_timeout: Duration,
+    /// The CA certificate file (PEM) that signed etcd's certificates. Given,
+    /// etcd is reached over TLS (as with `etcds://`, which needs it).
+    pub registry_ca: Option<String>,
+    /// A client certificate file (PEM) for etcd (`--client-cert-auth`).
+    pub registry_cert: Option<String>,
+    /// The private key file (PEM) of `registry_cert`.
+    pub registry_key: Option<String>,
 }
 
 impl Default for RegistryOptions {
@@ -64,6 +72,9 @@ impl Default for RegistryOptions {
             retry_interval: Duration::from_millis(500),
             max_retries: 5,
             operation_timeout: Duration::from_secs(5),
+            registry_ca: None,
+            registry_cert: None,
+            registry_key: None,
         }
     }
 }
@@ -73,7 +84,8 @@ impl Default for RegistryOptions {
 pub enum RegistryUrl {
     /// The in-process backend.
     Memory,
-    /// etcd, with the client URLs of its members (`http://host:port`).
+    /// etcd, with the client URLs of its members (`http://host:port`, or
+    /// `https://host:port` from `etcds://`).
     Etcd(Vec<String>),
 }
 
@@ -85,10 +97,15 @@ impl std::str::FromStr for RegistryUrl {
         if s == "memory" || s == "memory://" {
             return Ok(RegistryUrl::Memory);
         }
-        let Some(list) = s.strip_prefix("etcd://") else {
-            return Err(format!(
-                "unsupported registry {s:?}: expected \"memory\" or \"etcd://host:port[,host:port...]\""
-            ));
+        let (scheme, list) = match (s.strip_prefix("etcd://"), s.strip_prefix("etcds://")) {
+            (Some(list), _) => ("http", list),
+            (_, Some(list)) => ("https", list),
+            _ => {
+                return Err(format!(
+                    "unsupported registry {s:?}: expected \"memory\", \"etcd://host:port[,host:port...]\" \
+                     or \"etcds://host:port[,...]\" (TLS)"
+                ));
+            }
         };
         let mut endpoints = Vec::new();
         for endpoint in list.split(',').map(str::trim) {
@@ -98,7 +115,7 @@ impl std::str::FromStr for RegistryUrl {
             if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
                 return Err(format!("invalid etcd endpoint {endpoint:?} (expected host:port)"));
             }
-            endpoints.push(format!("http://{endpoint}"));
+            endpoints.push(format!("{scheme}://{endpoint}"));
         }
         Ok(RegistryUrl::Etcd(endpoints))
     }
@@ -106,8 +123,17 @@ impl std::str::FromStr for RegistryUrl {
 
 impl RegistryOptions {
     /// The keys of this section, as spelled in `shoal.toml`.
-    pub const KEYS: [&'static str; 6] =
-        ["registry", "namespace", "node_ttl", "retry_interval", "max_retries", "operation_timeout"];
+    pub const KEYS: [&'static str; 9] = [
+        "registry",
+        "namespace",
+        "node_ttl",
+        "retry_interval",
+        "max_retries",
+        "operation_timeout",
+        "registry_ca",
+        "registry_cert",
+        "registry_key",
+    ];
 
     /// Layers the configuration over the defaults: `file` (the registry
     /// keys of `shoal.toml`), then `env` (the process environment; only the
@@ -173,6 +199,15 @@ impl RegistryOptions {
             "node_ttl" => self.node_ttl = duration(raw)?,
             "retry_interval" => self.retry_interval = duration(raw)?,
             "operation_timeout" => self.operation_timeout = duration(raw)?,
+            "registry_ca" | "registry_cert" | "registry_key" => {
+                let path = raw.trim();
+                let value = (!path.is_empty()).then(|| path.to_string());
+                match key {
+                    "registry_ca" => self.registry_ca = value,
+                    "registry_cert" => self.registry_cert = value,
+                    _ => self.registry_key = value,
+                }
+            }
             "max_retries" => {
                 self.max_retries = raw.trim().parse().map_err(|_| {
                     Error::config(label, format!("invalid number {raw:?} (a whole number >= 0)"))
@@ -186,7 +221,21 @@ impl RegistryOptions {
     /// Checks the values together; `layer` calls it, and callers that build
     /// options by hand or from serde should too.
     pub fn validate(&self) -> Result<()> {
-        self.url()?;
+        if let RegistryUrl::Etcd(endpoints) = self.url()?
+            && endpoints.iter().any(|e| e.starts_with("https://"))
+            && self.registry_ca.is_none()
+        {
+            return Err(Error::config(
+                "registry",
+                "etcds:// needs registry_ca (--registry-ca): the CA that signed etcd's certificates",
+            ));
+        }
+        if self.registry_cert.is_some() != self.registry_key.is_some() {
+            return Err(Error::config(
+                "registry_cert",
+                "registry_cert and registry_key go together",
+            ));
+        }
         check_namespace(&self.namespace).map_err(|m| Error::config("namespace", m))?;
         if self.node_ttl < Duration::from_secs(1) {
             return Err(Error::config("node_ttl", "must be at least 1s"));
@@ -197,9 +246,28 @@ impl RegistryOptions {
         Ok(())
     }
 
-    /// The parsed `registry` setting.
+    /// The parsed `registry` setting. With `registry_ca`, etcd endpoints
+    /// are `https://` whichever of `etcd://` and `etcds://` named them.
     pub fn url(&self) -> Result<RegistryUrl> {
-        self.registry.parse().map_err(|m| Error::config("registry", m))
+        let url = self.registry.parse().map_err(|m| Error::config("registry", m))?;
+        Ok(match url {
+            RegistryUrl::Etcd(endpoints) if self.registry_ca.is_some() => RegistryUrl::Etcd(
+                endpoints
+                    .into_iter()
+                    .map(|e| match e.strip_prefix("http://") {
+                        Some(rest) => format!("https://{rest}"),
+                        None => e,
+                    })
+                    .collect(),
+            ),
+            url => url,
+        })
+    }
+
+    /// Whether etcd is reached over TLS (its certificate files must then be
+    /// read and given to [`connect_with`]).
+    pub fn wants_tls(&self) -> bool {
+        matches!(self.url(), Ok(RegistryUrl::Etcd(e)) if e.iter().any(|e| e.starts_with("https://")))
     }
 
     /// The options of a node's registration session.
@@ -215,6 +283,7 @@ impl RegistryOptions {
             retry_interval: self.retry_interval,
             max_retries: self.max_retries,
             operation_timeout: self.operation_timeout,
+            tls: None,
         }
     }
 }
@@ -233,11 +302,22 @@ fn check_namespace(ns: &str) -> std::result::Result<(), String> {
 /// client of etcd that has answered once (so a dead or wrong registry fails
 /// start-up, with an error naming the endpoints).
 pub async fn connect(options: &RegistryOptions) -> Result<Arc<dyn Registry>> {
+    connect_with(options, None).await
+}
+
+/// [`connect`], with TLS to etcd: `tls` holds the contents of the files
+/// `registry_ca`, `registry_cert` and `registry_key` name (this crate
+/// reads no files). Needed when [`RegistryOptions::wants_tls`].
+pub async fn connect_with(
+    options: &RegistryOptions,
+    tls: Option<EtcdTls>,
+) -> Result<Arc<dyn Registry>> {
     options.validate()?;
     match options.url()? {
         RegistryUrl::Memory => Ok(Arc::new(MemoryRegistry::new(MemoryOptions::default()))),
         RegistryUrl::Etcd(endpoints) => {
-            Ok(Arc::new(EtcdRegistry::connect(options.etcd_options(endpoints)).await?))
+            let etcd = EtcdOptions { tls, ..options.etcd_options(endpoints) };
+            Ok(Arc::new(EtcdRegistry::connect(etcd).await?))
         }
     }
 }
@@ -248,6 +328,37 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn etcd_over_tls_needs_a_ca() {
+        let empty = toml::Table::new();
+        let e = RegistryOptions::layer(&empty, &env(&[]), &[("registry", "etcds://h1:2379")])
+            .expect_err("no CA");
+        assert!(e.to_string().contains("etcds:// needs registry_ca"), "{e}");
+        let flags = [("registry", "etcds://h1:2379,h2:2379"), ("registry_ca", "/ca.pem")];
+        let o = RegistryOptions::layer(&empty, &env(&[]), &flags).expect("valid");
+        let https = vec!["https://h1:2379".to_string(), "https://h2:2379".to_string()];
+        assert_eq!(o.url().expect("url"), RegistryUrl::Etcd(https.clone()));
+        assert!(o.wants_tls());
+        // A CA turns TLS on for etcd:// too; from the environment as well.
+        let o = RegistryOptions::layer(
+            &empty,
+            &env(&[("SHOAL_REGISTRY_CA", "/ca.pem")]),
+            &[("registry", "etcd://h1:2379,h2:2379")],
+        )
+        .expect("valid");
+        assert_eq!(o.url().expect("url"), RegistryUrl::Etcd(https));
+        let e = RegistryOptions::layer(
+            &empty,
+            &env(&[]),
+            &[("registry", "etcds://h1:2379"), ("registry_ca", "/ca.pem"), ("registry_cert", "/c")],
+        )
+        .expect_err("a certificate without its key");
+        assert!(e.to_string().contains("registry_cert and registry_key go together"), "{e}");
+        let plain = RegistryOptions::layer(&empty, &env(&[]), &[("registry", "etcd://h1:2379")])
+            .expect("valid");
+        assert!(!plain.wants_tls());
     }
 
     fn table(text: &str) -> toml::Table {

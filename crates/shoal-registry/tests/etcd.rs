@@ -85,6 +85,7 @@ async fn unreachable_registry_names_the_endpoints() {
         retry_interval: Duration::from_millis(100),
         max_retries: 2,
         operation_timeout: Duration::from_millis(300),
+        tls: None,
     };
     let started = Instant::now();
     let err = EtcdRegistry::connect(options).await.unwrap_err();

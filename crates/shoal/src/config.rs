@@ -21,7 +21,8 @@ pub struct RegistryArgs {
     /// A TOML file with registry settings [env: SHOAL_CONFIG] [default: ./shoal.toml when present].
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The registry: `memory`, or `etcd://host1:2379,host2:2379` [env: SHOAL_REGISTRY].
+    /// The registry: `memory`, `etcd://host1:2379,host2:2379`, or `etcds://...`
+    /// for etcd over TLS [env: SHOAL_REGISTRY].
     #[arg(long)]
     registry: Option<String>,
     /// Key prefix in the registry, so clusters can share one etcd [env: SHOAL_NAMESPACE] [default: shoal].
@@ -39,6 +40,16 @@ pub struct RegistryArgs {
     /// Time limit of one registry request, e.g. 5s [env: SHOAL_OPERATION_TIMEOUT].
     #[arg(long)]
     operation_timeout: Option<String>,
+    /// The CA certificate (PEM) that signed etcd's certificates; given, etcd
+    /// is reached over TLS [env: SHOAL_REGISTRY_CA].
+    #[arg(long)]
+    registry_ca: Option<String>,
+    /// A client certificate (PEM) for an etcd that asks for one [env: SHOAL_REGISTRY_CERT].
+    #[arg(long)]
+    registry_cert: Option<String>,
+    /// The private key (PEM) of --registry-cert [env: SHOAL_REGISTRY_KEY].
+    #[arg(long)]
+    registry_key: Option<String>,
 }
 
 impl RegistryArgs {
@@ -68,6 +79,9 @@ impl RegistryArgs {
             ("retry_interval", &self.retry_interval),
             ("max_retries", &self.max_retries),
             ("operation_timeout", &self.operation_timeout),
+            ("registry_ca", &self.registry_ca),
+            ("registry_cert", &self.registry_cert),
+            ("registry_key", &self.registry_key),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
@@ -78,7 +92,7 @@ impl RegistryArgs {
 
 /// The registry flags: set at the top level of the file, not in a
 /// command's table.
-const REGISTRY_KEYS: [&str; 7] = [
+const REGISTRY_KEYS: [&str; 10] = [
     "config",
     "registry",
     "namespace",
@@ -86,7 +100,45 @@ const REGISTRY_KEYS: [&str; 7] = [
     "retry_interval",
     "max_retries",
     "operation_timeout",
+    "registry_ca",
+    "registry_cert",
+    "registry_key",
 ];
+
+/// Connects to the registry `options` name, reading the certificate files
+/// of TLS to etcd first.
+pub async fn connect_registry(
+    options: &RegistryOptions,
+) -> anyhow::Result<std::sync::Arc<dyn shoal_registry::Registry>> {
+    options.validate()?;
+    let read = |path: &str, key: &str| {
+        std::fs::read(path).with_context(|| format!("{key} {path}: cannot read it"))
+    };
+    let tls = match &options.registry_ca {
+        Some(ca) if options.wants_tls() => {
+            let ca_pem = read(ca, "--registry-ca")?;
+            // A file that is no certificate is named here, not as a
+            // failed handshake later.
+            shoal_tls::parse_roots(&ca_pem, &format!("--registry-ca {ca}"))?;
+            let identity = match (&options.registry_cert, &options.registry_key) {
+                (Some(c), Some(k)) => {
+                    let (cert, key) = (read(c, "--registry-cert")?, read(k, "--registry-key")?);
+                    shoal_tls::Identity::from_pem(
+                        &cert,
+                        &format!("--registry-cert {c}"),
+                        &key,
+                        &format!("--registry-key {k}"),
+                    )?;
+                    Some((cert, key))
+                }
+                _ => None,
+            };
+            Some(shoal_registry::EtcdTls { ca_pem, identity })
+        }
+        _ => None,
+    };
+    Ok(shoal_registry::connect_with(options, tls).await?)
+}
 
 /// `cmd` with the values of the running command's table in the
 /// configuration file as its flags' defaults: `[node] listen =

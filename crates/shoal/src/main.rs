@@ -20,6 +20,7 @@ mod node;
 mod proxy;
 mod serve;
 mod server;
+mod tls;
 mod transfer;
 mod watch;
 
@@ -103,6 +104,10 @@ pub struct ClientArgs {
     /// a new leader) before it gives up.
     #[arg(long, env = "SHOAL_RETRY_DEADLINE", default_value = "20s", value_parser = humantime::parse_duration, global = true)]
     retry_deadline: std::time::Duration,
+    /// The CA certificate (PEM) that signed the server's certificate: needed
+    /// for https:// endpoints, whose certificates are checked against it.
+    #[arg(long, env = "SHOAL_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -116,11 +121,23 @@ impl ClientArgs {
         }
     }
 
+    /// How https:// endpoints are verified: with --tls-ca, if given.
+    pub fn tls(&self) -> anyhow::Result<Option<std::sync::Arc<shoal_tls::ClientConfig>>> {
+        let Some(path) = &self.tls_ca else { return Ok(None) };
+        let pem = std::fs::read(path)
+            .map_err(|e| anyhow::anyhow!("--tls-ca {}: cannot read it: {e}", path.display()))?;
+        let what = format!("--tls-ca {}", path.display());
+        Ok(Some(shoal_client::tls_config(&pem, &what, None)?))
+    }
+
     /// The client these flags describe.
     pub fn client(&self) -> anyhow::Result<shoal_client::Client> {
         let token = self.admin_token();
-        let options =
-            shoal_client::Options { retry_deadline: self.retry_deadline, ..Default::default() };
+        let options = shoal_client::Options {
+            retry_deadline: self.retry_deadline,
+            tls: self.tls()?,
+            ..Default::default()
+        };
         Ok(shoal_client::Client::with_options(&[&self.endpoint], token, options)?)
     }
 }

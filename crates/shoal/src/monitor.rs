@@ -58,9 +58,10 @@ pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     if args.initial_node_count == 0 {
         anyhow::bail!("--initial-node-count must be at least 1");
     }
-    let registry = shoal_registry::connect(&registry_options).await?;
-    let listener = bind(args.listen).await?;
-    let url = format!("http://{}", listener.addr);
+    let registry = crate::config::connect_registry(&registry_options).await?;
+    let tls = args.http.tls.load()?;
+    let listener = bind(args.listen, tls).await?;
+    let url = listener.addr_url();
     let id = args.monitor_id.clone().unwrap_or_else(|| format!("monitor@{}", listener.addr));
     out!("Shoal monitor {id} is serving {url}");
     out!("Registry: {}", crate::server::describe_registry(registry.as_ref(), &registry_options));

@@ -23,7 +23,8 @@ pub struct NodeArgs {
     /// The node's stable id, e.g. node-01.
     #[arg(long, env = "SHOAL_NODE_ID")]
     node_id: String,
-    /// The URL end users reach this node at [default: http://LISTEN_ADDR].
+    /// The URL end users reach this node at [default: http://LISTEN_ADDR,
+    /// or https:// with --tls-cert].
     #[arg(long, env = "SHOAL_NODE_URL")]
     node_url: Option<String>,
     /// The URL other nodes and proxies reach this node at [default: --node-url].
@@ -60,12 +61,13 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     if args.capacity == 0 {
         anyhow::bail!("--capacity must be at least 1");
     }
+    let tls = args.http.tls.load()?;
     let _lock = claim_data_dir(&args.data_dir, &node_id)?;
-    let registry = shoal_registry::connect(&registry_options).await?;
-    let listener = bind(args.listen).await?;
-    let node_url = args.node_url.clone().unwrap_or_else(|| format!("http://{}", listener.addr));
+    let registry = crate::config::connect_registry(&registry_options).await?;
+    let listener = bind(args.listen, tls).await?;
+    let node_url = args.node_url.clone().unwrap_or_else(|| listener.addr_url());
     let local_node_url = args.local_node_url.clone().unwrap_or_else(|| node_url.clone());
-    out!("Shoal node {node_id} is serving http://{} (node_url {node_url})", listener.addr);
+    out!("Shoal node {node_id} is serving {} (node_url {node_url})", listener.addr_url());
     out!("Registry: {}", crate::server::describe_registry(registry.as_ref(), &registry_options));
 
     let signal = shutdown_channel();
@@ -80,8 +82,15 @@ pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
         instance: instance_id(Some(&args.data_dir))?,
     };
     let store = Options { feed: args.feed.options(), ..Options::default() };
-    let config =
-        node_config(identity, Some(&args.data_dir), store, raft, &token, &registry_options);
+    let config = node_config(
+        identity,
+        Some(&args.data_dir),
+        store,
+        raft,
+        &token,
+        &listener.tls,
+        &registry_options,
+    );
     let node = Node::start(config, registry.clone(), shutdown.clone()).await?;
     let engine = node.engine().clone();
     tokio::spawn(async move {

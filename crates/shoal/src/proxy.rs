@@ -45,9 +45,10 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     if args.retry_deadline.is_zero() || args.request_timeout.is_zero() {
         anyhow::bail!("--retry-deadline and --request-timeout must be more than 0");
     }
-    let registry = shoal_registry::connect(&registry_options).await?;
-    let listener = bind(args.listen).await?;
-    out!("Shoal proxy is serving http://{}", listener.addr);
+    let tls = args.http.tls.load()?;
+    let registry = crate::config::connect_registry(&registry_options).await?;
+    let listener = bind(args.listen, tls).await?;
+    out!("Shoal proxy is serving {}", listener.addr_url());
     out!("Registry: {}", crate::server::describe_registry(registry.as_ref(), &registry_options));
     let shutdown = shutdown_channel();
     let (directory_tx, directory_rx) = watch::channel(Directory::default());
@@ -63,6 +64,7 @@ pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
         retry_deadline: args.retry_deadline,
         request_timeout: args.request_timeout,
         relay: !args.http_to_nodes,
+        tls: listener.tls.client.clone(),
         ..ProxyOptions::default()
     };
     let proxy = Proxy::new(options, View::new(directory_rx))?;

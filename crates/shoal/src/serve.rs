@@ -88,6 +88,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let (token, token_note) = admin_token(&args, dir)?;
+    let tls = args.http.tls.load()?;
     let options = Options {
         max_open_bases: args.max_open_bases,
         max_sql_length: args.max_sql_length,
@@ -98,15 +99,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Connect before serving, so that a wrong or dead registry fails start-up
     // with the endpoints it tried.
-    let registry = shoal_registry::connect(&registry_options).await?;
+    let registry = crate::config::connect_registry(&registry_options).await?;
     let registry_note = format!(
         "Registry: {} (namespace {}, node_ttl {})",
         registry.describe(),
         registry_options.namespace,
         humantime::format_duration(registry_options.node_ttl)
     );
-    let listener = bind(args.listen).await?;
-    let url = format!("http://{}", listener.addr);
+    let listener = bind(args.listen, tls).await?;
+    let url = listener.addr_url();
 
     // Standalone is a one-node cluster: the node registers, and a monitor
     // keeps its one-replica placement map, as they would in a cluster.
@@ -130,7 +131,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let monitor = tokio::spawn(shoal_monitor::run(registry.clone(), monitor, shutdown.clone()));
 
-    let config = node_config(identity, dir, options, raft, &token, &registry_options);
+    let config =
+        node_config(identity, dir, options, raft, &token, &listener.tls, &registry_options);
     let node = Node::start(config, registry.clone(), shutdown.clone()).await?;
     node.wait_until_leading(BUCKET_COUNT, Duration::from_secs(120)).await?;
     // Said once it is true: a refused data directory says only why.
@@ -143,14 +145,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     out!("{token_note}");
     out!("{registry_note}");
+    let ca = match (&listener.tls.server, &args.http.tls.tls_ca) {
+        (Some(_), Some(ca)) => format!(" --tls-ca {}", ca.display()),
+        _ => String::new(),
+    };
     match dir {
         Some(d) => out!(
-            "Try: shoal base create --endpoint {} --data-dir {}",
+            "Try: shoal base create --endpoint {}{ca} --data-dir {}",
             listener.addr_url(),
             d.display()
         ),
         None => out!(
-            "Try: shoal base create --endpoint {} --token TOKEN (the token above)",
+            "Try: shoal base create --endpoint {}{ca} --token TOKEN (the token above)",
             listener.addr_url()
         ),
     }

@@ -19,6 +19,8 @@ use shoal_types::api::NodeInfo;
 use shoal_types::api::{BucketsStatus, ClusterStatus, NodeReplicas, RebalanceRequest};
 use tokio::sync::watch;
 
+use crate::tls::Tls;
+
 /// HTTP flags of every server command (the listen address is per command).
 #[derive(Args, Debug, Clone)]
 pub struct HttpArgs {
@@ -40,6 +42,8 @@ pub struct HttpArgs {
     /// only) or `json`, one object per line.
     #[arg(long, env = "SHOAL_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 /// How log lines are written.
@@ -101,22 +105,27 @@ pub struct Listener {
     listener: tokio::net::TcpListener,
     /// The address bound.
     pub addr: SocketAddr,
+    /// How it serves (HTTPS with a server configuration) and how this
+    /// process connects to others.
+    pub tls: Tls,
 }
 
 impl Listener {
-    /// The URL of the bound address.
+    /// The URL of the bound address: `https://` when it serves TLS.
     pub fn addr_url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.server.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
-/// Binds `listen`. The address is announced (`--addr-file`) when serving starts.
-pub async fn bind(listen: SocketAddr) -> anyhow::Result<Listener> {
+/// Binds `listen`, to serve with `tls`. The address is announced
+/// (`--addr-file`) when serving starts.
+pub async fn bind(listen: SocketAddr, tls: Tls) -> anyhow::Result<Listener> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    Ok(Listener { listener, addr })
+    Ok(Listener { listener, addr, tls })
 }
 
 /// Who a node is and where it is reached: what it registers.
@@ -142,6 +151,7 @@ pub fn node_config(
     store: shoal_storage::Options,
     raft: shoal_node::RaftSettings,
     token: &str,
+    tls: &Tls,
     registry_options: &shoal_registry::RegistryOptions,
 ) -> NodeConfig {
     NodeConfig {
@@ -150,6 +160,7 @@ pub fn node_config(
         store,
         raft,
         token: token.to_string(),
+        tls: tls.client.clone(),
         info: NodeInfo {
             node_url: identity.node_url,
             local_node_url: identity.local_node_url,
@@ -287,12 +298,12 @@ pub async fn serve_with(
         engine,
         cluster: Some(Arc::new(RegistryCluster {
             registry,
-            http: shoal_node::forward::client(),
+            http: shoal_node::forward::client(listener.tls.client.as_ref()),
             token: token.clone(),
         })),
         options: ServerOptions { admin_token: token.clone(), max_body_bytes: http.max_body_size },
         metrics: Some(metrics),
-        forwarder: shoal_node::forward::client(),
+        forwarder: shoal_node::forward::client(listener.tls.client.as_ref()),
     });
     let mut app = shoal_node::router(state);
     let mut relays = None;
@@ -310,32 +321,59 @@ pub async fn serve_with(
         std::fs::write(f, listener.addr.to_string())
             .with_context(|| format!("cannot write {}", f.display()))?;
     }
-    tracing::info!(addr = %listener.addr, "listening");
-    // Raft answers are small: do not let them wait for delayed ACKs.
-    let listener = listener.listener.tap_io(|s| {
-        let _ = s.set_nodelay(true);
-    });
+    tracing::info!(addr = %listener.addr, tls = listener.tls.server.is_some(), "listening");
     let stopped = async move {
         let _ = shutdown.wait_for(|stop| *stop).await;
     };
     match proxy {
         // A proxy's base requests skip the router's layers (see `Front`).
-        Some(p) => {
-            let front = shoal_proxy::Front::new(p, app);
-            axum::serve(
-                listener,
-                axum::ServiceExt::<axum::extract::Request>::into_make_service(front),
-            )
-            .with_graceful_shutdown(stopped)
-            .await?
-        }
-        None => axum::serve(listener, app).with_graceful_shutdown(stopped).await?,
+        Some(p) => run(listener, shoal_proxy::Front::new(p, app), stopped).await?,
+        None => run(listener, app, stopped).await?,
     }
     // Requests taken over relays are answered before the node stops.
     if let Some(open) = relays
         && !open.closed(RELAY_DRAIN).await
     {
         tracing::warn!("relays still open after {RELAY_DRAIN:?}; stopping anyway");
+    }
+    Ok(())
+}
+
+/// Serves `service` on `listener` until `stopped`: over TLS when the
+/// listener has a server configuration, behind [`crate::tls::tls_requests`].
+async fn run<S>(
+    listener: Listener,
+    service: S,
+    stopped: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()>
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    use axum::ServiceExt as _;
+    match listener.tls.server {
+        None => {
+            // Raft answers are small: do not let them wait for delayed ACKs.
+            let listener = listener.listener.tap_io(|s| {
+                let _ = s.set_nodelay(true);
+            });
+            let service = service.into_make_service();
+            axum::serve(listener, service).with_graceful_shutdown(stopped).await?;
+        }
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener.listener, config)?;
+            let layer = axum::middleware::from_fn(crate::tls::tls_requests);
+            let service = tower::Layer::layer(&layer, service)
+                .into_make_service_with_connect_info::<crate::tls::Peer>();
+            axum::serve(listener, service).with_graceful_shutdown(stopped).await?;
+        }
     }
     Ok(())
 }

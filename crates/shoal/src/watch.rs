@@ -32,7 +32,8 @@ pub async fn run(a: WatchArgs) -> anyhow::Result<()> {
             .ok()
             .map(|t| t.trim().to_string())
     });
-    let mut watch = Watch::new(&endpoints, token, a.id, a.after, WatchOptions::default())?;
+    let options = WatchOptions { tls: a.client.tls()?, ..WatchOptions::default() };
+    let mut watch = Watch::new(&endpoints, token, a.id, a.after, options)?;
     loop {
         let event = tokio::select! {
             e = watch.next() => e?,

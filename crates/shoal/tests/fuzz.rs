@@ -264,6 +264,7 @@ fn hostile_requests_to_the_router_in_process_get_clear_refusals_and_change_nothi
             },
             raft: shoal_node::RaftSettings::default(),
             token: token.clone(),
+            tls: None,
             info: shoal_types::api::NodeInfo {
                 node_url: url.clone(),
                 local_node_url: url,
@@ -290,7 +291,7 @@ fn hostile_requests_to_the_router_in_process_get_clear_refusals_and_change_nothi
                 max_body_bytes: 16 << 20,
             },
             metrics: None,
-            forwarder: shoal_node::forward::client(),
+            forwarder: shoal_node::forward::client(None),
         });
         let app = shoal_node::router(state).merge(node.routes());
         (node, app)

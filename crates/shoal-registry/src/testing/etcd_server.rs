@@ -286,6 +286,7 @@ impl EtcdCluster {
             retry_interval: Duration::from_millis(200),
             max_retries: 25,
             operation_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 
