@@ -31,6 +31,7 @@ mod registry;
 mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod zookeeper;
 
 pub use election::{Election, Leader, leader, observe};
 pub use error::{Error, Result};
@@ -44,3 +45,4 @@ pub use options::{RegistryOptions, RegistryUrl, connect};
 pub use registry::{Registry, Watch};
 pub use session::{Session, SessionOptions};
 pub use shoal_types::{LeaseId, Revision};
+pub use zookeeper::{ZkOptions, ZkRegistry};
