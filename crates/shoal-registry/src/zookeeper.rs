@@ -470,6 +470,14 @@ impl ZkRegistry {
         }
     }
 
+    /// Adds a persistent recursive watch on the key directory.
+    async fn add_watch(&self) -> Result<zk::PersistentWatcher> {
+        self.call("watch", |c| async move {
+            c.watch(KV_DIR, zk::AddWatchMode::PersistentRecursive).await
+        })
+        .await
+    }
+
     /// The namespace's current revision.
     async fn revision(&self) -> Result<i64> {
         Ok(self.read(&BTreeSet::new(), &[]).await?.revision)
@@ -939,11 +947,7 @@ impl Registry for ZkRegistry {
 
     async fn watch_prefix(&self, prefix: &[u8], from: Revision) -> Result<Watch> {
         // Watch first, then read: a change after the read is notified.
-        let watcher = self
-            .call("watch", |c| async move {
-                c.watch(KV_DIR, zk::AddWatchMode::PersistentRecursive).await
-            })
-            .await?;
+        let watcher = self.add_watch().await?;
         let snapshot = self.read(&BTreeSet::new(), &[prefix.to_vec()]).await?;
         let from = from.0.max(0);
         let (tx, rx) = mpsc::channel(Watch::BUFFER);
@@ -1027,10 +1031,18 @@ impl WatchFeeder {
             }
             match event.event_type {
                 zk::EventType::Session => {
-                    // Notifications are not replayed after a reconnection:
-                    // look again once connected.
                     if event.session_state != zk::SessionState::SyncConnected {
                         continue;
+                    }
+                    // Reconnected. Notifications of the time without a
+                    // connection are not replayed, and a restarted server
+                    // may have forgotten the watch: watch again, then look.
+                    match self.registry.add_watch().await {
+                        Ok(renewed) => watcher = renewed,
+                        Err(e) => {
+                            let _ = self.tx.send(Err(e)).await;
+                            return;
+                        }
                     }
                 }
                 _ => {

@@ -13,8 +13,8 @@
 //! Each server also gets a small watchdog (`sh`, reading its stdin from this
 //! process): when this process ends without dropping the server — as a
 //! test binary does with a `static` server — the pipe closes and the
-//! watchdog kills that server's PID. So a shared server never outlives the
-//! tests that use it.
+//! watchdog kills that server's PID and removes its directory. So a shared
+//! server never outlives the tests that use it.
 //!
 //! Readiness and roles are read with the `srvr` four-letter command (enabled
 //! in the generated configuration; the admin HTTP server is disabled).
@@ -121,8 +121,12 @@ impl Server {
                 panic!("cannot start {}: {e}; run scripts/install-test-deps", java.display())
             });
         let pid = child.id().to_string();
+        // On end of input: kill the server, then remove its directory (the
+        // `TempDir` of a server in a `static` is never dropped).
+        let script = "cat >/dev/null; kill -9 \"$1\" 2>/dev/null; sleep 1; rm -rf \"$2\"";
         let mut watchdog = Command::new("sh")
-            .args(["-c", "cat >/dev/null; kill -9 \"$1\" 2>/dev/null", "zookeeper-watchdog", &pid])
+            .args(["-c", script, "zookeeper-watchdog", &pid])
+            .arg(self.dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -257,7 +261,7 @@ impl ZkEnsemble {
             let quorum: String = (0..size)
                 .map(|i| {
                     let p = &ports[3 * i..3 * i + 3];
-                    format!("server.{}=127.0.0.1:{}:{};127.0.0.1:{}\n", i + 1, p[1], p[2], p[0])
+                    format!("server.{}=127.0.0.1:{}:{}\n", i + 1, p[1], p[2])
                 })
                 .collect();
             let servers =
@@ -281,6 +285,7 @@ impl ZkEnsemble {
              initLimit=50\n\
              syncLimit=10\n\
              dataDir={}\n\
+             clientPort={client_port}\n\
              clientPortAddress=127.0.0.1\n\
              admin.enableServer=false\n\
              4lw.commands.whitelist=srvr\n\
@@ -289,9 +294,7 @@ impl ZkEnsemble {
              snapCount=10000\n",
             data.display()
         );
-        if size == 1 {
-            config.push_str(&format!("clientPort={client_port}\n"));
-        } else {
+        if size > 1 {
             config.push_str("standaloneEnabled=false\nreconfigEnabled=false\n");
             config.push_str(quorum);
         }
