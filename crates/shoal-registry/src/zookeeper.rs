@@ -560,14 +560,10 @@ impl ZkRegistry {
             let result = tokio::time::timeout(timeout, send_multi(client, writes)).await;
             let reason = match result {
                 Ok(Ok(zxid)) => return Ok(Some(zxid)),
-                Ok(Err(zk::MultiWriteError::OperationFailed { source, .. }))
-                    if matches!(
-                        source,
-                        zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists
-                    ) =>
-                {
-                    return Ok(None);
-                }
+                Ok(Err(zk::MultiWriteError::OperationFailed {
+                    source: zk::Error::BadVersion | zk::Error::NoNode | zk::Error::NodeExists,
+                    ..
+                })) => return Ok(None),
                 Ok(Err(e)) => {
                     let e = zk::Error::from(e);
                     match (e, lease) {

@@ -475,19 +475,17 @@ pub async fn watch_delivers_every_event_in_order(h: &dyn Harness) {
     quiet(&mut watch).await;
 }
 
+/// One expected change: kind, key, value, revision.
+type Change = (EventKind, Vec<u8>, Vec<u8>, Revision);
+
 /// The watch of a backend without history: reads until every key's last
 /// event has arrived, and checks that revisions never go back, that each
 /// key's events are a subsequence of its changes in order (changes between
 /// two reads coalesce), that a put carries its exact revision and a delete
 /// one at or after the deletion's.
-async fn check_coalesced(
-    h: &dyn Harness,
-    watch: &mut Watch,
-    expected: &[(EventKind, Vec<u8>, Vec<u8>, Revision)],
-) {
+async fn check_coalesced(h: &dyn Harness, watch: &mut Watch, expected: &[Change]) {
     use std::collections::BTreeMap;
-    let mut per_key: BTreeMap<&[u8], Vec<&(EventKind, Vec<u8>, Vec<u8>, Revision)>> =
-        BTreeMap::new();
+    let mut per_key: BTreeMap<&[u8], Vec<&Change>> = BTreeMap::new();
     for e in expected {
         per_key.entry(e.1.as_slice()).or_default().push(e);
     }
