@@ -182,3 +182,34 @@ async fn writes_through_one_client_reach_another_clients_watch() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_lost_session_ends_its_watches_with_a_resync_and_a_new_one_follows() {
+    let registry = ZkEnsemble::shared().registry(&namespace("expiry")).await;
+    registry.put(b"nodes/a", b"1", None).await.unwrap();
+    let listing = registry.get_prefix(b"nodes/").await.unwrap();
+    let mut watch =
+        registry.watch_prefix(b"nodes/", Revision(listing.revision.0 + 1)).await.unwrap();
+    registry.end_session_for_test().await.unwrap();
+    // The watch died with the session: it says so, then ends.
+    match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
+        Ok(Some(Ok(WatchMessage::Resync { compact_revision }))) => {
+            assert!(compact_revision > listing.revision, "{compact_revision:?}")
+        }
+        other => panic!("expected a resync, got {other:?}"),
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
+    assert!(matches!(ended, Ok(None)), "a resynced watch ends, got {ended:?}");
+    // The registry carries on with a new session: re-list, watch, write.
+    let listing = registry.get_prefix(b"nodes/").await.unwrap();
+    assert_eq!(listing.kvs.len(), 1);
+    let mut watch =
+        registry.watch_prefix(b"nodes/", Revision(listing.revision.0 + 1)).await.unwrap();
+    let rev = registry.put(b"nodes/b", b"1", None).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), watch.next()).await {
+        Ok(Some(Ok(WatchMessage::Event(e)))) => {
+            assert_eq!((e.kv.key.as_slice(), e.revision()), (&b"nodes/b"[..], rev))
+        }
+        other => panic!("expected the put, got {other:?}"),
+    }
+}

@@ -61,8 +61,11 @@
 //! arrive as one event with the latest value. ZooKeeper keeps no history, so
 //! a watch can start in the past only when no key was created or deleted
 //! since then (then the latest value of each key changed since is
-//! delivered); otherwise it gets [`WatchMessage::Resync`] at once. A watch
-//! whose session expires also ends with a resync. [`Registry::compact`] has
+//! delivered); otherwise it gets [`WatchMessage::Resync`] at once. After a
+//! reconnection the watch is added again (a restarted server may have
+//! forgotten it) and the prefix re-read, so nothing is missed. A watch whose
+//! session expires is lost with it: it ends with a resync, and the registry
+//! opens a new main session for what follows. [`Registry::compact`] has
 //! nothing to discard and only checks its argument.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -392,10 +395,12 @@ impl ZkRegistry {
         }
     }
 
-    /// Adds a persistent recursive watch on the key directory.
-    async fn add_watch(&self) -> Result<zk::PersistentWatcher> {
+    /// Adds a persistent recursive watch on the key directory; answers it
+    /// with the id of the session it lives in.
+    async fn add_watch(&self) -> Result<(zk::PersistentWatcher, i64)> {
         self.call("watch", |c| async move {
-            c.watch(KV_DIR, zk::AddWatchMode::PersistentRecursive).await
+            let watcher = c.watch(KV_DIR, zk::AddWatchMode::PersistentRecursive).await?;
+            Ok((watcher, c.session_id().0))
         })
         .await
     }
@@ -537,6 +542,48 @@ impl ZkRegistry {
             });
             return;
         }
+    }
+}
+
+#[cfg(feature = "testing")]
+impl ZkRegistry {
+    /// Ends the main session from a second connection, the way ZooKeeper
+    /// ends a session that timed out: for tests of what follows an expiry
+    /// (watches end with a resync, the registry opens a new session).
+    pub async fn end_session_for_test(&self) -> Result<()> {
+        let main = self.inner.client.lock().await.clone();
+        let hosts = self.endpoints();
+        let timeout = self.options().operation_timeout;
+        let deadline = Instant::now() + timeout * 4;
+        let mut state = main.state_watcher();
+        // The main client may take its session back before the second
+        // connection's close arrives: repeat until the session is gone.
+        while !state.peek_state().is_terminated() {
+            if Instant::now() > deadline {
+                return Err(Error::Timeout("ending the main session".into()));
+            }
+            let connect =
+                zk::Client::connector().with_session(main.session().clone()).connect(&hosts);
+            match tokio::time::timeout(timeout, connect).await {
+                Ok(Ok(other)) => {
+                    let mut closing = other.state_watcher();
+                    // Dropping the only handle closes the session.
+                    drop(other);
+                    let closed = async {
+                        while !closing.peek_state().is_terminated() {
+                            let _ =
+                                tokio::time::timeout(Duration::from_millis(20), closing.changed())
+                                    .await;
+                        }
+                    };
+                    let _ = tokio::time::timeout(timeout, closed).await;
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "taking over the session"),
+                Err(_) => tracing::debug!("taking over the session timed out"),
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), state.changed()).await;
+        }
+        Ok(())
     }
 }
 
@@ -706,7 +753,7 @@ impl Registry for ZkRegistry {
 
     async fn watch_prefix(&self, prefix: &[u8], from: Revision) -> Result<Watch> {
         // Watch first, then read: a change after the read is notified.
-        let watcher = self.add_watch().await?;
+        let (watcher, session) = self.add_watch().await?;
         let snapshot = self.read(&BTreeSet::new(), &[prefix.to_vec()]).await?;
         let from = from.0.max(0);
         let (tx, rx) = mpsc::channel(Watch::BUFFER);
@@ -736,6 +783,7 @@ impl Registry for ZkRegistry {
             prefix: prefix.to_vec(),
             from,
             seen: snapshot,
+            session,
             tx,
         };
         let task = tokio::spawn(feeder.run(watcher, initial));

@@ -24,6 +24,8 @@ pub(super) struct WatchFeeder {
     pub(super) from: i64,
     /// What the watcher has been told so far.
     pub(super) seen: Snapshot,
+    /// The session the watch lives in: if it ends, so does the watch.
+    pub(super) session: i64,
     /// Where the watch's messages go.
     pub(super) tx: mpsc::Sender<Result<WatchMessage>>,
 }
@@ -39,10 +41,7 @@ impl WatchFeeder {
                 _ = self.tx.closed() => return,
             };
             if event.session_state.is_terminated() {
-                // The watch died with its session: what happened since is
-                // unknown.
-                let compact_revision = Revision(self.seen.revision + 1);
-                let _ = self.tx.send(Ok(WatchMessage::Resync { compact_revision })).await;
+                self.lost().await;
                 return;
             }
             match event.event_type {
@@ -54,7 +53,13 @@ impl WatchFeeder {
                     // connection are not replayed, and a restarted server
                     // may have forgotten the watch: watch again, then look.
                     match self.registry.add_watch().await {
-                        Ok(renewed) => watcher = renewed,
+                        Ok((_, session)) if session != self.session => {
+                            // The registry moved on to a new session: this
+                            // watch's session, and the watch, are gone.
+                            self.lost().await;
+                            return;
+                        }
+                        Ok((renewed, _)) => watcher = renewed,
                         Err(e) => {
                             let _ = self.tx.send(Err(e)).await;
                             return;
@@ -83,6 +88,13 @@ impl WatchFeeder {
                 return;
             }
         }
+    }
+
+    /// Ends the watch with a resync: it died with its session, and what
+    /// happened since is unknown.
+    async fn lost(&self) {
+        let compact_revision = Revision(self.seen.revision + 1);
+        let _ = self.tx.send(Ok(WatchMessage::Resync { compact_revision })).await;
     }
 
     async fn send(&self, events: Vec<Event>) -> bool {
