@@ -230,7 +230,8 @@ impl RegistryOptions {
         SessionOptions { ttl: self.node_ttl }
     }
 
-    /// The ZooKeeper backend's options for `endpoints`.
+    /// The ZooKeeper backend's options for `endpoints` (the main session's
+    /// timeout is the backend's default).
     pub fn zk_options(&self, endpoints: Vec<String>) -> ZkOptions {
         ZkOptions {
             endpoints,
@@ -238,6 +239,7 @@ impl RegistryOptions {
             retry_interval: self.retry_interval,
             max_retries: self.max_retries,
             operation_timeout: self.operation_timeout,
+            ..ZkOptions::default()
         }
     }
 
@@ -386,6 +388,7 @@ mod tests {
                 retry_interval: Duration::from_millis(250),
                 max_retries: 3,
                 operation_timeout: Duration::from_secs(2),
+                session_timeout: Duration::from_secs(15),
             }
         );
     }

@@ -154,6 +154,7 @@ async fn unreachable_registry_names_the_endpoints() {
         retry_interval: Duration::from_millis(100),
         max_retries: 2,
         operation_timeout: Duration::from_millis(300),
+        ..ZkOptions::default()
     };
     let started = Instant::now();
     let err = ZkRegistry::connect(options).await.unwrap_err();
@@ -185,12 +186,16 @@ async fn writes_through_one_client_reach_another_clients_watch() {
 
 #[tokio::test]
 async fn a_lost_session_ends_its_watches_with_a_resync_and_a_new_one_follows() {
-    let registry = ZkEnsemble::shared().registry(&namespace("expiry")).await;
+    // A client cut off from the ensemble for longer than its session
+    // timeout has lost its session, and the watches in it.
+    let mut zk = ZkEnsemble::single().await;
+    let options = ZkOptions { session_timeout: Duration::from_secs(1), ..zk.options("expiry") };
+    let registry = ZkRegistry::connect(options).await.unwrap();
     registry.put(b"nodes/a", b"1", None).await.unwrap();
     let listing = registry.get_prefix(b"nodes/").await.unwrap();
     let mut watch =
         registry.watch_prefix(b"nodes/", Revision(listing.revision.0 + 1)).await.unwrap();
-    registry.end_session_for_test().await.unwrap();
+    zk.kill(0);
     // The watch died with the session: it says so, then ends.
     match tokio::time::timeout(Duration::from_secs(10), watch.next()).await {
         Ok(Some(Ok(WatchMessage::Resync { compact_revision }))) => {
@@ -200,7 +205,9 @@ async fn a_lost_session_ends_its_watches_with_a_resync_and_a_new_one_follows() {
     }
     let ended = tokio::time::timeout(Duration::from_secs(5), watch.next()).await;
     assert!(matches!(ended, Ok(None)), "a resynced watch ends, got {ended:?}");
-    // The registry carries on with a new session: re-list, watch, write.
+    // Once the ensemble is back, the registry carries on with a new
+    // session: re-list, watch, write.
+    zk.restart(0).await;
     let listing = registry.get_prefix(b"nodes/").await.unwrap();
     assert_eq!(listing.kvs.len(), 1);
     let mut watch =
@@ -212,4 +219,24 @@ async fn a_lost_session_ends_its_watches_with_a_resync_and_a_new_one_follows() {
         }
         other => panic!("expected the put, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn dropping_the_registry_lets_its_leases_run_out_instead_of_revoking_them() {
+    // As with etcd: a node that stops keeps its registration for node_ttl.
+    let zk = ZkEnsemble::shared();
+    let ns = namespace("dropped");
+    let (holder, observer) = (zk.registry(&ns).await, zk.registry(&ns).await);
+    let ttl = Duration::from_secs(2);
+    let granted = Instant::now();
+    let lease = holder.grant_lease(ttl).await.unwrap();
+    holder.put(b"nodes/me", b"up", Some(lease)).await.unwrap();
+    drop(holder);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(observer.get(b"nodes/me").await.unwrap().is_some(), "dropping revoked the lease");
+    while observer.get(b"nodes/me").await.unwrap().is_some() {
+        assert!(granted.elapsed() < ttl * 4, "the lease never ran out");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(granted.elapsed() >= ttl, "ran out early, after {:?}", granted.elapsed());
 }

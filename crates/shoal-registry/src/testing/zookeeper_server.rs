@@ -351,6 +351,7 @@ impl ZkEnsemble {
             retry_interval: Duration::from_millis(200),
             max_retries: 25,
             operation_timeout: Duration::from_secs(2),
+            ..ZkOptions::default()
         }
     }
 

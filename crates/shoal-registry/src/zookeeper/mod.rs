@@ -102,10 +102,6 @@ const REV_NODE: &str = "/rev";
 /// How many times a transaction starts over when a concurrent change
 /// invalidated what it read, before it gives up.
 const MAX_CONFLICTS: u32 = 200;
-/// The session timeout of the main session (reads, watches, unleased
-/// writes). Its watches die with it, so it is generous; ZooKeeper may clamp
-/// it to its `minSessionTimeout`..`maxSessionTimeout`.
-const MAIN_SESSION_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Options of the ZooKeeper backend.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,6 +116,12 @@ pub struct ZkOptions {
     pub max_retries: u32,
     /// The longest one attempt of one request may take, connecting included.
     pub operation_timeout: Duration,
+    /// The session timeout of the main session (reads, watches, unleased
+    /// writes; leases have sessions of their own, with their TTL). Its
+    /// watches die with it, so it is generous: 15 s by default. ZooKeeper
+    /// bounds it to `minSessionTimeout`..`maxSessionTimeout`; a client that
+    /// cannot reconnect within 1.4 times it takes its session for expired.
+    pub session_timeout: Duration,
 }
 
 impl Default for ZkOptions {
@@ -130,6 +132,7 @@ impl Default for ZkOptions {
             retry_interval: Duration::from_millis(500),
             max_retries: 5,
             operation_timeout: Duration::from_secs(5),
+            session_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -162,15 +165,6 @@ struct LeaseHandle {
     /// Past this instant the lease ends (the deadline task closes it).
     deadline: Arc<Mutex<Instant>>,
     task: JoinHandle<()>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        let leases = self.leases.get_mut().unwrap_or_else(|p| p.into_inner());
-        for (_, lease) in leases.drain() {
-            lease.task.abort();
-        }
-    }
 }
 
 /// How a failed attempt is handled.
@@ -525,7 +519,17 @@ impl ZkRegistry {
 
     /// The lease deadline task: closes the lease's session once its holder
     /// stopped renewing it for its TTL.
-    async fn expire_when_due(inner: Weak<Inner>, lease: LeaseId, deadline: Arc<Mutex<Instant>>) {
+    ///
+    /// The task holds a handle of the session too, so that a lease outlives
+    /// the registry value that granted it until its deadline, as an etcd
+    /// lease outlives its client until its TTL: dropping the registry stops
+    /// the renewals, it does not revoke.
+    async fn expire_when_due(
+        inner: Weak<Inner>,
+        lease: LeaseId,
+        deadline: Arc<Mutex<Instant>>,
+        session: zk::Client,
+    ) {
         loop {
             let due = *deadline.lock().unwrap_or_else(|p| p.into_inner());
             tokio::time::sleep_until(due).await;
@@ -533,63 +537,25 @@ impl ZkRegistry {
             if due_now > Instant::now() {
                 continue;
             }
-            let Some(inner) = inner.upgrade() else { return };
             tracing::debug!(%lease, "lease not renewed within its TTL; closing its session");
-            // Removing the handle aborts this task; finish the close in one
-            // that it does not own.
-            tokio::spawn(async move {
-                Self::end_lease(&inner, lease).await;
-            });
+            drop(session);
+            if let Some(inner) = inner.upgrade() {
+                // Removing the handle aborts this task; finish the close in
+                // one that it does not own.
+                tokio::spawn(async move {
+                    Self::end_lease(&inner, lease).await;
+                });
+            }
+            // Else the registry is gone, and with this last handle the
+            // session closes.
             return;
         }
     }
 }
 
-#[cfg(feature = "testing")]
-impl ZkRegistry {
-    /// Ends the main session from a second connection, the way ZooKeeper
-    /// ends a session that timed out: for tests of what follows an expiry
-    /// (watches end with a resync, the registry opens a new session).
-    pub async fn end_session_for_test(&self) -> Result<()> {
-        let main = self.inner.client.lock().await.clone();
-        let hosts = self.endpoints();
-        let timeout = self.options().operation_timeout;
-        let deadline = Instant::now() + timeout * 4;
-        let mut state = main.state_watcher();
-        // The main client may take its session back before the second
-        // connection's close arrives: repeat until the session is gone.
-        while !state.peek_state().is_terminated() {
-            if Instant::now() > deadline {
-                return Err(Error::Timeout("ending the main session".into()));
-            }
-            let connect =
-                zk::Client::connector().with_session(main.session().clone()).connect(&hosts);
-            match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(other)) => {
-                    let mut closing = other.state_watcher();
-                    // Dropping the only handle closes the session.
-                    drop(other);
-                    let closed = async {
-                        while !closing.peek_state().is_terminated() {
-                            let _ =
-                                tokio::time::timeout(Duration::from_millis(20), closing.changed())
-                                    .await;
-                        }
-                    };
-                    let _ = tokio::time::timeout(timeout, closed).await;
-                }
-                Ok(Err(e)) => tracing::debug!(error = %e, "taking over the session"),
-                Err(_) => tracing::debug!("taking over the session timed out"),
-            }
-            let _ = tokio::time::timeout(Duration::from_millis(200), state.changed()).await;
-        }
-        Ok(())
-    }
-}
-
 /// Connects a session to the ensemble with the namespace as its chroot,
 /// creating the namespace's nodes first. `session_timeout` is the lease TTL
-/// for a lease's session; the main session uses the client's default.
+/// for a lease's session; `None` for the main session.
 async fn connect_client(
     options: &ZkOptions,
     session_timeout: Option<Duration>,
@@ -602,7 +568,7 @@ async fn connect_client(
         let connect = async {
             let root = zk::Client::connector()
                 .with_connection_timeout(options.operation_timeout)
-                .with_session_timeout(session_timeout.unwrap_or(MAIN_SESSION_TIMEOUT))
+                .with_session_timeout(session_timeout.unwrap_or(options.session_timeout))
                 .connect(&hosts)
                 .await?;
             if session_timeout.is_none() {
@@ -699,6 +665,7 @@ impl Registry for ZkRegistry {
             Arc::downgrade(&self.inner),
             lease,
             deadline.clone(),
+            client.clone(),
         ));
         let handle = LeaseHandle { client, ttl, deadline, task };
         self.inner.leases.lock().unwrap_or_else(|p| p.into_inner()).insert(lease.0, handle);
