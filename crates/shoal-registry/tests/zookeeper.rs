@@ -138,6 +138,13 @@ async fn bad_keys_and_foreign_leases_are_refused() {
     ]);
     let err = registry.txn(txn).await.unwrap_err();
     assert!(err.to_string().contains("at most one lease"), "{err}");
+    // Nor can a branch read a key it wrote before: the answer is only known
+    // once the `multi` is applied.
+    let txn = shoal_registry::Txn::new()
+        .and_then([shoal_registry::TxnOp::put("a", "1", None), shoal_registry::TxnOp::get("a")]);
+    let err = registry.txn(txn).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    assert!(err.to_string().contains("cannot read a key it wrote"), "{err}");
     assert_eq!(registry.get_prefix(b"").await.unwrap().kvs.len(), 0);
 }
 

@@ -84,9 +84,23 @@ pub(super) fn plan_branch(
     for c in compare {
         check(&mut writes, &mut guard_marker, &c.key)?;
     }
-    for op in branch {
+    for (i, op) in branch.iter().enumerate() {
         match op {
             TxnOp::Get { key } => {
+                let written_before = branch[..i].iter().any(|o| match o {
+                    TxnOp::Put { key: k, .. } | TxnOp::Delete { key: k } => k == key,
+                    TxnOp::DeletePrefix { prefix } => key.starts_with(prefix),
+                    TxnOp::Get { .. } => false,
+                });
+                if written_before {
+                    // The answer would be the key after the write, whose
+                    // revision is only known once the `multi` is applied.
+                    return Err(Error::InvalidInput(
+                        "ZooKeeper: a transaction cannot read a key it wrote earlier in the \
+                         same branch"
+                            .into(),
+                    ));
+                }
                 check(&mut writes, &mut guard_marker, key)?;
                 responses.push(TxnOpResponse::Get(snapshot.get(key).cloned()));
             }
