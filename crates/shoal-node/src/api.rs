@@ -219,11 +219,7 @@ pub async fn query(
 ) -> ApiResult<Json<QueryResponse>> {
     let base = base_id(&id)?;
     // One node serves every consistency level: it is the only replica.
-    Ok(Json(
-        engine(&state)?
-            .query(base, req.consistency, req.sql, req.params)
-            .await?,
-    ))
+    Ok(Json(engine(&state)?.query(base, req.consistency, req.sql, req.params).await?))
 }
 
 pub async fn tables(

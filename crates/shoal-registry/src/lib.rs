@@ -6,8 +6,11 @@
 //! cluster-wide revision, leases, compare-and-swap transactions, and watches
 //! that never skip an event — so that the [`EtcdRegistry`] is a thin
 //! translation and the in-process [`MemoryRegistry`] can reproduce it
-//! exactly. One conformance suite (`testing::conformance`, behind the
-//! `testing` feature) runs against every backend.
+//! exactly. The [`ZkRegistry`] maps it onto ZooKeeper (sessions, ephemeral
+//! znodes, `multi`, zxids, persistent watches), with revisions that only
+//! grow and watches without history. One conformance suite
+//! (`testing::conformance`, behind the `testing` feature) runs against every
+//! backend.
 //!
 //! On top of the trait, written once for all backends:
 //! - [`Session`]: a lease kept alive in the background, with a signal when
@@ -31,6 +34,7 @@ mod registry;
 mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod zookeeper;
 
 pub use election::{Election, Leader, leader, observe};
 pub use error::{Error, Result};
@@ -44,3 +48,4 @@ pub use options::{RegistryOptions, RegistryUrl, connect, connect_with};
 pub use registry::{Registry, Watch};
 pub use session::{Session, SessionOptions};
 pub use shoal_types::{LeaseId, Revision};
+pub use zookeeper::{ZkOptions, ZkRegistry};

@@ -26,18 +26,21 @@ use crate::etcd::{EtcdOptions, EtcdRegistry, EtcdTls};
 use crate::memory::{MemoryOptions, MemoryRegistry};
 use crate::registry::Registry;
 use crate::session::SessionOptions;
+use crate::zookeeper::{ZkOptions, ZkRegistry};
 
 /// Where the registry is and how to talk to it. Deserializes from TOML with
 /// human durations (`"90s"`, `"500ms"`); unknown keys are rejected.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistryOptions {
-    /// The backend: `memory` (in-process), or
-    /// `etcd://host1:2379,host2:2379,...` (one or more etcd members), or
-    /// `etcds://...` for etcd over TLS.
+    /// The backend: `memory` (in-process),
+    /// `etcd://host1:2379,host2:2379,...` (one or more etcd members),
+    /// `etcds://...` for etcd over TLS, or
+    /// `zk://host1:2181,host2:2181,...` (one or more ZooKeeper servers).
     pub registry: String,
     /// The key prefix: every key lives under `/{namespace}/`, so several
-    /// clusters can share one etcd. Letters, digits, `-`, `_` and `.`.
+    /// clusters can share one etcd (with ZooKeeper, the chroot path).
+    /// Letters, digits, `-`, `_` and `.`.
     pub namespace: String,
     /// How long a node's registration outlives the node (seconds of lease
     /// TTL). Default 90 s.
@@ -87,6 +90,8 @@ pub enum RegistryUrl {
     /// etcd, with the client URLs of its members (`http://host:port`, or
     /// `https://host:port` from `etcds://`).
     Etcd(Vec<String>),
+    /// ZooKeeper, with the client addresses of its servers (`host:port`).
+    ZooKeeper(Vec<String>),
 }
 
 impl std::str::FromStr for RegistryUrl {
@@ -97,28 +102,46 @@ impl std::str::FromStr for RegistryUrl {
         if s == "memory" || s == "memory://" {
             return Ok(RegistryUrl::Memory);
         }
-        let (scheme, list) = match (s.strip_prefix("etcd://"), s.strip_prefix("etcds://")) {
-            (Some(list), _) => ("http", list),
-            (_, Some(list)) => ("https", list),
-            _ => {
+        let etcd = match (s.strip_prefix("etcd://"), s.strip_prefix("etcds://")) {
+            (Some(list), _) => Some(("http", list)),
+            (_, Some(list)) => Some(("https", list)),
+            _ => None,
+        };
+        if let Some((scheme, list)) = etcd {
+            let endpoints = host_ports("etcd", list)?;
+            return Ok(RegistryUrl::Etcd(
+                endpoints.into_iter().map(|e| format!("{scheme}://{e}")).collect(),
+            ));
+        }
+        if let Some(list) = s.strip_prefix("zk://") {
+            if let Some((_, path)) = list.split_once('/') {
                 return Err(format!(
-                    "unsupported registry {s:?}: expected \"memory\", \"etcd://host:port[,host:port...]\" \
-                     or \"etcds://host:port[,...]\" (TLS)"
+                    "ZooKeeper registry {s:?} names a chroot path \"/{path}\": \
+                     the chroot is the namespace setting, leave the path out"
                 ));
             }
-        };
-        let mut endpoints = Vec::new();
-        for endpoint in list.split(',').map(str::trim) {
-            let Some((host, port)) = endpoint.rsplit_once(':') else {
-                return Err(format!("etcd endpoint {endpoint:?} has no port (expected host:port)"));
-            };
-            if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
-                return Err(format!("invalid etcd endpoint {endpoint:?} (expected host:port)"));
-            }
-            endpoints.push(format!("{scheme}://{endpoint}"));
+            return Ok(RegistryUrl::ZooKeeper(host_ports("ZooKeeper", list)?));
         }
-        Ok(RegistryUrl::Etcd(endpoints))
+        Err(format!(
+            "unsupported registry {s:?}: expected \"memory\", \"etcd://host:port[,host:port...]\", \
+             \"etcds://host:port[,...]\" (TLS) or \"zk://host:port[,host:port...]\""
+        ))
     }
+}
+
+/// Parses `host:port[,host:port...]`, the endpoint list of a registry URL.
+fn host_ports(what: &str, list: &str) -> std::result::Result<Vec<String>, String> {
+    let mut endpoints = Vec::new();
+    for endpoint in list.split(',').map(str::trim) {
+        let Some((host, port)) = endpoint.rsplit_once(':') else {
+            return Err(format!("{what} endpoint {endpoint:?} has no port (expected host:port)"));
+        };
+        if host.is_empty() || host.contains('/') || port.parse::<u16>().is_err() {
+            return Err(format!("invalid {what} endpoint {endpoint:?} (expected host:port)"));
+        }
+        endpoints.push(endpoint.to_string());
+    }
+    Ok(endpoints)
 }
 
 impl RegistryOptions {
@@ -275,6 +298,19 @@ impl RegistryOptions {
         SessionOptions { ttl: self.node_ttl }
     }
 
+    /// The ZooKeeper backend's options for `endpoints` (the main session's
+    /// timeout is the backend's default).
+    pub fn zk_options(&self, endpoints: Vec<String>) -> ZkOptions {
+        ZkOptions {
+            endpoints,
+            namespace: self.namespace.clone(),
+            retry_interval: self.retry_interval,
+            max_retries: self.max_retries,
+            operation_timeout: self.operation_timeout,
+            ..ZkOptions::default()
+        }
+    }
+
     /// The etcd backend's options for `endpoints`.
     pub fn etcd_options(&self, endpoints: Vec<String>) -> EtcdOptions {
         EtcdOptions {
@@ -299,8 +335,8 @@ fn check_namespace(ns: &str) -> std::result::Result<(), String> {
 }
 
 /// Builds the registry the options name: a fresh memory registry, or a
-/// client of etcd that has answered once (so a dead or wrong registry fails
-/// start-up, with an error naming the endpoints).
+/// client of etcd or ZooKeeper that has answered once (so a dead or wrong
+/// registry fails start-up, with an error naming the endpoints).
 pub async fn connect(options: &RegistryOptions) -> Result<Arc<dyn Registry>> {
     connect_with(options, None).await
 }
@@ -318,6 +354,9 @@ pub async fn connect_with(
         RegistryUrl::Etcd(endpoints) => {
             let etcd = EtcdOptions { tls, ..options.etcd_options(endpoints) };
             Ok(Arc::new(EtcdRegistry::connect(etcd).await?))
+        }
+        RegistryUrl::ZooKeeper(endpoints) => {
+            Ok(Arc::new(ZkRegistry::connect(options.zk_options(endpoints)).await?))
         }
     }
 }
@@ -414,6 +453,20 @@ mod tests {
         let e =
             RegistryOptions::layer(&empty, &none, &[("--registry", "zookeeper://x")]).unwrap_err();
         assert!(e.to_string().starts_with("--registry: unsupported registry"), "{e}");
+        let e = RegistryOptions::layer(&empty, &none, &[("--registry", "zk://h1:2181,h2")])
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--registry: ZooKeeper endpoint \"h2\" has no port (expected host:port)"
+        );
+        let e = RegistryOptions::layer(&empty, &none, &[("--registry", "zk://h1:21810000")])
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid ZooKeeper endpoint \"h1:21810000\""), "{e}");
+        let e = RegistryOptions::layer(&empty, &none, &[("--registry", "zk://h1:2181/shoal")])
+            .unwrap_err();
+        assert!(e.to_string().contains("the chroot is the namespace setting"), "{e}");
+        let e = RegistryOptions::layer(&empty, &none, &[("--registry", "zk://")]).unwrap_err();
+        assert!(e.to_string().contains("ZooKeeper endpoint \"\" has no port"), "{e}");
         let e = RegistryOptions::layer(&empty, &none, &[("--bogus", "1")]).unwrap_err();
         assert_eq!(e.to_string(), "--bogus: unknown flag");
         let e = RegistryOptions::layer(&empty, &env(&[("SHOAL_REGISTRY", "etcd://h1")]), &[])
@@ -426,6 +479,29 @@ mod tests {
         assert!(e.to_string().starts_with("shoal.toml: namespace: invalid namespace"), "{e}");
         let e = RegistryOptions::layer(&table("node_ttl = \"10ms\""), &none, &[]).unwrap_err();
         assert_eq!(e.to_string(), "node_ttl: must be at least 1s");
+    }
+
+    #[test]
+    fn zookeeper_urls_parse_with_the_same_settings_as_etcd() {
+        let file = table(
+            "registry = \"zk://h1:2181, h2:2182,h3:2183\"\nnamespace = \"prod\"\nnode_ttl = \"30s\"\n\
+             retry_interval = \"250ms\"\nmax_retries = 3\noperation_timeout = \"2s\"",
+        );
+        let o = RegistryOptions::layer(&file, &HashMap::new(), &[]).unwrap();
+        let endpoints = vec!["h1:2181".to_string(), "h2:2182".into(), "h3:2183".into()];
+        assert_eq!(o.url().unwrap(), RegistryUrl::ZooKeeper(endpoints.clone()));
+        assert_eq!(o.session_options().ttl, Duration::from_secs(30));
+        assert_eq!(
+            o.zk_options(endpoints.clone()),
+            ZkOptions {
+                endpoints,
+                namespace: "prod".into(),
+                retry_interval: Duration::from_millis(250),
+                max_retries: 3,
+                operation_timeout: Duration::from_secs(2),
+                session_timeout: Duration::from_secs(15),
+            }
+        );
     }
 
     #[test]

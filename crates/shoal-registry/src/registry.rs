@@ -8,12 +8,16 @@
 //! Invariants every backend keeps (the conformance suite checks each):
 //! - every change bumps one registry-wide revision by exactly one; a
 //!   transaction or a lease expiry that removes several keys is one change;
-//!   a request that changes nothing does not bump it;
+//!   a request that changes nothing does not bump it (ZooKeeper keeps the
+//!   weaker form: its revision, the zxid, grows with every change but not by
+//!   exactly one);
 //! - a key put with a lease disappears when the lease expires or is revoked,
 //!   and watchers see one delete event per key;
 //! - a watch delivers every event at or after its start revision that
 //!   matches its prefix, in revision order, none skipped; if that history is
-//!   gone it delivers [`WatchMessage::Resync`] and ends;
+//!   gone it delivers [`WatchMessage::Resync`] and ends (ZooKeeper keeps no
+//!   history: its watches deliver each key's latest change, coalescing
+//!   changes between two reads, and resync when asked for the past);
 //! - keys are relative to the backend's namespace: two registries with
 //!   different namespaces on one etcd never see each other's keys.
 

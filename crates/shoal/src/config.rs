@@ -21,11 +21,11 @@ pub struct RegistryArgs {
     /// A TOML file with registry settings [env: SHOAL_CONFIG] [default: ./shoal.toml when present].
     #[arg(long)]
     config: Option<PathBuf>,
-    /// The registry: `memory`, `etcd://host1:2379,host2:2379`, or `etcds://...`
-    /// for etcd over TLS [env: SHOAL_REGISTRY].
+    /// The registry: `memory`, `etcd://host1:2379,host2:2379`, `etcds://...`
+    /// for etcd over TLS, or `zk://host1:2181,host2:2181` [env: SHOAL_REGISTRY].
     #[arg(long)]
     registry: Option<String>,
-    /// Key prefix in the registry, so clusters can share one etcd [env: SHOAL_NAMESPACE] [default: shoal].
+    /// Key prefix in the registry (the chroot on ZooKeeper), so clusters can share one etcd or ZooKeeper [env: SHOAL_NAMESPACE] [default: shoal].
     #[arg(long)]
     namespace: Option<String>,
     /// How long a node's registration outlives it, e.g. 90s [env: SHOAL_NODE_TTL].

@@ -236,8 +236,8 @@ pub fn claim_data_dir(dir: &std::path::Path, node: &NodeId) -> anyhow::Result<st
     Ok(lock)
 }
 
-/// The registry and its namespace, for start-up lines (an etcd registry
-/// names its namespace itself).
+/// The registry and its namespace, for start-up lines (an etcd or ZooKeeper
+/// registry names its namespace itself).
 pub fn describe_registry(
     registry: &dyn Registry,
     options: &shoal_registry::RegistryOptions,

@@ -1,15 +1,16 @@
 //! A cluster of real `shoal node` and `shoal monitor` processes on a real
 //! etcd: placement follows the nodes, monitors take over from each other,
-//! and only what must move moves.
+//! and only what must move moves. The placement and monitor scenarios run
+//! on ZooKeeper too (`scenario::etcd`, `scenario::zookeeper`).
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, TOKEN, TTL, TTL_SECS};
+use common::cluster::{Backend, Cluster, TOKEN, TTL, TTL_SECS};
 use shoal_placement::moves;
-use shoal_registry::{Registry as _, keys};
+use shoal_registry::keys;
 use shoal_types::NodeId;
 use shoal_types::placement::PlacementMap;
 
@@ -28,9 +29,15 @@ fn node(id: &str) -> Option<NodeId> {
     Some(NodeId(id.into()))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn monitor_failover_keeps_the_epoch_sequence_and_a_new_node_takes_its_share() {
-    let mut c = Cluster::new().await;
+on_every_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    monitor_failover_keeps_the_epoch_sequence_and_a_new_node_takes_its_share
+);
+
+async fn monitor_failover_keeps_the_epoch_sequence_and_a_new_node_takes_its_share(
+    backend: Backend,
+) {
+    let mut c = Cluster::on_backend(backend).await;
     for n in ["n1", "n2", "n3"] {
         c.start_node(n);
     }
@@ -47,7 +54,7 @@ async fn monitor_failover_keeps_the_epoch_sequence_and_a_new_node_takes_its_shar
     // Status is the same through any process.
     let status = c.status(&c.nodes["n1"]).await;
     assert_eq!(status.epoch, first.epoch);
-    assert!(status.registry.contains("etcd"), "{}", status.registry);
+    assert!(status.registry.starts_with(backend.scheme()), "{}", status.registry);
     assert_eq!(
         status.nodes.iter().filter(|n| n.live && n.replicas == 256).count(),
         3,
@@ -82,9 +89,13 @@ async fn monitor_failover_keeps_the_epoch_sequence_and_a_new_node_takes_its_shar
     assert!(moved.iter().all(|m| m.to == node("n4") && m.from.is_some()), "{moved:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_nodes_replicas_and_only_those_move_and_restarts_do_not_flap() {
-    let mut c = Cluster::new().await;
+on_every_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    a_dead_nodes_replicas_and_only_those_move_and_restarts_do_not_flap
+);
+
+async fn a_dead_nodes_replicas_and_only_those_move_and_restarts_do_not_flap(backend: Backend) {
+    let mut c = Cluster::on_backend(backend).await;
     let all = ["n1", "n2", "n3", "n4"];
     for n in all {
         c.start_node(n);
@@ -131,9 +142,13 @@ async fn a_dead_nodes_replicas_and_only_those_move_and_restarts_do_not_flap() {
     assert_eq!(c.map().await.expect("map").epoch, back.epoch, "the map flapped\n{}", c.logs());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn static_topology_moves_nothing_until_a_rebalance() {
-    let mut c = Cluster::new().await;
+on_every_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    static_topology_moves_nothing_until_a_rebalance
+);
+
+async fn static_topology_moves_nothing_until_a_rebalance(backend: Backend) {
+    let mut c = Cluster::on_backend(backend).await;
     let all = ["n1", "n2", "n3", "n4"];
     for n in all {
         c.start_node(n);

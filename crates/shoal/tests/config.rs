@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use shoal_registry::testing::etcd_server::EtcdCluster;
+use shoal_registry::testing::zookeeper_server::ZkEnsemble;
 
 /// Runs `shoal serve --memory` in `dir` with `args` and `env`; returns
 /// (exited, stdout, stderr). A server that starts is stopped as soon as it
@@ -87,6 +88,15 @@ fn bad_settings_fail_start_up_naming_the_key() {
     assert!(exited && err.contains("--max-retries"), "{err}");
     let (exited, _, err) = serve(dir.path(), &["--registry", "zookeeper://x"], &[]);
     assert!(exited && err.contains("--registry"), "{err}");
+    let (exited, _, err) = serve(dir.path(), &["--registry", "zk://127.0.0.1:2181,h2"], &[]);
+    assert!(exited && err.contains("--registry: ZooKeeper endpoint \"h2\" has no port"), "{err}");
+    let (exited, _, err) = serve(dir.path(), &[], &[("SHOAL_REGISTRY", "zk://h1:2181/chroot")]);
+    assert!(
+        exited
+            && err.contains("SHOAL_REGISTRY")
+            && err.contains("the chroot is the namespace setting"),
+        "{err}"
+    );
     let (exited, _, err) = serve(dir.path(), &["--config", "missing.toml"], &[]);
     assert!(exited && err.contains("missing.toml"), "{err}");
 }
@@ -121,6 +131,38 @@ async fn starts_against_a_real_etcd() {
         serve(dir.path(), &["--registry", &url, "--namespace", "cfgtest"], &[]);
     assert!(!exited, "{err}");
     assert!(out.contains("Registry: etcd") && out.contains("namespace cfgtest"), "{out}");
+}
+
+#[test]
+fn unreachable_zookeeper_fails_start_up_naming_the_endpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (exited, _, err) = serve(
+        dir.path(),
+        &[
+            "--registry",
+            "zk://127.0.0.1:1,127.0.0.1:2",
+            "--max-retries",
+            "1",
+            "--retry-interval",
+            "100ms",
+            "--operation-timeout",
+            "1s",
+        ],
+        &[],
+    );
+    assert!(exited, "{err}");
+    assert!(err.contains("ZooKeeper endpoints 127.0.0.1:1,127.0.0.1:2 did not answer"), "{err}");
+}
+
+#[tokio::test]
+async fn starts_against_a_real_zookeeper() {
+    let zk = ZkEnsemble::single().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = zk.registry_url();
+    let (exited, out, err) =
+        serve(dir.path(), &["--registry", &url, "--namespace", "cfgtest"], &[]);
+    assert!(!exited, "{err}");
+    assert!(out.contains(&format!("Registry: {url} (namespace cfgtest)")), "{out}");
 }
 
 #[test]

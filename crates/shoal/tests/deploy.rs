@@ -202,7 +202,7 @@ async fn the_compose_cluster_comes_up_and_serves_through_its_proxy() {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         env.retain(|(k, _)| k != "SHOAL_REGISTRY" && k != "SHOAL_NAMESPACE");
-        env.push(("SHOAL_REGISTRY".into(), cluster.etcd.registry_url()));
+        env.push(("SHOAL_REGISTRY".into(), cluster.server.registry_url()));
         env.push(("SHOAL_NAMESPACE".into(), "clustertest".into()));
         env
     };

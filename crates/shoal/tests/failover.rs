@@ -1,6 +1,7 @@
 //! The Rust client against real processes: a loop of writes that rides
 //! through the loss and return of its bucket's leader with no error and no
-//! duplicate, and endpoints that cannot be reached.
+//! duplicate (on an etcd and on a ZooKeeper registry), and endpoints that
+//! cannot be reached.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, TOKEN};
+use common::cluster::{Backend, Cluster, TOKEN};
 use common::eventually;
 use common::{Mode, Server};
 use serde_json::json;
@@ -39,9 +40,15 @@ struct Progress {
     errors: Vec<String>,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_write_loop_rides_through_a_leader_kill_and_restart_without_errors_or_duplicates() {
-    let mut c = Cluster::new().await;
+on_every_backend!(
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    a_write_loop_rides_through_a_leader_kill_and_restart_without_errors_or_duplicates
+);
+
+async fn a_write_loop_rides_through_a_leader_kill_and_restart_without_errors_or_duplicates(
+    backend: Backend,
+) {
+    let mut c = Cluster::on_backend(backend).await;
     c.start_three_nodes();
     c.wait_three_replicas().await;
     let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();

@@ -12,7 +12,6 @@ use common::cluster::{Cluster, TOKEN};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use shoal_client::watch::{Watch, WatchEvent, WatchOptions};
-use shoal_registry::Registry as _;
 use shoal_types::BaseId;
 use shoal_types::api::{ChangeEvent, ChangeOp, FeedMessage};
 

@@ -1,6 +1,7 @@
-//! The registry's own failure: a three-member etcd loses its leader
-//! (SIGKILL) while clients write through every node; no request fails,
-//! nothing is lost, and the cluster's view stays whole.
+//! The registry's own failure: a three-member etcd, or a three-server
+//! ZooKeeper ensemble, loses its leader (SIGKILL) while clients write
+//! through every node; no request fails, nothing is lost, and the cluster's
+//! view stays whole.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, TOKEN};
+use common::cluster::{Backend, Cluster, TOKEN};
 use common::eventually;
 use serde_json::json;
 use shoal_client::Client;
@@ -16,7 +17,16 @@ use shoal_types::api::{Row, Statement};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_an_etcd_member_under_load_fails_no_request() {
-    let mut c = Cluster::with_etcd(3).await;
+    losing_the_registry_leader_under_load_fails_no_request(Backend::Etcd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_a_zookeeper_server_under_load_fails_no_request() {
+    losing_the_registry_leader_under_load_fails_no_request(Backend::ZooKeeper).await;
+}
+
+async fn losing_the_registry_leader_under_load_fails_no_request(backend: Backend) {
+    let mut c = Cluster::with_three(backend).await;
     c.start_three_nodes();
     c.wait_three_replicas().await;
     let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
@@ -51,10 +61,10 @@ async fn losing_an_etcd_member_under_load_fails_no_request() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let leader = c.etcd.leader().await.expect("an etcd leader");
-    c.etcd.kill(leader);
-    // Longer than the node TTL (3 s) and an etcd election: registrations,
-    // reports and the map must all live through it.
+    let leader = c.server.leader().await.expect("a registry leader");
+    c.server.kill(leader);
+    // Longer than the node TTL (3 s) and the registry's election:
+    // registrations, reports and the map must all live through it.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let status = c.status(&c.nodes["n1"]).await;
     assert!(status.nodes.iter().all(|n| n.live), "a node dropped out: {status:?}");
@@ -64,7 +74,7 @@ async fn losing_an_etcd_member_under_load_fails_no_request() {
         w.await.expect("writer");
     }
     let errors = errors.lock().expect("lock").clone();
-    assert!(errors.is_empty(), "writes failed while etcd lost a member: {errors:#?}");
+    assert!(errors.is_empty(), "writes failed while {backend:?} lost a member: {errors:#?}");
     let acked = acked.lock().expect("lock").clone();
     for (i, base) in bases.iter().enumerate() {
         let q =
@@ -72,7 +82,7 @@ async fn losing_an_etcd_member_under_load_fails_no_request() {
         assert_eq!(q.rows, vec![vec![json!(acked[i])]], "base {i}");
     }
     println!(
-        "{} writes while etcd member {leader} (its leader) was killed",
+        "{} writes while {backend:?} member {leader} (its leader) was killed",
         acked.iter().sum::<i64>()
     );
 }

@@ -1,10 +1,14 @@
-//! A cluster of real `shoal node` and `shoal monitor` processes on a real etcd.
+//! A cluster of real `shoal node` and `shoal monitor` processes on a real
+//! registry: etcd by default, or ZooKeeper, so that scenarios written once
+//! run on either backend ([`Backend`]).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shoal_client::Client;
 use shoal_registry::testing::etcd_server::EtcdCluster;
+use shoal_registry::testing::zookeeper_server::ZkEnsemble;
 use shoal_registry::{Registry, keys};
 use shoal_types::api::ClusterStatus;
 use shoal_types::placement::PlacementMap;
@@ -16,8 +20,59 @@ pub const TOKEN: &str = "cluster-test-token";
 pub const TTL: &str = "3s";
 pub const TTL_SECS: u64 = 3;
 
+/// The registry backend a cluster runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// A real etcd (Debian's etcd-server).
+    Etcd,
+    /// A real ZooKeeper (Debian's zookeeper package).
+    ZooKeeper,
+}
+
+impl Backend {
+    /// What the backend's `describe()` starts with, e.g. in cluster status.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Backend::Etcd => "etcd://",
+            Backend::ZooKeeper => "zk://",
+        }
+    }
+}
+
+/// The registry processes a cluster runs on.
+pub enum RegistryServer {
+    Etcd(EtcdCluster),
+    ZooKeeper(ZkEnsemble),
+}
+
+impl RegistryServer {
+    /// The `--registry` value naming every member.
+    pub fn registry_url(&self) -> String {
+        match self {
+            RegistryServer::Etcd(etcd) => etcd.registry_url(),
+            RegistryServer::ZooKeeper(zk) => zk.registry_url(),
+        }
+    }
+
+    /// The index of the member that leads the registry's own quorum.
+    pub async fn leader(&self) -> Option<usize> {
+        match self {
+            RegistryServer::Etcd(etcd) => etcd.leader().await,
+            RegistryServer::ZooKeeper(zk) => zk.leader(),
+        }
+    }
+
+    /// Kills member `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        match self {
+            RegistryServer::Etcd(etcd) => etcd.kill(i),
+            RegistryServer::ZooKeeper(zk) => zk.kill(i),
+        }
+    }
+}
+
 pub struct Cluster {
-    pub etcd: EtcdCluster,
+    pub server: RegistryServer,
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<String, Process>,
     pub monitors: Vec<Process>,
@@ -25,27 +80,49 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn new() -> Cluster {
-        Cluster::on(EtcdCluster::single().await)
+        Cluster::on(RegistryServer::Etcd(EtcdCluster::single().await))
+    }
+
+    /// A cluster whose registry is one server of `backend`.
+    pub async fn on_backend(backend: Backend) -> Cluster {
+        match backend {
+            Backend::Etcd => Cluster::new().await,
+            Backend::ZooKeeper => Cluster::with_zookeeper(1).await,
+        }
     }
 
     /// A cluster whose registry is an etcd of `members` members.
     pub async fn with_etcd(members: usize) -> Cluster {
-        Cluster::on(EtcdCluster::start(members).await)
+        Cluster::on(RegistryServer::Etcd(EtcdCluster::start(members).await))
     }
 
-    fn on(etcd: EtcdCluster) -> Cluster {
+    /// A cluster whose registry is a ZooKeeper ensemble of `servers`
+    /// servers (standalone for one).
+    pub async fn with_zookeeper(servers: usize) -> Cluster {
+        Cluster::on(RegistryServer::ZooKeeper(ZkEnsemble::start(servers).await))
+    }
+
+    fn on(server: RegistryServer) -> Cluster {
         Cluster {
-            etcd,
+            server,
             dir: tempfile::tempdir().expect("tempdir"),
             nodes: BTreeMap::new(),
             monitors: Vec::new(),
         }
     }
 
+    /// A cluster whose registry is a quorum of three members of `backend`.
+    pub async fn with_three(backend: Backend) -> Cluster {
+        match backend {
+            Backend::Etcd => Cluster::with_etcd(3).await,
+            Backend::ZooKeeper => Cluster::with_zookeeper(3).await,
+        }
+    }
+
     pub fn common(&self) -> Vec<String> {
         [
             "--registry",
-            &self.etcd.registry_url(),
+            &self.server.registry_url(),
             "--namespace",
             "clustertest",
             "--node-ttl",
@@ -126,8 +203,12 @@ impl Cluster {
         Process::start(&self.dir.path().join(format!("proxy-{n}")), &args)
     }
 
-    pub async fn registry(&self) -> impl Registry {
-        self.etcd.registry("clustertest").await
+    /// A client of the cluster's registry, in the cluster's namespace.
+    pub async fn registry(&self) -> Arc<dyn Registry> {
+        match &self.server {
+            RegistryServer::Etcd(etcd) => Arc::new(etcd.registry("clustertest").await),
+            RegistryServer::ZooKeeper(zk) => Arc::new(zk.registry("clustertest").await),
+        }
     }
 
     pub async fn map(&self) -> Option<PlacementMap> {
@@ -221,4 +302,26 @@ impl Cluster {
     pub fn logs(&self) -> String {
         self.monitors.iter().chain(self.nodes.values()).map(|p| p.logs()).collect()
     }
+}
+
+/// Runs the scenario `async fn $scenario(backend: Backend)` on every
+/// registry backend, as the tests `$scenario::etcd` and
+/// `$scenario::zookeeper`, with the given test attribute.
+#[macro_export]
+macro_rules! on_every_backend {
+    (#[$attr:meta] $scenario:ident) => {
+        mod $scenario {
+            use super::common::cluster::Backend;
+
+            #[$attr]
+            async fn etcd() {
+                super::$scenario(Backend::Etcd).await;
+            }
+
+            #[$attr]
+            async fn zookeeper() {
+                super::$scenario(Backend::ZooKeeper).await;
+            }
+        }
+    };
 }
