@@ -167,21 +167,7 @@ async fn standalone_serves_https_and_refuses_what_it_must() {
     let rows = client.query(base, "SELECT v FROM t", Params::default()).await.expect("query");
     assert_eq!(rows.rows.len(), 1);
     // The insert arrives over wss.
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match watch.next().await.expect("feed") {
-                Some(shoal_client::watch::WatchEvent::Message(m))
-                    if format!("{m:?}").contains("secret") =>
-                {
-                    return;
-                }
-                Some(_) => continue,
-                None => panic!("the feed ended"),
-            }
-        }
-    })
-    .await
-    .expect("the insert over wss within 20s");
+    wait_for_event(&mut watch, "secret", "the insert over wss within 20s").await;
 
     // The SeaTable API names this server with the scheme the client used.
     let api = client.create_api_token(base, None, false).await.expect("api token").api_token;
@@ -485,21 +471,7 @@ async fn cluster_talks_tls_and_refuses_a_stranger() {
         watch_options,
     )
     .expect("watch");
-    tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            match watch.next().await.expect("feed") {
-                Some(shoal_client::watch::WatchEvent::Message(m))
-                    if format!("{m:?}").contains("via proxy") =>
-                {
-                    return;
-                }
-                Some(_) => continue,
-                None => panic!("the feed ended"),
-            }
-        }
-    })
-    .await
-    .expect("the feed through the proxy within 20s");
+    wait_for_event(&mut watch, "via proxy", "the feed through the proxy within 20s").await;
 
     // A fourth node of the cluster CA is seeded by snapshots, streamed
     // over TLS: bases in eight buckets, one of which it gets.
@@ -780,4 +752,23 @@ async fn etcd_over_tls() {
         assert!(took < Duration::from_secs(15), "{what}: took {took:?}");
     }
     client.health().await.expect("the server still serves");
+}
+
+/// Waits (20 s at most) for a change event whose text contains `needle`.
+async fn wait_for_event(watch: &mut shoal_client::watch::Watch, needle: &str, what: &str) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match watch.next().await.expect("feed") {
+                Some(shoal_client::watch::WatchEvent::Message(m))
+                    if format!("{m:?}").contains(needle) =>
+                {
+                    return;
+                }
+                Some(_) => continue,
+                None => panic!("the feed ended"),
+            }
+        }
+    })
+    .await
+    .expect(what);
 }

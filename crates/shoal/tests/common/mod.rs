@@ -260,6 +260,16 @@ impl Process {
     /// directory is then made over to that user). A process of its own
     /// user can be told apart by packet filters (`-m owner --uid-owner`).
     pub fn start_as(dir: &Path, args: &[String], host: &str, uid: Option<u32>) -> Process {
+        Process::launch(dir, args, host, uid, &[])
+    }
+
+    fn launch(
+        dir: &Path,
+        args: &[String],
+        host: &str,
+        uid: Option<u32>,
+        env: &[(String, String)],
+    ) -> Process {
         std::fs::create_dir_all(dir).expect("process dir");
         if let Some(uid) = uid {
             std::os::unix::fs::chown(dir, Some(uid), Some(uid)).expect("chown process dir");
@@ -272,7 +282,7 @@ impl Process {
             runs: 0,
             host: host.to_string(),
             uid,
-            env: Vec::new(),
+            env: env.to_vec(),
         };
         p.spawn(&format!("{host}:0"));
         p
@@ -281,19 +291,7 @@ impl Process {
     /// Starts `shoal ARGS` as [`Process::start`] does, with the variables
     /// `env` set.
     pub fn start_with_env(dir: &Path, args: &[String], env: &[(String, String)]) -> Process {
-        std::fs::create_dir_all(dir).expect("process dir");
-        let mut p = Process {
-            dir: dir.to_path_buf(),
-            url: String::new(),
-            args: args.to_vec(),
-            child: None,
-            runs: 0,
-            host: "127.0.0.1".into(),
-            uid: None,
-            env: env.to_vec(),
-        };
-        p.spawn("127.0.0.1:0");
-        p
+        Process::launch(dir, args, "127.0.0.1", None, env)
     }
 
     /// The user id it runs as, if not the test's own.
