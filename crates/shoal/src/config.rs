@@ -90,20 +90,11 @@ impl RegistryArgs {
     }
 }
 
-/// The registry flags: set at the top level of the file, not in a
-/// command's table.
-const REGISTRY_KEYS: [&str; 10] = [
-    "config",
-    "registry",
-    "namespace",
-    "node_ttl",
-    "retry_interval",
-    "max_retries",
-    "operation_timeout",
-    "registry_ca",
-    "registry_cert",
-    "registry_key",
-];
+/// Whether `key` is a registry flag (or `config`): set at the top level of
+/// the file, not in a command's table.
+fn is_registry_key(key: &str) -> bool {
+    key == "config" || shoal_registry::RegistryOptions::KEYS.contains(&key)
+}
 
 /// Connects to the registry `options` name, reading the certificate files
 /// of TLS to etcd first.
@@ -182,14 +173,14 @@ pub fn file_defaults(
     for (key, value) in table {
         let key_ = key.replace('-', "_");
         let place = format!("{} [{name}] {key}", path.display());
-        if REGISTRY_KEYS.contains(&key_.as_str()) {
+        if is_registry_key(&key_) {
             anyhow::bail!("{place}: registry settings go at the top level of the file");
         }
         let Some((_, id)) = flags.iter().find(|(long, _)| *long == key_) else {
             let known: Vec<&str> = flags
                 .iter()
                 .map(|(l, _)| l.as_str())
-                .filter(|l| !REGISTRY_KEYS.contains(l) && !l.starts_with("raft_") && *l != "help")
+                .filter(|l| !is_registry_key(l) && !l.starts_with("raft_") && *l != "help")
                 .collect();
             anyhow::bail!(
                 "{place}: unknown key (the flags of `shoal {name}`: {})",
