@@ -614,6 +614,81 @@ pub fn drop_table(table: &Table) -> Vec<Statement> {
     out
 }
 
+/// The statements that rename a table (its id, columns and rows stay).
+pub fn rename_table(meta: &Meta, table: &Table, new_name: &str) -> Result<Vec<Statement>> {
+    check_name("table", new_name)?;
+    if meta.tables.iter().any(|t| t.id != table.id && t.name.eq_ignore_ascii_case(new_name)) {
+        return Err(Error::Conflict(format!("a table named {new_name:?} exists")));
+    }
+    let mut out = ensure_schema();
+    if table.name != new_name {
+        out.push(stmt(
+            format!("ALTER TABLE {} RENAME TO {}", quote(&table.name), quote(new_name)),
+            vec![],
+        ));
+    }
+    out.push(stmt(
+        "UPDATE _shoal_st_tables SET name = ? WHERE id = ?",
+        vec![new_name.into(), table.id.clone().into()],
+    ));
+    Ok(out)
+}
+
+/// The statements that rename a column (its key, type and values stay).
+pub fn rename_column(table: &Table, column: &Column, new_name: &str) -> Result<Vec<Statement>> {
+    check_name("column", new_name)?;
+    if table.columns.iter().any(|c| c.key != column.key && c.name.eq_ignore_ascii_case(new_name)) {
+        return Err(Error::Conflict(format!(
+            "table {:?} has a column named {new_name:?}",
+            table.name
+        )));
+    }
+    let mut out = ensure_schema();
+    if column.name != new_name {
+        out.push(stmt(
+            format!(
+                "ALTER TABLE {} RENAME COLUMN {} TO {}",
+                quote(&table.name),
+                quote(&column.name),
+                quote(new_name)
+            ),
+            vec![],
+        ));
+    }
+    out.push(stmt(
+        "UPDATE _shoal_st_columns SET name = ? WHERE table_id = ? AND key = ?",
+        vec![new_name.into(), table.id.clone().into(), column.key.clone().into()],
+    ));
+    Ok(out)
+}
+
+/// The statements that delete a column with its values and options. The
+/// first column (the table's key column in SeaTable's sense) stays, as in
+/// SeaTable.
+pub fn delete_column(table: &Table, column: &Column) -> Result<Vec<Statement>> {
+    if table.columns.first().is_some_and(|c| c.key == column.key) {
+        return Err(Error::InvalidInput(format!(
+            "column {:?} is the first column of table {:?}, which cannot be deleted",
+            column.name, table.name
+        )));
+    }
+    let mut out = ensure_schema();
+    out.push(stmt(
+        format!("ALTER TABLE {} DROP COLUMN {}", quote(&table.name), quote(&column.name)),
+        vec![],
+    ));
+    for t in [
+        "_shoal_st_options WHERE table_id = ? AND column_key = ?",
+        "_shoal_st_columns WHERE table_id = ? AND key = ?",
+    ] {
+        out.push(stmt(
+            format!("DELETE FROM {t}"),
+            vec![table.id.clone().into(), column.key.clone().into()],
+        ));
+    }
+    Ok(out)
+}
+
 /// The statements that add a column at the end of a table; its key too.
 pub fn add_column(
     table: &Table,

@@ -394,8 +394,11 @@ async fn seatable_malformed_bodies_are_refused_and_change_nothing() {
     let before = f.before();
     let writing = [
         (Method::POST, "tables/"),
+        (Method::PUT, "tables/"),
         (Method::DELETE, "tables/"),
         (Method::POST, "columns/"),
+        (Method::PUT, "columns/"),
+        (Method::DELETE, "columns/"),
         (Method::POST, "rows/"),
         (Method::PUT, "rows/"),
         (Method::DELETE, "rows/"),
@@ -422,6 +425,30 @@ async fn seatable_malformed_bodies_are_refused_and_change_nothing() {
             json!({"table_name": "Other", "columns": [{"column_name": "A"}]}),
         ),
         (Method::DELETE, "tables/", json!({})),
+        (Method::PUT, "tables/", json!({"table_name": TABLE})),
+        (Method::PUT, "tables/", json!({"table_name": TABLE, "new_table_name": 5})),
+        (Method::PUT, "tables/", json!({"table_name": TABLE, "new_table_name": " "})),
+        (Method::PUT, "tables/", json!({"new_table_name": "Other"})),
+        (
+            Method::PUT,
+            "columns/",
+            json!({"table_name": TABLE, "op_type": "rename_column", "column": "Name"}),
+        ),
+        (
+            Method::PUT,
+            "columns/",
+            json!({"table_name": TABLE, "op_type": "resize_column", "column": "Name",
+                   "new_column_width": 300}),
+        ),
+        (
+            Method::PUT,
+            "columns/",
+            json!({"table_name": TABLE, "op_type": "rename_column", "column": "Name",
+                   "new_column_name": ""}),
+        ),
+        (Method::DELETE, "columns/", json!({"table_name": TABLE})),
+        (Method::DELETE, "columns/", json!({"table_name": TABLE, "column": "Name"})),
+        (Method::DELETE, "columns/", json!({"table_name": TABLE, "column": "NoSuch"})),
         (Method::POST, "columns/", json!({"table_name": TABLE, "column_name": "X"})),
         (Method::POST, "columns/", json!({"table_name": TABLE, "column_type": "text"})),
         (

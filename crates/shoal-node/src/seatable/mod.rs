@@ -115,8 +115,11 @@ pub fn routes(state: Arc<AppState>) -> Router<Arc<AppState>> {
         .route("/api/v2.1/dtable/app-access-token/", get(access_token))
         .route("/api/v2.1/dtable/app-access-token", get(access_token))
         .route(&format!("{GW}/metadata/"), get(metadata))
-        .route(&format!("{GW}/tables/"), post(add_table).delete(delete_table))
-        .route(&format!("{GW}/columns/"), get(list_columns).post(insert_column))
+        .route(&format!("{GW}/tables/"), post(add_table).put(rename_table).delete(delete_table))
+        .route(
+            &format!("{GW}/columns/"),
+            get(list_columns).post(insert_column).put(update_column).delete(delete_column),
+        )
         .route(
             &format!("{GW}/rows/"),
             get(list_rows).post(append_rows).put(update_rows).delete(delete_rows),
@@ -585,6 +588,92 @@ async fn delete_table(
     Write(who, table): Write<TableRef>,
 ) -> StResult<Json<Value>> {
     let statements = read(&state, &who, move |meta, _| Ok(st::drop_table(table.of(meta)?))).await?;
+    write(&state, who.base, statements).await?;
+    Ok(Json(json!({ "success": true })))
+}
+
+#[derive(Deserialize)]
+struct RenameTable {
+    #[serde(flatten)]
+    table: TableRef,
+    new_table_name: String,
+}
+
+/// `PUT tables/`: renames a table; answers the table as metadata shows it.
+async fn rename_table(
+    State(state): State<Arc<AppState>>,
+    Write(who, req): Write<RenameTable>,
+) -> StResult<Json<Value>> {
+    let new_name = req.new_table_name;
+    let (id, statements) = read(&state, &who, move |meta, c| {
+        let t = req.table.of(meta)?;
+        let taken_by_sql = meta.table(&new_name).is_err() && st::name_taken(c, &new_name)?;
+        if taken_by_sql {
+            return Err(Error::Conflict(format!(
+                "the base has a table named {new_name:?} (made with SQL); choose another name"
+            )));
+        }
+        Ok((t.id.clone(), st::rename_table(meta, t, &new_name)?))
+    })
+    .await?;
+    write(&state, who.base, statements).await?;
+    let table = read(&state, &who, move |meta, _| Ok(meta.table(&id)?.describe())).await?;
+    Ok(Json(table))
+}
+
+#[derive(Deserialize)]
+struct UpdateColumn {
+    #[serde(flatten)]
+    table: TableRef,
+    op_type: String,
+    column: String,
+    new_column_name: Option<String>,
+}
+
+/// `PUT columns/`: of its operations, `rename_column`; answers the column.
+async fn update_column(
+    State(state): State<Arc<AppState>>,
+    Write(who, req): Write<UpdateColumn>,
+) -> StResult<Json<Value>> {
+    if req.op_type != "rename_column" {
+        return Err(invalid(format!(
+            "op_type {:?} is not supported; Shoal renames columns (\"rename_column\") only",
+            req.op_type
+        )));
+    }
+    let Some(new_name) = req.new_column_name else {
+        return Err(invalid("new_column_name is missing".to_string()));
+    };
+    let (table_id, key, statements) = read(&state, &who, move |meta, _| {
+        let t = req.table.of(meta)?;
+        let c = t.column(&req.column)?;
+        Ok((t.id.clone(), c.key.clone(), st::rename_column(t, c, &new_name)?))
+    })
+    .await?;
+    write(&state, who.base, statements).await?;
+    let column =
+        read(&state, &who, move |meta, _| Ok(meta.table(&table_id)?.column(&key)?.describe()))
+            .await?;
+    Ok(Json(column))
+}
+
+#[derive(Deserialize)]
+struct ColumnRef {
+    #[serde(flatten)]
+    table: TableRef,
+    column: String,
+}
+
+/// `DELETE columns/`: deletes a column and its values.
+async fn delete_column(
+    State(state): State<Arc<AppState>>,
+    Write(who, req): Write<ColumnRef>,
+) -> StResult<Json<Value>> {
+    let statements = read(&state, &who, move |meta, _| {
+        let t = req.table.of(meta)?;
+        st::delete_column(t, t.column(&req.column)?)
+    })
+    .await?;
     write(&state, who.base, statements).await?;
     Ok(Json(json!({ "success": true })))
 }

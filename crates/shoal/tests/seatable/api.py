@@ -129,6 +129,42 @@ def add_and_delete_table():
     assert "Scratch" not in got and TABLE in got, f"want Scratch gone, got {got!r}"
 
 
+def rename_and_delete_tables_and_columns():
+    base.add_table("Draft", columns=[{"column_name": "Title", "column_type": "text"},
+                                     {"column_name": "Size", "column_type": "number"},
+                                     {"column_name": "Gone", "column_type": "single-select"}])
+    base.append_row("Draft", {"Title": "t1", "Size": 3, "Gone": "x"})
+    renamed = base.rename_table("Draft", "Final")
+    assert renamed.get("name") == "Final", f"got {renamed!r}"
+    got = [t.get("name") for t in base.list_tables()]
+    assert "Final" in got and "Draft" not in got, f"got {got!r}"
+    cols = column_map(base.list_columns("Final"))
+    size_key, title_key = cols["Size"]["key"], cols["Title"]["key"]
+    column = base.rename_column("Final", size_key, "Weight")
+    assert column.get("name") == "Weight" and column.get("key") == size_key, f"got {column!r}"
+    cols = column_map(base.list_columns("Final"))
+    assert "Size" not in cols and cols["Weight"]["key"] == size_key, f"got {cols!r}"
+    base.delete_column("Final", cols["Gone"]["key"])
+    got = [c.get("name") for c in base.list_columns("Final")]
+    assert got == ["Title", "Weight"], f"got {got!r}"
+    rows = base.list_rows("Final")
+    assert [(r.get("Title"), r.get("Weight")) for r in rows] == [("t1", 3)], f"got {rows!r}"
+    assert "Gone" not in rows[0], f"got {rows!r}"
+    res = base.query("select Title, Weight from Final")
+    assert [(r.get("Title"), r.get("Weight")) for r in res] == [("t1", 3)], f"got {res!r}"
+    # Refused, and nothing changes: a taken table name, a taken column
+    # name, the first column, a table that is not there.
+    assert refusal(base.rename_table, "Final", TABLE) == 409
+    assert refusal(base.rename_column, "Final", title_key, "Weight") == 409
+    assert refusal(base.delete_column, "Final", title_key) == 400
+    assert refusal(base.rename_table, "Nowhere", "Other") == 404
+    assert refusal(base.rename_column, "Final", "nope", "Other") == 404
+    got = [c.get("name") for c in base.list_columns("Final")]
+    assert got == ["Title", "Weight"], f"got {got!r}"
+    assert TABLE in [t.get("name") for t in base.list_tables()]
+    base.delete_table("Final")
+
+
 def insert_column():
     base.insert_column(TABLE, "Owner", ColumnTypes.TEXT)
     base.insert_column(TABLE, "Rating", ColumnTypes.NUMBER)
@@ -391,6 +427,7 @@ CHECKS = [
     add_table_every_type,
     get_metadata,
     add_and_delete_table,
+    rename_and_delete_tables_and_columns,
     insert_column,
     list_columns,
     append_row,

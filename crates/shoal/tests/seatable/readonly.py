@@ -75,6 +75,7 @@ def other_writes_refused():
     refusal(ro.add_table, "Other", columns=[{"column_name": "Name", "column_type": "text"}])
     refusal(ro.delete_table, TABLE)
     refusal(ro.insert_column, TABLE, "Extra", ColumnTypes.TEXT)
+    refusal(ro.rename_table, TABLE, "Other")
     refusal(ro.filter(TABLE, "Count > 4").delete)
 
 
