@@ -569,17 +569,23 @@ async fn add_table(
     }
     let name = req.table_name;
     let (id, statements) = read(&state, &who, move |meta, c| {
-        if meta.table(&name).is_err() && st::name_taken(c, &name)? {
-            return Err(Error::Conflict(format!(
-                "the base has a table named {name:?} (made with SQL); choose another name"
-            )));
-        }
+        not_taken_by_sql(meta, c, &name)?;
         st::create_table(meta, &name, &columns, &mut RandomIds)
     })
     .await?;
     write(&state, who.base, statements).await?;
     let table = read(&state, &who, move |meta, _| Ok(meta.table(&id)?.describe())).await?;
     Ok(Json(table))
+}
+
+/// Refuses `name` for a SeaTable table when a table made with SQL has it.
+fn not_taken_by_sql(meta: &Meta, c: &rusqlite::Connection, name: &str) -> shoal_types::Result<()> {
+    if meta.table(name).is_err() && st::name_taken(c, name)? {
+        return Err(Error::Conflict(format!(
+            "the base has a table named {name:?} (made with SQL); choose another name"
+        )));
+    }
+    Ok(())
 }
 
 /// `DELETE tables/`.
@@ -607,12 +613,7 @@ async fn rename_table(
     let new_name = req.new_table_name;
     let (id, statements) = read(&state, &who, move |meta, c| {
         let t = req.table.of(meta)?;
-        let taken_by_sql = meta.table(&new_name).is_err() && st::name_taken(c, &new_name)?;
-        if taken_by_sql {
-            return Err(Error::Conflict(format!(
-                "the base has a table named {new_name:?} (made with SQL); choose another name"
-            )));
-        }
+        not_taken_by_sql(meta, c, &new_name)?;
         Ok((t.id.clone(), st::rename_table(meta, t, &new_name)?))
     })
     .await?;
