@@ -50,16 +50,6 @@ impl From<Error> for shoal_types::Error {
     }
 }
 
-/// The prefix of member records (every node the active monitor has seen).
-pub fn members_prefix() -> Vec<u8> {
-    b"members/".to_vec()
-}
-
-/// The member record of `node`.
-pub fn member_key(node: &NodeId) -> Vec<u8> {
-    [members_prefix(), node.0.as_bytes().to_vec()].concat()
-}
-
 /// Reads the placement map, if the monitor has written one.
 pub async fn placement(registry: &dyn Registry) -> shoal_types::Result<Option<PlacementMap>> {
     match registry.get(keys::PLACEMENT).await.map_err(shoal_types::Error::from)? {
@@ -87,8 +77,8 @@ async fn live_nodes(registry: &dyn Registry) -> shoal_types::Result<BTreeMap<Nod
 
 async fn members(registry: &dyn Registry) -> shoal_types::Result<BTreeMap<NodeId, Member>> {
     let mut members = BTreeMap::new();
-    let prefix = members_prefix();
-    let listing = registry.get_prefix(&prefix).await.map_err(shoal_types::Error::from)?;
+    let prefix = keys::MEMBERS;
+    let listing = registry.get_prefix(prefix).await.map_err(shoal_types::Error::from)?;
     for kv in listing.kvs {
         if let Ok(m) = serde_json::from_slice(&kv.value) {
             members.insert(NodeId(String::from_utf8_lossy(&kv.key[prefix.len()..]).to_string()), m);
@@ -158,7 +148,7 @@ pub async fn forget(registry: &dyn Registry, node: &NodeId) -> shoal_types::Resu
             placed.len()
         )));
     }
-    registry.delete(&member_key(node)).await.map_err(reg)?;
+    registry.delete(&keys::member(node)).await.map_err(reg)?;
     registry.delete(&keys::drained(node)).await.map_err(reg)?;
     Ok(())
 }

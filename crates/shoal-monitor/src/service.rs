@@ -33,7 +33,7 @@ use shoal_types::api::{Member, MonitorInfo, NodeInfo};
 use shoal_types::placement::{PlacementMap, Topology};
 use tokio::sync::watch;
 
-use crate::{Error, Result, member_key, members_prefix};
+use crate::{Error, Result};
 
 /// How a monitor behaves.
 #[derive(Clone, Debug)]
@@ -171,8 +171,8 @@ async fn snapshot(registry: &Arc<dyn Registry>) -> Result<Snapshot> {
     };
     let rebalance = registry.get(keys::REBALANCE).await?.map(|kv| kv.mod_revision);
     let mut members = BTreeMap::new();
-    for kv in registry.get_prefix(&members_prefix()).await?.kvs {
-        let id = String::from_utf8_lossy(&kv.key[members_prefix().len()..]).to_string();
+    for kv in registry.get_prefix(keys::MEMBERS).await?.kvs {
+        let id = String::from_utf8_lossy(&kv.key[keys::MEMBERS.len()..]).to_string();
         if let Ok(m) = serde_json::from_slice::<Member>(&kv.value) {
             members.insert(NodeId(id), m);
         }
@@ -294,7 +294,7 @@ async fn lead(
             }
             for (id, m) in &members {
                 let value = serde_json::to_vec(m).map_err(|e| Error::Internal(e.to_string()))?;
-                ops.push(TxnOp::put(member_key(id), value, None));
+                ops.push(TxnOp::put(keys::member(id), value, None));
             }
             let resp = registry.txn(Txn::new().when(compares).and_then(ops)).await?;
             if !resp.succeeded {

@@ -98,11 +98,6 @@ impl Directory {
     }
 }
 
-/// The registry key that records a bucket's first voters.
-fn group_key(bucket: BucketId) -> Vec<u8> {
-    format!("groups/{bucket}").into_bytes()
-}
-
 /// What `groups/{bucket}` holds: the group's first voters (version 1), and
 /// the group's id. Every replica keeps the id of its group with the bucket's
 /// data (the first voters when they start it, the others in the snapshot
@@ -149,7 +144,7 @@ pub async fn check_groups(
 ) -> Result<(), Error> {
     // Every claim in one read; a bucket read again only when it changed.
     let mut claims: BTreeMap<Vec<u8>, shoal_registry::KeyValue> = registry
-        .get_prefix(b"groups/")
+        .get_prefix(keys::GROUPS)
         .await?
         .kvs
         .into_iter()
@@ -157,7 +152,7 @@ pub async fn check_groups(
         .collect();
     for g in multi.status().await.into_iter().filter(|g| g.initialized) {
         let bucket = BucketId(g.group);
-        let key = group_key(bucket);
+        let key = keys::group(bucket);
         let local = store.group_id(bucket)?;
         // A claim may change under us (another replica filling in an id):
         // a few rounds of compare-and-set.
@@ -232,7 +227,7 @@ pub async fn check_groups(
 }
 
 fn bucket_key(bucket: BucketId) -> String {
-    String::from_utf8_lossy(&group_key(bucket)).into_owned()
+    String::from_utf8_lossy(&keys::group(bucket)).into_owned()
 }
 
 /// Follows the map until `shutdown`.
@@ -382,7 +377,7 @@ async fn pass(ctx: &mut Ctx) -> Result<Revision, Error> {
 /// recording them first if nobody has.
 async fn start_group(ctx: &Ctx, map: &PlacementMap, bucket: BucketId) -> Result<(), Error> {
     let me = &ctx.options.node_id;
-    let key = group_key(bucket);
+    let key = keys::group(bucket);
     let wanted =
         GroupClaim { version: 1, voters: map.replicas(bucket).to_vec(), id: Some(new_group_id()) };
     let value = encode_claim(&wanted)?;

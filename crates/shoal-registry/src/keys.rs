@@ -7,10 +7,12 @@
 //! rebalance          a rebalance request for the monitor
 //! status/{node_id}   what the node hosts and leads, leased
 //! drained/{node_id}  present while the node is drained (the map places nothing there)
+//! members/{node_id}  a node the active monitor has seen (kept after it dies, until forgotten)
+//! groups/{bucket}    a bucket's Raft group: its id and first voters, written once
 //! ```
 //! Builders live here so that no crate spells a key by hand.
 
-use shoal_types::NodeId;
+use shoal_types::{BucketId, NodeId};
 
 /// The prefix of node registrations.
 pub const NODES: &[u8] = b"nodes/";
@@ -24,6 +26,10 @@ pub const REBALANCE: &[u8] = b"rebalance";
 pub const STATUS: &[u8] = b"status/";
 /// The prefix of drain marks.
 pub const DRAINED: &[u8] = b"drained/";
+/// The prefix of member records.
+pub const MEMBERS: &[u8] = b"members/";
+/// The prefix of group claims.
+pub const GROUPS: &[u8] = b"groups/";
 
 /// The registration key of `node`.
 pub fn node(node: &NodeId) -> Vec<u8> {
@@ -38,6 +44,16 @@ pub fn status(node: &NodeId) -> Vec<u8> {
 /// The drain mark of `node`.
 pub fn drained(node: &NodeId) -> Vec<u8> {
     [DRAINED, node.0.as_bytes()].concat()
+}
+
+/// The member record of `node`.
+pub fn member(node: &NodeId) -> Vec<u8> {
+    [MEMBERS, node.0.as_bytes()].concat()
+}
+
+/// The claim of `bucket`'s Raft group.
+pub fn group(bucket: BucketId) -> Vec<u8> {
+    format!("groups/{bucket}").into_bytes()
 }
 
 /// The node id of a registration, status or drain key, if it is one.
@@ -61,5 +77,7 @@ mod tests {
         assert_eq!(node_of(&status(&id)), Some(id.clone()));
         assert_eq!(node_of(&drained(&id)), Some(id));
         assert_eq!(node_of(b"placement"), None);
+        assert_eq!(member(&NodeId("n1".into())), b"members/n1");
+        assert!(group(BucketId(0x0a)).starts_with(GROUPS));
     }
 }
