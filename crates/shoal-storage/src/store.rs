@@ -577,7 +577,8 @@ impl Store {
 
     /// Runs a read-only statement on a base right away, on the calling
     /// thread, if that costs no wait: the base is open, no apply or other
-    /// read holds it, and the statement finishes within `within`. `None`
+    /// read holds it, no applied command waits in its open transaction, and
+    /// the statement finishes within `within`. `None`
     /// when it could not (nothing was changed): run [`Store::query`] where
     /// blocking is fine. For callers that must not block long (an async
     /// worker), saving the hand-over to another thread for the many short
@@ -595,6 +596,12 @@ impl Store {
             Err(std::sync::TryLockError::WouldBlock) => return None,
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
         };
+        // Applied commands waiting in the connection's open transaction
+        // are left alone: a statement stopped early would make SQLite take
+        // its recovery path with them, which this shortcut is not worth.
+        if b.has_uncommitted() {
+            return None;
+        }
         let cut = within < self.options.statement_timeout;
         let deadline = std::time::Instant::now() + within.min(self.options.statement_timeout);
         match b.query_until(sql, params, &self.options, deadline) {
