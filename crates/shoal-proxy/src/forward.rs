@@ -86,13 +86,18 @@ pub async fn base(
     if is_upgrade(req.headers()) {
         return crate::ws::relay(proxy, bucket, req).await;
     }
+    pass_on(&proxy, bucket, req).await
+}
+
+/// Reads a base request's body and sends the request to `bucket`'s leader.
+pub async fn pass_on(proxy: &Proxy, bucket: BucketId, req: Request) -> Response {
     let (parts, b) = req.into_parts();
-    let bytes = match body(&proxy, b).await {
+    let bytes = match body(proxy, b).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    send(&proxy, bucket, parts.method, path, &parts.headers, bytes).await
+    send(proxy, bucket, parts.method, path, &parts.headers, bytes).await
 }
 
 /// Sends a request for `bucket` until a node gives an answer to pass on, or

@@ -109,7 +109,7 @@ impl Service<Request> for Front {
             Some((bucket, route)) => {
                 let proxy = self.proxy.clone();
                 FrontFuture::Fast(Box::pin(
-                    async move { Ok(pass_on(proxy, bucket, route, req).await) },
+                    async move { Ok(handle(proxy, bucket, route, req).await) },
                 ))
             }
             None => FrontFuture::Router(self.app.call(req)),
@@ -119,7 +119,7 @@ impl Service<Request> for Front {
 
 /// What the router would do for a base request: check the token, pass it
 /// on, count it, and turn a panic into a 500.
-async fn pass_on(
+async fn handle(
     proxy: Arc<Proxy>,
     bucket: BucketId,
     route: &'static str,
@@ -131,13 +131,7 @@ async fn pass_on(
         if let Err(refused) = crate::check_token(&proxy, &req) {
             return refused.into_response();
         }
-        let (parts, b) = req.into_parts();
-        let bytes = match forward::body(&proxy, b).await {
-            Ok(b) => b,
-            Err(e) => return e.into_response(),
-        };
-        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        forward::send(&proxy, bucket, parts.method, path, &parts.headers, bytes).await
+        forward::pass_on(&proxy, bucket, req).await
     })
     .catch_unwind()
     .await;
