@@ -11,7 +11,7 @@ use shoal_types::LeaseId;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Every error the registry reports.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// A configuration value is wrong. `key` names where it came from, e.g.
     /// `SHOAL_NODE_TTL` or `shoal.toml: node_ttl`.

@@ -44,8 +44,8 @@ use crate::kv::{
     CompareOp, CompareTarget, Event, EventKind, KeyValue, Listing, Txn, TxnOp, TxnOpResponse,
     TxnResponse, WatchMessage,
 };
-use crate::memory::check_branch;
 use crate::registry::{Registry, Watch};
+use crate::store::check_branch;
 
 /// Options of the etcd backend.
 #[derive(Clone, Debug, PartialEq, Eq)]

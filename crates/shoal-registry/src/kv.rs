@@ -8,10 +8,11 @@
 //! version 0, create_revision 0 and mod_revision 0; comparing the value of a
 //! missing key is always false.
 
+use serde::{Deserialize, Serialize};
 use shoal_types::{LeaseId, Revision};
 
 /// One key with its value and its history counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
     /// The key, relative to the registry's namespace.
     pub key: Vec<u8>,
@@ -29,7 +30,7 @@ pub struct KeyValue {
 }
 
 /// The keys under a prefix and the revision they were read at.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listing {
     /// The keys, in byte order.
     pub kvs: Vec<KeyValue>,
@@ -39,7 +40,7 @@ pub struct Listing {
 }
 
 /// What happened to a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     /// The key was created or changed.
     Put,
@@ -48,7 +49,7 @@ pub enum EventKind {
 }
 
 /// One change seen by a watch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
     /// Put or delete.
     pub kind: EventKind,
@@ -65,7 +66,7 @@ impl Event {
 }
 
 /// What a watch delivers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WatchMessage {
     /// The next change, in revision order; changes made by one transaction
     /// share a revision and arrive in the order of the transaction's ops.
@@ -80,7 +81,7 @@ pub enum WatchMessage {
 }
 
 /// The comparison of a transaction guard.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareOp {
     /// The key's field equals the operand.
     Equal,
@@ -93,7 +94,7 @@ pub enum CompareOp {
 }
 
 /// Which field of a key a guard looks at, with the operand.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CompareTarget {
     /// The value (always false when the key is missing).
     Value(Vec<u8>),
@@ -106,7 +107,7 @@ pub enum CompareTarget {
 }
 
 /// One guard of a transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Compare {
     /// The key to look at.
     pub key: Vec<u8>,
@@ -162,7 +163,7 @@ impl Compare {
 }
 
 /// One operation of a transaction branch.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOp {
     /// Reads one key.
     Get {
@@ -215,7 +216,7 @@ impl TxnOp {
 /// A transaction: if every guard holds, the `success` ops run, else the
 /// `failure` ops; atomically, at one revision. Within one branch a key may be
 /// written at most once (etcd's rule).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
     /// The guards; all must hold (an empty list holds).
     pub compare: Vec<Compare>,
@@ -251,7 +252,7 @@ impl Txn {
 }
 
 /// The result of one transaction op.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TxnOpResponse {
     /// The key read by a `Get`, if it exists.
     Get(Option<KeyValue>),
@@ -262,7 +263,7 @@ pub enum TxnOpResponse {
 }
 
 /// The result of a transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TxnResponse {
     /// Whether every guard held (so the `success` branch ran).
     pub succeeded: bool,

@@ -32,6 +32,7 @@ mod memory;
 mod options;
 mod registry;
 mod session;
+pub mod store;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod zookeeper;

@@ -84,8 +84,8 @@ use crate::error::{Error, Result};
 use crate::kv::{
     Event, EventKind, KeyValue, Listing, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchMessage,
 };
-use crate::memory::check_branch;
 use crate::registry::{Registry, Watch};
+use crate::store::check_branch;
 
 mod layout;
 mod txn;
