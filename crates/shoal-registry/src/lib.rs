@@ -24,6 +24,7 @@
 //! `docs/registry.md`; the [`keys`] module builds them.
 
 mod election;
+pub mod embedded;
 mod error;
 mod etcd;
 pub mod keys;
@@ -38,6 +39,7 @@ pub mod testing;
 mod zookeeper;
 
 pub use election::{Election, Leader, leader, observe};
+pub use embedded::{EmbeddedOptions, EmbeddedRegistry};
 pub use error::{Error, Result};
 pub use etcd::{EtcdOptions, EtcdRegistry, EtcdTls};
 pub use kv::{

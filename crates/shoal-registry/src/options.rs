@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::embedded::{EmbeddedOptions, EmbeddedRegistry};
 use crate::error::{Error, Result};
 use crate::etcd::{EtcdOptions, EtcdRegistry, EtcdTls};
 use crate::memory::{MemoryOptions, MemoryRegistry};
@@ -35,8 +36,10 @@ use crate::zookeeper::{ZkOptions, ZkRegistry};
 pub struct RegistryOptions {
     /// The backend: `memory` (in-process),
     /// `etcd://host1:2379,host2:2379,...` (one or more etcd members),
-    /// `etcds://...` for etcd over TLS, or
-    /// `zk://host1:2181,host2:2181,...` (one or more ZooKeeper servers).
+    /// `etcds://...` for etcd over TLS,
+    /// `zk://host1:2181,host2:2181,...` (one or more ZooKeeper servers), or
+    /// `shoal://host1:7090,...` (members of Shoal's embedded registry,
+    /// `shoal meta`).
     pub registry: String,
     /// The key prefix: every key lives under `/{namespace}/`, so several
     /// clusters can share one etcd (with ZooKeeper, the chroot path).
@@ -92,6 +95,8 @@ pub enum RegistryUrl {
     Etcd(Vec<String>),
     /// ZooKeeper, with the client addresses of its servers (`host:port`).
     ZooKeeper(Vec<String>),
+    /// Shoal's embedded registry, with its members' URLs (`http://host:port`).
+    Embedded(Vec<String>),
 }
 
 impl std::str::FromStr for RegistryUrl {
@@ -122,9 +127,16 @@ impl std::str::FromStr for RegistryUrl {
             }
             return Ok(RegistryUrl::ZooKeeper(host_ports("ZooKeeper", list)?));
         }
+        if let Some(list) = s.strip_prefix("shoal://") {
+            let members = host_ports("embedded registry", list)?;
+            return Ok(RegistryUrl::Embedded(
+                members.into_iter().map(|m| format!("http://{m}")).collect(),
+            ));
+        }
         Err(format!(
             "unsupported registry {s:?}: expected \"memory\", \"etcd://host:port[,host:port...]\", \
-             \"etcds://host:port[,...]\" (TLS) or \"zk://host:port[,host:port...]\""
+             \"etcds://host:port[,...]\" (TLS), \"zk://host:port[,host:port...]\" or \
+             \"shoal://host:port[,host:port...]\" (the embedded registry's members)"
         ))
     }
 }
@@ -298,6 +310,17 @@ impl RegistryOptions {
         SessionOptions { ttl: self.node_ttl }
     }
 
+    /// The embedded registry client's options for `endpoints`.
+    pub fn embedded_options(&self, endpoints: Vec<String>) -> EmbeddedOptions {
+        EmbeddedOptions {
+            endpoints,
+            namespace: self.namespace.clone(),
+            retry_interval: self.retry_interval,
+            max_retries: self.max_retries,
+            operation_timeout: self.operation_timeout,
+        }
+    }
+
     /// The ZooKeeper backend's options for `endpoints` (the main session's
     /// timeout is the backend's default).
     pub fn zk_options(&self, endpoints: Vec<String>) -> ZkOptions {
@@ -357,6 +380,9 @@ pub async fn connect_with(
         }
         RegistryUrl::ZooKeeper(endpoints) => {
             Ok(Arc::new(ZkRegistry::connect(options.zk_options(endpoints)).await?))
+        }
+        RegistryUrl::Embedded(endpoints) => {
+            Ok(Arc::new(EmbeddedRegistry::connect(options.embedded_options(endpoints)).await?))
         }
     }
 }
