@@ -364,13 +364,21 @@ struct Inner<S: StateMachine> {
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
-impl<S: StateMachine> Drop for Inner<S> {
-    fn drop(&mut self) {
+impl<S: StateMachine> Inner<S> {
+    /// Stops the loop and waits for its threads (the apply thread syncs
+    /// every state machine on its way out). Idempotent.
+    fn shutdown(&self) {
         let _ = self.inbox.send(Input::Admin(Admin::Shutdown));
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+impl<S: StateMachine> Drop for Inner<S> {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }
 
@@ -428,6 +436,13 @@ impl<S: StateMachine> MultiRaft<S> {
                 threads: Mutex::new(threads),
             }),
         })
+    }
+
+    /// Stops the engine now, even while other handles remain: every later
+    /// call fails as "shutting down". Blocks until its threads are done
+    /// (the apply thread syncs every state machine first).
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
     }
 
     /// This node's Raft id.
