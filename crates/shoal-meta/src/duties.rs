@@ -82,6 +82,7 @@ pub(crate) async fn run(inner: Weak<Inner>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut members: Vec<Member> = Vec::new();
     let mut last_ask = Instant::now() - Duration::from_secs(60);
+    let mut last_init = last_ask;
     loop {
         interval.tick().await;
         let Some(inner) = inner.upgrade() else { return };
@@ -96,6 +97,19 @@ pub(crate) async fn run(inner: Weak<Inner>) {
         if members.is_empty() && last_ask.elapsed() >= Duration::from_millis(500) {
             last_ask = Instant::now();
             tokio::spawn(ask_where(inner.clone()));
+        }
+        if members.is_empty() && last_init.elapsed() >= Duration::from_millis(200) {
+            // A new group logs its initial member list once it has a leader.
+            if inner.options.join.is_empty() && inner.raft.is_leader_current(GROUP) {
+                last_init = Instant::now();
+                let command = wire::encode(&Command::InitMembers(inner.options.initial.clone()));
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = inner.raft.write(GROUP, command).await {
+                        tracing::debug!(error = %e, "logging the initial members failed");
+                    }
+                });
+            }
         }
         if inner.raft.is_leader_current(GROUP) {
             expire_due(&inner);
@@ -139,16 +153,6 @@ async fn ask_where(inner: Arc<Inner>) {
             let mut known = status.members;
             known.push(crate::member(&status.name, &status.url));
             inner.learn(&known);
-        }
-    }
-    // A new group logs its initial member list once it has a leader.
-    if lock(&inner.state).members.is_empty()
-        && inner.options.join.is_empty()
-        && inner.raft.is_leader_current(GROUP)
-    {
-        let command = wire::encode(&Command::SetMembers(inner.options.initial.clone()));
-        if let Err(e) = inner.raft.write(GROUP, command).await {
-            tracing::debug!(error = %e, "logging the initial members failed");
         }
     }
 }

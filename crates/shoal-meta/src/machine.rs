@@ -54,7 +54,13 @@ pub(crate) enum Command {
     Compact {
         revision: Revision,
     },
-    SetMembers(Vec<Member>),
+    /// A new group's first members (ignored once it has some).
+    InitMembers(Vec<Member>),
+    /// Checked as it is applied, so two changes cannot race: every member
+    /// new, and an odd number of members after.
+    AddMembers(Vec<Member>),
+    /// Likewise: every name a member, and an odd number left.
+    RemoveMembers(Vec<String>),
 }
 
 /// The state every member holds.
@@ -142,11 +148,62 @@ impl State {
                 store.compact(revision)?;
                 Response::Done
             }
-            Command::SetMembers(members) => {
-                self.members = members;
+            Command::InitMembers(members) => {
+                if self.members.is_empty() {
+                    self.members = members;
+                }
                 Response::Members(self.members.clone())
             }
+            Command::AddMembers(new) => {
+                if self.members.is_empty() {
+                    return Err(Error::Unavailable(
+                        "the group has not recorded its first members yet".into(),
+                    ));
+                }
+                for m in &new {
+                    if self.members.iter().any(|o| o.name == m.name || o.id == m.id) {
+                        return Err(Error::InvalidInput(format!(
+                            "{} is member {:?}, which the group has already",
+                            m.url, m.name
+                        )));
+                    }
+                }
+                let mut members = self.members.clone();
+                members.extend(new);
+                self.set_members(members)?
+            }
+            Command::RemoveMembers(names) => {
+                let known: Vec<&str> = self.members.iter().map(|m| m.name.as_str()).collect();
+                if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+                    return Err(Error::InvalidInput(format!(
+                        "the group has no member {unknown:?} (members: {})",
+                        known.join(", ")
+                    )));
+                }
+                let mut members = self.members.clone();
+                members.retain(|m| !names.contains(&m.name));
+                if members.is_empty() {
+                    return Err(Error::InvalidInput(
+                        "a group cannot remove all its members".into(),
+                    ));
+                }
+                self.set_members(members)?
+            }
         })
+    }
+
+    /// Replaces the member list, if its size is odd.
+    fn set_members(&mut self, members: Vec<Member>) -> Result<Response, Error> {
+        if members.len() % 2 == 0 {
+            return Err(Error::InvalidInput(format!(
+                "the group would have {} members: an even number tolerates no more failures \
+                 than one fewer, and needs more of them up to make progress. Add or remove \
+                 members two at a time (1, 3 or 5 members)",
+                members.len()
+            )));
+        }
+        self.members = members;
+        Ok(Response::Members(self.members.clone()))
     }
 }
 

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use axum::routing::{get, post};
 use shoal_raft::GroupError;
 use shoal_registry::embedded::wire::{
-    self, ALIVE_INTERVAL, CALL_PATH, CONTENT_TYPE, FORWARDED, Member, MetaStatus, Reply, Request,
-    Response, STATUS_PATH, WATCH_PATH, WatchFrame, WatchRequest,
+    self, ALIVE_INTERVAL, CALL_PATH, CONTENT_TYPE, FORWARDED, MetaStatus, Reply, Request, Response,
+    STATUS_PATH, WATCH_PATH, WatchFrame, WatchRequest,
 };
 use shoal_registry::{Error, Revision};
 use tokio::sync::mpsc;
@@ -79,7 +79,7 @@ impl Inner {
             Request::Members => return self.read(|s| Response::Members(s.members.clone())).await,
             Request::KeepAlive { lease } => return self.keep_alive(lease),
             Request::AddMembers { urls } => return self.add_members(urls).await,
-            Request::RemoveMember { name } => return self.remove_member(&name).await,
+            Request::RemoveMembers { names } => return self.remove_members(names).await,
             Request::Put { key, value, lease } => Command::Put { key, value, lease },
             Request::Delete { key } => Command::Delete { key },
             Request::DeletePrefix { prefix } => Command::DeletePrefix { prefix },
@@ -135,59 +135,27 @@ impl Inner {
         if !self.raft.is_leader(GROUP) {
             return Served::Elsewhere(self.raft.leader(GROUP));
         }
-        let mut members = lock(&self.state).members.clone();
+        let mut new = Vec::new();
         for url in urls {
             let url = url.trim_end_matches('/').to_string();
             let status = match self.status_at(&url).await {
                 Ok(s) => s,
                 Err(e) => return Served::Here(Err(e)),
             };
-            if members.iter().any(|m| m.name == status.name || m.id == status.id) {
-                return Served::Here(Err(Error::InvalidInput(format!(
-                    "{url} is member {:?}, which the group has already",
-                    status.name
-                ))));
-            }
-            if status.initialized {
+            if status.initialized && status.id != self.me.id {
                 return Served::Here(Err(Error::InvalidInput(format!(
                     "{url} (member {:?}) already belongs to a group: start it with an empty \
                      data directory and --join",
                     status.name
                 ))));
             }
-            members.push(crate::member(&status.name, &url));
+            new.push(crate::member(&status.name, &url));
         }
-        self.set_members(members).await
+        self.write(Command::AddMembers(new)).await
     }
 
-    async fn remove_member(self: &Arc<Self>, name: &str) -> Served {
-        if !self.raft.is_leader(GROUP) {
-            return Served::Elsewhere(self.raft.leader(GROUP));
-        }
-        let mut members = lock(&self.state).members.clone();
-        let before = members.len();
-        members.retain(|m| m.name != name);
-        if members.len() == before {
-            let names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
-            return Served::Here(Err(Error::InvalidInput(format!(
-                "the group has no member {name:?} (members: {})",
-                names.join(", ")
-            ))));
-        }
-        self.set_members(members).await
-    }
-
-    /// Logs a new member list, if its size is odd.
-    async fn set_members(self: &Arc<Self>, members: Vec<Member>) -> Served {
-        if members.len() % 2 == 0 {
-            return Served::Here(Err(Error::InvalidInput(format!(
-                "the group would have {} members: an even number tolerates no more failures \
-                 than one fewer, and needs more of them up to make progress. Add or remove \
-                 members two at a time (1, 3 or 5 members)",
-                members.len()
-            ))));
-        }
-        self.write(Command::SetMembers(members)).await
+    async fn remove_members(self: &Arc<Self>, names: Vec<String>) -> Served {
+        self.write(Command::RemoveMembers(names)).await
     }
 
     async fn status_at(&self, url: &str) -> Result<MetaStatus, Error> {

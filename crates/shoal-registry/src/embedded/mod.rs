@@ -149,11 +149,12 @@ impl EmbeddedRegistry {
         }
     }
 
-    /// Removes the member called `name`; answers the members after it.
-    pub async fn remove_member(&self, name: &str) -> Result<Vec<Member>> {
-        match self.shared.call(Request::RemoveMember { name: name.to_string() }).await? {
+    /// Removes the members of these names, in one change; answers the
+    /// members after it.
+    pub async fn remove_members(&self, names: Vec<String>) -> Result<Vec<Member>> {
+        match self.shared.call(Request::RemoveMembers { names }).await? {
             Response::Members(m) => Ok(m),
-            other => Err(unexpected("remove member", &other)),
+            other => Err(unexpected("remove members", &other)),
         }
     }
 

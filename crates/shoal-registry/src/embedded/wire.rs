@@ -65,9 +65,9 @@ pub enum Request {
     /// Adds the members serving at these URLs (each must have been started
     /// to join). Refused if the group would have an even number of members.
     AddMembers { urls: Vec<String> },
-    /// Removes the member of this name. Refused if the group would have an
-    /// even number of members, or none.
-    RemoveMember { name: String },
+    /// Removes the members of these names, in one change. Refused if the
+    /// group would have an even number of members, or none.
+    RemoveMembers { names: Vec<String> },
 }
 
 /// A successful answer.
