@@ -1,5 +1,5 @@
 //! `shoal`: the one binary. Runs the servers (`serve`, `node`, `monitor`,
-//! `proxy`) and is their client (`base`, `sql`, `tables`, `rows`, `watch`,
+//! `proxy`, `meta`) and is their client (`base`, `sql`, `tables`, `rows`, `watch`,
 //! `cluster`, `bench`).
 
 /// Prints a line to standard output like `println!`, except that a reader
@@ -15,6 +15,7 @@ mod backup;
 mod bench;
 mod cli;
 mod config;
+mod meta;
 mod monitor;
 mod node;
 mod proxy;
@@ -55,6 +56,8 @@ enum Command {
     Monitor(monitor::MonitorArgs),
     /// Run a proxy: routes every base request to its bucket's leader (stateless; run any number).
     Proxy(proxy::ProxyArgs),
+    /// Run a member of the embedded registry (`--registry shoal://...`), or change its group.
+    Meta(meta::MetaArgs),
     /// Show the cluster or ask for a rebalance.
     #[command(subcommand)]
     Cluster(cli::ClusterCommand),
@@ -184,6 +187,9 @@ fn main() -> ExitCode {
         // per proxied write on two cores), leaving the rest to the nodes or
         // clients it often shares a machine with.
         Command::Proxy(a) => a.http.http_threads.unwrap_or((cores / 2).max(1)),
+        // A registry member's Raft loop has threads of its own, and its
+        // requests are few.
+        Command::Meta(_) => (cores / 2).max(1),
         _ => cores,
     };
     if threads == 0 {
@@ -207,6 +213,7 @@ fn main() -> ExitCode {
             Command::Node(args) => node::run(args).await,
             Command::Monitor(args) => monitor::run(args).await,
             Command::Proxy(args) => proxy::run(args).await,
+            Command::Meta(args) => meta::run(args).await,
             Command::Cluster(c) => cli::cluster(c).await,
             Command::Base(c) => cli::base(c).await,
             Command::Token(c) => cli::token(c).await,

@@ -341,7 +341,7 @@ pub async fn serve_with(
 
 /// Serves `service` on `listener` until `stopped`: over TLS when the
 /// listener has a server configuration, behind [`crate::tls::tls_requests`].
-async fn run<S>(
+pub(crate) async fn run<S>(
     listener: Listener,
     service: S,
     stopped: impl std::future::Future<Output = ()> + Send + 'static,

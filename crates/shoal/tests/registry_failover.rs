@@ -1,5 +1,6 @@
-//! The registry's own failure: a three-member etcd, or a three-server
-//! ZooKeeper ensemble, loses its leader (SIGKILL) while clients write
+//! The registry's own failure: a three-member etcd, a three-server
+//! ZooKeeper ensemble, or a three-member embedded registry, loses its
+//! leader (SIGKILL) while clients write
 //! through every node; no request fails, nothing is lost, and the cluster's
 //! view stays whole.
 
@@ -23,6 +24,11 @@ async fn losing_an_etcd_member_under_load_fails_no_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_a_zookeeper_server_under_load_fails_no_request() {
     losing_the_registry_leader_under_load_fails_no_request(Backend::ZooKeeper).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_an_embedded_registry_member_under_load_fails_no_request() {
+    losing_the_registry_leader_under_load_fails_no_request(Backend::Embedded).await;
 }
 
 async fn losing_the_registry_leader_under_load_fails_no_request(backend: Backend) {

@@ -1,6 +1,7 @@
 //! A cluster of real `shoal node` and `shoal monitor` processes on a real
-//! registry: etcd by default, or ZooKeeper, so that scenarios written once
-//! run on either backend ([`Backend`]).
+//! registry: etcd by default, ZooKeeper, or Shoal's embedded registry (real
+//! `shoal meta` processes), so that scenarios written once run on every
+//! backend ([`Backend`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use shoal_types::api::ClusterStatus;
 use shoal_types::placement::PlacementMap;
 
 use super::Process;
+use super::meta::MetaGroup;
 
 pub const TOKEN: &str = "cluster-test-token";
 /// Short enough for tests, long enough for etcd (which rounds leases to seconds).
@@ -27,6 +29,8 @@ pub enum Backend {
     Etcd,
     /// A real ZooKeeper (Debian's zookeeper package).
     ZooKeeper,
+    /// Shoal's embedded registry: `shoal meta` processes.
+    Embedded,
 }
 
 impl Backend {
@@ -35,6 +39,7 @@ impl Backend {
         match self {
             Backend::Etcd => "etcd://",
             Backend::ZooKeeper => "zk://",
+            Backend::Embedded => "shoal://",
         }
     }
 }
@@ -43,6 +48,7 @@ impl Backend {
 pub enum RegistryServer {
     Etcd(EtcdCluster),
     ZooKeeper(ZkEnsemble),
+    Embedded(MetaGroup),
 }
 
 impl RegistryServer {
@@ -51,6 +57,7 @@ impl RegistryServer {
         match self {
             RegistryServer::Etcd(etcd) => etcd.registry_url(),
             RegistryServer::ZooKeeper(zk) => zk.registry_url(),
+            RegistryServer::Embedded(meta) => meta.registry_url(),
         }
     }
 
@@ -59,6 +66,7 @@ impl RegistryServer {
         match self {
             RegistryServer::Etcd(etcd) => etcd.leader().await,
             RegistryServer::ZooKeeper(zk) => zk.leader(),
+            RegistryServer::Embedded(meta) => meta.leader().await,
         }
     }
 
@@ -67,6 +75,7 @@ impl RegistryServer {
         match self {
             RegistryServer::Etcd(etcd) => etcd.kill(i),
             RegistryServer::ZooKeeper(zk) => zk.kill(i),
+            RegistryServer::Embedded(meta) => meta.kill(i),
         }
     }
 }
@@ -88,7 +97,16 @@ impl Cluster {
         match backend {
             Backend::Etcd => Cluster::new().await,
             Backend::ZooKeeper => Cluster::with_zookeeper(1).await,
+            Backend::Embedded => Cluster::with_embedded(1),
         }
+    }
+
+    /// A cluster whose registry is an embedded one of `members` `shoal
+    /// meta` processes, in the cluster's directory.
+    pub fn with_embedded(members: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = MetaGroup::start(dir.path(), members);
+        Cluster { dir, ..Cluster::on(RegistryServer::Embedded(meta)) }
     }
 
     /// A cluster whose registry is an etcd of `members` members.
@@ -116,6 +134,7 @@ impl Cluster {
         match backend {
             Backend::Etcd => Cluster::with_etcd(3).await,
             Backend::ZooKeeper => Cluster::with_zookeeper(3).await,
+            Backend::Embedded => Cluster::with_embedded(3),
         }
     }
 
@@ -208,6 +227,7 @@ impl Cluster {
         match &self.server {
             RegistryServer::Etcd(etcd) => Arc::new(etcd.registry("clustertest").await),
             RegistryServer::ZooKeeper(zk) => Arc::new(zk.registry("clustertest").await),
+            RegistryServer::Embedded(meta) => Arc::new(meta.registry("clustertest").await),
         }
     }
 
@@ -283,7 +303,7 @@ impl Cluster {
             .map(|d| d.as_secs())
             .unwrap_or_default();
         let to = std::env::temp_dir().join(format!("shoal-{what}-{seed}-{now}"));
-        for p in self.monitors.iter().chain(self.nodes.values()) {
+        for p in self.monitors.iter().chain(self.nodes.values()).chain(self.meta_members()) {
             let name = p.dir.file_name().expect("name").to_string_lossy().to_string();
             let dir = to.join(&name);
             let _ = std::fs::create_dir_all(&dir);
@@ -300,13 +320,26 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.monitors.iter().chain(self.nodes.values()).map(|p| p.logs()).collect()
+        self.monitors
+            .iter()
+            .chain(self.nodes.values())
+            .chain(self.meta_members())
+            .map(|p| p.logs())
+            .collect()
+    }
+
+    /// The embedded registry's processes, if the cluster runs on one.
+    fn meta_members(&self) -> impl Iterator<Item = &Process> {
+        match &self.server {
+            RegistryServer::Embedded(meta) => meta.members.iter(),
+            _ => [].iter(),
+        }
     }
 }
 
 /// Runs the scenario `async fn $scenario(backend: Backend)` on every
-/// registry backend, as the tests `$scenario::etcd` and
-/// `$scenario::zookeeper`, with the given test attribute.
+/// registry backend, as the tests `$scenario::etcd`, `$scenario::zookeeper`
+/// and `$scenario::embedded`, with the given test attribute.
 #[macro_export]
 macro_rules! on_every_backend {
     (#[$attr:meta] $scenario:ident) => {
@@ -321,6 +354,11 @@ macro_rules! on_every_backend {
             #[$attr]
             async fn zookeeper() {
                 super::$scenario(Backend::ZooKeeper).await;
+            }
+
+            #[$attr]
+            async fn embedded() {
+                super::$scenario(Backend::Embedded).await;
             }
         }
     };

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod meta;
 pub mod python;
 pub mod seed;
 
