@@ -194,7 +194,7 @@ impl State {
 
     /// Replaces the member list, if its size is odd.
     fn set_members(&mut self, members: Vec<Member>) -> Result<Response, Error> {
-        if members.len() % 2 == 0 {
+        if members.len().is_multiple_of(2) {
             return Err(Error::InvalidInput(format!(
                 "the group would have {} members: an even number tolerates no more failures \
                  than one fewer, and needs more of them up to make progress. Add or remove \

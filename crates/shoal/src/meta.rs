@@ -236,7 +236,7 @@ fn initial_members(pairs: &[String]) -> anyhow::Result<Vec<Member>> {
         }
         members.push(shoal_meta::member(name.trim(), &url));
     }
-    if members.len() % 2 == 0 && !members.is_empty() {
+    if members.len().is_multiple_of(2) && !members.is_empty() {
         anyhow::bail!(
             "--initial-members lists {} members: a group needs an odd number (1, 3 or 5) to \
              tolerate as many failures as it can",

@@ -511,7 +511,7 @@ impl Feed {
             };
             reader.push(&chunk);
             loop {
-                let frame = match reader.next::<WatchFrame>() {
+                let frame = match reader.next_frame::<WatchFrame>() {
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,
                     Err(e) => return broken(format!("{url}: {e}"), established),

@@ -190,7 +190,7 @@ impl FrameReader {
     }
 
     /// The next whole frame, if one has arrived.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
+    pub fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>> {
         if self.buf.len() < 4 {
             return Ok(None);
         }
@@ -224,7 +224,7 @@ mod tests {
             let mut got = Vec::new();
             for part in [&bytes[..cut], &bytes[cut..]] {
                 reader.push(part);
-                while let Some(f) = reader.next::<WatchFrame>().unwrap() {
+                while let Some(f) = reader.next_frame::<WatchFrame>().unwrap() {
                     got.push(f);
                 }
             }
@@ -236,9 +236,9 @@ mod tests {
     fn garbage_is_an_error_not_a_panic() {
         let mut reader = FrameReader::default();
         reader.push(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
-        assert!(reader.next::<WatchFrame>().is_err());
+        assert!(reader.next_frame::<WatchFrame>().is_err());
         let mut reader = FrameReader::default();
         reader.push(&u32::MAX.to_le_bytes());
-        assert!(reader.next::<WatchFrame>().is_err());
+        assert!(reader.next_frame::<WatchFrame>().is_err());
     }
 }

@@ -41,7 +41,7 @@ impl MetaGroup {
 
     /// A group of `n` (odd) members under `dir`, every one voting.
     pub fn start(dir: &Path, n: usize) -> MetaGroup {
-        assert!(n % 2 == 1, "an embedded registry has an odd number of members");
+        assert!(!n.is_multiple_of(2), "an embedded registry has an odd number of members");
         let mut group = MetaGroup { members: Vec::new(), dir: dir.to_path_buf() };
         group.members.push(MetaGroup::start_member(dir, 0, None));
         let first = group.members[0].url.clone();
