@@ -1,5 +1,6 @@
 //! A standalone server grows into a cluster without export or import: its
-//! data directory is started as the first node of a cluster on a real etcd,
+//! data directory is started as the first node of a cluster on a real etcd
+//! (or on Shoal's embedded registry, so with no other service at all),
 //! two more nodes join, and every base ends on three replicas with equal
 //! checksums while a client writes and sees no error. Done in the wrong
 //! order (a standalone directory started into a cluster that began without
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, TOKEN};
+use common::cluster::{Backend, Cluster, TOKEN};
 use common::{Mode, Server, bin, eventually, log_filter};
 use serde_json::json;
 use shoal_client::Client;
@@ -70,13 +71,24 @@ async fn three_replicas_everywhere(client: &Client, nodes: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_standalone_directory_grows_into_a_three_node_cluster_under_load() {
+    grows_into_a_three_node_cluster(Backend::Etcd).await;
+}
+
+/// The same path with nothing but Shoal: the registry is one `shoal meta`
+/// member started beside the standalone directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standalone_directory_grows_into_a_cluster_on_the_embedded_registry() {
+    grows_into_a_three_node_cluster(Backend::Embedded).await;
+}
+
+async fn grows_into_a_three_node_cluster(backend: Backend) {
     let standalone = tempfile::tempdir().expect("tempdir");
     let bases = standalone_with_bases(standalone.path()).await;
     let data = standalone.path().join("data");
 
-    // The same directory, as node `standalone` of a cluster on etcd, with a
-    // monitor that wants three replicas.
-    let mut c = Cluster::new().await;
+    // The same directory, as node `standalone` of a cluster on the registry,
+    // with a monitor that wants three replicas.
+    let mut c = Cluster::on_backend(backend).await;
     c.start_node_on("standalone", &data);
     c.start_monitor(&[]);
     let first = c.nodes["standalone"].url.clone();
