@@ -38,7 +38,7 @@ pub struct RegistryOptions {
     /// `etcd://host1:2379,host2:2379,...` (one or more etcd members),
     /// `etcds://...` for etcd over TLS,
     /// `zk://host1:2181,host2:2181,...` (one or more ZooKeeper servers), or
-    /// `shoal://host1:7090,...` (members of Shoal's embedded registry,
+    /// `shoal://host1:7060,...` (members of Shoal's embedded registry,
     /// `shoal meta`).
     pub registry: String,
     /// The key prefix: every key lives under `/{namespace}/`, so several

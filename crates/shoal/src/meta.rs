@@ -70,7 +70,7 @@ struct MemberArgs {
     #[arg(long, env = "SHOAL_META_NAME")]
     name: Option<String>,
     /// The address to serve on (members and clients both).
-    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7090")]
+    #[arg(long, env = "SHOAL_LISTEN", default_value = "127.0.0.1:7060")]
     listen: SocketAddr,
     /// The URL others reach this member at [default: http://LISTEN_ADDR].
     #[arg(long, env = "SHOAL_ADVERTISE_URL")]
@@ -228,7 +228,7 @@ fn initial_members(pairs: &[String]) -> anyhow::Result<Vec<Member>> {
     let mut members: Vec<Member> = Vec::new();
     for pair in pairs.iter().map(|p| p.trim()).filter(|p| !p.is_empty()) {
         let (name, url) = pair.split_once('=').with_context(|| {
-            format!("--initial-members: {pair:?} is not NAME=URL (e.g. m1=http://10.0.0.1:7090)")
+            format!("--initial-members: {pair:?} is not NAME=URL (e.g. m1=http://10.0.0.1:7060)")
         })?;
         let url = normalize_url(url).with_context(|| format!("--initial-members: {name}"))?;
         if members.iter().any(|m| m.name == name) {

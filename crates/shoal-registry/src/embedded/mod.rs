@@ -68,7 +68,7 @@ pub struct EmbeddedOptions {
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
-            endpoints: vec!["http://127.0.0.1:7090".into()],
+            endpoints: vec!["http://127.0.0.1:7060".into()],
             namespace: "shoal".into(),
             retry_interval: Duration::from_millis(500),
             max_retries: 5,
