@@ -92,12 +92,13 @@ impl Cluster {
         Cluster::on(RegistryServer::Etcd(EtcdCluster::single().await))
     }
 
-    /// A cluster whose registry is one server of `backend`.
+    /// A cluster whose registry is one server of `backend` (for the
+    /// embedded registry, a group of three: it is what one would run).
     pub async fn on_backend(backend: Backend) -> Cluster {
         match backend {
             Backend::Etcd => Cluster::new().await,
             Backend::ZooKeeper => Cluster::with_zookeeper(1).await,
-            Backend::Embedded => Cluster::with_embedded(1),
+            Backend::Embedded => Cluster::with_embedded(3),
         }
     }
 
