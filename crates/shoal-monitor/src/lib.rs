@@ -9,7 +9,7 @@ mod service;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
-use shoal_registry::{Registry, keys};
+use shoal_registry::{Registry, directory, keys};
 use shoal_types::api::{
     BucketStatus, BucketsStatus, ClusterStatus, Member, MonitorInfo, NodeInfo, NodeReplicas,
     NodeReport, NodeStatus, PendingMove, RebalanceRequest, ReplicaState,
@@ -52,39 +52,20 @@ impl From<Error> for shoal_types::Error {
 
 /// Reads the placement map, if the monitor has written one.
 pub async fn placement(registry: &dyn Registry) -> shoal_types::Result<Option<PlacementMap>> {
-    match registry.get(keys::PLACEMENT).await.map_err(shoal_types::Error::from)? {
-        Some(kv) => Ok(Some(PlacementMap::decode(&kv.value)?)),
-        None => Ok(None),
-    }
+    Ok(directory::placement(registry).await?.map(|(map, _)| map))
 }
 
 /// The drained nodes.
 pub async fn drained(registry: &dyn Registry) -> shoal_types::Result<BTreeSet<NodeId>> {
-    let listing = registry.get_prefix(keys::DRAINED).await.map_err(shoal_types::Error::from)?;
-    Ok(listing.kvs.iter().filter_map(|kv| keys::node_of(&kv.key)).collect())
+    Ok(directory::drained(registry).await?)
 }
 
 async fn live_nodes(registry: &dyn Registry) -> shoal_types::Result<BTreeMap<NodeId, NodeInfo>> {
-    let mut live = BTreeMap::new();
-    let listing = registry.get_prefix(keys::NODES).await.map_err(shoal_types::Error::from)?;
-    for kv in listing.kvs {
-        if let (Some(id), Ok(info)) = (keys::node_of(&kv.key), serde_json::from_slice(&kv.value)) {
-            live.insert(id, info);
-        }
-    }
-    Ok(live)
+    Ok(directory::live_nodes(registry).await?.0)
 }
 
 async fn members(registry: &dyn Registry) -> shoal_types::Result<BTreeMap<NodeId, Member>> {
-    let mut members = BTreeMap::new();
-    let prefix = keys::MEMBERS;
-    let listing = registry.get_prefix(prefix).await.map_err(shoal_types::Error::from)?;
-    for kv in listing.kvs {
-        if let Ok(m) = serde_json::from_slice(&kv.value) {
-            members.insert(NodeId(String::from_utf8_lossy(&kv.key[prefix.len()..]).to_string()), m);
-        }
-    }
-    Ok(members)
+    Ok(directory::members(registry).await?)
 }
 
 /// Drains `node` (the active monitor moves every replica off it and places
@@ -166,16 +147,11 @@ async fn read_status(
     let live = live_nodes(registry).await?;
     let members = members(registry).await?;
     let drained = drained(registry).await?;
-    let mut reports: BTreeMap<NodeId, NodeReport> = BTreeMap::new();
-    for kv in registry.get_prefix(keys::STATUS).await.map_err(reg)?.kvs {
-        if let (Some(id), Ok(r)) = (keys::node_of(&kv.key), serde_json::from_slice(&kv.value)) {
-            reports.insert(id, r);
-        }
-    }
+    let reports: BTreeMap<NodeId, NodeReport> = directory::reports(registry).await.map_err(reg)?;
     let map = placement(registry).await?;
     let monitor =
         shoal_registry::leader(registry, keys::MONITOR_ELECTION).await.map_err(reg)?.map(|l| {
-            serde_json::from_slice::<MonitorInfo>(&l.value)
+            directory::decode::<MonitorInfo>(&l.value)
                 .unwrap_or(MonitorInfo { id: "?".into(), url: None })
         });
     let rebalance_pending = registry.get(keys::REBALANCE).await.map_err(reg)?.is_some();
@@ -314,8 +290,7 @@ pub async fn request_rebalance(registry: &dyn Registry) -> shoal_types::Result<R
         requested_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         epoch,
     };
-    let value =
-        serde_json::to_vec(&request).map_err(|e| shoal_types::Error::Internal(e.to_string()))?;
+    let value = directory::encode(&request)?;
     registry.put(keys::REBALANCE, &value, None).await.map_err(shoal_types::Error::from)?;
     Ok(request)
 }

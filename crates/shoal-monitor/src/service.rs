@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime};
 use shoal_placement::NodeSpec;
 use shoal_registry::{
     Compare, CompareOp, Election, Leader, Registry, Revision, Session, SessionOptions, Txn, TxnOp,
-    WatchMessage, keys,
+    WatchMessage, directory, keys,
 };
 use shoal_types::NodeId;
 use shoal_types::api::{Member, MonitorInfo, NodeInfo};
@@ -110,8 +110,7 @@ async fn term(
     );
     let election = Election::new(session.clone(), keys::MONITOR_ELECTION);
     let value =
-        serde_json::to_vec(&MonitorInfo { id: options.id.clone(), url: options.url.clone() })
-            .map_err(|e| Error::Internal(e.to_string()))?;
+        directory::encode(&MonitorInfo { id: options.id.clone(), url: options.url.clone() })?;
     let leader = tokio::select! {
         r = election.campaign(&value) => r?,
         reason = session.lost() => return Err(Error::Registry(shoal_registry::Error::SessionLost(reason))),
@@ -152,39 +151,12 @@ async fn snapshot(registry: &Arc<dyn Registry>) -> Result<Snapshot> {
     // One listing of the whole namespace would read everything at one
     // revision, but it holds every status report too; the transaction's
     // compares make separate reads safe.
-    let listing = registry.get_prefix(keys::NODES).await?;
-    let mut nodes = BTreeMap::new();
-    for kv in &listing.kvs {
-        let Some(id) = keys::node_of(&kv.key) else { continue };
-        match serde_json::from_slice::<NodeInfo>(&kv.value) {
-            Ok(info) => {
-                nodes.insert(id, info);
-            }
-            Err(e) => {
-                tracing::warn!(node = %id, error = %e, "ignoring an unreadable node registration")
-            }
-        }
-    }
-    let map = match registry.get(keys::PLACEMENT).await? {
-        Some(kv) => Some((PlacementMap::decode(&kv.value).map_err(Error::Data)?, kv.mod_revision)),
-        None => None,
-    };
+    let (nodes, revision) = directory::live_nodes(registry.as_ref()).await?;
+    let map = directory::placement(registry.as_ref()).await?;
     let rebalance = registry.get(keys::REBALANCE).await?.map(|kv| kv.mod_revision);
-    let mut members = BTreeMap::new();
-    for kv in registry.get_prefix(keys::MEMBERS).await?.kvs {
-        let id = String::from_utf8_lossy(&kv.key[keys::MEMBERS.len()..]).to_string();
-        if let Ok(m) = serde_json::from_slice::<Member>(&kv.value) {
-            members.insert(NodeId(id), m);
-        }
-    }
-    let drained = registry
-        .get_prefix(keys::DRAINED)
-        .await?
-        .kvs
-        .iter()
-        .filter_map(|kv| keys::node_of(&kv.key))
-        .collect();
-    Ok(Snapshot { revision: listing.revision, nodes, map, rebalance, members, drained })
+    let members = directory::members(registry.as_ref()).await?;
+    let drained = directory::drained(registry.as_ref()).await?;
+    Ok(Snapshot { revision, nodes, map, rebalance, members, drained })
 }
 
 fn now() -> String {
@@ -293,7 +265,7 @@ async fn lead(
                 ops.push(TxnOp::delete(keys::REBALANCE));
             }
             for (id, m) in &members {
-                let value = serde_json::to_vec(m).map_err(|e| Error::Internal(e.to_string()))?;
+                let value = directory::encode(m)?;
                 ops.push(TxnOp::put(keys::member(id), value, None));
             }
             let resp = registry.txn(Txn::new().when(compares).and_then(ops)).await?;

@@ -21,7 +21,7 @@ use shoal_types::{BaseId, BucketId, Error, NodeId, Result};
 use tokio::sync::watch;
 
 use crate::replica::{self, BucketStateMachine};
-use crate::replication::Directory;
+use crate::replication::{Directory, RaftDirectory as _};
 
 /// The node's Raft groups.
 pub type MultiRaft = shoal_raft::MultiRaft<BucketStateMachine>;

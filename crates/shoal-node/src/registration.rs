@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use shoal_registry::{Registry, Session, SessionOptions, keys};
+use shoal_registry::{Registry, Session, SessionOptions, directory, keys};
 use shoal_types::NodeId;
 use shoal_types::api::{NodeInfo, NodeReport};
 use tokio::sync::watch;
@@ -60,7 +60,7 @@ pub async fn held_elsewhere(
     instance: &str,
 ) -> shoal_registry::Result<Option<NodeInfo>> {
     let Some(kv) = registry.get(&keys::node(node_id)).await? else { return Ok(None) };
-    let Ok(info) = serde_json::from_slice::<NodeInfo>(&kv.value) else { return Ok(None) };
+    let Ok(info) = directory::decode::<NodeInfo>(&kv.value) else { return Ok(None) };
     Ok((!info.instance.is_empty() && info.instance != instance).then_some(info))
 }
 
@@ -116,15 +116,13 @@ async fn term(
         registered_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         ..options.info.clone()
     };
-    let value =
-        serde_json::to_vec(&info).map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
+    let value = directory::encode(&info)?;
     registry.put(&keys::node(&options.node_id), &value, Some(session.lease())).await?;
     tracing::info!(node = %options.node_id, lease = %session.lease(), "node registered");
     let write_reports = async {
         loop {
             let current = report.borrow_and_update().clone();
-            let value = serde_json::to_vec(&current)
-                .map_err(|e| shoal_registry::Error::Internal(e.to_string()))?;
+            let value = directory::encode(&current)?;
             registry.put(&keys::status(&options.node_id), &value, Some(session.lease())).await?;
             if report.changed().await.is_err() {
                 // Replication stopped: the last report stays until the lease ends.

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use shoal_raft::{RaftNodeId, raft_id};
 use shoal_registry::{Compare, CompareOp, Registry, Revision, Txn, TxnOp, keys};
 use shoal_storage::Store;
-use shoal_types::api::{BaseLocation, NodeInfo, NodeRef, NodeReport};
+use shoal_types::api::NodeReport;
 use shoal_types::placement::PlacementMap;
 use shoal_types::{BucketId, Error, NodeId};
 use tokio::sync::watch;
@@ -50,50 +50,24 @@ pub struct ReplicationOptions {
     pub remove_after: Duration,
 }
 
-/// The node's view of where buckets live, for routing answers.
-#[derive(Clone, Debug, Default)]
-pub struct Directory {
-    /// The latest placement map.
-    pub map: Option<PlacementMap>,
-    /// Live nodes.
-    pub nodes: BTreeMap<NodeId, NodeInfo>,
-}
+pub use shoal_registry::directory::{Directory, directory_changed, read_directory};
 
-impl Directory {
-    /// A live node as clients see it.
-    pub fn node_ref(&self, id: &NodeId) -> Option<NodeRef> {
-        self.nodes.get(id).map(|i| NodeRef { node_id: id.clone(), node_url: i.node_url.clone() })
-    }
-
-    /// Where `bucket` lives by the map, naming `leader` if it is live.
-    pub fn location(&self, bucket: BucketId, leader: Option<&NodeId>) -> BaseLocation {
-        let (replicas, epoch) = match &self.map {
-            Some(map) => {
-                (map.replicas(bucket).iter().filter_map(|n| self.node_ref(n)).collect(), map.epoch)
-            }
-            None => (Vec::new(), 0),
-        };
-        BaseLocation { bucket, leader: leader.and_then(|l| self.node_ref(l)), replicas, epoch }
-    }
-
-    /// The public URLs of a bucket's replicas.
-    pub fn replica_urls(&self, bucket: BucketId) -> Vec<String> {
-        let Some(map) = &self.map else { return Vec::new() };
-        map.replicas(bucket)
-            .iter()
-            .filter_map(|n| self.nodes.get(n).map(|i| i.node_url.clone()))
-            .collect()
-    }
-
+/// What the Raft engine needs of the directory.
+pub trait RaftDirectory {
     /// The Raft voters the map wants for a bucket, in the map's order
     /// (live nodes only: an address is needed to reach them).
-    pub fn voters(&self, bucket: BucketId) -> Vec<RaftNodeId> {
+    fn voters(&self, bucket: BucketId) -> Vec<RaftNodeId>;
+    /// The live node whose Raft id is `id`.
+    fn node_of(&self, id: RaftNodeId) -> Option<NodeId>;
+}
+
+impl RaftDirectory for Directory {
+    fn voters(&self, bucket: BucketId) -> Vec<RaftNodeId> {
         let Some(map) = &self.map else { return Vec::new() };
         map.replicas(bucket).iter().filter(|n| self.nodes.contains_key(*n)).map(raft_id).collect()
     }
 
-    /// The live node whose Raft id is `id`.
-    pub fn node_of(&self, id: RaftNodeId) -> Option<NodeId> {
+    fn node_of(&self, id: RaftNodeId) -> Option<NodeId> {
         self.nodes.keys().find(|n| raft_id(n) == id).cloned()
     }
 }
@@ -434,46 +408,4 @@ fn publish(ctx: &Ctx, epoch: u64, mine: &BTreeSet<u8>) {
         *r = report;
         changed
     });
-}
-
-/// Reads the live nodes and the placement map once; returns them with the
-/// registry revision they were read at (watch from the next one).
-pub async fn read_directory(registry: &dyn Registry) -> Result<(Directory, Revision), Error> {
-    let listing = registry.get_prefix(keys::NODES).await?;
-    let mut nodes = BTreeMap::new();
-    for kv in &listing.kvs {
-        if let (Some(id), Ok(info)) =
-            (keys::node_of(&kv.key), serde_json::from_slice::<NodeInfo>(&kv.value))
-        {
-            nodes.insert(id, info);
-        }
-    }
-    let map = match registry.get(keys::PLACEMENT).await? {
-        Some(kv) => Some(PlacementMap::decode(&kv.value)?),
-        None => None,
-    };
-    Ok((Directory { map, nodes }, listing.revision))
-}
-
-/// Returns on the first change of the map or the nodes after `revision`,
-/// or after `interval` at the latest (a safety net against a lost watch).
-pub async fn directory_changed(registry: &dyn Registry, revision: Revision, interval: Duration) {
-    let from = Revision(revision.0 + 1);
-    let wait = async {
-        let placement = registry.watch_prefix(keys::PLACEMENT, from).await;
-        let nodes = registry.watch_prefix(keys::NODES, from).await;
-        match (placement, nodes) {
-            (Ok(mut p), Ok(mut n)) => {
-                tokio::select! {
-                    _ = p.next() => {}
-                    _ = n.next() => {}
-                }
-            }
-            _ => tokio::time::sleep(interval).await,
-        }
-    };
-    tokio::select! {
-        _ = wait => {}
-        _ = tokio::time::sleep(interval) => {}
-    }
 }

@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use shoal_node::replication::{Directory, directory_changed, read_directory};
 use shoal_registry::Registry;
+use shoal_registry::directory::{Directory, directory_changed, read_directory};
 use shoal_types::api::NodeInfo;
 use shoal_types::{BucketId, NodeId};
 use tokio::sync::watch;

@@ -51,6 +51,12 @@ pub fn member(node: &NodeId) -> Vec<u8> {
     [MEMBERS, node.0.as_bytes()].concat()
 }
 
+/// The node id of a member record's key, if it is one.
+pub fn member_of(key: &[u8]) -> Option<NodeId> {
+    let rest = key.strip_prefix(MEMBERS)?;
+    std::str::from_utf8(rest).ok().filter(|s| !s.is_empty()).map(|s| NodeId(s.to_string()))
+}
+
 /// The claim of `bucket`'s Raft group.
 pub fn group(bucket: BucketId) -> Vec<u8> {
     format!("groups/{bucket}").into_bytes()
@@ -78,6 +84,8 @@ mod tests {
         assert_eq!(node_of(&drained(&id)), Some(id));
         assert_eq!(node_of(b"placement"), None);
         assert_eq!(member(&NodeId("n1".into())), b"members/n1");
+        assert_eq!(member_of(b"members/n1"), Some(NodeId("n1".into())));
+        assert_eq!(member_of(b"nodes/n1"), None);
         assert!(group(BucketId(0x0a)).starts_with(GROUPS));
     }
 }

@@ -23,6 +23,7 @@
 //! Key layout conventions (relative to the namespace) are documented in
 //! `docs/registry.md`; the [`keys`] module builds them.
 
+pub mod directory;
 mod election;
 pub mod embedded;
 mod error;
