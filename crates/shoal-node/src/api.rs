@@ -35,8 +35,7 @@ fn unexpected(output: Output) -> Error {
     Error::Internal(format!("unexpected command output {output:?}"))
 }
 
-/// Ids made from idempotency keys live in their own UUID namespace.
-pub const KEYED_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x5d7c_2f4e_8a1b_4c3d_9e6f_1a2b_3c4d_5e6f);
+pub use shoal_http::bases::{KEYED_IDS, is_sqlite};
 
 /// The query string of `POST /v1/bases`: with a SQLite file as the body,
 /// the new base's id and name (with JSON, they are in the body).
@@ -45,15 +44,6 @@ pub const KEYED_IDS: uuid::Uuid = uuid::Uuid::from_u128(0x5d7c_2f4e_8a1b_4c3d_9e
 pub struct CreateParams {
     id: Option<String>,
     name: Option<String>,
-}
-
-/// Whether a request's body is a SQLite database file.
-pub fn is_sqlite(headers: &HeaderMap) -> bool {
-    headers
-        .get(axum::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| shoal_storage::image::CONTENT_TYPES.contains(&t.trim()))
 }
 
 /// The id of a new base: the one given, or, for a retried create without

@@ -22,20 +22,9 @@ use shoal_types::Error;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// Set on a request a node forwarded.
-pub const FORWARDED: &str = "x-shoal-forwarded";
-/// The host a client addressed, kept when a request is forwarded.
-pub const FORWARDED_HOST: &str = "x-forwarded-host";
-/// The scheme a client used (`https` on a TLS port), kept when a request
-/// is forwarded.
-pub const FORWARDED_PROTO: &str = "x-forwarded-proto";
-/// Set by a client that wants a redirect instead of forwarding.
-pub const NO_FORWARD: &str = "x-shoal-no-forward";
-
-/// Where the leader of the request's bucket is: put on `not_leader`
-/// responses by the error mapping, read here.
-#[derive(Clone, Debug)]
-pub struct LeaderHint(pub String);
+pub use shoal_http::headers::{
+    FORWARDED, FORWARDED_HOST, FORWARDED_PROTO, LeaderHint, NO_FORWARD, query_param,
+};
 
 /// The HTTP client used to forward (and to ask other nodes): `tls`
 /// verifies `https://` nodes and shows them this process's certificate.
@@ -174,12 +163,6 @@ fn holder(state: &AppState, uri: &axum::http::Uri, body: &[u8]) -> Option<String
         },
     };
     state.engine.as_ref()?.replica_local_urls(id.bucket()).into_iter().next()
-}
-
-/// The raw value of the first `name=` in a query string, if any (not
-/// percent-decoded: the values routing reads, ids and numbers, need none).
-pub fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
-    query?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v))
 }
 
 /// How many leaders a request is forwarded to, at most.

@@ -11,24 +11,22 @@ pub mod api;
 pub mod cluster;
 pub mod console;
 pub mod engine;
-pub mod error;
+pub use shoal_http::error;
 mod extract;
 pub mod feed;
 pub mod forward;
-pub mod lists;
+pub use shoal_http::lists;
 pub mod node;
 pub mod registration;
-pub mod relay;
+pub use shoal_http::relay;
 pub mod replica;
 pub mod replication;
 pub mod scoped;
 pub mod seatable;
 
-use std::collections::HashMap;
-use std::sync::{Arc, LazyLock, RwLock};
-use std::time::Instant;
+use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -188,148 +186,10 @@ async fn require_token(
     }
 }
 
-/// The prefix of the WebSocket subprotocol that carries a token.
-pub const BEARER_PROTOCOL: &str = "shoal.bearer.";
-
-/// The bearer token a request presents: `Authorization: Bearer TOKEN`, or,
-/// from a browser's WebSocket, which cannot set headers, a subprotocol
-/// `shoal.bearer.` followed by the token in unpadded base64url (offered
-/// with `shoal.v1`, which the server picks).
-pub fn presented_token(headers: &HeaderMap) -> Option<String> {
-    let from_protocol = || {
-        headers
-            .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .find_map(|p| p.trim().strip_prefix(BEARER_PROTOCOL).map(str::to_string))
-            .map(|t| {
-                use base64::Engine as _;
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(t.trim_end_matches('='))
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .unwrap_or_default()
-            })
-    };
-    match headers.get(header::AUTHORIZATION) {
-        Some(v) => {
-            v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).map(|t| t.trim().to_string())
-        }
-        None => from_protocol(),
-    }
-}
-
-/// Checks the token a request presents ([`presented_token`]) against
-/// `token`; every process that serves `/v1` (nodes, monitors, proxies)
-/// refuses the same way.
-pub fn authorize(headers: &HeaderMap, token: &str) -> Result<(), ApiError> {
-    match presented_token(headers).as_deref() {
-        None => Err(ApiError(Error::Unauthorized(
-            "missing bearer token: send \"Authorization: Bearer TOKEN\"".into(),
-        ))),
-        Some(t) if !constant_time_eq(t.as_bytes(), token.as_bytes()) => {
-            Err(ApiError(Error::Unauthorized("invalid bearer token".into())))
-        }
-        Some(_) => Ok(()),
-    }
-}
-
-/// Compares secrets in time that does not depend on where they differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use shoal_http::auth::{BEARER_PROTOCOL, authorize, presented_token};
+pub use shoal_http::metrics::{REQUEST_METRICS, RequestMetrics, record_request, track_as};
 
 /// Counts requests and their latency by route.
 async fn track(req: Request, next: Next) -> Response {
     track_as(REQUEST_METRICS, req, next).await
-}
-
-/// The names of a process's request counter and latency histogram.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestMetrics {
-    /// Requests, by route, method and status.
-    pub total: &'static str,
-    /// Latency in seconds, by route and method.
-    pub duration: &'static str,
-}
-
-/// What every process counts its HTTP requests under.
-pub const REQUEST_METRICS: RequestMetrics = RequestMetrics {
-    total: "shoal_http_requests_total",
-    duration: "shoal_http_request_duration_seconds",
-};
-
-/// One route's counter and histogram for one method and status.
-struct Handles {
-    method: axum::http::Method,
-    status: u16,
-    total: metrics::Counter,
-    duration: metrics::Histogram,
-}
-
-/// The handles registered so far, by metric name and route: a request finds
-/// its handles with one read lock and no allocation; only the first request
-/// of a route, method and status registers (and allocates) them.
-type HandleCache = HashMap<&'static str, HashMap<String, Vec<Handles>>>;
-
-static HANDLES: LazyLock<RwLock<HandleCache>> = LazyLock::new(RwLock::default);
-
-/// Runs the request and records it, by matched route, under `names`.
-pub async fn track_as(names: RequestMetrics, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let start = Instant::now();
-    let response = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", |p| p.as_str());
-    record_request(names, route, &method, response.status().as_u16(), start.elapsed());
-    response
-}
-
-/// Records one request of `route` under `names` (for handlers that are not
-/// behind [`track_as`]).
-pub fn record_request(
-    names: RequestMetrics,
-    route: &str,
-    method: &axum::http::Method,
-    status: u16,
-    elapsed: std::time::Duration,
-) {
-    let elapsed = elapsed.as_secs_f64();
-    let record = |h: &Handles| {
-        h.total.increment(1);
-        h.duration.record(elapsed);
-    };
-    {
-        let cache = HANDLES.read().unwrap_or_else(|e| e.into_inner());
-        let found = cache
-            .get(names.total)
-            .and_then(|routes| routes.get(route))
-            .and_then(|hs| hs.iter().find(|h| h.method == method && h.status == status));
-        if let Some(h) = found {
-            record(h);
-            return;
-        }
-    }
-    let handles = Handles {
-        total: metrics::counter!(names.total, "route" => route.to_string(), "method" => method.to_string(), "status" => status.to_string()),
-        duration: metrics::histogram!(names.duration, "route" => route.to_string(), "method" => method.to_string()),
-        method: method.clone(),
-        status,
-    };
-    record(&handles);
-    let mut cache = HANDLES.write().unwrap_or_else(|e| e.into_inner());
-    cache.entry(names.total).or_default().entry(route.to_string()).or_default().push(handles);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"abcd"));
-    }
 }

@@ -20,47 +20,7 @@ use shoal_types::{BaseId, Error};
 use crate::AppState;
 use crate::seatable::{token_base, token_hash};
 
-/// What a route needs of a token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Access {
-    /// Reads the base.
-    Read,
-    /// Changes the base.
-    Write,
-}
-
-/// The base and access of a `/v1` request an API token may make, if any:
-/// `None` for the routes only the admin token opens.
-pub fn route(method: &Method, path: &str) -> Option<(BaseId, Access)> {
-    let rest = path.strip_prefix("/v1/bases/")?;
-    let (id, tail) = rest.split_once('/').map_or((rest, ""), |(id, t)| (id, t));
-    let id: BaseId = id.parse().ok()?;
-    let parts: Vec<&str> = if tail.is_empty() { Vec::new() } else { tail.split('/').collect() };
-    let access = match (method, parts.as_slice()) {
-        (&Method::GET, []) => Access::Read,
-        (&Method::POST, ["query"]) => Access::Read,
-        (&Method::POST, ["execute"]) => Access::Write,
-        (&Method::GET, ["tables"]) => Access::Read,
-        (&Method::GET, ["tables", _, "rows"]) | (&Method::GET, ["tables", _, "rows", _]) => {
-            Access::Read
-        }
-        (&Method::POST, ["tables", _, "rows"]) => Access::Write,
-        (&Method::PATCH | &Method::DELETE, ["tables", _, "rows", _]) => Access::Write,
-        (&Method::GET, ["checksum" | "backup" | "location" | "changes"]) => Access::Read,
-        _ => return None,
-    };
-    Some((id, access))
-}
-
-/// Whether a request carries an API token for the base its path names, on
-/// a route such a token may use: a proxy passes it on (the node checks it).
-pub fn may_carry(headers: &HeaderMap, method: &Method, path: &str) -> bool {
-    let Some(token) = crate::presented_token(headers) else { return false };
-    match (token_base(&token), route(method, path)) {
-        (Some(theirs), Some((base, _))) => theirs == base,
-        _ => false,
-    }
-}
+pub use shoal_http::auth::{Access, may_carry, route};
 
 /// Checks a request that does not carry the admin token: `None` if its
 /// token is not an API token (the admin token's refusal stands), else
@@ -112,31 +72,5 @@ async fn allowed(
         // Not held here: the request is forwarded, and checked where it is.
         Err(Error::Misdirected { .. }) => Ok(()),
         Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const ID: &str = "0a000000-0000-4000-8000-000000000001";
-
-    #[test]
-    fn routes_name_their_base_and_access() {
-        let at = |m: Method, p: &str| route(&m, &format!("/v1/bases/{ID}{p}")).map(|(_, a)| a);
-        assert_eq!(at(Method::GET, ""), Some(Access::Read));
-        assert_eq!(at(Method::POST, "/query"), Some(Access::Read));
-        assert_eq!(at(Method::POST, "/execute"), Some(Access::Write));
-        assert_eq!(at(Method::GET, "/tables/t/rows"), Some(Access::Read));
-        assert_eq!(at(Method::POST, "/tables/t/rows"), Some(Access::Write));
-        assert_eq!(at(Method::PATCH, "/tables/t/rows/3"), Some(Access::Write));
-        assert_eq!(at(Method::GET, "/changes"), Some(Access::Read));
-        // Admin only.
-        assert_eq!(at(Method::DELETE, ""), None);
-        assert_eq!(at(Method::GET, "/api-tokens"), None);
-        assert_eq!(at(Method::POST, "/api-tokens"), None);
-        assert_eq!(route(&Method::GET, "/v1/bases"), None);
-        assert_eq!(route(&Method::GET, "/v1/cluster"), None);
-        assert_eq!(route(&Method::GET, "/v1/bases/not-an-id/query"), None);
     }
 }

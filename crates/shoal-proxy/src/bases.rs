@@ -11,9 +11,9 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use shoal_node::error::ApiError;
-use shoal_node::forward::{FORWARDED, NO_FORWARD, query_param};
-use shoal_node::lists::{self, ListFailure};
+use shoal_http::error::ApiError;
+use shoal_http::headers::{FORWARDED, NO_FORWARD, query_param};
+use shoal_http::lists::{self, ListFailure};
 use shoal_types::api::BaseLocation;
 use shoal_types::{BaseId, BucketId, Error};
 
@@ -31,7 +31,7 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn create_id(body: &Value, key: Option<&str>) -> Result<BaseId, Error> {
     match body.get("id") {
         None | Some(Value::Null) => Ok(match key {
-            Some(k) => BaseId(uuid::Uuid::new_v5(&shoal_node::api::KEYED_IDS, k.as_bytes())),
+            Some(k) => BaseId(uuid::Uuid::new_v5(&shoal_http::bases::KEYED_IDS, k.as_bytes())),
             None => BaseId::random(),
         }),
         Some(Value::String(s)) => s.parse(),
@@ -50,7 +50,7 @@ pub async fn create(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
     };
     let key = parts.headers.get("idempotency-key").and_then(|v| v.to_str().ok());
     // A SQLite file to make a base of: the id is in the query string.
-    if shoal_node::api::is_sqlite(&parts.headers) {
+    if shoal_http::bases::is_sqlite(&parts.headers) {
         let query = parts.uri.query().unwrap_or("");
         let given = query_param(Some(query), "id");
         let id = match given {

@@ -9,8 +9,8 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderName, Method, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use shoal_node::error::ApiError;
-use shoal_node::forward::{FORWARDED_HOST, NO_FORWARD};
+use shoal_http::error::ApiError;
+use shoal_http::headers::{FORWARDED_HOST, NO_FORWARD};
 use shoal_types::{BaseId, BucketId, Error};
 
 use crate::Proxy;
@@ -24,7 +24,7 @@ const REQUEST_HEADERS: [HeaderName; 4] = [
     header::CONTENT_TYPE,
     HeaderName::from_static("idempotency-key"),
     // The scheme the client used, for answers that name a server.
-    HeaderName::from_static(shoal_node::forward::FORWARDED_PROTO),
+    HeaderName::from_static(shoal_http::headers::FORWARDED_PROTO),
 ];
 
 /// The answer headers passed back to the client.
@@ -256,7 +256,7 @@ async fn attempt(
 pub async fn answer_of(answer: reqwest::Response) -> Result<Answer, String> {
     let status = answer.status();
     let mut headers = HeaderMap::new();
-    for name in &shoal_node::relay::ANSWER_HEADERS {
+    for name in &shoal_http::relay::ANSWER_HEADERS {
         if let Some(v) = answer.headers().get(name) {
             headers.insert(name.clone(), v.clone());
         }

@@ -21,8 +21,8 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
-use shoal_node::error::ApiError;
-use shoal_node::{REQUEST_METRICS, RequestMetrics};
+use shoal_http::error::ApiError;
+use shoal_http::metrics::{REQUEST_METRICS, RequestMetrics};
 use shoal_types::{BaseId, BucketId, Error};
 use tower::Service;
 
@@ -141,8 +141,8 @@ async fn handle(
     });
     let status = response.status().as_u16();
     let elapsed = start.elapsed();
-    shoal_node::record_request(PROXY_METRICS, route, &method, status, elapsed);
-    shoal_node::record_request(REQUEST_METRICS, route, &method, status, elapsed);
+    shoal_http::metrics::record_request(PROXY_METRICS, route, &method, status, elapsed);
+    shoal_http::metrics::record_request(REQUEST_METRICS, route, &method, status, elapsed);
     response
 }
 

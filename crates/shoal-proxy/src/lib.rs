@@ -43,7 +43,7 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use shoal_node::error::ApiError;
+use shoal_http::error::ApiError;
 use shoal_types::Error;
 use tower_http::catch_panic::CatchPanicLayer;
 
@@ -182,11 +182,11 @@ async fn require_token(State(proxy): State<Arc<Proxy>>, req: Request, next: Next
 /// (lists, creates, locations) need the admin token.
 fn check_token(proxy: &Proxy, req: &Request) -> Result<(), ApiError> {
     let headers = req.headers();
-    match shoal_node::authorize(headers, &proxy.options.admin_token) {
+    match shoal_http::auth::authorize(headers, &proxy.options.admin_token) {
         Ok(()) => Ok(()),
         Err(_)
             if !req.uri().path().ends_with("/location")
-                && shoal_node::scoped::may_carry(headers, req.method(), req.uri().path()) =>
+                && shoal_http::auth::may_carry(headers, req.method(), req.uri().path()) =>
         {
             Ok(())
         }
@@ -196,5 +196,5 @@ fn check_token(proxy: &Proxy, req: &Request) -> Result<(), ApiError> {
 
 /// Counts the proxy's requests and their latency by route.
 async fn track(req: Request, next: Next) -> Response {
-    shoal_node::track_as(front::PROXY_METRICS, req, next).await
+    shoal_http::metrics::track_as(front::PROXY_METRICS, req, next).await
 }

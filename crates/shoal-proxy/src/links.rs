@@ -1,5 +1,5 @@
 //! The proxy's relay connections: one per node, each carrying every base
-//! request the proxy sends that node (see `shoal_node::relay` for the wire).
+//! request the proxy sends that node (see `shoal_http::relay` for the wire).
 //!
 //! A link is opened on first use and again after it breaks. What a broken
 //! link means for its requests decides whether the proxy may send them
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method, StatusCode};
 use bytes::{Bytes, BytesMut};
-use shoal_node::relay::{self, RelayAnswer, RelayRequest};
+use shoal_http::relay::{self, RelayAnswer, RelayRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,7 +34,7 @@ const UNSUPPORTED_FOR: Duration = Duration::from_secs(30);
 pub struct Answer {
     /// Its status.
     pub status: StatusCode,
-    /// The headers of `shoal_node::relay::ANSWER_HEADERS` it had.
+    /// The headers of `shoal_http::relay::ANSWER_HEADERS` it had.
     pub headers: HeaderMap,
     /// Its body.
     pub body: Bytes,

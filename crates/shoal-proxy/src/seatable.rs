@@ -67,7 +67,7 @@ pub async fn gateway(State(proxy): State<Arc<Proxy>>, req: Request) -> Response 
 
 /// `/api/v2.1/dtable/app-access-token/`.
 pub async fn access_token(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
-    let base = shoal_node::seatable::api_token_base(req.headers());
+    let base = shoal_http::auth::api_token_base(req.headers());
     match base {
         Some(base) => pass(proxy, base.bucket(), false, req).await,
         None => refuse(StatusCode::UNAUTHORIZED, "invalid API token"),
@@ -76,7 +76,7 @@ pub async fn access_token(State(proxy): State<Arc<Proxy>>, req: Request) -> Resp
 
 /// Socket.IO, by `dtable_uuid`.
 pub async fn socket(State(proxy): State<Arc<Proxy>>, req: Request) -> Response {
-    let base = shoal_node::forward::query_param(req.uri().query(), "dtable_uuid")
+    let base = shoal_http::headers::query_param(req.uri().query(), "dtable_uuid")
         .and_then(|v| v.parse::<BaseId>().ok());
     match base {
         Some(base) => pass(proxy, base.bucket(), true, req).await,

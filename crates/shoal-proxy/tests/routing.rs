@@ -10,8 +10,8 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use shoal_node::replication::Directory;
 use shoal_proxy::{Proxy, ProxyOptions, View};
+use shoal_registry::directory::Directory;
 use shoal_types::NodeId;
 use shoal_types::api::NodeInfo;
 use shoal_types::placement::{PlacementMap, Topology};
@@ -71,7 +71,7 @@ impl Fake {
         });
         let (stop, stopped) = watch::channel(false);
         let app = if relay {
-            app.clone().merge(shoal_node::relay::routes(app, TOKEN.into(), stopped).0)
+            app.clone().merge(shoal_http::relay::routes(app, TOKEN.into(), stopped).0)
         } else {
             app
         };
@@ -299,7 +299,7 @@ async fn create_picks_the_id_to_route_by() {
     )
     .await;
     assert_eq!(s, StatusCode::CREATED);
-    let want = uuid::Uuid::new_v5(&shoal_node::api::KEYED_IDS, b"c1").to_string();
+    let want = uuid::Uuid::new_v5(&shoal_http::bases::KEYED_IDS, b"c1").to_string();
     assert_eq!(v, json!({"name": "x", "id": want}));
     let (s, v) =
         call(&p.url, Method::POST, "/v1/bases", Some(&format!("{{\"id\":\"{BASE}\"}}")), &[]).await;
@@ -561,7 +561,7 @@ async fn nodes_without_a_relay_get_plain_http() {
 /// frame of requests it closes the connection, or first says it stops
 /// having taken none of them.
 async fn broken_relay(say_stopping: bool) -> String {
-    use shoal_node::relay::RelayAnswer;
+    use shoal_http::relay::RelayAnswer;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
@@ -582,7 +582,7 @@ async fn broken_relay(say_stopping: bool) -> String {
                     return;
                 }
                 let mut frame = Vec::new();
-                if !shoal_node::relay::read_frame(&mut s, &mut frame).await.unwrap_or(false) {
+                if !shoal_http::relay::read_frame(&mut s, &mut frame).await.unwrap_or(false) {
                     return;
                 }
                 if say_stopping {

@@ -11,7 +11,7 @@ use shoal_types::{Error, Result};
 use crate::map_sqlite_error;
 
 /// The content types a SQLite database file is sent with.
-pub const CONTENT_TYPES: [&str; 2] = ["application/vnd.sqlite3", "application/x-sqlite3"];
+pub const CONTENT_TYPES: [&str; 2] = shoal_types::api::SQLITE_CONTENT_TYPES;
 
 /// The page size of every base file.
 const PAGE_SIZE: i64 = 4096;

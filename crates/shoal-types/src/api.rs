@@ -626,3 +626,6 @@ pub struct ApiTokenList {
     /// The base's tokens, by name.
     pub api_tokens: Vec<ApiTokenInfo>,
 }
+
+/// The content types of a base sent or received as a SQLite file.
+pub const SQLITE_CONTENT_TYPES: [&str; 2] = ["application/vnd.sqlite3", "application/x-sqlite3"];

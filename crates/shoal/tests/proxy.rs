@@ -356,8 +356,11 @@ async fn every_api_call_works_through_either_proxy() {
     let req = expect(&b, Method::POST, "/v1/cluster/rebalance", None, StatusCode::ACCEPTED).await;
     assert_eq!(req["epoch"], before);
     let stored = c.registry().await.get(shoal_registry::keys::REBALANCE).await.expect("get");
-    let stored: Value =
+    let mut stored: Value =
         serde_json::from_slice(&stored.expect("a rebalance request").value).expect("json");
+    // Stored as a record of the cluster state: with its format.
+    assert_eq!(stored["format"], 1, "{stored}");
+    stored.as_object_mut().expect("an object").remove("format");
     assert_eq!(stored, req);
 
     // Drop, then the base is gone through both proxies.

@@ -151,19 +151,7 @@ pub(crate) fn token_hash(token: &str) -> String {
     sha2::Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The base of the API token a request carries (`Authorization: Token T`),
-/// if it carries one: where it must be checked.
-pub fn api_token_base(headers: &HeaderMap) -> Option<BaseId> {
-    bearer(headers).ok().and_then(token_base)
-}
-
-/// The base an API token belongs to, read off its first 32 characters.
-pub fn token_base(token: &str) -> Option<BaseId> {
-    if token.len() != 64 || !token.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    token[..32].parse().ok()
-}
+pub use shoal_http::auth::{api_token_base, token_base};
 
 fn now() -> String {
     // SeaTable's form: milliseconds and an explicit UTC offset.

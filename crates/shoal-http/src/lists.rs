@@ -10,8 +10,9 @@ use axum::http::{HeaderValue, header};
 use shoal_types::api::{BaseInfo, BaseList};
 use shoal_types::{BaseId, BucketId, Error, NodeId};
 
-use crate::forward::FORWARDED;
-use crate::replication::Directory;
+use shoal_registry::directory::Directory;
+
+use crate::headers::FORWARDED;
 
 /// How long one node's page may take.
 pub const ASK_TIMEOUT: Duration = Duration::from_secs(5);

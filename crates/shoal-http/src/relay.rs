@@ -50,7 +50,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tower::ServiceExt as _;
 
-use crate::forward::NO_FORWARD;
+use crate::headers::NO_FORWARD;
 
 /// The wire version this build speaks.
 pub const VERSION: u32 = 1;
@@ -374,7 +374,7 @@ pub fn routes(app: Router, token: String, stop: watch::Receiver<bool>) -> (Route
 }
 
 async fn accept(State(relay): State<Arc<Relay>>, mut req: Request) -> Response {
-    if let Err(e) = crate::authorize(req.headers(), &relay.token) {
+    if let Err(e) = crate::auth::authorize(req.headers(), &relay.token) {
         return e.into_response();
     }
     let version = req.headers().get(VERSION_HEADER).and_then(|v| v.to_str().ok());

@@ -55,7 +55,7 @@ impl IntoResponse for ApiError {
         }
         let mut response = (status, Json(self.0.to_body())).into_response();
         if let Error::NotLeader { leader: Some(url), .. } = &self.0 {
-            response.extensions_mut().insert(crate::forward::LeaderHint(url.clone()));
+            response.extensions_mut().insert(crate::headers::LeaderHint(url.clone()));
         }
         if status == StatusCode::UNAUTHORIZED {
             response
