@@ -12,6 +12,7 @@ use rand::Rng as _;
 use rand::distr::Alphanumeric;
 use shoal_monitor::MonitorOptions;
 use shoal_node::Node;
+use shoal_registry::EmbeddedRegistry;
 use shoal_storage::Options;
 use shoal_types::placement::Topology;
 use shoal_types::{BUCKET_COUNT, NodeId};
@@ -57,6 +58,13 @@ pub struct ServeArgs {
     /// This process's node id in the registry.
     #[arg(long, env = "SHOAL_NODE_ID", default_value = "standalone")]
     node_id: String,
+    /// Also run the first member of an embedded registry on this address
+    /// (its data in DATA_DIR/meta) and use it as this server's registry, so
+    /// that registry members (`shoal meta --join ADDR`) and nodes
+    /// (`--registry shoal://ADDR`) can join this server later. Not with
+    /// --registry or --memory.
+    #[arg(long, env = "SHOAL_META_LISTEN", conflicts_with = "memory")]
+    meta_listen: Option<SocketAddr>,
     #[command(flatten)]
     feed: FeedArgs,
     #[command(flatten)]
@@ -97,9 +105,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         max_write_steps: args.max_write_steps,
         feed: args.feed.options(),
     };
+    let meta = match (args.meta_listen, dir) {
+        (Some(addr), Some(d)) => Some(start_meta(addr, d, &args.node_id, &token).await?),
+        _ => None,
+    };
     // Connect before serving, so that a wrong or dead registry fails start-up
     // with the endpoints it tried.
-    let registry = crate::config::connect_registry(&registry_options).await?;
+    let registry = match &meta {
+        Some(m) => {
+            if registry_options.registry != "memory" {
+                anyhow::bail!(
+                    "--meta-listen makes this server its own registry: leave out --registry ({})",
+                    registry_options.registry
+                );
+            }
+            let member = vec![m.meta.member().url.clone()];
+            let client = EmbeddedRegistry::connect(registry_options.embedded_options(member));
+            std::sync::Arc::new(client.await?) as std::sync::Arc<dyn shoal_registry::Registry>
+        }
+        None => crate::config::connect_registry(&registry_options).await?,
+    };
     let registry_note = format!(
         "Registry: {} (namespace {}, node_ttl {})",
         registry.describe(),
@@ -145,6 +170,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     out!("{token_note}");
     out!("{registry_note}");
+    if let Some(m) = &meta {
+        out!(
+            "Embedded registry member {} is serving {} (data in {}): grow it with \
+             `shoal meta --join {}` and `shoal meta add`",
+            m.meta.member().name,
+            m.meta.member().url,
+            m.dir.display(),
+            m.meta.member().url
+        );
+    }
     let ca = match (&listener.tls.server, &args.http.tls.tls_ca) {
         (Some(_), Some(ca)) => format!(" --tls-ca {}", ca.display()),
         _ => String::new(),
@@ -163,8 +198,53 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     serve(listener, &args.http, token, Some(&node), registry, shutdown).await?;
     node.stop().await;
     let _ = monitor.await;
+    if let Some(m) = meta {
+        m.stop().await;
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The embedded registry member a standalone server runs with
+/// `--meta-listen`, and the task serving it.
+struct LocalMeta {
+    meta: shoal_meta::Meta,
+    dir: PathBuf,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl LocalMeta {
+    /// Hands leadership over (if others are there to take it), stops the
+    /// member, then its listener.
+    async fn stop(self) {
+        self.meta.leave(Duration::from_secs(3)).await;
+        drop(self.meta);
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.serving).await;
+    }
+}
+
+/// Starts the first member of an embedded registry, named `name`, on
+/// `addr`, with its data under `data/meta`; serves it at once (the node
+/// needs its registry before this process serves anything else).
+async fn start_meta(
+    addr: SocketAddr,
+    data: &Path,
+    name: &str,
+    token: &str,
+) -> anyhow::Result<LocalMeta> {
+    let listener = bind(addr, crate::tls::Tls::default()).await?;
+    let url = listener.addr_url();
+    let dir = data.join("meta");
+    let mut options = shoal_meta::MetaOptions::new(name, &url, dir.clone());
+    options.token = token.to_string();
+    let meta = shoal_meta::Meta::start(options).await?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(crate::server::run(listener, meta.router(), async move {
+        let _ = stopped.await;
+    }));
+    Ok(LocalMeta { meta, dir, stop, serving })
 }
 
 /// The admin token, and a line telling the user where it is.

@@ -232,3 +232,126 @@ async fn a_wrong_order_is_refused_and_changes_no_data() {
         "{printed}"
     );
 }
+
+/// The embedded registry member a `shoal serve --meta-listen` prints.
+fn meta_url_of(server: &Server) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = server.stdout();
+        let found = out.lines().find_map(|l| {
+            let rest = l.strip_prefix("Embedded registry member ")?;
+            let url = rest.split(" is serving ").nth(1)?.split(' ').next()?;
+            Some(url.to_string())
+        });
+        if let Some(url) = found {
+            return url;
+        }
+        assert!(Instant::now() < deadline, "no embedded registry line:\n{}", server.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A laptop install grows into an HA cluster with nothing but Shoal: the
+/// standalone server is the first member of its own embedded registry; two
+/// more members join it; it restarts wanting three replicas; two nodes join
+/// on the grown registry; every base ends on three equal replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_standalone_server_grows_its_own_embedded_registry_and_cluster() {
+    use common::meta::MetaGroup;
+    let root = tempfile::tempdir().expect("tempdir");
+    let home = root.path().join("standalone");
+    std::fs::create_dir_all(&home).expect("dir");
+    let first = ["--meta-listen", "127.0.0.1:0", "--admin-token", TOKEN];
+    let mut server = Server::start_in(Mode::Standalone, &home, &first);
+    let meta0 = meta_url_of(&server);
+    let client = server.client();
+    let mut bases = Vec::new();
+    for i in 0..BASES {
+        let base = client.create_base(None, Some(format!("base-{i}"))).await.expect("create").id;
+        let mut statements = vec![Statement {
+            sql: "CREATE TABLE t (v INTEGER PRIMARY KEY)".into(),
+            params: Default::default(),
+        }];
+        for v in 0..ROWS {
+            statements.push(Statement {
+                sql: format!("INSERT INTO t VALUES ({v})"),
+                params: Default::default(),
+            });
+        }
+        client.execute(base, statements, true).await.expect("fill");
+        bases.push((base, client.checksum(base).await.expect("sum").checksum));
+    }
+
+    // Two more registry members, added to the standalone server's group.
+    let m1 = MetaGroup::start_member(root.path(), 1, Some(&meta0));
+    let m2 = MetaGroup::start_member(root.path(), 2, Some(&meta0));
+    let registry = format!(
+        "shoal://{},{},{}",
+        meta0.trim_start_matches("http://"),
+        m1.url.trim_start_matches("http://"),
+        m2.url.trim_start_matches("http://")
+    );
+    let out = Command::new(bin())
+        .args(["meta", "add", &m1.url, &m2.url, "--registry", &registry])
+        .output()
+        .expect("shoal meta add");
+    let printed =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && printed.contains("Done: 3 voting members"), "{printed}");
+
+    // The standalone server again, on its registry address, wanting three
+    // replicas; then two nodes on the grown registry.
+    assert!(server.terminate().success(), "standalone exit on SIGTERM");
+    let again = [
+        "--meta-listen",
+        meta0.trim_start_matches("http://"),
+        "--admin-token",
+        TOKEN,
+        "--replication-factor",
+        "3",
+    ];
+    let server = Server::start_in(Mode::Standalone, &home, &again);
+    let mut nodes = Vec::new();
+    for id in ["n2", "n3"] {
+        let dir = root.path().join(id);
+        let args: Vec<String> =
+            ["node", "--node-id", id, "--registry", &registry, "--admin-token", TOKEN]
+                .map(String::from)
+                .into_iter()
+                .chain(["--data-dir".to_string(), dir.join("data").display().to_string()])
+                .collect();
+        nodes.push(common::Process::start(&dir, &args));
+    }
+    let client = server.client();
+    three_replicas_everywhere(&client, 3).await;
+    let http = reqwest::Client::new();
+    let urls: Vec<String> =
+        std::iter::once(server.url.clone()).chain(nodes.iter().map(|p| p.url.clone())).collect();
+    for (base, sum) in &bases {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut sums = Vec::new();
+            for url in &urls {
+                let answer = http
+                    .get(format!("{url}/v1/bases/{base}/checksum?consistency=none"))
+                    .bearer_auth(TOKEN)
+                    .send()
+                    .await;
+                let v: serde_json::Value = match answer {
+                    Ok(a) => a.json().await.unwrap_or_default(),
+                    Err(_) => serde_json::Value::Null,
+                };
+                sums.push(v["checksum"].as_str().unwrap_or("?").to_string());
+            }
+            if sums.iter().all(|s| s == sum) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "base {base}: replicas {sums:?}, standalone had {sum}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop((m1, m2));
+}
