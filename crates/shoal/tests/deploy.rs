@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 use common::Process;
 use common::cluster::{Cluster, TOKEN};
 
-const UNITS: [(&str, &str, &str); 3] = [
+const UNITS: [(&str, &str, &str); 4] = [
     ("shoal-node.service", "node.env.example", "node"),
     ("shoal-monitor.service", "monitor.env.example", "monitor"),
     ("shoal-proxy.service", "proxy.env.example", "proxy"),
+    ("shoal-meta.service", "meta.env.example", "meta"),
 ];
 
 fn deploy() -> std::path::PathBuf {
