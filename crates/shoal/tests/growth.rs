@@ -29,7 +29,15 @@ const ROWS: i64 = 50;
 /// stopped with SIGTERM. Returns the bases and their checksums.
 async fn standalone_with_bases(dir: &Path) -> Vec<(BaseId, String)> {
     let mut server = Server::start_in(Mode::Standalone, dir, &[]);
-    let client = server.client();
+    let bases = fill_bases(&server.client()).await;
+    let status = server.terminate();
+    assert!(status.success(), "standalone exit on SIGTERM: {status}");
+    bases
+}
+
+/// Makes [`BASES`] bases of [`ROWS`] rows each; returns them with their
+/// checksums.
+async fn fill_bases(client: &Client) -> Vec<(BaseId, String)> {
     let mut bases = Vec::new();
     for i in 0..BASES {
         let base = client.create_base(None, Some(format!("base-{i}"))).await.expect("create").id;
@@ -47,8 +55,6 @@ async fn standalone_with_bases(dir: &Path) -> Vec<(BaseId, String)> {
         let sum = client.checksum(base).await.expect("checksum").checksum;
         bases.push((base, sum));
     }
-    let status = server.terminate();
-    assert!(status.success(), "standalone exit on SIGTERM: {status}");
     bases
 }
 
@@ -264,23 +270,7 @@ async fn a_standalone_server_grows_its_own_embedded_registry_and_cluster() {
     let first = ["--meta-listen", "127.0.0.1:0", "--admin-token", TOKEN];
     let mut server = Server::start_in(Mode::Standalone, &home, &first);
     let meta0 = meta_url_of(&server);
-    let client = server.client();
-    let mut bases = Vec::new();
-    for i in 0..BASES {
-        let base = client.create_base(None, Some(format!("base-{i}"))).await.expect("create").id;
-        let mut statements = vec![Statement {
-            sql: "CREATE TABLE t (v INTEGER PRIMARY KEY)".into(),
-            params: Default::default(),
-        }];
-        for v in 0..ROWS {
-            statements.push(Statement {
-                sql: format!("INSERT INTO t VALUES ({v})"),
-                params: Default::default(),
-            });
-        }
-        client.execute(base, statements, true).await.expect("fill");
-        bases.push((base, client.checksum(base).await.expect("sum").checksum));
-    }
+    let bases = fill_bases(&server.client()).await;
 
     // Two more registry members, added to the standalone server's group.
     let m1 = MetaGroup::start_member(root.path(), 1, Some(&meta0));
