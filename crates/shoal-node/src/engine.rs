@@ -150,11 +150,24 @@ impl Engine {
     /// idempotency key answered before, returns that first index and output
     /// and changes nothing.
     pub async fn write(&self, command: Command, key: Option<&str>) -> Result<(u64, Output)> {
+        self.write_after(command, key, None).await
+    }
+
+    /// Like [`Engine::write`], applied only if the write with the
+    /// idempotency key `after` was applied to the same base before it
+    /// (else `conflict`, and nothing changes): checked when the command is
+    /// applied, in log order.
+    pub async fn write_after(
+        &self,
+        command: Command,
+        key: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<(u64, Output)> {
         let bucket = command.base().bucket();
         self.wait_started(bucket).await;
         let (index, answer) = self
             .multi
-            .write(bucket.0, replica::encode(command, key))
+            .write(bucket.0, replica::encode(command, key, after))
             .await
             .map_err(|e| self.routing_error(e))?;
         match answer? {
