@@ -17,6 +17,7 @@ pub mod feed;
 pub mod forward;
 pub mod lists;
 pub mod node;
+mod proposed;
 pub mod registration;
 pub mod relay;
 pub mod replica;
