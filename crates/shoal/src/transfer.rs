@@ -277,35 +277,45 @@ impl Target {
         Ok(Sent { key, lines, chained, task })
     }
 
-    /// Waits for the oldest batch in flight. If it fails for good, the
-    /// batches after it are abandoned: chained to it, none can apply.
+    /// Waits for the oldest batch in flight. A chained batch that failed
+    /// may have reached the log before the one it follows; the batches
+    /// after it, chained to it, then fail too. Once they have answered,
+    /// those that failed are sent again as a new chain, the first alone
+    /// (every batch before it is acknowledged). A batch that fails alone
+    /// stops the import; the batches after it, chained to it, cannot apply
+    /// and are abandoned.
     async fn settle(&mut self) -> anyhow::Result<()> {
         let Some(sent) = self.in_flight.pop_front() else { return Ok(()) };
-        let (first, last) = sent.lines;
-        let result = match sent.task.await.context("the insert task failed") {
-            Ok((_, Ok(()))) => Ok(()),
-            // Every batch before it is acknowledged now: if it failed
-            // because it reached the log before the one it follows, it
-            // goes in now (the same key: it applies at most once).
-            Ok((rows, Err(_))) if sent.chained => {
-                let again = self.send(sent.key, sent.lines, rows, None)?;
-                match again.task.await.context("the insert task failed") {
-                    Ok((_, result)) => result.map_err(anyhow::Error::from),
-                    Err(e) => Err(e),
-                }
-            }
-            Ok((_, Err(e))) => Err(e.into()),
-            Err(e) => Err(e),
-        }
-        .with_context(|| {
-            format!("lines {first}-{last}: the batch was refused; nothing of it was imported")
-        });
-        if result.is_err() {
+        let (rows, result) = sent.task.await.context("the insert task failed")?;
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(_) if sent.chained => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = error {
             for s in self.in_flight.drain(..) {
                 s.task.abort();
             }
+            let (first, last) = sent.lines;
+            return Err(anyhow::Error::from(e).context(format!(
+                "lines {first}-{last}: the batch was refused; nothing of it was imported"
+            )));
         }
-        result
+        let mut again = vec![(sent.key, sent.lines, rows)];
+        for s in std::mem::take(&mut self.in_flight) {
+            match s.task.await.context("the insert task failed")? {
+                // The one it follows had applied after all (its answer
+                // was lost): it stands.
+                (_, Ok(())) => {}
+                (rows, Err(_)) => again.push((s.key, s.lines, rows)),
+            }
+        }
+        let mut after = None;
+        for (key, lines, rows) in again {
+            let sent = self.send(key.clone(), lines, rows, after.replace(key))?;
+            self.in_flight.push_back(sent);
+        }
+        Ok(())
     }
 
     /// Waits for every batch in flight.
