@@ -9,11 +9,14 @@
 //! file's order: a batch sent while the one before it is unacknowledged
 //! names that one's key in `after`, and the server applies it only if that
 //! batch was applied before it (checked in log order; else nothing of it is
-//! applied). Such a batch that fails is sent once more, alone, when every
-//! batch before it is acknowledged: that is the case where it reached the
-//! log first. A batch that fails otherwise stops the import, and the
-//! batches after it, chained to it, cannot apply. Rows of one batch get
-//! consecutive rowids, so the table's rowid order is the file's.
+//! applied). The server proposes a chained batch behind the one it names,
+//! so one rarely overtakes another; if it did, it fails, and so do the
+//! batches chained behind it: once they have answered, they are sent again
+//! as a new chain whose first batch is not chained (every batch before it
+//! is acknowledged). A batch that fails unchained stops the import with its
+//! lines, and the batches after it, chained to it, cannot apply. Rows of
+//! one batch get consecutive rowids, so the table's rowid order is the
+//! file's.
 //!
 //! A missing table is created first, with
 //! the types the header declares (`name:INTEGER`) or, where it declares
