@@ -33,8 +33,8 @@ use serde::de::DeserializeOwned;
 use shoal_types::api::{
     ApiToken, ApiTokenList, BaseInfo, BaseList, BaseLocation, BucketsStatus, Checksum,
     ClusterStatus, CreateApiTokenRequest, CreateBaseRequest, ExecuteRequest, ExecuteResponse,
-    Health, InsertRowsRequest, InsertRowsResponse, NodeChange, Params, QueryRequest, QueryResponse,
-    RebalanceRequest, Row, RowList, Statement, TableList, UpdateRowRequest, WriteResponse,
+    Health, InsertRowsResponse, NodeChange, Params, QueryRequest, QueryResponse, RebalanceRequest,
+    Row, RowList, Statement, TableList, UpdateRowRequest, WriteResponse,
 };
 use shoal_types::{BaseId, BucketId, Error, ErrorBody, NodeId, Result};
 
@@ -704,10 +704,35 @@ impl Client {
         table: &str,
         rows: Vec<Row>,
     ) -> Result<InsertRowsResponse> {
+        self.insert_rows_after(id, table, &rows, None).await
+    }
+
+    /// Inserts rows into a table only if the write whose idempotency key is
+    /// `after` was applied to the base before them; if it was not, nothing
+    /// is inserted and the error is [`Error::Conflict`]. With several
+    /// batches in flight, each naming the key of the one before it (see
+    /// [`Client::with_idempotency_key`]), the batches apply in that order
+    /// or not at all.
+    pub async fn insert_rows_after(
+        &self,
+        id: BaseId,
+        table: &str,
+        rows: &[Row],
+        after: Option<&str>,
+    ) -> Result<InsertRowsResponse> {
+        // InsertRowsRequest's fields, borrowed: the caller keeps its rows
+        // (to send them again, say).
+        #[derive(Serialize)]
+        struct Body<'a> {
+            rows: &'a [Row],
+            #[serde(skip_serializing_if = "Option::is_none")]
+            after: Option<&'a str>,
+        }
+        let body = Body { rows, after };
         let req =
             Request::new(Method::POST, format!("/v1/bases/{id}/tables/{}/rows", segment(table)))
                 .base(id)
-                .json(&InsertRowsRequest { rows })?
+                .json(&body)?
                 .write(self.write_key());
         self.call(req).await
     }

@@ -238,9 +238,22 @@ pub async fn insert_rows(
             Ok((info, batch))
         })
         .await?;
+    if let Some(after) = &req.after {
+        shoal_storage::idempotency::check_key(after).map_err(|_| {
+            Error::InvalidInput(format!(
+                "\"after\" must be an idempotency key: 1 to {} printable ASCII characters \
+                 without spaces",
+                shoal_storage::idempotency::MAX_KEY_LEN
+            ))
+        })?;
+    }
     let (statements, sizes) = rows::insert_batched(&info, &req.rows, batch)?;
     match engine(&state)?
-        .write(Command::Execute { base, statements, transaction: true }, key.as_deref())
+        .write_after(
+            Command::Execute { base, statements, transaction: true },
+            key.as_deref(),
+            req.after.as_deref(),
+        )
         .await?
     {
         // Each INSERT put its rows at consecutive rowids, ending at its

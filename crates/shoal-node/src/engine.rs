@@ -20,6 +20,7 @@ use shoal_types::api::{BaseLocation, Consistency, Params, QueryResponse};
 use shoal_types::{BaseId, BucketId, Error, NodeId, Result};
 use tokio::sync::watch;
 
+use crate::proposed::Proposed;
 use crate::replica::{self, BucketStateMachine};
 use crate::replication::{Directory, RaftDirectory as _};
 
@@ -32,6 +33,8 @@ pub struct Engine {
     multi: MultiRaft,
     directory: watch::Receiver<Directory>,
     node: NodeId,
+    /// The keys of writes proposed lately, for chained writes.
+    proposed: Proposed,
 }
 
 /// How long a request waits for a group that is starting on this node.
@@ -51,7 +54,7 @@ impl Engine {
         directory: watch::Receiver<Directory>,
         node: NodeId,
     ) -> Engine {
-        Engine { store, multi, directory, node }
+        Engine { store, multi, directory, node, proposed: Proposed::default() }
     }
 
     /// The node this engine runs on.
@@ -150,13 +153,32 @@ impl Engine {
     /// idempotency key answered before, returns that first index and output
     /// and changes nothing.
     pub async fn write(&self, command: Command, key: Option<&str>) -> Result<(u64, Output)> {
-        let bucket = command.base().bucket();
+        self.write_after(command, key, None).await
+    }
+
+    /// Like [`Engine::write`], applied only if the write with the
+    /// idempotency key `after` was applied to the same base before it
+    /// (else `conflict`, and nothing changes): checked when the command is
+    /// applied, in log order. So that it does not overtake that write on
+    /// its way to the log, it is proposed once this node proposed that
+    /// one, or after a short wait (see the `proposed` module).
+    pub async fn write_after(
+        &self,
+        command: Command,
+        key: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<(u64, Output)> {
+        let base = command.base();
+        let bucket = base.bucket();
+        if let Some(after) = after {
+            self.proposed.wait(base, after).await;
+        }
         self.wait_started(bucket).await;
-        let (index, answer) = self
-            .multi
-            .write(bucket.0, replica::encode(command, key))
-            .await
-            .map_err(|e| self.routing_error(e))?;
+        let answer = self.multi.propose(bucket.0, replica::encode(command, key, after));
+        if let Some(key) = key {
+            self.proposed.mark(base, key);
+        }
+        let (index, answer) = answer.await.map_err(|e| self.routing_error(e))?;
         match answer? {
             Output::Repeated { index, output } => Ok((index, *output)),
             output => {

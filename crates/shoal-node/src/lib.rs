@@ -17,6 +17,7 @@ pub mod feed;
 pub mod forward;
 pub use shoal_http::lists;
 pub mod node;
+mod proposed;
 pub mod registration;
 pub use shoal_http::relay;
 pub mod replica;

@@ -27,9 +27,10 @@ impl BucketStateMachine {
     }
 }
 
-/// Encodes a command, with the client's idempotency key, for the log.
-pub fn encode(command: Command, key: Option<&str>) -> Vec<u8> {
-    Proposal { key: key.map(String::from), command }.encode()
+/// Encodes a command, with the client's idempotency key and the key of the
+/// write it must follow (if any), for the log.
+pub fn encode(command: Command, key: Option<&str>, after: Option<&str>) -> Vec<u8> {
+    Proposal { key: key.map(String::from), after: after.map(String::from), command }.encode()
 }
 
 fn io(e: Error) -> std::io::Error {
@@ -48,7 +49,9 @@ impl shoal_raft::StateMachine for BucketStateMachine {
                     self.bucket
                 )))
             }
-            Ok(Proposal { command: c, key }) => self.store.apply_keyed(index, &c, key.as_deref()),
+            Ok(Proposal { command: c, key, after }) => {
+                self.store.apply_after(index, &c, key.as_deref(), after.as_deref())
+            }
             // The same bytes are unreadable on every replica: an answer, not a stop.
             Err(e) => Err(Error::InvalidInput(format!("log index {index}: {e}"))),
         };
@@ -87,15 +90,15 @@ mod tests {
         let mut sm = BucketStateMachine::new(store, id.bucket());
         let create =
             || Command::CreateBase { id, name: None, created_at: "2024-01-01T00:00:00Z".into() };
-        assert!(matches!(sm.apply(1, &encode(create(), None)), Ok(Output::Created { .. })));
+        assert!(matches!(sm.apply(1, &encode(create(), None, None)), Ok(Output::Created { .. })));
         // The same command again is a deterministic error, answered.
-        assert!(matches!(sm.apply(2, &encode(create(), None)), Err(Error::Conflict(_))));
+        assert!(matches!(sm.apply(2, &encode(create(), None, None)), Err(Error::Conflict(_))));
         // A replay of an applied index changes nothing.
-        assert_eq!(sm.apply(1, &encode(create(), None)).expect("replay"), Output::Replayed);
+        assert_eq!(sm.apply(1, &encode(create(), None, None)).expect("replay"), Output::Replayed);
         // A command for another bucket is refused.
         let other = BaseId(uuid_in_other_bucket(id));
         assert!(matches!(
-            sm.apply(3, &encode(Command::DropBase { id: other }, None)),
+            sm.apply(3, &encode(Command::DropBase { id: other }, None, None)),
             Err(Error::InvalidInput(_))
         ));
         assert!(matches!(sm.apply(4, b"not a command"), Err(Error::InvalidInput(_))));

@@ -468,11 +468,26 @@ impl<S: StateMachine> MultiRaft<S> {
     /// is waited for up to `leader_wait`; a group led elsewhere answers
     /// [`GroupError::NotLeader`] with nothing proposed.
     pub async fn write(&self, group: u8, command: Vec<u8>) -> Answered<S::Answer> {
+        self.propose(group, command).await
+    }
+
+    /// Like [`MultiRaft::write`], but the command is queued for the loop
+    /// before this returns: commands proposed one after another on one
+    /// node reach a group's log in that order (the loop's queue is FIFO).
+    /// The future answers as `write` does.
+    pub fn propose(
+        &self,
+        group: u8,
+        command: Vec<u8>,
+    ) -> impl std::future::Future<Output = Answered<S::Answer>> + use<S> {
         let (reply, rx) = oneshot::channel();
-        if !self.send(Input::Propose { group, data: command, reply, at: Instant::now() }) {
-            return Err(Self::stopped(group));
+        let sent = self.send(Input::Propose { group, data: command, reply, at: Instant::now() });
+        async move {
+            if !sent {
+                return Err(Self::stopped(group));
+            }
+            rx.await.unwrap_or_else(|_| Err(Self::stopped(group)))
         }
-        rx.await.unwrap_or_else(|_| Err(Self::stopped(group)))
     }
 
     /// Confirms with a quorum that this node leads the group, and waits until

@@ -276,21 +276,39 @@ impl Base {
         options: &Options,
         key: Option<&str>,
     ) -> Result<Executed> {
-        self.execute_in(Mode::Write, index, statements, transaction, options, key)
+        self.execute_in(Mode::Write, index, statements, transaction, options, key, None)
     }
 
-    /// Like [`Base::execute`], for statements Shoal composed itself (in one
-    /// transaction): they may change Shoal's own `_shoal_*` tables.
+    /// Like [`Base::execute`], but only once the write with the idempotency
+    /// key `after` was applied to this base: if it was not (or was so long
+    /// ago that its key is forgotten), nothing runs and the answer is
+    /// `conflict`. A repeat of `key` is answered first, as always.
+    pub fn execute_after(
+        &mut self,
+        index: u64,
+        statements: &[Statement],
+        transaction: bool,
+        options: &Options,
+        key: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<Executed> {
+        self.execute_in(Mode::Write, index, statements, transaction, options, key, after)
+    }
+
+    /// Like [`Base::execute_after`], for statements Shoal composed itself
+    /// (in one transaction): they may change Shoal's own `_shoal_*` tables.
     pub fn execute_system(
         &mut self,
         index: u64,
         statements: &[Statement],
         options: &Options,
         key: Option<&str>,
+        after: Option<&str>,
     ) -> Result<Executed> {
-        self.execute_in(Mode::System, index, statements, true, options, key)
+        self.execute_in(Mode::System, index, statements, true, options, key, after)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn execute_in(
         &mut self,
         mode: Mode,
@@ -299,10 +317,12 @@ impl Base {
         transaction: bool,
         options: &Options,
         key: Option<&str>,
+        after: Option<&str>,
     ) -> Result<Executed> {
         self.recover()?;
         self.capture.begin();
-        let result = self.execute_captured(mode, index, statements, transaction, options, key);
+        let result =
+            self.execute_captured(mode, index, statements, transaction, options, key, after);
         self.capture.end();
         if !matches!(result, Ok(Executed::Applied(_))) {
             self.capture.take();
@@ -391,6 +411,7 @@ impl Base {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn execute_captured(
         &mut self,
         mode: Mode,
@@ -399,6 +420,7 @@ impl Base {
         transaction: bool,
         options: &Options,
         key: Option<&str>,
+        after: Option<&str>,
     ) -> Result<Executed> {
         for s in statements {
             check_length(&s.sql, options)?;
@@ -417,6 +439,15 @@ impl Base {
                     Error::InvalidData(format!("stored answer for an idempotency key: {e}"))
                 })?;
             return Ok(Executed::Repeated { index: first, results });
+        }
+        // Checked when applied, in log order, so the same on every replica.
+        if let Some(after) = after
+            && idempotency::lookup(&self.conn, IDEMPOTENCY, after)?.is_none()
+        {
+            return Err(Error::Conflict(format!(
+                "the write with idempotency key {after:?}, which this one must follow, \
+                 has not been applied to this base"
+            )));
         }
         // Statements whose failure rolled back the whole transaction: they
         // are not run again, and report that failure.
@@ -1037,6 +1068,47 @@ mod tests {
         assert_eq!(count(&mut b), 1);
         // Keys are not user-visible tables.
         assert_eq!(b.tables().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_write_after_another_applies_only_once_that_one_has() {
+        let mut b = base();
+        let o = test_options();
+        let ins = |name: &str| [st(&format!("INSERT INTO t (name) VALUES ('{name}')"))];
+        // The write it follows has not been applied: nothing changes, the
+        // key is not recorded, and the answer is a conflict.
+        let second = ins("second");
+        let early = b.execute_after(2, &second, true, &o, Some("b"), Some("a"));
+        assert!(matches!(early, Err(Error::Conflict(_))), "{early:?}");
+        assert_eq!(count(&mut b), 0);
+        // A failed write does not count either.
+        let bad = [st("INSERT INTO t (name) VALUES (NULL)")];
+        assert!(b.execute(3, &bad, true, &o, Some("a")).is_err());
+        assert!(b.execute_after(4, &second, true, &o, Some("b"), Some("a")).is_err());
+        // Once it is applied, the same write goes in after it.
+        assert!(matches!(
+            b.execute(5, &ins("first"), true, &o, Some("a")),
+            Ok(Executed::Applied(_))
+        ));
+        let Executed::Applied(results) =
+            b.execute_after(6, &second, true, &o, Some("b"), Some("a")).unwrap()
+        else {
+            panic!("not applied")
+        };
+        let names: Vec<String> = b
+            .conn
+            .prepare("SELECT name FROM t ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(names, ["first", "second"]);
+        // Its retry is a repeat, answered before `after` is looked at.
+        assert_eq!(
+            b.execute_after(7, &second, true, &o, Some("b"), Some("gone")).unwrap(),
+            Executed::Repeated { index: 6, results }
+        );
     }
 
     fn base() -> Base {

@@ -105,30 +105,55 @@ pub struct Proposal {
     /// The client's idempotency key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The idempotency key of a write that must have been applied to the
+    /// same base before this one: if it was not, the command fails
+    /// (`conflict`) and changes nothing. A client with several writes in
+    /// flight chains them this way so that they apply in the order it sent
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
     /// The command.
     pub command: Command,
 }
 
-/// The version byte that starts an encoded [`Proposal`].
+/// The version byte that starts an encoded [`Proposal`] without `after`.
 const PROPOSAL_VERSION: u8 = 1;
+
+/// The version byte of a proposal with `after`: version 1's fields, then
+/// `after`. Only such proposals carry it, so builds that read only version
+/// 1 still read every other proposal.
+const PROPOSAL_VERSION_AFTER: u8 = 2;
 
 impl Proposal {
     /// The proposal as the log stores it: a version byte, then a compact
-    /// binary encoding (postcard) of the command and its key. SQL values
-    /// keep their JSON kinds (integers stay integers).
+    /// binary encoding (postcard) of the command and its key (and `after`,
+    /// in version 2). SQL values keep their JSON kinds (integers stay
+    /// integers).
     pub fn encode(&self) -> Vec<u8> {
         let wire = wire::Proposal::from(self);
-        let out = vec![PROPOSAL_VERSION];
-        postcard::to_extend(&wire, out).expect("a proposal always encodes")
+        match &self.after {
+            None => postcard::to_extend(&wire, vec![PROPOSAL_VERSION]),
+            Some(after) => postcard::to_extend(
+                &wire::ProposalAfter { proposal: wire, after: after.as_str().into() },
+                vec![PROPOSAL_VERSION_AFTER],
+            ),
+        }
+        .expect("a proposal always encodes")
     }
 
     /// Reads a proposal written by [`Proposal::encode`]. An unknown version
     /// or unreadable bytes are an error (the same on every replica).
     pub fn decode(bytes: &[u8]) -> Result<Proposal, String> {
+        let unreadable = |e: postcard::Error| format!("unreadable command: {e}");
         match bytes.split_first() {
-            Some((&PROPOSAL_VERSION, rest)) => postcard::from_bytes::<wire::Proposal>(rest)
-                .map(Proposal::from)
-                .map_err(|e| format!("unreadable command: {e}")),
+            Some((&PROPOSAL_VERSION, rest)) => {
+                postcard::from_bytes::<wire::Proposal>(rest).map(Proposal::from).map_err(unreadable)
+            }
+            Some((&PROPOSAL_VERSION_AFTER, rest)) => {
+                postcard::from_bytes::<wire::ProposalAfter>(rest)
+                    .map(|w| Proposal { after: Some(w.after.into_owned()), ..w.proposal.into() })
+                    .map_err(unreadable)
+            }
             Some((v, _)) => Err(format!("command format version {v} is unknown to this build")),
             None => Err("an empty command".into()),
         }
@@ -149,6 +174,14 @@ mod wire {
     pub(super) struct Proposal<'a> {
         key: Option<Cow<'a, str>>,
         command: Command<'a>,
+    }
+
+    /// Version 2: a proposal with `after`.
+    #[derive(Serialize, Deserialize)]
+    pub(super) struct ProposalAfter<'a> {
+        #[serde(borrow)]
+        pub(super) proposal: Proposal<'a>,
+        pub(super) after: Cow<'a, str>,
     }
 
     #[derive(Serialize, Deserialize)]
@@ -327,7 +360,7 @@ mod wire {
                     image: image.into_owned(),
                 },
             };
-            super::Proposal { key: p.key.map(Cow::into_owned), command }
+            super::Proposal { key: p.key.map(Cow::into_owned), after: None, command }
         }
     }
 }
@@ -357,6 +390,7 @@ mod codec_tests {
         ];
         let p = Proposal {
             key: Some("k-1".into()),
+            after: None,
             command: Command::Execute { base: BaseId::random(), statements, transaction: true },
         };
         let bytes = p.encode();
@@ -366,6 +400,7 @@ mod codec_tests {
         assert!(bytes.len() < json.len(), "{} bytes against JSON's {}", bytes.len(), json.len());
         let create = Proposal {
             key: None,
+            after: None,
             command: Command::CreateBase {
                 id: BaseId::random(),
                 name: None,
@@ -373,9 +408,14 @@ mod codec_tests {
             },
         };
         assert_eq!(Proposal::decode(&create.encode()).expect("decode"), create);
+        // With `after`: version 2, and back.
+        let chained = Proposal { after: Some("k-0".into()), ..p.clone() };
+        let v2 = chained.encode();
+        assert_eq!(v2[0], 2);
+        assert_eq!(Proposal::decode(&v2).expect("decode"), chained);
         let mut future = bytes.clone();
-        future[0] = 2;
-        assert!(Proposal::decode(&future).expect_err("v2").contains("version 2"));
+        future[0] = 3;
+        assert!(Proposal::decode(&future).expect_err("v3").contains("version 3"));
         assert!(Proposal::decode(&bytes[..bytes.len() - 3]).is_err());
         assert!(Proposal::decode(&[]).is_err());
     }

@@ -235,6 +235,24 @@ impl Store {
     /// Applies a command at log `index` with the client's idempotency key:
     /// a key answered before gets [`Output::Repeated`] and changes nothing.
     pub fn apply_keyed(&self, index: u64, command: &Command, key: Option<&str>) -> Result<Output> {
+        self.apply_after(index, command, key, None)
+    }
+
+    /// Applies a command at log `index` with the client's idempotency key,
+    /// only once the write with the key `after` was applied to the same base
+    /// (see [`Base::execute_after`]); `after` is for writes to a base only.
+    pub fn apply_after(
+        &self,
+        index: u64,
+        command: &Command,
+        key: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<Output> {
+        if after.is_some() && !matches!(command, Command::Execute { .. } | Command::System { .. }) {
+            return Err(Error::InvalidInput(
+                "only a write to a base may name a write it follows".into(),
+            ));
+        }
         let mut unsynced = lock(&self.buckets[command.base().bucket().0 as usize]);
         // Marked before applying: a failed apply may have written too.
         match command {
@@ -325,9 +343,9 @@ impl Store {
                 let mut b = lock(&b);
                 let executed = match command {
                     Command::Execute { transaction, .. } => {
-                        b.execute(index, statements, *transaction, &self.options, key)?
+                        b.execute_after(index, statements, *transaction, &self.options, key, after)?
                     }
-                    _ => b.execute_system(index, statements, &self.options, key)?,
+                    _ => b.execute_system(index, statements, &self.options, key, after)?,
                 };
                 Ok(match executed {
                     Executed::Applied(results) => {

@@ -203,6 +203,12 @@ pub const ROWID_KEY: &str = "_rowid";
 pub struct InsertRowsRequest {
     /// The rows to insert, in one transaction.
     pub rows: Vec<Row>,
+    /// The `Idempotency-Key` of an earlier write to the same base that must
+    /// have been applied before these rows are: if it was not, nothing is
+    /// inserted and the answer is `conflict`. A client with several batches
+    /// in flight chains them this way to keep their order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
 /// The answer to a batch insert.

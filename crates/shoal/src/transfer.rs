@@ -3,7 +3,22 @@
 //!
 //! Import reads the file in batches of `--batch-rows` rows; each batch is
 //! one insert request, so one transaction, sent with an idempotency key
-//! (a retried batch is applied once). A missing table is created first, with
+//! (a retried batch is applied once). Up to [`IN_FLIGHT`] batches are sent
+//! before the first is acknowledged, so the server writes one while the
+//! next ones travel and the file is read on. They still apply in the
+//! file's order: a batch sent while the one before it is unacknowledged
+//! names that one's key in `after`, and the server applies it only if that
+//! batch was applied before it (checked in log order; else nothing of it is
+//! applied). The server proposes a chained batch behind the one it names,
+//! so one rarely overtakes another; if it did, it fails, and so do the
+//! batches chained behind it: once they have answered, they are sent again
+//! as a new chain whose first batch is not chained (every batch before it
+//! is acknowledged). A batch that fails unchained stops the import with its
+//! lines, and the batches after it, chained to it, cannot apply. Rows of
+//! one batch get consecutive rowids, so the table's rowid order is the
+//! file's.
+//!
+//! A missing table is created first, with
 //! the types the header declares (`name:INTEGER`) or, where it declares
 //! none, the types the first batch's values fit (INTEGER, then REAL, then
 //! TEXT). A row that does not fit (wrong field count, a value that is not a
@@ -15,6 +30,7 @@
 //! Export pages through the table by rowid with linearizable reads and
 //! writes a header and one line per row (NULL as an empty field).
 
+use std::collections::VecDeque;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -159,6 +175,24 @@ fn field_value(f: &str, kind: Option<Kind>) -> Option<Value> {
     }
 }
 
+/// The most batches sent and not yet acknowledged (measured on two cores:
+/// one in flight left the server idle while each waited for its fsync and
+/// apply; three keep it busy).
+const IN_FLIGHT: usize = 3;
+
+/// A batch sent and not yet acknowledged.
+struct Sent {
+    /// Its idempotency key.
+    key: String,
+    /// The lines of the file it holds, first and last.
+    lines: (u64, u64),
+    /// Whether it named the batch before it in `after` (that one was in
+    /// flight when it was sent).
+    chained: bool,
+    /// The request; answers the rows, to send them again.
+    task: tokio::task::JoinHandle<(Vec<Row>, shoal_types::Result<()>)>,
+}
+
 /// What import knows of the target table.
 struct Target {
     client: Client,
@@ -166,18 +200,33 @@ struct Target {
     table: String,
     /// Column name to kind, once the table exists.
     kinds: Option<Vec<(String, Option<Kind>)>>,
-    /// The batch being written.
-    in_flight: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// The batches being written, in the file's order.
+    in_flight: VecDeque<Sent>,
+    /// This import's prefix of idempotency keys.
+    run: String,
+    /// How many batches were sent.
+    sent: u64,
 }
 
 impl Target {
     async fn open(client: Client, id: BaseId, table: &str) -> anyhow::Result<Target> {
+        use rand::Rng as _;
         let tables = client.tables(id).await?;
         let kinds =
             tables.tables.iter().find(|t| t.name == table).map(|t| {
                 t.columns.iter().map(|c| (c.name.clone(), Kind::parse(&c.type_))).collect()
             });
-        Ok(Target { client, id, table: table.to_string(), kinds, in_flight: None })
+        let run: String =
+            rand::rng().sample_iter(rand::distr::Alphanumeric).take(16).map(char::from).collect();
+        Ok(Target {
+            client,
+            id,
+            table: table.to_string(),
+            kinds,
+            in_flight: VecDeque::new(),
+            run: format!("import-{run}"),
+            sent: 0,
+        })
     }
 
     /// Creates the table with these columns.
@@ -195,28 +244,89 @@ impl Target {
         self.kinds.as_ref()?.iter().find(|(n, _)| n == column).and_then(|(_, k)| *k)
     }
 
-    /// Sends a batch once the one before it is acknowledged (rows keep the
-    /// file's order), and returns at once: the next batch is parsed while
-    /// this one is written.
-    async fn insert(&mut self, rows: Vec<Row>) -> anyhow::Result<()> {
-        self.finish().await?;
+    /// Sends a batch once fewer than [`IN_FLIGHT`] are unacknowledged, and
+    /// returns at once: the next batch is parsed while this one is written.
+    /// It is chained to the batch before it if that one is in flight (see
+    /// the module docs).
+    async fn insert(&mut self, rows: Vec<Row>, lines: (u64, u64)) -> anyhow::Result<()> {
+        while self.in_flight.len() >= IN_FLIGHT {
+            self.settle().await?;
+        }
         if rows.is_empty() {
             return Ok(());
         }
-        let (client, id, table) = (self.client.clone(), self.id, self.table.clone());
-        self.in_flight = Some(tokio::spawn(async move {
-            client.insert_rows(id, &table, rows).await?;
-            Ok(())
-        }));
+        self.sent += 1;
+        let key = format!("{}-{}", self.run, self.sent);
+        let after = self.in_flight.back().map(|s| s.key.clone());
+        let sent = self.send(key, lines, rows, after)?;
+        self.in_flight.push_back(sent);
         Ok(())
     }
 
-    /// Waits for the batch in flight.
-    async fn finish(&mut self) -> anyhow::Result<()> {
-        match self.in_flight.take() {
-            Some(h) => h.await.context("the insert task failed")?,
-            None => Ok(()),
+    /// Starts the request of a batch.
+    fn send(
+        &self,
+        key: String,
+        lines: (u64, u64),
+        rows: Vec<Row>,
+        after: Option<String>,
+    ) -> anyhow::Result<Sent> {
+        let client = self.client.with_idempotency_key(&key)?;
+        let (id, table, chained) = (self.id, self.table.clone(), after.is_some());
+        let task = tokio::spawn(async move {
+            let result = client.insert_rows_after(id, &table, &rows, after.as_deref()).await;
+            (rows, result.map(|_| ()))
+        });
+        Ok(Sent { key, lines, chained, task })
+    }
+
+    /// Waits for the oldest batch in flight. A chained batch that failed
+    /// may have reached the log before the one it follows; the batches
+    /// after it, chained to it, then fail too. Once they have answered,
+    /// those that failed are sent again as a new chain, the first alone
+    /// (every batch before it is acknowledged). A batch that fails alone
+    /// stops the import; the batches after it, chained to it, cannot apply
+    /// and are abandoned.
+    async fn settle(&mut self) -> anyhow::Result<()> {
+        let Some(sent) = self.in_flight.pop_front() else { return Ok(()) };
+        let (rows, result) = sent.task.await.context("the insert task failed")?;
+        let error = match result {
+            Ok(()) => return Ok(()),
+            Err(_) if sent.chained => None,
+            Err(e) => Some(e),
+        };
+        if let Some(e) = error {
+            for s in self.in_flight.drain(..) {
+                s.task.abort();
+            }
+            let (first, last) = sent.lines;
+            return Err(anyhow::Error::from(e).context(format!(
+                "lines {first}-{last}: the batch was refused; nothing of it was imported"
+            )));
         }
+        let mut again = vec![(sent.key, sent.lines, rows)];
+        for s in std::mem::take(&mut self.in_flight) {
+            match s.task.await.context("the insert task failed")? {
+                // The one it follows had applied after all (its answer
+                // was lost): it stands.
+                (_, Ok(())) => {}
+                (rows, Err(_)) => again.push((s.key, s.lines, rows)),
+            }
+        }
+        let mut after = None;
+        for (key, lines, rows) in again {
+            let sent = self.send(key.clone(), lines, rows, after.replace(key))?;
+            self.in_flight.push_back(sent);
+        }
+        Ok(())
+    }
+
+    /// Waits for every batch in flight.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        while !self.in_flight.is_empty() {
+            self.settle().await?;
+        }
+        Ok(())
     }
 }
 
@@ -346,6 +456,7 @@ async fn import_csv(
                 target.create(columns).await?;
             }
             let mut rows = Vec::with_capacity(batch.len());
+            let lines = (batch.first().map_or(0, |b| b.0), batch.last().map_or(0, |b| b.0));
             'rows: for (line, r) in batch.drain(..) {
                 let mut row = Map::new();
                 for (i, name) in names.iter().enumerate() {
@@ -368,7 +479,7 @@ async fn import_csv(
                 rows.push(row);
             }
             let n = rows.len() as u64;
-            target.insert(rows).await?;
+            target.insert(rows, lines).await?;
             tally.imported += n;
             bar.set_position(csv.position().byte());
         }
@@ -427,6 +538,7 @@ async fn import_jsonl(
                 target.create(columns).await?;
             }
             let mut rows = Vec::with_capacity(batch.len());
+            let lines = (batch.first().map_or(0, |b| b.0), batch.last().map_or(0, |b| b.0));
             'rows: for (line, o) in batch.drain(..) {
                 for (k, v) in &o {
                     let fits = match (target.kind(k), v) {
@@ -444,7 +556,7 @@ async fn import_jsonl(
                 rows.push(o);
             }
             let n = rows.len() as u64;
-            target.insert(rows).await?;
+            target.insert(rows, lines).await?;
             tally.imported += n;
             bar.set_position(bytes);
         }

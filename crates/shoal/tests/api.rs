@@ -637,6 +637,21 @@ async fn idempotency_keys_apply_once() {
         .await;
         assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_input")), "{v}");
         assert_eq!(api.count(&id, "t").await, 3);
+        // Rows chained `after` a write that was not applied are refused and
+        // change nothing; after one that was, they go in.
+        let path = format!("/v1/bases/{id}/tables/t/rows");
+        let chained = json!({"rows": [{"a": 10}], "after": "rows-never"});
+        let (s, v) = send(Method::POST, path.clone(), "rows-2", chained).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (409, Some("conflict")), "{v}");
+        assert_eq!(api.count(&id, "t").await, 3);
+        let chained = json!({"rows": [{"a": 10}], "after": "rows-1"});
+        let (s, v) = send(Method::POST, path.clone(), "rows-2", chained).await;
+        assert_eq!(s, 201, "{v}");
+        assert_eq!(api.count(&id, "t").await, 4);
+        let bad = json!({"rows": [{"a": 11}], "after": "a b"});
+        let (s, v) = send(Method::POST, path, "rows-3", bad).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (400, Some("invalid_input")), "{v}");
+        assert_eq!(api.count(&id, "t").await, 4);
         // A drop retried with its key answers the same, not 404.
         let (d1, _) = send(Method::DELETE, format!("/v1/bases/{id}"), "drop-1", Value::Null).await;
         let (d2, _) = send(Method::DELETE, format!("/v1/bases/{id}"), "drop-1", Value::Null).await;

@@ -1,7 +1,9 @@
 //! `shoal import` and `shoal export` against a real standalone server: a
 //! 100 000-row CSV goes in and comes back out equal, JSON lines too, and a
 //! row that does not fit stops the import at its line with nothing of its
-//! batch applied (or is skipped and reported with `--skip-bad`).
+//! batch applied (or is skipped and reported with `--skip-bad`). With
+//! several batches in flight, rows still go in in the file's order, and a
+//! batch the server refuses stops the import with nothing after it applied.
 
 mod common;
 
@@ -116,4 +118,56 @@ fn a_bad_row_stops_the_import_at_its_line() {
     assert!(!ok && err.contains("line 2") && err.contains("3 fields"), "{err}");
     let (ok, _, err) = shoal(&s, &["import", &base, "v", "/nonexistent/x.csv"]);
     assert!(!ok && err.contains("cannot open"), "{err}");
+}
+
+/// A CSV of `n:INTEGER,label` rows with these values of n.
+fn numbered(values: impl Iterator<Item = u32>) -> String {
+    let mut csv = String::from("n:INTEGER,label\n");
+    for v in values {
+        csv.push_str(&format!("{v},row {v}\n"));
+    }
+    csv
+}
+
+#[test]
+fn small_batches_in_flight_keep_the_files_order() {
+    let (dir, s) = Server::start(Mode::Standalone, &[]);
+    let base = new_base(&s);
+    let file = dir.path().join("in.csv");
+    std::fs::write(&file, numbered(0..3000)).expect("write");
+    let path = file.to_str().expect("path");
+    let (ok, out, err) = shoal(&s, &["import", &base, "t", path, "--batch-rows", "7"]);
+    assert!(ok && out.contains("imported 3000 rows"), "{out}{err}");
+    // The rows went in in the file's order: row n has the (n+1)th rowid.
+    let (ok, out, err) = shoal(
+        &s,
+        &["sql", &base, "SELECT count(*), sum(n = rowid - 1) FROM t", "--json", "--read"],
+    );
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["rows"][0], serde_json::json!([3000, 3000]), "{out}");
+}
+
+#[test]
+fn a_batch_the_server_refuses_stops_the_import_with_nothing_after_it() {
+    let (dir, s) = Server::start(Mode::Memory, &[]);
+    let base = new_base(&s);
+    let (ok, _, err) =
+        shoal(&s, &["sql", &base, "CREATE TABLE t (n INTEGER UNIQUE, label TEXT)", "--write"]);
+    assert!(ok, "{err}");
+    // Batches of 10 rows; the sixth (lines 52-61) repeats n = 3, which the
+    // table refuses. The batches after it are sent before it is refused.
+    let values = (0..200).map(|i| if i == 55 { 3 } else { i });
+    let file = dir.path().join("dup.csv");
+    std::fs::write(&file, numbered(values)).expect("write");
+    let path = file.to_str().expect("path");
+    let (ok, _, err) = shoal(&s, &["import", &base, "t", path, "--batch-rows", "10"]);
+    assert!(!ok, "a refused batch was accepted");
+    assert!(err.contains("lines 52-61") && err.contains("UNIQUE"), "{err}");
+    let (_, out, _) = shoal(
+        &s,
+        &["sql", &base, "SELECT count(*), max(n), sum(n = rowid - 1) FROM t", "--json", "--read"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["rows"][0], serde_json::json!([50, 49, 50]), "only the first five batches: {out}");
 }
