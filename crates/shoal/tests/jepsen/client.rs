@@ -280,7 +280,14 @@ impl Client {
                 weak_call(&self.w.http, &url, &path, &body).await
             };
             let completed = self.now();
-            match classify(r, &mut self.record.surprises) {
+            let surprised = self.record.surprises.len();
+            let attempt = classify(r, &mut self.record.surprises);
+            if let Some(s) = self.record.surprises.get_mut(surprised) {
+                s.push_str(&format!(
+                    " (read of {key} at {level}, served by {served_by}, [{invoked:?}, {completed:?}])"
+                ));
+            }
+            match attempt {
                 Attempt::Done(v) => {
                     let seen = v["rows"].as_array().and_then(|rows| rows.first()).map(|row| {
                         row[0].as_i64().unwrap_or_else(|| panic!("a value that is no integer: {v}"))
@@ -352,7 +359,12 @@ impl Client {
                 &headers,
             )
             .await;
-            match classify(r, &mut self.record.surprises) {
+            let surprised = self.record.surprises.len();
+            let attempt = classify(r, &mut self.record.surprises);
+            if let Some(s) = self.record.surprises.get_mut(surprised) {
+                s.push_str(&format!(" (write at {url}, invoked {invoked:?})"));
+            }
+            match attempt {
                 Attempt::Done(v) => {
                     answer = Some(v);
                     break;
