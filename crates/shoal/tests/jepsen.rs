@@ -493,6 +493,26 @@ async fn run(seed: u64, net: Net) {
         }
         bases.push(id);
     }
+    // Reads at `none` are served by any replica from what it applied: one
+    // that has not applied the table yet rightly answers "no such table".
+    // The workload starts once every replica has it.
+    let probe = json!({"sql": "SELECT count(*) FROM kv", "consistency": "none"});
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &bases {
+        for (node, url) in urls.all() {
+            let query = format!("{url}/v1/bases/{id}/query");
+            loop {
+                match call(&http, reqwest::Method::POST, &query, Some(&probe), &[]).await {
+                    Ok((s, _)) if s.is_success() => break,
+                    other => assert!(
+                        Instant::now() < deadline,
+                        "[seed {seed}] table of {id} on {node}: {other:?}"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
     println!("bases {bases:?}, ready after {:.1}s", started.elapsed().as_secs_f64());
 
     // The clients.
