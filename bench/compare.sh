@@ -65,28 +65,7 @@ bench_all() {
 }
 
 # --- etcd: three members -----------------------------------------------------
-read -r -a P <<<"$(free_ports 6)"
-ETCD_CLIENTS=() ETCD_PEERS=() ETCD_PIDS=()
-initial=""
-for i in 0 1 2; do
-    ETCD_CLIENTS+=("127.0.0.1:${P[$i]}")
-    ETCD_PEERS+=("127.0.0.1:${P[$((i + 3))]}")
-    initial+="${initial:+,}e$i=http://${ETCD_PEERS[$i]}"
-done
-for i in 0 1 2; do
-    etcd --name "e$i" --data-dir "$dir/etcd$i" \
-        --listen-client-urls "http://${ETCD_CLIENTS[$i]}" \
-        --advertise-client-urls "http://${ETCD_CLIENTS[$i]}" \
-        --listen-peer-urls "http://${ETCD_PEERS[$i]}" \
-        --initial-advertise-peer-urls "http://${ETCD_PEERS[$i]}" \
-        --initial-cluster "$initial" --initial-cluster-state new \
-        --initial-cluster-token shoal-bench >"$dir/etcd$i.log" 2>&1 &
-    PIDS+=($!)
-    ETCD_PIDS+=($!)
-done
-for i in 0 1 2; do
-    wait_for 60 "etcd member $i" sh -c "curl -sf http://${ETCD_CLIENTS[$i]}/health | grep -q '\"health\":\"true\"'"
-done
+start_etcd_three
 etcd_urls=$(printf 'http://%s,' "${ETCD_CLIENTS[@]}")
 case " $SYSTEMS " in *" etcd "*) bench_all etcd etcd "${etcd_urls%,}" "${ETCD_PIDS[@]}" ;; esac
 

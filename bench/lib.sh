@@ -54,6 +54,33 @@ start_etcd() {
     wait_for 60 "etcd $name" sh -c "curl -sf $ETCD_URL/health | grep -q '\"health\":\"true\"'"
 }
 
+# start_etcd_three: a three-member etcd under $dir on free ports; adds the
+# members to PIDS, sets ETCD_CLIENTS (their host:port) and ETCD_PIDS, and
+# waits until each is healthy.
+start_etcd_three() {
+    local P i initial=""
+    read -r -a P <<<"$(free_ports 6)"
+    ETCD_CLIENTS=() ETCD_PIDS=()
+    for i in 0 1 2; do
+        ETCD_CLIENTS+=("127.0.0.1:${P[$i]}")
+        initial+="${initial:+,}e$i=http://127.0.0.1:${P[$((i + 3))]}"
+    done
+    for i in 0 1 2; do
+        etcd --name "e$i" --data-dir "$dir/etcd$i" \
+            --listen-client-urls "http://${ETCD_CLIENTS[$i]}" \
+            --advertise-client-urls "http://${ETCD_CLIENTS[$i]}" \
+            --listen-peer-urls "http://127.0.0.1:${P[$((i + 3))]}" \
+            --initial-advertise-peer-urls "http://127.0.0.1:${P[$((i + 3))]}" \
+            --initial-cluster "$initial" --initial-cluster-state new \
+            --initial-cluster-token shoal-bench >"$dir/etcd$i.log" 2>&1 &
+        PIDS+=($!)
+        ETCD_PIDS+=($!)
+    done
+    for i in 0 1 2; do
+        wait_for 60 "etcd member $i" sh -c "curl -sf http://${ETCD_CLIENTS[$i]}/health | grep -q '\"health\":\"true\"'"
+    done
+}
+
 # start_shoal_cluster REGISTRY NAMESPACE: three `shoal node`s and a monitor
 # (replication factor 3) under $dir, registered in REGISTRY under NAMESPACE
 # with the admin token $TOKEN. Adds them to PIDS, sets SHOAL_COMMON (the

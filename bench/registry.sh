@@ -19,37 +19,19 @@ BENCH="${CARGO_TARGET_DIR:-$(pwd)/target}/release/examples/registry_bench"
 work_dir
 TOKEN=registry-bench
 
-# etcd: three members.
-read -r -a P <<<"$(free_ports 9)"
-initial=""
-ETCD=()
-for i in 0 1 2; do
-    initial+="${initial:+,}e$i=http://127.0.0.1:${P[$((i + 3))]}"
-    ETCD+=("127.0.0.1:${P[$i]}")
-done
-for i in 0 1 2; do
-    etcd --name "e$i" --data-dir "$dir/etcd$i" \
-        --listen-client-urls "http://127.0.0.1:${P[$i]}" \
-        --advertise-client-urls "http://127.0.0.1:${P[$i]}" \
-        --listen-peer-urls "http://127.0.0.1:${P[$((i + 3))]}" \
-        --initial-advertise-peer-urls "http://127.0.0.1:${P[$((i + 3))]}" \
-        --initial-cluster "$initial" --initial-cluster-state new \
-        --initial-cluster-token registry-bench >"$dir/etcd$i.log" 2>&1 &
-    PIDS+=($!)
-done
-for i in 0 1 2; do
-    wait_for 60 "etcd member $i" sh -c "curl -sf http://${ETCD[$i]}/health | grep -q '\"health\":\"true\"'"
-done
+start_etcd_three
+ETCD=("${ETCD_CLIENTS[@]}")
 
 # The embedded registry: three members started together.
+read -r -a P <<<"$(free_ports 3)"
 members=""
 META=()
 for i in 0 1 2; do
-    members+="${members:+,}m$i=127.0.0.1:${P[$((i + 6))]}"
-    META+=("127.0.0.1:${P[$((i + 6))]}")
+    members+="${members:+,}m$i=127.0.0.1:${P[$i]}"
+    META+=("127.0.0.1:${P[$i]}")
 done
 for i in 0 1 2; do
-    "$SHOAL" meta --name "m$i" --listen "127.0.0.1:${P[$((i + 6))]}" --data-dir "$dir/meta$i" \
+    "$SHOAL" meta --name "m$i" --listen "127.0.0.1:${P[$i]}" --data-dir "$dir/meta$i" \
         --initial-members "$members" --admin-token "$TOKEN" >"$dir/meta$i.log" 2>&1 &
     PIDS+=($!)
 done
