@@ -18,6 +18,8 @@ cargo build --release --locked -p shoal-registry --example registry_bench >&2
 BENCH="${CARGO_TARGET_DIR:-$(pwd)/target}/release/examples/registry_bench"
 work_dir
 TOKEN=registry-bench
+# The embedded registry's members ask every call for it (etcd ignores it).
+export SHOAL_ADMIN_TOKEN=$TOKEN
 
 start_etcd_three
 ETCD=("${ETCD_CLIENTS[@]}")

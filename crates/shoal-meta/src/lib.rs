@@ -58,7 +58,8 @@ pub struct MetaOptions {
     /// Start empty and wait to be added (`shoal meta add`) to the group of
     /// the members at these URLs.
     pub join: Vec<String>,
-    /// The bearer token of member-to-member traffic.
+    /// The bearer token of member-to-member traffic, and of every call and
+    /// watch (clients send it too); empty: none asked.
     pub token: String,
     /// Raft timings.
     pub settings: shoal_raft::Settings,

@@ -40,7 +40,19 @@ fn postcard(bytes: Vec<u8>) -> HttpResponse {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], bytes).into_response()
 }
 
+/// Refuses a call or watch without the group's token (when it has one).
+fn refuse(meta: &Inner, headers: &HeaderMap) -> Option<HttpResponse> {
+    let token = &meta.options.token;
+    if token.is_empty() {
+        return None;
+    }
+    shoal_http::auth::authorize(headers, token).err().map(IntoResponse::into_response)
+}
+
 async fn call(State(meta): State<Meta>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(refused) = refuse(&meta, &headers) {
+        return refused;
+    }
     let request = match wire::decode::<Request>(&body) {
         Ok(r) => r,
         Err(e) => return bad_request("not a registry call", e),
@@ -193,6 +205,7 @@ impl Inner {
             .post(format!("{url}{CALL_PATH}"))
             .header(header::CONTENT_TYPE, CONTENT_TYPE)
             .header(FORWARDED, "1")
+            .bearer_auth(&self.options.token)
             .body(body)
             .send();
         let response = match tokio::time::timeout(Duration::from_secs(10), send).await {
@@ -210,7 +223,10 @@ impl Inner {
     }
 }
 
-async fn watch(State(meta): State<Meta>, body: Bytes) -> HttpResponse {
+async fn watch(State(meta): State<Meta>, headers: HeaderMap, body: Bytes) -> HttpResponse {
+    if let Some(refused) = refuse(&meta, &headers) {
+        return refused;
+    }
     let request = match wire::decode::<WatchRequest>(&body) {
         Ok(r) => r,
         Err(e) => return bad_request("not a watch", e),

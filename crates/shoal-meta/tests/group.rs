@@ -96,6 +96,33 @@ async fn grows_one_three_five_and_back_to_three_under_load() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_and_watches_need_the_groups_token() {
+    let group = Group::start(1).await;
+    let client = group.client("token").await;
+    client.put(b"k", b"v", None).await.unwrap();
+    for token in [None, Some("wrong-token".to_string())] {
+        let options = shoal_registry::EmbeddedOptions {
+            endpoints: group.urls(),
+            token,
+            ..shoal_registry::EmbeddedOptions::default()
+        };
+        let e = EmbeddedRegistry::connect(options).await.expect_err("refused");
+        assert!(matches!(&e, Error::Config { key, .. } if key == "admin_token"), "{e}");
+        assert!(e.to_string().contains("same --admin-token"), "{e}");
+    }
+    // A watch without it is refused too, and nothing changed.
+    let url = format!("{}/meta/v1/watch", group.urls()[0]);
+    let body =
+        shoal_registry::embedded::wire::encode(&shoal_registry::embedded::wire::WatchRequest {
+            prefix: b"token/".to_vec(),
+            from: Revision(1),
+        });
+    let answer = reqwest::Client::new().post(url).body(body).send().await.unwrap();
+    assert_eq!(answer.status(), reqwest::StatusCode::UNAUTHORIZED);
+    assert_eq!(client.get(b"k").await.unwrap().unwrap().value, b"v");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_under_load_shows_no_error_and_loses_nothing() {
     let mut group = Group::start(3).await;
     let client = group.client("kill").await;

@@ -3,7 +3,7 @@
 //! `connect` every Shoal process uses. Prints one line:
 //! `WORKLOAD ops/s p50_ms p99_ms errors`.
 //!
-//! `cargo run --release -p shoal-registry --example registry_bench -- REGISTRY_URL put|get CLIENTS SECONDS`
+//! `SHOAL_ADMIN_TOKEN=T cargo run --release -p shoal-registry --example registry_bench -- REGISTRY_URL put|get CLIENTS SECONDS`
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ async fn main() {
     let options = RegistryOptions {
         registry: url.clone(),
         namespace: format!("bench-{}", std::process::id()),
+        // The embedded registry's members ask for the cluster's token.
+        token: std::env::var("SHOAL_ADMIN_TOKEN").ok(),
         ..RegistryOptions::default()
     };
     let registry = connect(&options).await.expect("the registry answers");

@@ -67,6 +67,10 @@ pub struct RegistryOptions {
     pub registry_cert: Option<String>,
     /// The private key file (PEM) of `registry_cert`.
     pub registry_key: Option<String>,
+    /// The bearer token of the embedded registry's calls: the cluster's
+    /// admin token, set by the process (not a configuration key).
+    #[serde(skip)]
+    pub token: Option<String>,
 }
 
 impl Default for RegistryOptions {
@@ -81,6 +85,7 @@ impl Default for RegistryOptions {
             registry_ca: None,
             registry_cert: None,
             registry_key: None,
+            token: None,
         }
     }
 }
@@ -318,6 +323,7 @@ impl RegistryOptions {
             retry_interval: self.retry_interval,
             max_retries: self.max_retries,
             operation_timeout: self.operation_timeout,
+            token: self.token.clone(),
         }
     }
 

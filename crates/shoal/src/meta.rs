@@ -38,7 +38,7 @@ enum MetaCommand {
         #[arg(long)]
         no_wait: bool,
         #[command(flatten)]
-        registry: RegistryArgs,
+        group: GroupArgs,
     },
     /// Remove members from the group by name; two at a time, so the group
     /// stays odd-sized. Waits until they no longer vote.
@@ -50,7 +50,7 @@ enum MetaCommand {
         #[arg(long)]
         no_wait: bool,
         #[command(flatten)]
-        registry: RegistryArgs,
+        group: GroupArgs,
     },
     /// Show the group's members, its leader and its voters.
     Status {
@@ -58,8 +58,18 @@ enum MetaCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        registry: RegistryArgs,
+        group: GroupArgs,
     },
+}
+
+/// How a command reaches the group.
+#[derive(Args, Debug)]
+struct GroupArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// The cluster's admin token, which the members ask of every call.
+    #[arg(long, env = "SHOAL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 /// Flags of a member.
@@ -101,8 +111,8 @@ struct MemberArgs {
 pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
     match args.command {
         None => serve(args.member).await,
-        Some(MetaCommand::Add { urls, no_wait, registry }) => {
-            let group = connect(&registry).await?;
+        Some(MetaCommand::Add { urls, no_wait, group }) => {
+            let group = connect(&group).await?;
             let urls = urls.iter().map(|u| normalize_url(u)).collect::<anyhow::Result<Vec<_>>>()?;
             let members = group.add_members(urls.clone()).await?;
             out!("Logged: the group now has {} members ({})", members.len(), names(&members));
@@ -111,8 +121,8 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(MetaCommand::Remove { names: gone, no_wait, registry }) => {
-            let group = connect(&registry).await?;
+        Some(MetaCommand::Remove { names: gone, no_wait, group }) => {
+            let group = connect(&group).await?;
             let members = group.remove_members(gone).await?;
             out!("Logged: the group now has {} members ({})", members.len(), names(&members));
             if !no_wait {
@@ -120,8 +130,8 @@ pub async fn run(args: MetaArgs) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Some(MetaCommand::Status { json, registry }) => {
-            let group = connect(&registry).await?;
+        Some(MetaCommand::Status { json, group }) => {
+            let group = connect(&group).await?;
             let status = group.status().await?;
             if json {
                 out!("{}", serde_json::to_string_pretty(&status)?);
@@ -150,8 +160,9 @@ fn normalize_url(url: &str) -> anyhow::Result<String> {
     }
 }
 
-async fn connect(args: &RegistryArgs) -> anyhow::Result<EmbeddedRegistry> {
-    let options = args.load()?;
+async fn connect(args: &GroupArgs) -> anyhow::Result<EmbeddedRegistry> {
+    let mut options = args.registry.load()?;
+    options.token = args.admin_token.clone();
     match options.url()? {
         RegistryUrl::Embedded(endpoints) => {
             let group = EmbeddedRegistry::connect(options.embedded_options(endpoints)).await?;

@@ -50,8 +50,10 @@ pub struct MonitorArgs {
 
 pub async fn run(args: MonitorArgs) -> anyhow::Result<()> {
     init_logging(args.http.log_format);
-    let registry_options = args.registry.load()?;
+    let mut registry_options = args.registry.load()?;
     let token = cluster_token(&args.http)?;
+    // The embedded registry asks every process for the cluster's token.
+    registry_options.token = Some(token.clone());
     if args.replication_factor == 0 {
         anyhow::bail!("--replication-factor must be at least 1");
     }

@@ -54,9 +54,11 @@ pub struct NodeArgs {
 
 pub async fn run(args: NodeArgs) -> anyhow::Result<()> {
     init_logging(args.http.log_format);
-    let registry_options = args.registry.load()?;
+    let mut registry_options = args.registry.load()?;
     let raft = args.raft.load(&args.registry.file()?)?;
     let token = cluster_token(&args.http)?;
+    // The embedded registry asks every process for the cluster's token.
+    registry_options.token = Some(token.clone());
     let node_id = check_node_id(&args.node_id)?;
     if args.capacity == 0 {
         anyhow::bail!("--capacity must be at least 1");

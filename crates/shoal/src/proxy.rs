@@ -40,8 +40,10 @@ pub struct ProxyArgs {
 
 pub async fn run(args: ProxyArgs) -> anyhow::Result<()> {
     init_logging(args.http.log_format);
-    let registry_options = args.registry.load()?;
+    let mut registry_options = args.registry.load()?;
     let token = cluster_token(&args.http)?;
+    // The embedded registry asks every process for the cluster's token.
+    registry_options.token = Some(token.clone());
     if args.retry_deadline.is_zero() || args.request_timeout.is_zero() {
         anyhow::bail!("--retry-deadline and --request-timeout must be more than 0");
     }

@@ -77,7 +77,7 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     init_logging(args.http.log_format);
-    let registry_options = args.registry.load()?;
+    let mut registry_options = args.registry.load()?;
     let raft = args.raft.load(&args.registry.file()?)?;
     if args.max_open_bases == 0
         || args.max_result_rows == 0
@@ -96,6 +96,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => None,
     };
     let (token, token_note) = admin_token(&args, dir)?;
+    registry_options.token = Some(token.clone());
     let tls = args.http.tls.load()?;
     let options = Options {
         max_open_bases: args.max_open_bases,

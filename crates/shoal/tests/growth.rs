@@ -282,7 +282,7 @@ async fn a_standalone_server_grows_its_own_embedded_registry_and_cluster() {
         m2.url.trim_start_matches("http://")
     );
     let out = Command::new(bin())
-        .args(["meta", "add", &m1.url, &m2.url, "--registry", &registry])
+        .args(["meta", "add", &m1.url, &m2.url, "--registry", &registry, "--admin-token", TOKEN])
         .output()
         .expect("shoal meta add");
     let printed =

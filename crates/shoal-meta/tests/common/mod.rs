@@ -130,6 +130,7 @@ impl Group {
             retry_interval: Duration::from_millis(100),
             max_retries: 30,
             operation_timeout: Duration::from_secs(3),
+            token: Some("test-token".into()),
         };
         EmbeddedRegistry::connect(options).await.expect("the group answers")
     }

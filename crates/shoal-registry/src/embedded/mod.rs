@@ -63,6 +63,9 @@ pub struct EmbeddedOptions {
     pub max_retries: u32,
     /// The longest one attempt of one request may take, connecting included.
     pub operation_timeout: Duration,
+    /// The bearer token the members ask of every call and watch: the
+    /// cluster's admin token.
+    pub token: Option<String>,
 }
 
 impl Default for EmbeddedOptions {
@@ -73,6 +76,7 @@ impl Default for EmbeddedOptions {
             retry_interval: Duration::from_millis(500),
             max_retries: 5,
             operation_timeout: Duration::from_secs(5),
+            token: None,
         }
     }
 }
@@ -217,9 +221,29 @@ fn unexpected(what: &str, response: &Response) -> Error {
     Error::Internal(format!("the embedded registry answered {what} with {response:?}"))
 }
 
+/// The error of a call the members refused for its token.
+fn refused(url: &str, body: &[u8]) -> Error {
+    Error::config(
+        "admin_token",
+        format!(
+            "{url} refused this process's token ({}): every process of a cluster, and every \
+             member of its embedded registry, takes the same --admin-token",
+            String::from_utf8_lossy(body).trim()
+        ),
+    )
+}
+
 impl Shared {
     fn endpoints(&self) -> String {
         self.options.endpoints.join(",")
+    }
+
+    /// Adds the bearer token, if there is one.
+    fn authorized(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.options.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
     }
 
     /// One attempt of a call at member `i`.
@@ -227,8 +251,7 @@ impl Shared {
         let url = format!("{}{CALL_PATH}", self.options.endpoints[i].trim_end_matches('/'));
         let send = async {
             let response = self
-                .http
-                .post(&url)
+                .authorized(self.http.post(&url))
                 .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
                 .body(body)
                 .send()
@@ -237,6 +260,9 @@ impl Shared {
             let status = response.status();
             let bytes =
                 response.bytes().await.map_err(|e| Failure::Transient(format!("{url}: {e}")))?;
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                return Err(Failure::Fatal(refused(&url, &bytes)));
+            }
             if !status.is_success() {
                 let text = String::from_utf8_lossy(&bytes);
                 let failure = format!("{url} answered {status}: {}", text.trim());
@@ -489,13 +515,20 @@ impl Feed {
         let url = format!("{}{WATCH_PATH}", shared.options.endpoints[member].trim_end_matches('/'));
         let body = wire::encode(&WatchRequest { prefix: self.prefix.clone(), from: self.next });
         let send = shared
-            .http
-            .post(&url)
+            .authorized(shared.http.post(&url))
             .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
             .body(body)
             .send();
         let response = match tokio::time::timeout(shared.options.operation_timeout, send).await {
             Ok(Ok(r)) if r.status().is_success() => r,
+            Ok(Ok(r)) if r.status() == reqwest::StatusCode::UNAUTHORIZED => {
+                let e = refused(&url, &r.bytes().await.unwrap_or_default());
+                match self.established.take() {
+                    Some(tell) => drop(tell.send(Err(e))),
+                    None => drop(self.tx.send(Err(e)).await),
+                }
+                return Ended::Done;
+            }
             Ok(Ok(r)) => return broken(format!("{url} answered {}", r.status()), established),
             Ok(Err(e)) => return broken(format!("{url}: {e}"), established),
             Err(_) => return broken(format!("{url}: no answer"), established),

@@ -62,7 +62,7 @@ impl MetaGroup {
         let out = Command::new(bin())
             .arg("meta")
             .args(args)
-            .args(["--registry", &self.registry_url()])
+            .args(["--registry", &self.registry_url(), "--admin-token", META_TOKEN])
             .env_remove("SHOAL_REGISTRY")
             .output()
             .expect("run shoal meta");
@@ -88,6 +88,7 @@ impl MetaGroup {
             namespace: namespace.into(),
             retry_interval: Duration::from_millis(200),
             max_retries: 10,
+            token: Some(META_TOKEN.into()),
             ..EmbeddedOptions::default()
         };
         EmbeddedRegistry::connect(options).await.expect("the embedded registry answers")
