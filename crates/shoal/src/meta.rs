@@ -12,7 +12,9 @@ use shoal_registry::embedded::wire::{Member, MetaStatus};
 use shoal_registry::{EmbeddedRegistry, RegistryUrl};
 
 use crate::config::RegistryArgs;
-use crate::server::{LogFormat, bind, init_logging, lock_data_dir, read_or_make_marker};
+use crate::server::{
+    LogFormat, bind, init_logging, lock_data_dir, read_or_make_marker, required_token,
+};
 
 /// `shoal meta`: run a member, or change the group.
 #[derive(Args, Debug)]
@@ -259,12 +261,7 @@ fn initial_members(pairs: &[String]) -> anyhow::Result<Vec<Member>> {
 
 async fn serve(args: MemberArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
-    let token = match args.admin_token.as_deref().map(str::trim) {
-        Some(t) if !t.is_empty() => t.to_string(),
-        _ => anyhow::bail!(
-            "--admin-token (or SHOAL_ADMIN_TOKEN) is required: every process of a cluster shares one admin token"
-        ),
-    };
+    let token = required_token(args.admin_token.as_deref())?;
     if !args.join.is_empty() && !args.initial_members.is_empty() {
         anyhow::bail!(
             "--join and --initial-members exclude each other: a member joins a group or starts one"
@@ -299,32 +296,55 @@ async fn serve(args: MemberArgs) -> anyhow::Result<()> {
     if !args.initial_members.is_empty() {
         options.initial = initial_members(&args.initial_members)?;
     }
-    let meta = Meta::start(options).await?;
+    let addr = listener.addr;
+    let member = ServedMember::start(listener, options).await?;
     out!("Shoal meta member {name} is serving {url}");
     out!("Data: {}", args.data_dir.display());
     if !args.join.is_empty() {
         out!("Waiting to be added: shoal meta add {url} --registry shoal://...");
     }
     if let Some(f) = &args.addr_file {
-        std::fs::write(f, listener.addr.to_string())
+        std::fs::write(f, addr.to_string())
             .with_context(|| format!("cannot write {}", f.display()))?;
     }
     let mut shutdown = crate::server::shutdown_channel();
-    let stopped = async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    };
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(crate::server::run(listener, meta.router(), async move {
-        let _ = done_rx.await;
-    }));
-    stopped.await;
-    // A clean stop hands leadership over first, so clients see no election.
-    meta.leave(Duration::from_secs(3)).await;
-    drop(meta);
-    let _ = done_tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(5), serving).await;
+    let _ = shutdown.wait_for(|stop| *stop).await;
+    member.stop().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A member and the task serving its routes: what `shoal meta` runs, and
+/// `shoal serve --meta-listen` beside its node.
+pub struct ServedMember {
+    /// The member.
+    pub meta: Meta,
+    stop: tokio::sync::oneshot::Sender<()>,
+    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl ServedMember {
+    /// Starts the member with `options` and serves it on `listener` at once.
+    pub async fn start(
+        listener: crate::server::Listener,
+        options: MetaOptions,
+    ) -> anyhow::Result<ServedMember> {
+        let meta = Meta::start(options).await?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = tokio::spawn(crate::server::run(listener, meta.router(), async move {
+            let _ = stopped.await;
+        }));
+        Ok(ServedMember { meta, stop, serving })
+    }
+
+    /// A clean stop: hands leadership over (if another member can take it,
+    /// so clients see no election), stops the member, then its listener.
+    pub async fn stop(self) {
+        self.meta.leave(Duration::from_secs(3)).await;
+        drop(self.meta);
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.serving).await;
+    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     registry_options.registry
                 );
             }
-            let member = vec![m.meta.member().url.clone()];
+            let member = vec![m.member.meta.member().url.clone()];
             let client = EmbeddedRegistry::connect(registry_options.embedded_options(member));
             std::sync::Arc::new(client.await?) as std::sync::Arc<dyn shoal_registry::Registry>
         }
@@ -175,10 +175,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         out!(
             "Embedded registry member {} is serving {} (data in {}): grow it with \
              `shoal meta --join {}` and `shoal meta add`",
-            m.meta.member().name,
-            m.meta.member().url,
+            m.member.meta.member().name,
+            m.member.meta.member().url,
             m.dir.display(),
-            m.meta.member().url
+            m.member.meta.member().url
         );
     }
     let ca = match (&listener.tls.server, &args.http.tls.tls_ca) {
@@ -200,30 +200,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     node.stop().await;
     let _ = monitor.await;
     if let Some(m) = meta {
-        m.stop().await;
+        m.member.stop().await;
     }
     tracing::info!("stopped");
     Ok(())
 }
 
 /// The embedded registry member a standalone server runs with
-/// `--meta-listen`, and the task serving it.
+/// `--meta-listen`, and where its data is.
 struct LocalMeta {
-    meta: shoal_meta::Meta,
+    member: crate::meta::ServedMember,
     dir: PathBuf,
-    stop: tokio::sync::oneshot::Sender<()>,
-    serving: tokio::task::JoinHandle<anyhow::Result<()>>,
-}
-
-impl LocalMeta {
-    /// Hands leadership over (if others are there to take it), stops the
-    /// member, then its listener.
-    async fn stop(self) {
-        self.meta.leave(Duration::from_secs(3)).await;
-        drop(self.meta);
-        let _ = self.stop.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.serving).await;
-    }
 }
 
 /// Starts the first member of an embedded registry, named `name`, on
@@ -240,12 +227,8 @@ async fn start_meta(
     let dir = data.join("meta");
     let mut options = shoal_meta::MetaOptions::new(name, &url, dir.clone());
     options.token = token.to_string();
-    let meta = shoal_meta::Meta::start(options).await?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(crate::server::run(listener, meta.router(), async move {
-        let _ = stopped.await;
-    }));
-    Ok(LocalMeta { meta, dir, stop, serving })
+    let member = crate::meta::ServedMember::start(listener, options).await?;
+    Ok(LocalMeta { member, dir })
 }
 
 /// The admin token, and a line telling the user where it is.

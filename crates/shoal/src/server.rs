@@ -92,7 +92,12 @@ pub fn init_logging(format: LogFormat) {
 
 /// The token a cluster process needs: given explicitly, never made up.
 pub fn cluster_token(http: &HttpArgs) -> anyhow::Result<String> {
-    match http.admin_token.as_deref().map(str::trim) {
+    required_token(http.admin_token.as_deref())
+}
+
+/// The admin token `--admin-token` gave, which a cluster process needs.
+pub fn required_token(given: Option<&str>) -> anyhow::Result<String> {
+    match given.map(str::trim) {
         Some(t) if !t.is_empty() => Ok(t.to_string()),
         _ => anyhow::bail!(
             "--admin-token (or SHOAL_ADMIN_TOKEN) is required: every process of a cluster shares one admin token"
