@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use shoal_registry::LeaseId;
-use shoal_registry::embedded::wire::{self, Member, MetaStatus, STATUS_PATH};
+use shoal_registry::embedded::wire::{self, Member};
 use tokio::time::Instant;
 
 use crate::machine::{Command, lock};
@@ -86,8 +86,11 @@ pub(crate) async fn run(inner: Weak<Inner>) {
     loop {
         interval.tick().await;
         let Some(inner) = inner.upgrade() else { return };
-        let current = lock(&inner.state).members.clone();
-        if current != members {
+        let changed = {
+            let state = lock(&inner.state);
+            (state.members != members).then(|| state.members.clone())
+        };
+        if let Some(current) = changed {
             inner.learn(&current);
             if !current.is_empty() {
                 inner.raft.set_target(GROUP, current.iter().map(|m| m.id).collect());
@@ -145,11 +148,7 @@ async fn ask_where(inner: Arc<Inner>) {
     let mut urls: Vec<String> = inner.options.join.clone();
     urls.extend(inner.options.initial.iter().map(|m| m.url.clone()));
     for url in urls {
-        let get = inner.http.get(format!("{}{STATUS_PATH}", url.trim_end_matches('/'))).send();
-        let Ok(Ok(response)) = tokio::time::timeout(Duration::from_secs(2), get).await else {
-            continue;
-        };
-        if let Ok(status) = response.json::<MetaStatus>().await {
+        if let Ok(status) = inner.status_at(&url, Duration::from_secs(2)).await {
             let mut known = status.members;
             known.push(crate::member(&status.name, &status.url));
             inner.learn(&known);

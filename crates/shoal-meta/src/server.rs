@@ -150,7 +150,7 @@ impl Inner {
         let mut new = Vec::new();
         for url in urls {
             let url = url.trim_end_matches('/').to_string();
-            let status = match self.status_at(&url).await {
+            let status = match self.status_at(&url, Duration::from_secs(5)).await {
                 Ok(s) => s,
                 Err(e) => return Served::Here(Err(e)),
             };
@@ -170,9 +170,11 @@ impl Inner {
         self.write(Command::RemoveMembers(names)).await
     }
 
-    async fn status_at(&self, url: &str) -> Result<MetaStatus, Error> {
+    /// What the member at `url` says of itself, within `within`.
+    pub(crate) async fn status_at(&self, url: &str, within: Duration) -> Result<MetaStatus, Error> {
+        let url = url.trim_end_matches('/');
         let get = self.http.get(format!("{url}{STATUS_PATH}")).send();
-        let response = match tokio::time::timeout(Duration::from_secs(5), get).await {
+        let response = match tokio::time::timeout(within, get).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(Error::InvalidInput(format!("{url} cannot be reached: {e}"))),
             Err(_) => return Err(Error::InvalidInput(format!("{url} did not answer"))),
