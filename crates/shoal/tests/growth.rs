@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Backend, Cluster, TOKEN};
+use common::cluster::{Backend, Cluster, TOKEN, replica_checksum};
 use common::{Mode, Server, bin, eventually, log_filter};
 use serde_json::json;
 use shoal_client::Client;
@@ -322,16 +322,7 @@ async fn a_standalone_server_grows_its_own_embedded_registry_and_cluster() {
         loop {
             let mut sums = Vec::new();
             for url in &urls {
-                let answer = http
-                    .get(format!("{url}/v1/bases/{base}/checksum?consistency=none"))
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await;
-                let v: serde_json::Value = match answer {
-                    Ok(a) => a.json().await.unwrap_or_default(),
-                    Err(_) => serde_json::Value::Null,
-                };
-                sums.push(v["checksum"].as_str().unwrap_or("?").to_string());
+                sums.push(replica_checksum(&http, url, &base.to_string()).await);
             }
             if sums.iter().all(|s| s == sum) {
                 break;

@@ -62,6 +62,26 @@ async fn serve(meta: &Meta, listener: TcpListener) -> JoinHandle<()> {
     })
 }
 
+/// Starts a member on `listener` with `initial` members or `join` URLs.
+async fn start_member(
+    listener: TcpListener,
+    name: &str,
+    dir: std::path::PathBuf,
+    initial: Vec<Member>,
+    join: Vec<String>,
+) -> Running {
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut options = MetaOptions::new(name, &url, dir.clone());
+    options.initial = initial;
+    options.join = join;
+    options.settings = settings();
+    options.token = "test-token".into();
+    let meta = Meta::start(options).await.expect("member starts");
+    let listener_addr = listener.local_addr().unwrap();
+    let server = Some(serve(&meta, listener).await);
+    Running { member: meta.member().clone(), meta: Some(meta), listener_addr, dir, server }
+}
+
 impl Group {
     /// Starts `n` members that form one group from the start.
     pub async fn start(n: usize) -> Group {
@@ -74,22 +94,9 @@ impl Group {
         }
         let initial: Vec<Member> = listeners.iter().map(|(n, u, _)| member(n, u)).collect();
         let mut members = Vec::new();
-        for (name, url, listener) in listeners {
+        for (name, _, listener) in listeners {
             let dir = root.path().join(&name);
-            let mut options = MetaOptions::new(&name, &url, dir.clone());
-            options.initial = initial.clone();
-            options.settings = settings();
-            options.token = "test-token".into();
-            let meta = Meta::start(options).await.expect("member starts");
-            let listener_addr = listener.local_addr().unwrap();
-            let server = Some(serve(&meta, listener).await);
-            members.push(Running {
-                member: meta.member().clone(),
-                meta: Some(meta),
-                listener_addr,
-                dir,
-                server,
-            });
+            members.push(start_member(listener, &name, dir, initial.clone(), Vec::new()).await);
         }
         Group { members, _root: root }
     }
@@ -97,23 +104,10 @@ impl Group {
     /// Starts one more member, empty, that joins the group at `join`.
     pub async fn start_joiner(&mut self, name: &str) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let dir = self._root.path().join(name);
-        let mut options = MetaOptions::new(name, &url, dir.clone());
-        options.initial = Vec::new();
-        options.join = self.urls();
-        options.settings = settings();
-        options.token = "test-token".into();
-        let meta = Meta::start(options).await.expect("member starts");
-        let listener_addr = listener.local_addr().unwrap();
-        let server = Some(serve(&meta, listener).await);
-        self.members.push(Running {
-            member: meta.member().clone(),
-            meta: Some(meta),
-            listener_addr,
-            dir,
-            server,
-        });
+        let running = start_member(listener, name, dir, Vec::new(), self.urls()).await;
+        let url = running.member.url.clone();
+        self.members.push(running);
         url
     }
 

@@ -275,16 +275,7 @@ impl Cluster {
         loop {
             let mut sums = BTreeMap::new();
             for (name, p) in &self.nodes {
-                let answer = http
-                    .get(format!("{}/v1/bases/{base}/checksum?consistency=none", p.url))
-                    .bearer_auth(TOKEN)
-                    .send()
-                    .await;
-                let v: serde_json::Value = match answer {
-                    Ok(a) => a.json().await.unwrap_or_default(),
-                    Err(_) => serde_json::Value::Null,
-                };
-                sums.insert(name.clone(), v["checksum"].as_str().unwrap_or("?").to_string());
+                sums.insert(name.clone(), replica_checksum(&http, &p.url, base).await);
             }
             let distinct: std::collections::BTreeSet<&String> = sums.values().collect();
             if distinct.len() == 1 && !sums.values().any(|s| s == "?") {
@@ -336,6 +327,21 @@ impl Cluster {
             _ => [].iter(),
         }
     }
+}
+
+/// The checksum of `base`'s replica on the node at `url`
+/// (`consistency=none`), or `?` if the node does not answer one.
+pub async fn replica_checksum(http: &reqwest::Client, url: &str, base: &str) -> String {
+    let answer = http
+        .get(format!("{url}/v1/bases/{base}/checksum?consistency=none"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await;
+    let v: serde_json::Value = match answer {
+        Ok(a) => a.json().await.unwrap_or_default(),
+        Err(_) => serde_json::Value::Null,
+    };
+    v["checksum"].as_str().unwrap_or("?").to_string()
 }
 
 /// Runs the scenario `async fn $scenario(backend: Backend)` on every
