@@ -64,6 +64,8 @@ pub const PROTOCOL: &str = "shoal-relay";
 pub const MAX_FRAME: usize = 1 << 30;
 /// Frames are cut at about this size (a single larger record gets a frame of its own).
 const FRAME_TARGET: usize = 1 << 20;
+/// The memory a reader allocates at once for the frames it reads.
+const FRAME_BUFFER: usize = 64 << 10;
 /// Requests one relay may have in flight on a node; past it, the node stops
 /// reading until some finish.
 const MAX_IN_FLIGHT: usize = 4096;
@@ -118,44 +120,54 @@ impl std::fmt::Display for Malformed {
 
 impl std::error::Error for Malformed {}
 
-fn put_headers(out: &mut BytesMut, headers: &HeaderMap) {
-    let kept: Vec<_> =
-        headers.iter().filter(|(_, v)| v.len() <= u16::MAX as usize).take(255).collect();
-    out.put_u8(kept.len() as u8);
-    for (name, value) in kept {
+fn put_headers<'h>(
+    out: &mut BytesMut,
+    headers: impl IntoIterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+) {
+    let at = out.len();
+    out.put_u8(0);
+    let mut count = 0u8;
+    for (name, value) in headers {
+        if value.len() > u16::MAX as usize {
+            continue;
+        }
         out.put_u8(name.as_str().len() as u8);
         out.put_slice(name.as_str().as_bytes());
         out.put_u16_le(value.len() as u16);
         out.put_slice(value.as_bytes());
+        count += 1;
+        if count == u8::MAX {
+            break;
+        }
     }
+    out[at] = count;
 }
 
-fn take(buf: &mut &[u8], n: usize, what: &'static str) -> Result<Bytes, Malformed> {
+/// The next `n` bytes of `buf`, sharing its memory.
+fn take(buf: &mut Bytes, n: usize, what: &'static str) -> Result<Bytes, Malformed> {
     if buf.len() < n {
         return Err(Malformed(what));
     }
-    let (head, rest) = buf.split_at(n);
-    *buf = rest;
-    Ok(Bytes::copy_from_slice(head))
+    Ok(buf.split_to(n))
 }
 
-fn get_u8(buf: &mut &[u8], what: &'static str) -> Result<u8, Malformed> {
+fn get_u8(buf: &mut Bytes, what: &'static str) -> Result<u8, Malformed> {
     if buf.remaining() < 1 { Err(Malformed(what)) } else { Ok(buf.get_u8()) }
 }
 
-fn get_u16(buf: &mut &[u8], what: &'static str) -> Result<u16, Malformed> {
+fn get_u16(buf: &mut Bytes, what: &'static str) -> Result<u16, Malformed> {
     if buf.remaining() < 2 { Err(Malformed(what)) } else { Ok(buf.get_u16_le()) }
 }
 
-fn get_u32(buf: &mut &[u8], what: &'static str) -> Result<u32, Malformed> {
+fn get_u32(buf: &mut Bytes, what: &'static str) -> Result<u32, Malformed> {
     if buf.remaining() < 4 { Err(Malformed(what)) } else { Ok(buf.get_u32_le()) }
 }
 
-fn get_u64(buf: &mut &[u8], what: &'static str) -> Result<u64, Malformed> {
+fn get_u64(buf: &mut Bytes, what: &'static str) -> Result<u64, Malformed> {
     if buf.remaining() < 8 { Err(Malformed(what)) } else { Ok(buf.get_u64_le()) }
 }
 
-fn get_headers(buf: &mut &[u8]) -> Result<HeaderMap, Malformed> {
+fn get_headers(buf: &mut Bytes) -> Result<HeaderMap, Malformed> {
     let count = get_u8(buf, "header count")?;
     let mut headers = HeaderMap::with_capacity(count as usize);
     for _ in 0..count {
@@ -170,24 +182,38 @@ fn get_headers(buf: &mut &[u8]) -> Result<HeaderMap, Malformed> {
     Ok(headers)
 }
 
-fn get_body(buf: &mut &[u8]) -> Result<Bytes, Malformed> {
+fn get_body(buf: &mut Bytes) -> Result<Bytes, Malformed> {
     let n = get_u32(buf, "body length")? as usize;
     take(buf, n, "body")
+}
+
+/// Appends one request to `out`, its headers taken as they come (at most
+/// 255; a value longer than the wire carries is left out). Check
+/// [`RelayRequest::fits`] first.
+pub fn encode_request<'h>(
+    out: &mut BytesMut,
+    id: u64,
+    method: &Method,
+    target: &str,
+    headers: impl IntoIterator<Item = (&'h HeaderName, &'h HeaderValue)>,
+    body: &[u8],
+) {
+    let method = method.as_str();
+    out.reserve(8 + 1 + method.len() + 2 + target.len() + 128 + 4 + body.len());
+    out.put_u64_le(id);
+    out.put_u8(method.len() as u8);
+    out.put_slice(method.as_bytes());
+    out.put_u16_le(target.len() as u16);
+    out.put_slice(target.as_bytes());
+    put_headers(out, headers);
+    out.put_u32_le(body.len() as u32);
+    out.put_slice(body);
 }
 
 impl RelayRequest {
     /// Appends the request to `out`.
     pub fn encode(&self, out: &mut BytesMut) {
-        let method = self.method.as_str();
-        out.reserve(8 + 1 + method.len() + 2 + self.target.len() + 64 + 4 + self.body.len());
-        out.put_u64_le(self.id);
-        out.put_u8(method.len() as u8);
-        out.put_slice(method.as_bytes());
-        out.put_u16_le(self.target.len() as u16);
-        out.put_slice(self.target.as_bytes());
-        put_headers(out, &self.headers);
-        out.put_u32_le(self.body.len() as u32);
-        out.put_slice(&self.body);
+        encode_request(out, self.id, &self.method, &self.target, &self.headers, &self.body);
     }
 
     /// Whether [`Self::encode`] can carry it (a target, a method and a body
@@ -198,8 +224,9 @@ impl RelayRequest {
             && body < MAX_FRAME - (64 << 10)
     }
 
-    /// Reads one request from the front of `buf`.
-    pub fn decode(buf: &mut &[u8]) -> Result<RelayRequest, Malformed> {
+    /// Reads one request from the front of `buf` (its body and header
+    /// values share `buf`'s memory).
+    pub fn decode(buf: &mut Bytes) -> Result<RelayRequest, Malformed> {
         let id = get_u64(buf, "request id")?;
         let n = get_u8(buf, "method length")? as usize;
         let method = take(buf, n, "method")?;
@@ -224,8 +251,9 @@ impl RelayAnswer {
         out.put_slice(&self.body);
     }
 
-    /// Reads one answer from the front of `buf`.
-    pub fn decode(buf: &mut &[u8]) -> Result<RelayAnswer, Malformed> {
+    /// Reads one answer from the front of `buf` (its body and header values
+    /// share `buf`'s memory).
+    pub fn decode(buf: &mut Bytes) -> Result<RelayAnswer, Malformed> {
         let id = get_u64(buf, "answer id")?;
         let status = get_u16(buf, "status")?;
         let headers = get_headers(buf)?;
@@ -249,25 +277,29 @@ impl RelayAnswer {
     }
 }
 
-/// Reads one frame into `body`; `Ok(false)` at a clean end of stream.
+/// Reads one frame; `Ok(None)` at a clean end of stream. The frame's
+/// records are read into `buf`'s memory and handed out without a copy.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
-    body: &mut Vec<u8>,
-) -> std::io::Result<bool> {
+    buf: &mut BytesMut,
+) -> std::io::Result<Option<Bytes>> {
     let mut len = [0u8; 4];
     match reader.read_exact(&mut len).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(false),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(std::io::Error::other(format!("a relay frame of {len} bytes")));
     }
-    body.clear();
-    body.resize(len, 0);
-    reader.read_exact(body).await?;
-    Ok(true)
+    buf.clear();
+    // Room for this frame, and for a few more like it before the next
+    // allocation (the records handed out keep the memory alive).
+    buf.reserve(len.max(FRAME_BUFFER));
+    buf.resize(len, 0);
+    reader.read_exact(buf).await?;
+    Ok(Some(buf.split().freeze()))
 }
 
 /// Writes the encoded records coming from `rx` in frames, as many as are
@@ -423,12 +455,12 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
     let writer = tokio::spawn(write_frames(write, rx, |_| {}));
     let mut reader = BufReader::with_capacity(256 << 10, read);
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    let mut body = Vec::new();
+    let mut buf = BytesMut::new();
     let mut last = 0;
     let mut stopped = false;
     let read_result = loop {
         let more = tokio::select! {
-            more = read_frame(&mut reader, &mut body) => more,
+            more = read_frame(&mut reader, &mut buf) => more,
             _ = stopping(&mut stop) => {
                 let mut out = BytesMut::new();
                 RelayAnswer::stopping(last).encode(&mut out);
@@ -437,12 +469,11 @@ async fn serve<S: AsyncRead + AsyncWrite + Send + 'static>(
                 break Ok(());
             }
         };
-        match more {
-            Ok(true) => {}
-            Ok(false) => break Ok(()),
+        let mut records = match more {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
             Err(e) => break Err(e),
-        }
-        let mut records = body.as_slice();
+        };
         while !records.is_empty() {
             let request = match RelayRequest::decode(&mut records) {
                 Ok(r) => r,
@@ -553,16 +584,17 @@ mod tests {
         answer.encode(&mut answers);
         RelayAnswer::stopping(7).encode(&mut answers);
 
-        let mut buf = &out[..];
+        let out = out.freeze();
+        let mut buf = out.clone();
         assert_eq!(RelayRequest::decode(&mut buf).expect("decodes"), request(7));
         assert!(buf.is_empty());
-        let mut buf = &answers[..];
+        let mut buf = answers.freeze();
         let got = RelayAnswer::decode(&mut buf).expect("decodes");
         assert_eq!(got, answer);
         assert_eq!(got.stopped_after(), None);
         assert_eq!(RelayAnswer::decode(&mut buf).expect("decodes").stopped_after(), Some(7));
         for cut in 0..out.len() {
-            assert!(RelayRequest::decode(&mut &out[..cut]).is_err(), "cut at {cut}");
+            assert!(RelayRequest::decode(&mut out.slice(..cut)).is_err(), "cut at {cut}");
         }
     }
 
@@ -582,10 +614,9 @@ mod tests {
             write_frames(client, rx, |t| seen.push(t)).await.map(|()| seen)
         });
         let mut reader = server;
-        let mut body = Vec::new();
+        let mut frames = BytesMut::new();
         let mut ids = Vec::new();
-        while read_frame(&mut reader, &mut body).await.expect("reads") {
-            let mut buf = body.as_slice();
+        while let Some(mut buf) = read_frame(&mut reader, &mut frames).await.expect("reads") {
             while !buf.is_empty() {
                 ids.push(RelayRequest::decode(&mut buf).expect("decodes").id);
             }

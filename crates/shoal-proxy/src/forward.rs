@@ -6,7 +6,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderName, Method, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use shoal_http::error::ApiError;
@@ -18,13 +18,16 @@ use crate::links::{Answer, Failure};
 use crate::retry::{self, Next};
 use crate::view::Target;
 
-/// The request headers passed on to the node.
-const REQUEST_HEADERS: [HeaderName; 4] = [
+/// The request headers passed on to the node; the last is the address the
+/// client used (`X-Forwarded-Host`, else `Host`), for answers that name a
+/// server (the SeaTable API's `dtable_server`).
+static REQUEST_HEADERS: [HeaderName; 5] = [
     header::AUTHORIZATION,
     header::CONTENT_TYPE,
     HeaderName::from_static("idempotency-key"),
     // The scheme the client used, for answers that name a server.
     HeaderName::from_static(shoal_http::headers::FORWARDED_PROTO),
+    HeaderName::from_static(FORWARDED_HOST),
 ];
 
 /// The answer headers passed back to the client.
@@ -113,6 +116,35 @@ pub async fn send(
     send_to(proxy, bucket, false, method, path, headers, body).await
 }
 
+/// The request headers a node is sent ([`REQUEST_HEADERS`]), borrowed from
+/// the client's request.
+struct Passed<'h> {
+    pairs: [(&'static HeaderName, &'h HeaderValue); 5],
+    len: usize,
+}
+
+impl<'h> Passed<'h> {
+    fn of(headers: &'h HeaderMap) -> Passed<'h> {
+        static NONE: HeaderValue = HeaderValue::from_static("");
+        let mut passed = Passed { pairs: [(&REQUEST_HEADERS[0], &NONE); 5], len: 0 };
+        for (i, name) in REQUEST_HEADERS.iter().enumerate() {
+            let mut value = headers.get(name);
+            if i == REQUEST_HEADERS.len() - 1 {
+                value = value.or_else(|| headers.get(header::HOST));
+            }
+            if let Some(v) = value {
+                passed.pairs[passed.len] = (name, v);
+                passed.len += 1;
+            }
+        }
+        passed
+    }
+
+    fn pairs(&self) -> &[(&'static HeaderName, &'h HeaderValue)] {
+        &self.pairs[..self.len]
+    }
+}
+
 /// [`send`], to the bucket's replicas in the map's order when `sticky`
 /// (see [`Attempts::sticky`]).
 pub async fn send_to(
@@ -130,30 +162,19 @@ pub async fn send_to(
         headers.contains_key("idempotency-key"),
     );
     let writes = method != Method::GET && method != Method::HEAD && !repeatable_read(&method, path);
-    let mut passed = HeaderMap::new();
-    for name in &REQUEST_HEADERS {
-        if let Some(v) = headers.get(name) {
-            passed.insert(name, v.clone());
-        }
-    }
-    // The address the client used, for answers that name a server (the
-    // SeaTable API's `dtable_server`).
-    let host = headers.get(FORWARDED_HOST).or_else(|| headers.get(header::HOST));
-    if let Some(h) = host {
-        passed.insert(FORWARDED_HOST, h.clone());
-    }
+    let passed = Passed::of(headers);
     let mut attempts = Attempts::new(proxy, bucket).with_path(path).sticky(sticky);
     let mut last: Option<Response> = None;
-    while let Some((target, url)) = attempts.next().await {
+    while let Some((target, dest)) = attempts.next().await {
         // The deadline bounds when attempts start, not how long a started
         // one may run: a slow write is not cut short for being late.
-        let answer = match attempt(proxy, &method, &url, &passed, body.clone()).await {
+        let answer = match attempt(proxy, &method, &dest, &passed, &body).await {
             Ok(a) => a,
             Err(failed) => {
                 if let Some(t) = &target {
                     proxy.view.forget_leader(bucket, &t.node);
                 }
-                tracing::debug!(%url, error = %failed.why, "a node did not answer");
+                tracing::debug!(url = %dest, error = %failed.why, "a node did not answer");
                 match retry::after_failure(!failed.sent, repeatable) {
                     Next::TryNext | Next::Follow(_) => {
                         metrics::counter!("shoal_proxy_retries_total").increment(1);
@@ -161,7 +182,7 @@ pub async fn send_to(
                     }
                     Next::Answer => {
                         return ApiError(Error::Unavailable(format!(
-                            "the node at {url} failed before answering ({}); the write may or may \
+                            "the node at {dest} failed before answering ({}); the write may or may \
                              not have been applied: send it with an Idempotency-Key to make retries safe",
                             failed.why
                         )))
@@ -193,9 +214,9 @@ pub async fn send_to(
         // A committed write came from the leader.
         if writes
             && status.is_success()
-            && let Some(t) = target
+            && let Some(t) = &target
         {
-            proxy.view.set_leader(bucket, t.node);
+            proxy.view.set_leader_target(bucket, t);
         }
         return relay_answer(answer);
     }
@@ -221,31 +242,32 @@ struct Failed {
 async fn attempt(
     proxy: &Proxy,
     method: &Method,
-    url: &str,
-    headers: &HeaderMap,
-    body: Bytes,
+    dest: &Dest<'_>,
+    headers: &Passed<'_>,
+    body: &Bytes,
 ) -> Result<Answer, Failed> {
     let timeout = proxy.options.request_timeout;
     if let Some(links) = &proxy.links
-        && let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))
+        && let Some((origin, target)) = dest.origin_and_target()
     {
-        let (hostport, target) = rest.find('/').map_or((rest, "/"), |at| rest.split_at(at));
-        // The node's origin, scheme included: `https://` links do TLS.
-        let origin = &url[..url.len() - rest.len() + hostport.len()];
-        match links.send(origin, method, target, headers, body.clone(), timeout).await {
+        match links.send(origin, method, target, headers.pairs(), body, timeout).await {
             Ok(a) => return Ok(a),
             Err(Failure::Unsupported) => {}
             Err(Failure::NotSent(why)) => return Err(Failed { sent: false, why }),
             Err(Failure::Lost(why)) => return Err(Failed { sent: true, why }),
         }
     }
+    let mut passed = HeaderMap::new();
+    for (name, value) in headers.pairs() {
+        passed.insert(*name, (*value).clone());
+    }
     let out = proxy
         .http
-        .request(method.clone(), url)
+        .request(method.clone(), dest.url())
         .header(NO_FORWARD, "1")
         .timeout(timeout)
-        .headers(headers.clone())
-        .body(body);
+        .headers(passed)
+        .body(body.clone());
     match out.send().await {
         Ok(a) => answer_of(a).await.map_err(|why| Failed { sent: true, why }),
         Err(e) => Err(Failed { sent: !e.is_connect(), why: e.to_string() }),
@@ -269,26 +291,83 @@ fn repeatable_read(method: &Method, path: &str) -> bool {
     *method == Method::POST && path.split('?').next().unwrap_or(path).ends_with("/query")
 }
 
-/// Turns a node's answer into the proxy's.
+/// Turns a node's answer into the proxy's: its status, body and the
+/// headers of [`ANSWER_HEADERS`] (a body without a type is
+/// `application/octet-stream`).
 pub fn relay_answer(answer: Answer) -> Response {
-    let mut resp = (answer.status, answer.body).into_response();
-    for name in &ANSWER_HEADERS {
-        if let Some(v) = answer.headers.get(name) {
-            resp.headers_mut().insert(name.clone(), v.clone());
-        }
+    let Answer { status, mut headers, body } = answer;
+    // `headers` holds at most the relay's answer headers; all but the
+    // redirect target are passed on.
+    headers.remove(header::LOCATION);
+    debug_assert!(headers.keys().all(|k| ANSWER_HEADERS.contains(k)));
+    if !headers.contains_key(header::CONTENT_TYPE) {
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
     }
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers;
     resp
 }
 
-/// The sequence of nodes one request goes to: the bucket's candidates in
-/// order, redirects as they come, and after each round a pause, until the
-/// deadline.
+/// Where one attempt goes: a node of the map, with the request's path and
+/// query, or a URL a node redirected to.
+pub enum Dest<'a> {
+    /// A node and the path and query to append to its URL.
+    Node(Arc<Target>, &'a str),
+    /// A whole URL.
+    Url(String),
+}
+
+impl Dest<'_> {
+    /// The whole URL.
+    pub fn url(&self) -> String {
+        match self {
+            Dest::Node(t, path) => format!("{}{path}", t.url),
+            Dest::Url(url) => url.clone(),
+        }
+    }
+
+    /// The origin (scheme, host and port) and the path and query, for an
+    /// `http://` or `https://` destination.
+    fn origin_and_target(&self) -> Option<(&str, &str)> {
+        let (url, path) = match self {
+            Dest::Node(t, path) => (t.url.as_str(), *path),
+            Dest::Url(url) => (url.as_str(), ""),
+        };
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+        let hostport = rest.find('/').map_or(rest.len(), |at| at);
+        let origin = &url[..url.len() - rest.len() + hostport];
+        match (&url[origin.len()..], path) {
+            ("", "") => Some((origin, "/")),
+            ("", path) => Some((origin, path)),
+            (target, "") => Some((origin, target)),
+            // A node URL with a path of its own: not split without a copy.
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Dest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Dest::Node(t, path) => write!(f, "{}{path}", t.url),
+            Dest::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+/// The sequence of nodes one request goes to: the bucket's cached leader,
+/// then its candidates in order, redirects as they come, and after each
+/// round a pause, until the deadline.
 pub struct Attempts<'a> {
     proxy: &'a Proxy,
     bucket: BucketId,
     /// When to stop.
     pub deadline: Instant,
-    queue: Vec<Target>,
+    queue: Vec<Arc<Target>>,
+    /// The cached leader the round began with, before the rest of its
+    /// candidates were listed.
+    leader_first: Option<Arc<Target>>,
     follow: Option<String>,
     round: u32,
     hops: u32,
@@ -308,6 +387,7 @@ impl<'a> Attempts<'a> {
             bucket,
             deadline: Instant::now() + proxy.options.retry_deadline,
             queue: Vec::new(),
+            leader_first: None,
             follow: None,
             round: 0,
             hops: 0,
@@ -335,9 +415,9 @@ impl<'a> Attempts<'a> {
         self.follow = Some(url);
     }
 
-    /// The next node (if it is a known one) and the URL to send to; `None`
-    /// once the deadline has passed.
-    pub async fn next(&mut self) -> Option<(Option<Target>, String)> {
+    /// The next node (if it is a known one) and where to send; `None` once
+    /// the deadline has passed.
+    pub async fn next(&mut self) -> Option<(Option<Arc<Target>>, Dest<'a>)> {
         loop {
             if Instant::now() >= self.deadline {
                 return None;
@@ -346,31 +426,44 @@ impl<'a> Attempts<'a> {
                 && self.hops < MAX_HOPS
             {
                 self.hops += 1;
-                let target = self.proxy.view.node_at(&url).and_then(|node| {
-                    self.proxy.view.live_nodes().into_iter().find(|t| t.node == node)
-                });
-                return Some((target, url));
+                let target =
+                    self.proxy.view.node_at(&url).and_then(|node| self.proxy.view.live_node(&node));
+                return Some((target, Dest::Url(url)));
             }
             if self.queue.is_empty() {
-                if self.round > 0 {
-                    let pause = retry::backoff(
-                        self.round - 1,
-                        self.proxy.options.backoff,
-                        self.proxy.options.max_backoff,
-                    );
-                    let left = self.deadline.saturating_duration_since(Instant::now());
-                    if pause >= left {
-                        return None;
-                    }
-                    tokio::time::sleep(pause).await;
-                }
-                self.round += 1;
-                self.hops = 0;
-                self.queue = if self.sticky {
-                    self.proxy.view.replicas(self.bucket)
+                if let Some(tried) = self.leader_first.take() {
+                    // The rest of the round that began with the cached leader.
+                    self.queue = self.proxy.view.candidates(self.bucket);
+                    self.queue.retain(|t| t.node != tried.node);
                 } else {
-                    self.proxy.view.candidates(self.bucket)
-                };
+                    if self.round > 0 {
+                        let pause = retry::backoff(
+                            self.round - 1,
+                            self.proxy.options.backoff,
+                            self.proxy.options.max_backoff,
+                        );
+                        let left = self.deadline.saturating_duration_since(Instant::now());
+                        if pause >= left {
+                            return None;
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                    self.round += 1;
+                    self.hops = 0;
+                    if !self.sticky
+                        && let Some(leader) = self.proxy.view.live_leader(self.bucket)
+                    {
+                        // The common case: one request to the leader, with
+                        // no list of the others made.
+                        self.leader_first = Some(leader.clone());
+                        return Some((Some(leader.clone()), Dest::Node(leader, self.path)));
+                    }
+                    self.queue = if self.sticky {
+                        self.proxy.view.replicas(self.bucket)
+                    } else {
+                        self.proxy.view.candidates(self.bucket)
+                    };
+                }
                 self.queue.reverse();
                 if self.queue.is_empty() {
                     // No map or no live replica yet: wait for the next round.
@@ -378,8 +471,7 @@ impl<'a> Attempts<'a> {
                 }
             }
             if let Some(t) = self.queue.pop() {
-                let url = format!("{}{}", t.url, self.path);
-                return Some((Some(t), url));
+                return Some((Some(t.clone()), Dest::Node(t, self.path)));
             }
         }
     }

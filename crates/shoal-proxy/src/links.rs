@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use bytes::{Bytes, BytesMut};
 use shoal_http::relay::{self, RelayAnswer, RelayRequest};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
@@ -126,22 +126,17 @@ impl Links {
         origin: &str,
         method: &Method,
         target: &str,
-        headers: &HeaderMap,
-        body: Bytes,
+        headers: &[(&HeaderName, &HeaderValue)],
+        body: &[u8],
         timeout: Duration,
     ) -> Result<Answer, Failure> {
         if !RelayRequest::fits(method, target, body.len()) {
             return Err(Failure::Unsupported);
         }
-        let request = RelayRequest {
-            id: 0,
-            method: method.clone(),
-            target: target.to_string(),
-            headers: headers.clone(),
-            body,
-        };
         let mut record = BytesMut::new();
-        request.encode(&mut record);
+        // The id is set once the link gives one.
+        let headers = headers.iter().map(|(name, value)| (*name, *value));
+        relay::encode_request(&mut record, 0, method, target, headers, body);
         let link = self.link(origin);
         let (tx, rx) = oneshot::channel();
         let id = {
@@ -326,9 +321,8 @@ async fn read_answers(
     generation: u64,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::with_capacity(256 << 10, read);
-    let mut body = Vec::new();
-    while relay::read_frame(&mut reader, &mut body).await? {
-        let mut records = body.as_slice();
+    let mut buf = BytesMut::new();
+    while let Some(mut records) = relay::read_frame(&mut reader, &mut buf).await? {
         let mut answers = Vec::new();
         while !records.is_empty() {
             answers.push(RelayAnswer::decode(&mut records).map_err(std::io::Error::other)?);

@@ -30,7 +30,8 @@ pub struct Target {
 /// The placement view and the leader cache.
 pub struct View {
     directory: watch::Receiver<Directory>,
-    leaders: Mutex<HashMap<BucketId, NodeId>>,
+    /// The cached leaders, shared so that a request takes one without copying.
+    leaders: Mutex<HashMap<BucketId, Arc<Target>>>,
 }
 
 impl View {
@@ -49,32 +50,63 @@ impl View {
         self.directory.borrow().map.is_some()
     }
 
-    /// The cached leader of `bucket`.
-    pub fn leader(&self, bucket: BucketId) -> Option<NodeId> {
+    fn cached(&self, bucket: BucketId) -> Option<Arc<Target>> {
         self.leaders.lock().unwrap_or_else(|e| e.into_inner()).get(&bucket).cloned()
     }
 
-    /// Remembers `node` as the leader of `bucket`.
+    /// The cached leader of `bucket`.
+    pub fn leader(&self, bucket: BucketId) -> Option<NodeId> {
+        self.cached(bucket).map(|t| t.node.clone())
+    }
+
+    /// The cached leader of `bucket`, if it is live at the address cached.
+    pub fn live_leader(&self, bucket: BucketId) -> Option<Arc<Target>> {
+        let leader = self.cached(bucket)?;
+        let dir = self.directory.borrow();
+        let info = dir.nodes.get(&leader.node)?;
+        (info.local_node_url.trim_end_matches('/') == leader.url).then_some(leader)
+    }
+
+    /// Remembers `node` as the leader of `bucket` (if it is a live node).
     pub fn set_leader(&self, bucket: BucketId, node: NodeId) {
-        self.leaders.lock().unwrap_or_else(|e| e.into_inner()).insert(bucket, node);
+        if self.cached(bucket).is_some_and(|t| t.node == node) {
+            return;
+        }
+        let url = match self.directory.borrow().nodes.get(&node) {
+            Some(info) => trim(&info.local_node_url),
+            None => return,
+        };
+        self.remember(bucket, Arc::new(Target { node, url }));
+    }
+
+    /// Remembers `target` as the leader of `bucket`.
+    pub fn set_leader_target(&self, bucket: BucketId, target: &Arc<Target>) {
+        let mut leaders = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        if leaders.get(&bucket).is_none_or(|t| t != target) {
+            leaders.insert(bucket, target.clone());
+        }
+    }
+
+    fn remember(&self, bucket: BucketId, target: Arc<Target>) {
+        self.leaders.lock().unwrap_or_else(|e| e.into_inner()).insert(bucket, target);
     }
 
     /// Forgets the leader of `bucket` if it is `node`.
     pub fn forget_leader(&self, bucket: BucketId, node: &NodeId) {
         let mut leaders = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
-        if leaders.get(&bucket) == Some(node) {
+        if leaders.get(&bucket).is_some_and(|t| &t.node == node) {
             leaders.remove(&bucket);
         }
     }
 
     /// The nodes to try for `bucket`, best first.
-    pub fn candidates(&self, bucket: BucketId) -> Vec<Target> {
+    pub fn candidates(&self, bucket: BucketId) -> Vec<Arc<Target>> {
         candidates(&self.directory.borrow(), bucket, self.leader(bucket).as_ref())
     }
 
     /// The live replicas of `bucket` in the map's order, whoever leads: a
     /// choice that stays put while leadership moves.
-    pub fn replicas(&self, bucket: BucketId) -> Vec<Target> {
+    pub fn replicas(&self, bucket: BucketId) -> Vec<Arc<Target>> {
         candidates(&self.directory.borrow(), bucket, None)
     }
 
@@ -83,14 +115,11 @@ impl View {
         node_at(&self.directory.borrow().nodes, url)
     }
 
-    /// Every live node.
-    pub fn live_nodes(&self) -> Vec<Target> {
-        self.directory
-            .borrow()
-            .nodes
-            .iter()
-            .map(|(id, info)| Target { node: id.clone(), url: trim(&info.local_node_url) })
-            .collect()
+    /// The live node `node`.
+    pub fn live_node(&self, node: &NodeId) -> Option<Arc<Target>> {
+        let dir = self.directory.borrow();
+        let info = dir.nodes.get(node)?;
+        Some(Arc::new(Target { node: node.clone(), url: trim(&info.local_node_url) }))
     }
 }
 
@@ -101,14 +130,14 @@ fn trim(url: &str) -> String {
 /// The nodes to try for `bucket`: the cached leader first (if it is live),
 /// then the map's replicas that are live, in the map's order (the first
 /// replica is the one the nodes make leader when they can).
-pub fn candidates(dir: &Directory, bucket: BucketId, leader: Option<&NodeId>) -> Vec<Target> {
-    let mut out: Vec<Target> = Vec::new();
+pub fn candidates(dir: &Directory, bucket: BucketId, leader: Option<&NodeId>) -> Vec<Arc<Target>> {
+    let mut out: Vec<Arc<Target>> = Vec::new();
     let mut push = |id: &NodeId| {
         if out.iter().any(|t| &t.node == id) {
             return;
         }
         if let Some(info) = dir.nodes.get(id) {
-            out.push(Target { node: id.clone(), url: trim(&info.local_node_url) });
+            out.push(Arc::new(Target { node: id.clone(), url: trim(&info.local_node_url) }));
         }
     };
     if let Some(l) = leader {
@@ -208,7 +237,7 @@ mod tests {
         let bucket = BucketId(7);
         map.buckets[7] = vec![NodeId("c".into()), NodeId("x".into()), NodeId("a".into())];
         let dir = Directory { map: Some(map), nodes: nodes() };
-        let ids = |v: Vec<Target>| v.into_iter().map(|t| t.node.0).collect::<Vec<_>>();
+        let ids = |v: Vec<Arc<Target>>| v.into_iter().map(|t| t.node.0.clone()).collect::<Vec<_>>();
         assert_eq!(ids(candidates(&dir, bucket, None)), ["c", "a"]);
         assert_eq!(ids(candidates(&dir, bucket, Some(&NodeId("a".into())))), ["a", "c"]);
         // A cached leader that is not live is not tried.

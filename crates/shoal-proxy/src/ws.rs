@@ -52,7 +52,8 @@ pub async fn relay_to(proxy: Arc<Proxy>, bucket: BucketId, sticky: bool, req: Re
     let protocols = parts.headers.get(header::SEC_WEBSOCKET_PROTOCOL).cloned();
     let mut attempts = Attempts::new(&proxy, bucket).with_path(&path).sticky(sticky);
     let mut last: Option<Response> = None;
-    while let Some((target, url)) = attempts.next().await {
+    while let Some((target, dest)) = attempts.next().await {
+        let url = dest.url();
         let mut request = match to_ws(&url).into_client_request() {
             Ok(r) => r,
             Err(e) => {

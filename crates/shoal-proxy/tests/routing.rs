@@ -581,8 +581,8 @@ async fn broken_relay(say_stopping: bool) -> String {
                 if s.write_all(upgraded.as_bytes()).await.is_err() {
                     return;
                 }
-                let mut frame = Vec::new();
-                if !shoal_http::relay::read_frame(&mut s, &mut frame).await.unwrap_or(false) {
+                let mut frame = bytes::BytesMut::new();
+                if !matches!(shoal_http::relay::read_frame(&mut s, &mut frame).await, Ok(Some(_))) {
                     return;
                 }
                 if say_stopping {
