@@ -39,24 +39,55 @@ pub fn client(tls: Option<&Arc<shoal_tls::ClientConfig>>) -> reqwest::Client {
     builder.build().unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// A request this node answers itself, whoever leads: a forwarded one as
+/// the handler answers it, one that asked not to be forwarded with a `307`
+/// to the leader when the handler names one.
+async fn answer_here(state: &AppState, forwarded: bool, req: Request, next: Next) -> Response {
+    let declared = axum::body::HttpBody::size_hint(req.body()).lower();
+    if declared > state.options.max_body_bytes as u64 {
+        return too_large();
+    }
+    let uri = req.uri().clone();
+    let response = next.run(req).await;
+    let Some(LeaderHint(leader)) = response.extensions().get::<LeaderHint>() else {
+        return response;
+    };
+    if forwarded {
+        return response;
+    }
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let mut redirect = response;
+    *redirect.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&url) {
+        redirect.headers_mut().insert(header::LOCATION, v);
+    }
+    redirect
+}
+
+fn too_large() -> Response {
+    ApiError(Error::TooLarge(
+        "the request body is larger than the server accepts (see --max-body-size)".into(),
+    ))
+    .into_response()
+}
+
 /// The middleware.
 pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let forwarded = req.headers().contains_key(FORWARDED);
+    if forwarded || req.headers().contains_key(NO_FORWARD) {
+        // Never sent on from here: the body and headers need not be kept.
+        return answer_here(&state, forwarded, req, next).await;
+    }
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, state.options.max_body_bytes).await {
         Ok(b) => b,
-        Err(_) => {
-            return ApiError(Error::TooLarge(
-                "the request body is larger than the server accepts (see --max-body-size)".into(),
-            ))
-            .into_response();
-        }
+        Err(_) => return too_large(),
     };
     // What a forward needs of the request: kept aside (cheap clones of
     // shared bytes), since the handler takes the request.
     let method = parts.method.clone();
     let uri = parts.uri.clone();
-    let forwarded = parts.headers.contains_key(FORWARDED);
-    let no_forward = parts.headers.contains_key(NO_FORWARD);
     let passed: Vec<(axum::http::HeaderName, HeaderValue)> = [
         header::AUTHORIZATION,
         header::CONTENT_TYPE,
@@ -79,12 +110,9 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
     let leader = match response.extensions().get::<LeaderHint>().cloned() {
         Some(LeaderHint(leader)) => leader,
         // A bucket this node holds no replica of: on to the replica the map
-        // names first, which leads it or knows who does; unless the client
-        // asked to be told (421, with the replicas).
-        None if response.status() == StatusCode::MISDIRECTED_REQUEST
-            && !forwarded
-            && !no_forward =>
-        {
+        // names first, which leads it or knows who does (a client that asked
+        // to be told gets the 421, with the replicas, from `answer_here`).
+        None if response.status() == StatusCode::MISDIRECTED_REQUEST => {
             match holder(&state, &uri, &bytes) {
                 Some(url) => url,
                 None => return response,
@@ -92,19 +120,8 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         }
         None => return response,
     };
-    if forwarded {
-        return response;
-    }
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let url_at = |leader: &str| format!("{}{path}", leader.trim_end_matches('/'));
-    if no_forward {
-        let mut redirect = response;
-        *redirect.status_mut() = StatusCode::TEMPORARY_REDIRECT;
-        if let Ok(v) = HeaderValue::from_str(&url_at(&leader)) {
-            redirect.headers_mut().insert(header::LOCATION, v);
-        }
-        return redirect;
-    }
     // Leadership can move while a request travels: a forwarded request
     // answered `not_leader` (nothing was proposed) follows the new leader's
     // hint, a few hops at most.
