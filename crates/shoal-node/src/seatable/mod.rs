@@ -872,7 +872,7 @@ struct AppendRows {
 async fn append_rows(
     State(state): State<Arc<AppState>>,
     Write(who, req): Write<AppendRows>,
-) -> StResult<Json<Value>> {
+) -> StResult<Json<Appended>> {
     if req.rows.len() as u64 > st::MAX_LIMIT {
         return Err(invalid(format!("at most {} rows per call", st::MAX_LIMIT)));
     }
@@ -896,11 +896,25 @@ async fn append_rows(
     if let (Some(row), Some(id)) = (first_row.as_mut(), ids.first()) {
         row.insert("_id".into(), id.clone().into());
     }
-    Ok(Json(json!({
-        "inserted_row_count": ids.len(),
-        "row_ids": ids.iter().map(|id| json!({"_id": id})).collect::<Vec<_>>(),
-        "first_row": first_row,
-    })))
+    Ok(Json(Appended { inserted_row_count: ids.len(), row_ids: ids, first_row }))
+}
+
+/// The answer to `POST rows/`, serialized as it is (no JSON tree built).
+#[derive(Serialize)]
+struct Appended {
+    inserted_row_count: usize,
+    #[serde(serialize_with = "row_ids")]
+    row_ids: Vec<String>,
+    first_row: Option<Map<String, Value>>,
+}
+
+/// Row ids as SeaTable lists them: `[{"_id": ...}, ...]`.
+fn row_ids<S: serde::Serializer>(ids: &[String], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Id<'a> {
+        _id: &'a str,
+    }
+    s.collect_seq(ids.iter().map(|id| Id { _id: id }))
 }
 
 #[derive(Deserialize)]
