@@ -219,7 +219,7 @@ impl Engine {
     }
 
     /// Waits until this node may serve a read of `bucket` at `consistency`.
-    async fn readable(&self, bucket: BucketId, consistency: Consistency) -> Result<()> {
+    pub(crate) async fn readable(&self, bucket: BucketId, consistency: Consistency) -> Result<()> {
         self.wait_started(bucket).await;
         if !self.multi.is_hosted(bucket.0) {
             return Err(self.routing_error(GroupError::NotHosted(bucket.0)));

@@ -67,6 +67,9 @@ pub struct Base {
     unwritten: bool,
     /// Whether the schema has triggers, once read (see `has_triggers`).
     triggers: Option<bool>,
+    /// Whether the last command may have changed the schema or Shoal's own
+    /// tables (see [`Base::changed_meta`]).
+    changed_meta: bool,
     /// The commands applied since the last commit, in order.
     uncommitted: Vec<Uncommitted>,
     /// About how much memory `uncommitted` holds, in bytes.
@@ -167,6 +170,7 @@ impl Base {
             applied: None,
             unwritten: false,
             triggers: None,
+            changed_meta: false,
             uncommitted: Vec::new(),
             uncommitted_bytes: 0,
         })
@@ -320,6 +324,11 @@ impl Base {
         after: Option<&str>,
     ) -> Result<Executed> {
         self.recover()?;
+        // Only Shoal's own statements may write its `_shoal_*` tables, and
+        // they name them; a user's trigger could write anywhere.
+        self.changed_meta = (mode == Mode::System
+            && statements.iter().any(|s| contains_ignore_case(&s.sql, "_shoal_")))
+            || self.has_triggers()?;
         self.capture.begin();
         let result =
             self.execute_captured(mode, index, statements, transaction, options, key, after);
@@ -333,6 +342,14 @@ impl Base {
             self.commit()?;
         }
         result
+    }
+
+    /// Whether the last command executed (applied or not) may have changed
+    /// the schema or what Shoal keeps in its own `_shoal_*` tables (such as
+    /// the SeaTable catalog and API tokens): when it did not, what was read
+    /// of those before still holds.
+    pub fn changed_meta(&self) -> bool {
+        self.changed_meta
     }
 
     /// The change-feed events of the last command applied, with the
@@ -564,6 +581,7 @@ impl Base {
                 let ddl = ddl(&self.conn)?;
                 if ddl.is_some() {
                     self.triggers = None;
+                    self.changed_meta = true;
                 }
                 self.capture.finish_statement(&self.conn, index, ddl)?;
                 results.push(r);
@@ -578,6 +596,7 @@ impl Base {
                     let ddl = ddl(&self.conn)?;
                     if ddl.is_some() {
                         self.triggers = None;
+                        self.changed_meta = true;
                     }
                     self.capture.finish_statement(&self.conn, index, ddl)?;
                     if savepoints {

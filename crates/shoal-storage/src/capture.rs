@@ -185,7 +185,7 @@ fn read_row(
 ) -> Result<Option<Row>> {
     let mut rows = stmt.query([rowid]).map_err(map_sqlite_error)?;
     let Some(r) = rows.next().map_err(map_sqlite_error)? else { return Ok(None) };
-    let mut row = Row::new();
+    let mut row = Row::with_capacity(names.len());
     for (i, name) in names.iter().enumerate() {
         row.insert(name.clone(), sql_to_json(r.get_ref(i).map_err(map_sqlite_error)?));
     }

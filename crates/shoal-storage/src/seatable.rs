@@ -417,6 +417,40 @@ pub fn load_for_token(conn: &Connection, hash: &str) -> Result<Option<Meta>> {
     find_token(conn, hash)?.map(|_| load(conn)).transpose()
 }
 
+/// A base's SeaTable catalog and the hashes of its API tokens: what every
+/// call of the SeaTable API checks first. The store keeps the last one read
+/// of each base while nothing can have changed it (`Store::seatable`).
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The catalog.
+    pub meta: Meta,
+    /// The hashes of the base's API tokens.
+    tokens: HashSet<String>,
+}
+
+impl Loaded {
+    /// Whether the base has the API token whose hash is `hash`.
+    pub fn has_token(&self, hash: &str) -> bool {
+        self.tokens.contains(hash)
+    }
+}
+
+/// Reads a base's catalog and API token hashes (empty if it has none).
+pub fn load_all(conn: &Connection) -> Result<Loaded> {
+    if !has_catalog(conn)? {
+        return Ok(Loaded::default());
+    }
+    let meta = load(conn)?;
+    let mut s =
+        conn.prepare_cached("SELECT hash FROM _shoal_api_tokens").map_err(map_sqlite_error)?;
+    let tokens = s
+        .query_map([], |r| r.get(0))
+        .map_err(map_sqlite_error)?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(map_sqlite_error)?;
+    Ok(Loaded { meta, tokens })
+}
+
 /// Every API token of the base, by name.
 pub fn list_tokens(conn: &Connection) -> Result<Vec<TokenRecord>> {
     if !has_catalog(conn)? {

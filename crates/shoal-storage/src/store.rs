@@ -10,6 +10,7 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use crate::base::{Base, Executed};
 use crate::catalog::{Applied, Catalog};
 use crate::command::{Command, Output};
 use crate::feed::{FeedOptions, Hub, Subscription};
+use crate::seatable;
 
 /// Bounds on user SQL and on open files.
 #[derive(Clone, Debug)]
@@ -82,6 +84,15 @@ pub struct Store {
     files: Vec<RwLock<()>>,
     /// The change feed: what applies published.
     feed: Hub,
+    /// Per bucket: moves whenever a base of the bucket may have changed its
+    /// schema or Shoal's own tables in it, or was created, dropped or
+    /// replaced; it moves after the change, before the command's answer.
+    /// What was read of those while it held one value still holds while it
+    /// does.
+    meta_versions: Vec<AtomicU64>,
+    /// The SeaTable catalogs and API tokens last read, with the bucket's
+    /// meta version read before reading them.
+    seatable: Mutex<LruCache<BaseId, (u64, Arc<seatable::Loaded>)>>,
 }
 
 /// The files of a bucket written since they were last fsync'd.
@@ -119,6 +130,8 @@ impl Store {
             }
             None => LruCache::unbounded(),
         };
+        let cached = NonZeroUsize::new(options.max_open_bases)
+            .ok_or_else(|| Error::InvalidInput("max_open_bases must be at least 1".into()))?;
         Ok(Store {
             dir: dir.map(Path::to_path_buf),
             open: Mutex::new(open),
@@ -126,6 +139,8 @@ impl Store {
             buckets: (0..BUCKET_COUNT).map(|_| Mutex::new(Unsynced::default())).collect(),
             files: (0..BUCKET_COUNT).map(|_| RwLock::new(())).collect(),
             feed: Hub::new(options.feed.clone()),
+            meta_versions: (0..BUCKET_COUNT).map(|_| AtomicU64::new(0)).collect(),
+            seatable: Mutex::new(LruCache::new(cached)),
             options,
         })
     }
@@ -253,7 +268,24 @@ impl Store {
                 "only a write to a base may name a write it follows".into(),
             ));
         }
-        let mut unsynced = lock(&self.buckets[command.base().bucket().0 as usize]);
+        let bucket = command.base().bucket();
+        let mut unsynced = lock(&self.buckets[bucket.0 as usize]);
+        let output = self.apply_locked(&mut unsynced, index, command, key, after);
+        if !matches!(command, Command::Execute { .. } | Command::System { .. }) {
+            self.meta_moved(bucket);
+        }
+        output
+    }
+
+    /// [`Store::apply_after`], under the bucket's lock.
+    fn apply_locked(
+        &self,
+        unsynced: &mut Unsynced,
+        index: u64,
+        command: &Command,
+        key: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<Output> {
         // Marked before applying: a failed apply may have written too.
         match command {
             Command::CreateBase { .. } | Command::DropBase { .. } | Command::Restore { .. } => {
@@ -343,10 +375,14 @@ impl Store {
                 let mut b = lock(&b);
                 let executed = match command {
                     Command::Execute { transaction, .. } => {
-                        b.execute_after(index, statements, *transaction, &self.options, key, after)?
+                        b.execute_after(index, statements, *transaction, &self.options, key, after)
                     }
-                    _ => b.execute_system(index, statements, &self.options, key, after)?,
+                    _ => b.execute_system(index, statements, &self.options, key, after),
                 };
+                if b.changed_meta() {
+                    self.meta_moved(base.bucket());
+                }
+                let executed = executed?;
                 Ok(match executed {
                     Executed::Applied(results) => {
                         // Published under the bucket lock: in log order.
@@ -361,6 +397,33 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// Marks that what a base of `bucket` keeps beside its rows (schema,
+    /// Shoal's own tables) may have changed.
+    fn meta_moved(&self, bucket: BucketId) {
+        self.meta_versions[bucket.0 as usize].fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The SeaTable catalog and API tokens of a base: the ones read last
+    /// if nothing could have changed them since, else read now (taking the
+    /// base's lock) and kept. See [`Store::cached_seatable`].
+    pub fn seatable(&self, id: &BaseId) -> Result<Arc<seatable::Loaded>> {
+        if let Some(loaded) = self.cached_seatable(id) {
+            return Ok(loaded);
+        }
+        // Read before the base: a change applied in between moves it again.
+        let version = self.meta_versions[id.bucket().0 as usize].load(Ordering::SeqCst);
+        let loaded = Arc::new(self.read_system(id, seatable::load_all)?);
+        lock(&self.seatable).put(*id, (version, loaded.clone()));
+        Ok(loaded)
+    }
+
+    /// [`Store::seatable`] without reading the base: `None` if nothing was
+    /// kept or it may have changed since. Never waits for an apply.
+    pub fn cached_seatable(&self, id: &BaseId) -> Option<Arc<seatable::Loaded>> {
+        let version = self.meta_versions[id.bucket().0 as usize].load(Ordering::SeqCst);
+        lock(&self.seatable).get(id).filter(|(v, _)| *v == version).map(|(_, l)| l.clone())
     }
 
     /// Makes everything applied to `bucket` so far durable: fsyncs the
@@ -438,6 +501,14 @@ impl Store {
         let _files = self.files[bucket.0 as usize].write().unwrap_or_else(|e| e.into_inner());
         self.forget_bucket(bucket);
         self.feed.reset_bucket(bucket);
+        let restored = self.restore_files(bucket, dir);
+        self.meta_moved(bucket);
+        restored
+    }
+
+    /// Puts the copy in `dir` in place of the bucket's files (the caller
+    /// holds the bucket's locks).
+    fn restore_files(&self, bucket: BucketId, dir: &Path) -> Result<()> {
         let files: Vec<PathBuf> = std::fs::read_dir(dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "db"))
@@ -500,6 +571,7 @@ impl Store {
         let _files = self.files[bucket.0 as usize].write().unwrap_or_else(|e| e.into_inner());
         self.forget_bucket(bucket);
         self.feed.reset_bucket(bucket);
+        self.meta_moved(bucket);
         if let Some(d) = self.bucket_dir(bucket).filter(|d| d.exists()) {
             std::fs::remove_dir_all(d)?;
         }
@@ -959,6 +1031,102 @@ mod tests {
             other.remove_bucket(written.bucket()).unwrap();
             assert!(matches!(other.get_base(&written), Err(Error::NotFound(_))));
         }
+    }
+
+    /// Ids `a001`, `a002`, ... (tests only need them distinct).
+    struct Counting(usize);
+
+    impl seatable::Ids for Counting {
+        fn short(&mut self, _: &std::collections::HashSet<String>) -> String {
+            self.0 += 1;
+            format!("a{:03}", self.0)
+        }
+    }
+
+    #[test]
+    fn the_seatable_catalog_is_read_again_only_after_what_may_change_it() {
+        let store = Store::open(None, Options::default()).unwrap();
+        let id = BaseId::random();
+        let system = |statements| Command::System { base: id, statements };
+        let sql = |sql: &str| Command::Execute {
+            base: id,
+            statements: vec![Statement { sql: sql.into(), params: Params::default() }],
+            transaction: true,
+        };
+        let mut index = 0;
+        let mut apply = |c: &Command| {
+            index += 1;
+            store.apply(index, c).unwrap()
+        };
+        apply(&create(id));
+        assert!(store.cached_seatable(&id).is_none());
+        assert!(store.seatable(&id).unwrap().meta.tables.is_empty());
+        let record = seatable::TokenRecord {
+            name: "t".into(),
+            permission: "rw".into(),
+            created_at: "2024-01-01T00:00:00Z".into(),
+        };
+        apply(&system(seatable::add_token("hash", &record)));
+        assert!(store.cached_seatable(&id).is_none(), "a new token");
+        assert!(store.seatable(&id).unwrap().has_token("hash"));
+        let column = seatable::NewColumn {
+            name: "v".into(),
+            kind: seatable::Kind::Text,
+            data: Default::default(),
+            options: vec![],
+        };
+        let meta = store.seatable(&id).unwrap().meta.clone();
+        let (_, made) = seatable::create_table(&meta, "st", &[column], &mut Counting(0)).unwrap();
+        apply(&system(made));
+        apply(&table(id));
+        assert!(store.cached_seatable(&id).is_none(), "a new table");
+        let loaded = store.seatable(&id).unwrap();
+        let t = loaded.meta.table("st").unwrap();
+        let stamp =
+            seatable::Stamp { time: "2024-01-01T00:00:00.000+00:00".into(), user: "u".into() };
+        let row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_value(serde_json::json!({"v": "x"})).unwrap();
+        let (rows, _) =
+            seatable::append_rows(t, std::slice::from_ref(&row), &stamp, &mut Counting(9)).unwrap();
+        // Appended rows and plain SQL on a user table change none of it:
+        // the same catalog is served.
+        apply(&system(rows));
+        apply(&insert(id, 1));
+        assert!(store.cached_seatable(&id).is_some_and(|c| Arc::ptr_eq(&c, &loaded)));
+        // A new select option is in the catalog.
+        let select = seatable::NewColumn {
+            name: "s".into(),
+            kind: seatable::Kind::SingleSelect,
+            data: Default::default(),
+            options: vec![],
+        };
+        let (_, added) = seatable::add_column(t, &select, &mut Counting(20)).unwrap();
+        apply(&system(added));
+        let loaded = store.seatable(&id).unwrap();
+        let t = loaded.meta.table("st").unwrap();
+        let row: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_value(serde_json::json!({"s": "new option"})).unwrap();
+        let (rows, _) =
+            seatable::append_rows(t, std::slice::from_ref(&row), &stamp, &mut Counting(30))
+                .unwrap();
+        apply(&system(rows));
+        assert!(store.cached_seatable(&id).is_none(), "a new option");
+        let loaded = store.seatable(&id).unwrap();
+        assert_eq!(loaded.meta.table("st").unwrap().columns[1].options.len(), 1);
+        // Any schema change, through any API.
+        let _ = store.seatable(&id).unwrap();
+        apply(&sql("ALTER TABLE st DROP COLUMN v"));
+        assert!(store.cached_seatable(&id).is_none(), "a dropped column");
+        assert_eq!(store.seatable(&id).unwrap().meta.table("st").unwrap().columns.len(), 1);
+        apply(&system(seatable::revoke_token("t")));
+        assert!(store.cached_seatable(&id).is_none(), "a revoked token");
+        assert!(!store.seatable(&id).unwrap().has_token("hash"));
+        // A bucket replaced from a snapshot.
+        let _ = store.seatable(&id).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        store.snapshot_bucket(id.bucket(), dir.path()).unwrap();
+        store.restore_bucket(id.bucket(), dir.path()).unwrap();
+        assert!(store.cached_seatable(&id).is_none(), "a restored bucket");
     }
 
     #[test]

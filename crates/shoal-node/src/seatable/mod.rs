@@ -383,6 +383,23 @@ fn revoked() -> StError {
     unauthorized("the API token of this access token was revoked")
 }
 
+/// The base's SeaTable catalog, once this node may serve a read of it and
+/// the caller's API token still exists. The store keeps it between calls
+/// while nothing can have changed it, so most calls read nothing here.
+async fn catalog(state: &AppState, who: &Caller) -> StResult<Arc<st::Loaded>> {
+    let engine = engine(state)?;
+    let base = who.base;
+    engine.readable(base.bucket(), Consistency::default()).await?;
+    let loaded = match engine.store().cached_seatable(&base) {
+        Some(loaded) => loaded,
+        None => engine.local(move |s| s.seatable(&base)).await?,
+    };
+    if !loaded.has_token(&who.tid) {
+        return Err(revoked());
+    }
+    Ok(loaded)
+}
+
 /// Reads the base as Shoal, after checking the caller's API token still
 /// exists; `f` gets the SeaTable catalog and the connection.
 async fn read<T: Send + 'static>(
@@ -390,16 +407,9 @@ async fn read<T: Send + 'static>(
     who: &Caller,
     f: impl FnOnce(&Meta, &rusqlite::Connection) -> shoal_types::Result<T> + Send + 'static,
 ) -> StResult<T> {
-    let (base, tid) = (who.base, who.tid.clone());
-    let out = engine(state)?
-        .read(base.bucket(), Consistency::default(), move |s| {
-            s.read_system(&base, |c| match st::load_for_token(c, &tid)? {
-                Some(meta) => f(&meta, c).map(Some),
-                None => Ok(None),
-            })
-        })
-        .await?;
-    out.ok_or_else(revoked)
+    let loaded = catalog(state, who).await?;
+    let base = who.base;
+    Ok(engine(state)?.local(move |s| s.read_system(&base, |c| f(&loaded.meta, c))).await?)
 }
 
 async fn write(
@@ -862,17 +872,16 @@ struct AppendRows {
 async fn append_rows(
     State(state): State<Arc<AppState>>,
     Write(who, req): Write<AppendRows>,
-) -> StResult<Json<Value>> {
+) -> StResult<Json<Appended>> {
     if req.rows.len() as u64 > st::MAX_LIMIT {
         return Err(invalid(format!("at most {} rows per call", st::MAX_LIMIT)));
     }
     let stamp = Stamp { time: now(), user: who.user.clone() };
-    let (mut first_row, (statements, sizes)) = read(&state, &who, move |meta, _| {
-        let t = req.table.of(meta)?;
-        let first = req.rows.first().map(|r| st::appended_row(t, r, &stamp)).transpose()?;
-        Ok((first, st::append_rows(t, &req.rows, &stamp, &mut RandomIds)?))
-    })
-    .await?;
+    // Composed right here: the catalog is all it reads.
+    let loaded = catalog(&state, &who).await?;
+    let t = req.table.of(&loaded.meta)?;
+    let mut first_row = req.rows.first().map(|r| st::appended_row(t, r, &stamp)).transpose()?;
+    let (statements, sizes) = st::append_rows(t, &req.rows, &stamp, &mut RandomIds)?;
     let results = write(&state, who.base, statements).await?;
     // The inserts come last; each put its rows at consecutive rowids,
     // ending at its last insert rowid, and a row's rowid names it.
@@ -887,11 +896,25 @@ async fn append_rows(
     if let (Some(row), Some(id)) = (first_row.as_mut(), ids.first()) {
         row.insert("_id".into(), id.clone().into());
     }
-    Ok(Json(json!({
-        "inserted_row_count": ids.len(),
-        "row_ids": ids.iter().map(|id| json!({"_id": id})).collect::<Vec<_>>(),
-        "first_row": first_row,
-    })))
+    Ok(Json(Appended { inserted_row_count: ids.len(), row_ids: ids, first_row }))
+}
+
+/// The answer to `POST rows/`, serialized as it is (no JSON tree built).
+#[derive(Serialize)]
+struct Appended {
+    inserted_row_count: usize,
+    #[serde(serialize_with = "row_ids")]
+    row_ids: Vec<String>,
+    first_row: Option<Map<String, Value>>,
+}
+
+/// Row ids as SeaTable lists them: `[{"_id": ...}, ...]`.
+fn row_ids<S: serde::Serializer>(ids: &[String], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Id<'a> {
+        _id: &'a str,
+    }
+    s.collect_seq(ids.iter().map(|id| Id { _id: id }))
 }
 
 #[derive(Deserialize)]
