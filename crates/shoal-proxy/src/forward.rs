@@ -247,8 +247,17 @@ async fn attempt(
     body: &Bytes,
 ) -> Result<Answer, Failed> {
     let timeout = proxy.options.request_timeout;
+    // A node URL with a path of its own is joined with the request's first.
+    let joined;
+    let split = match dest.origin_and_target() {
+        Some(split) => Some(split),
+        None => {
+            joined = dest.url();
+            split_url(&joined)
+        }
+    };
     if let Some(links) = &proxy.links
-        && let Some((origin, target)) = dest.origin_and_target()
+        && let Some((origin, target)) = split
     {
         match links.send(origin, method, target, headers.pairs(), body, timeout).await {
             Ok(a) => return Ok(a),
@@ -328,23 +337,27 @@ impl Dest<'_> {
     }
 
     /// The origin (scheme, host and port) and the path and query, for an
-    /// `http://` or `https://` destination.
+    /// `http://` or `https://` destination; `None` also for a node whose URL
+    /// has a path of its own (see [`Dest::url`]).
     fn origin_and_target(&self) -> Option<(&str, &str)> {
-        let (url, path) = match self {
-            Dest::Node(t, path) => (t.url.as_str(), *path),
-            Dest::Url(url) => (url.as_str(), ""),
-        };
-        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
-        let hostport = rest.find('/').map_or(rest.len(), |at| at);
-        let origin = &url[..url.len() - rest.len() + hostport];
-        match (&url[origin.len()..], path) {
-            ("", "") => Some((origin, "/")),
-            ("", path) => Some((origin, path)),
-            (target, "") => Some((origin, target)),
-            // A node URL with a path of its own: not split without a copy.
-            _ => None,
+        match self {
+            Dest::Node(t, path) => {
+                let (origin, _) = split_url(&t.url)?;
+                let path = if path.is_empty() { "/" } else { path };
+                (origin.len() == t.url.len()).then_some((origin, path))
+            }
+            Dest::Url(url) => split_url(url),
         }
     }
+}
+
+/// An `http://` or `https://` URL's origin (scheme, host and port) and its
+/// path and query (`/` if it has none).
+fn split_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"))?;
+    let hostport = rest.find('/').unwrap_or(rest.len());
+    let (origin, target) = url.split_at(url.len() - rest.len() + hostport);
+    Some((origin, if target.is_empty() { "/" } else { target }))
 }
 
 impl std::fmt::Display for Dest<'_> {
@@ -494,6 +507,30 @@ mod tests {
         assert!(is_upgrade(&h));
         h.insert(header::UPGRADE, "h2c".parse().expect("value"));
         assert!(!is_upgrade(&h));
+    }
+
+    #[test]
+    fn destinations_split_into_origin_and_target() {
+        let node = |url: &str| {
+            Arc::new(Target { node: shoal_types::NodeId("n1".into()), url: url.into() })
+        };
+        let d = Dest::Node(node("http://127.0.0.1:7001"), "/v1/bases/x/execute?a=1");
+        assert_eq!(
+            d.origin_and_target(),
+            Some(("http://127.0.0.1:7001", "/v1/bases/x/execute?a=1"))
+        );
+        assert_eq!(
+            Dest::Node(node("https://a:1"), "").origin_and_target(),
+            Some(("https://a:1", "/"))
+        );
+        // A node URL with a path of its own is joined first.
+        let d = Dest::Node(node("http://a:1/shoal"), "/v1");
+        assert_eq!(d.origin_and_target(), None);
+        assert_eq!(split_url(&d.url()), Some(("http://a:1", "/shoal/v1")));
+        let d = Dest::Url("http://a:1/v1/bases/x?y=2".into());
+        assert_eq!(d.origin_and_target(), Some(("http://a:1", "/v1/bases/x?y=2")));
+        assert_eq!(Dest::Url("http://a:1".into()).origin_and_target(), Some(("http://a:1", "/")));
+        assert_eq!(Dest::Url("ftp://a:1/x".into()).origin_and_target(), None);
     }
 
     #[test]

@@ -76,7 +76,7 @@ impl View {
             Some(info) => trim(&info.local_node_url),
             None => return,
         };
-        self.remember(bucket, Arc::new(Target { node, url }));
+        self.set_leader_target(bucket, &Arc::new(Target { node, url }));
     }
 
     /// Remembers `target` as the leader of `bucket`.
@@ -85,10 +85,6 @@ impl View {
         if leaders.get(&bucket).is_none_or(|t| t != target) {
             leaders.insert(bucket, target.clone());
         }
-    }
-
-    fn remember(&self, bucket: BucketId, target: Arc<Target>) {
-        self.leaders.lock().unwrap_or_else(|e| e.into_inner()).insert(bucket, target);
     }
 
     /// Forgets the leader of `bucket` if it is `node`.
