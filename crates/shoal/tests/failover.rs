@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Backend, Cluster, TOKEN};
-use common::eventually;
 use common::{Mode, Server};
+use common::{base_with_table, eventually};
 use serde_json::json;
 use shoal_client::{Client, Options};
 use shoal_types::api::{Row, Statement};
@@ -51,13 +51,9 @@ async fn a_write_loop_rides_through_a_leader_kill_and_restart_without_errors_or_
     let mut c = Cluster::on_backend(backend).await;
     c.start_three_nodes();
     c.wait_three_replicas().await;
-    let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
-    let client = Client::with_endpoints(&urls, Some(TOKEN.into())).expect("client");
+    let client = c.nodes_client();
 
-    let base = eventually("create a base", || client.create_base(None, None)).await.id;
-    let ddl =
-        vec![Statement { sql: "CREATE TABLE t (v INTEGER)".into(), params: Default::default() }];
-    client.execute(base, ddl, true).await.expect("create table");
+    let base = base_with_table(&client, "CREATE TABLE t (v INTEGER)").await;
 
     // The loop: one row per call, values 0, 1, 2, ... in order.
     let progress: Arc<Mutex<Progress>> = Arc::default();

@@ -202,8 +202,7 @@ async fn a_wrong_order_is_refused_and_changes_no_data() {
     let mut c = Cluster::new().await;
     c.start_three_nodes();
     c.wait_three_replicas().await;
-    let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
-    let client = Client::with_endpoints(&urls, Some(TOKEN.into())).expect("client");
+    let client = c.nodes_client();
     three_replicas_everywhere(&client, 3).await;
     let theirs = eventually("create a base", || client.create_base(None, None)).await.id;
 

@@ -9,13 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Cluster, RegistryServer, TOKEN};
-use common::eventually;
+use common::base_with_table;
+use common::cluster::{Cluster, RegistryServer};
 use common::meta::MetaGroup;
 use serde_json::json;
-use shoal_client::Client;
 use shoal_registry::Registry;
-use shoal_types::api::{Row, Statement};
+use shoal_types::api::Row;
 
 /// What nodes and monitors log when the registry fails them.
 const REGISTRY_TROUBLE: [&str; 5] =
@@ -40,12 +39,8 @@ async fn grows_from_one_member_to_three_five_and_back_to_three_under_load() {
     let mut c = Cluster::with_embedded(1);
     c.start_three_nodes();
     c.wait_three_replicas().await;
-    let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
-    let client = Client::with_endpoints(&urls, Some(TOKEN.into())).expect("client");
-    let base = eventually("create a base", || client.create_base(None, None)).await.id;
-    let ddl =
-        vec![Statement { sql: "CREATE TABLE t (v INTEGER)".into(), params: Default::default() }];
-    client.execute(base, ddl, true).await.expect("table");
+    let client = c.nodes_client();
+    let base = base_with_table(&client, "CREATE TABLE t (v INTEGER)").await;
 
     // Load: rows through the nodes, and keys straight into the registry.
     let stop = Arc::new(AtomicBool::new(false));

@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{Backend, Cluster, TOKEN};
-use common::eventually;
+use common::base_with_table;
+use common::cluster::{Backend, Cluster};
 use serde_json::json;
-use shoal_client::Client;
-use shoal_types::api::{Row, Statement};
+use shoal_types::api::Row;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn losing_an_etcd_member_under_load_fails_no_request() {
@@ -35,17 +34,10 @@ async fn losing_the_registry_leader_under_load_fails_no_request(backend: Backend
     let mut c = Cluster::with_three(backend).await;
     c.start_three_nodes();
     c.wait_three_replicas().await;
-    let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
-    let client = Client::with_endpoints(&urls, Some(TOKEN.into())).expect("client");
+    let client = c.nodes_client();
     let mut bases = Vec::new();
     for _ in 0..3 {
-        let base = eventually("create a base", || client.create_base(None, None)).await.id;
-        let ddl = vec![Statement {
-            sql: "CREATE TABLE t (v INTEGER)".into(),
-            params: Default::default(),
-        }];
-        client.execute(base, ddl, true).await.expect("table");
-        bases.push(base);
+        bases.push(base_with_table(&client, "CREATE TABLE t (v INTEGER)").await);
     }
     let acked = Arc::new(Mutex::new(vec![0i64; bases.len()]));
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));

@@ -11,12 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::base_with_table;
 use common::cluster::{Cluster, TOKEN};
-use common::eventually;
 use serde_json::json;
 use shoal_client::Client;
 use shoal_types::BaseId;
-use shoal_types::api::{Row, Statement};
+use shoal_types::api::Row;
 
 const BASES: usize = 4;
 
@@ -54,18 +54,11 @@ async fn a_rolling_restart_under_load_fails_no_request_and_loses_nothing() {
     let mut c = Cluster::new().await;
     c.start_three_nodes();
     c.wait_three_replicas().await;
-    let urls: Vec<String> = c.nodes.values().map(|p| p.url.clone()).collect();
-    let client = Client::with_endpoints(&urls, Some(TOKEN.into())).expect("client");
+    let client = c.nodes_client();
     whole(&client).await;
     let mut bases: Vec<BaseId> = Vec::new();
     for _ in 0..BASES {
-        let base = eventually("create a base", || client.create_base(None, None)).await.id;
-        let ddl = vec![Statement {
-            sql: "CREATE TABLE t (v INTEGER PRIMARY KEY)".into(),
-            params: Default::default(),
-        }];
-        client.execute(base, ddl, true).await.expect("create table");
-        bases.push(base);
+        bases.push(base_with_table(&client, "CREATE TABLE t (v INTEGER PRIMARY KEY)").await);
     }
 
     let seen = Arc::new(Mutex::new(Seen { acked: vec![0; BASES], ..Seen::default() }));

@@ -259,6 +259,12 @@ impl Cluster {
         }
     }
 
+    /// A client of every node, with the admin token.
+    pub fn nodes_client(&self) -> Client {
+        let urls: Vec<String> = self.nodes.values().map(|p| p.url.clone()).collect();
+        Client::with_endpoints(&urls, Some(TOKEN.into())).expect("client")
+    }
+
     pub async fn status(&self, via: &Process) -> ClusterStatus {
         Client::new(&via.url, Some(TOKEN.into()))
             .expect("client")

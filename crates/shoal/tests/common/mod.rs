@@ -198,6 +198,15 @@ pub fn cli(server: &Server, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Creates a base through `client` (retrying while the cluster settles)
+/// with one table, made by `create`.
+pub async fn base_with_table(client: &Client, create: &str) -> shoal_types::BaseId {
+    let base = eventually("create a base", || client.create_base(None, None)).await.id;
+    let ddl = vec![shoal_types::api::Statement { sql: create.into(), params: Default::default() }];
+    client.execute(base, ddl, true).await.expect("create the table");
+    base
+}
+
 /// Retries `f` until it succeeds (bounded: 60 s), e.g. while a cluster is
 /// still placing buckets.
 pub async fn eventually<T, F: Future<Output = shoal_types::Result<T>>>(
