@@ -120,18 +120,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Store {
     /// Opens the store under `dir`, or in memory when `dir` is `None`.
     pub fn open(dir: Option<&Path>, options: Options) -> Result<Store> {
+        let cap = NonZeroUsize::new(options.max_open_bases);
         let open = match dir {
             Some(d) => {
                 std::fs::create_dir_all(d.join("buckets"))?;
-                let cap = NonZeroUsize::new(options.max_open_bases).ok_or_else(|| {
+                let cap = cap.ok_or_else(|| {
                     Error::InvalidInput("max_open_bases must be at least 1".into())
                 })?;
                 LruCache::new(cap)
             }
             None => LruCache::unbounded(),
         };
-        let cached = NonZeroUsize::new(options.max_open_bases)
-            .ok_or_else(|| Error::InvalidInput("max_open_bases must be at least 1".into()))?;
+        // As many SeaTable catalogs kept as bases kept open.
+        let cached = cap.map_or_else(LruCache::unbounded, LruCache::new);
         Ok(Store {
             dir: dir.map(Path::to_path_buf),
             open: Mutex::new(open),
@@ -140,7 +141,7 @@ impl Store {
             files: (0..BUCKET_COUNT).map(|_| RwLock::new(())).collect(),
             feed: Hub::new(options.feed.clone()),
             meta_versions: (0..BUCKET_COUNT).map(|_| AtomicU64::new(0)).collect(),
-            seatable: Mutex::new(LruCache::new(cached)),
+            seatable: Mutex::new(cached),
             options,
         })
     }
