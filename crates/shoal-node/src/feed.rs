@@ -23,8 +23,8 @@ use axum::extract::ws::{
 };
 use axum::response::Response;
 use serde::Deserialize;
-use shoal_storage::feed::Subscription;
-use shoal_types::api::{ChangeEvent, ChangeOp, Consistency, FeedMessage, Resync};
+use shoal_storage::feed::{Change, Subscription};
+use shoal_types::api::{ChangeOp, Consistency, FeedMessage, Resync, RowText};
 use shoal_types::{BaseId, Error};
 
 use crate::AppState;
@@ -84,7 +84,7 @@ enum Stop {
     Dropped,
 }
 
-async fn send(socket: &mut WebSocket, message: &FeedMessage) -> Result<(), Stop> {
+async fn send<M: serde::Serialize>(socket: &mut WebSocket, message: &M) -> Result<(), Stop> {
     let text = serde_json::to_string(message).map_err(|_| Stop::Gone)?;
     match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text.into()))).await {
         Ok(Ok(())) => Ok(()),
@@ -93,13 +93,10 @@ async fn send(socket: &mut WebSocket, message: &FeedMessage) -> Result<(), Stop>
 }
 
 /// Sends the events of one batch that come after `after`.
-async fn send_events(
-    socket: &mut WebSocket,
-    events: &[ChangeEvent],
-    after: u64,
-) -> Result<(), Stop> {
+async fn send_events(socket: &mut WebSocket, events: &[Change], after: u64) -> Result<(), Stop> {
     for e in events.iter().filter(|e| e.index > after) {
-        send(socket, &FeedMessage::Change(e.clone())).await?;
+        // A change is sent as itself (`FeedMessage` is untagged).
+        send(socket, e).await?;
         if e.op == ChangeOp::BaseDropped {
             return Err(Stop::Dropped);
         }
@@ -111,7 +108,8 @@ async fn stream(mut socket: WebSocket, mut sub: Subscription) {
     let after = sub.after;
     let result: Result<(), Stop> = async {
         if let Some(index) = sub.resync {
-            send(&mut socket, &FeedMessage::Resync(Resync { resync: true, index })).await?;
+            send(&mut socket, &FeedMessage::<RowText>::Resync(Resync { resync: true, index }))
+                .await?;
         }
         for batch in std::mem::take(&mut sub.backlog) {
             send_events(&mut socket, &batch, after).await?;
@@ -124,7 +122,7 @@ async fn stream(mut socket: WebSocket, mut sub: Subscription) {
                     Some(batch) => send_events(&mut socket, &batch, after).await?,
                     None => {
                         if let Some(reason) = sub.close_reason() {
-                            send(&mut socket, &FeedMessage::Error(reason)).await?;
+                            send(&mut socket, &FeedMessage::<RowText>::Error(reason)).await?;
                         }
                         return Err(Stop::Dropped);
                     }

@@ -19,9 +19,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
-use shoal_types::api::{
-    ChangeEvent, ColumnInfo, ExecuteResult, Params, QueryResponse, Statement, TableInfo,
-};
+use shoal_types::api::{ColumnInfo, ExecuteResult, Params, QueryResponse, Statement, TableInfo};
 use shoal_types::{Error, Result};
 
 use crate::capture::Capture;
@@ -354,7 +352,7 @@ impl Base {
 
     /// The change-feed events of the last command applied, with the
     /// applied index before it; empty after a replay, repeat or failure.
-    pub fn take_changes(&mut self) -> (u64, Vec<ChangeEvent>) {
+    pub fn take_changes(&mut self) -> (u64, Vec<crate::feed::Change>) {
         (self.previous, self.capture.take())
     }
 

@@ -25,14 +25,17 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use rusqlite::Connection;
 use rusqlite::hooks::Action;
-use shoal_types::Result;
-use shoal_types::api::{ChangeEvent, ChangeOp, Row};
+use rusqlite::types::ValueRef;
+use shoal_types::api::{ChangeOp, RowText};
+use shoal_types::{Error, Result};
 
+use crate::feed::Change;
 use crate::map_sqlite_error;
 use crate::rows::quote;
-use crate::value::sql_to_json;
 
 /// One row change as the hook saw it.
 struct RawChange {
@@ -52,7 +55,7 @@ struct Raw {
 pub(crate) struct Capture {
     raw: Arc<Mutex<Raw>>,
     /// The events of the command being applied, in order.
-    events: Vec<ChangeEvent>,
+    events: Vec<Change>,
 }
 
 fn lock(m: &Mutex<Raw>) -> MutexGuard<'_, Raw> {
@@ -62,8 +65,8 @@ fn lock(m: &Mutex<Raw>) -> MutexGuard<'_, Raw> {
 
 /// Whether changes to `table` are Shoal's or SQLite's own business.
 pub(crate) fn is_internal(table: &str) -> bool {
-    let t = table.to_ascii_lowercase();
-    t.starts_with("_shoal_") || t.starts_with("sqlite_")
+    let starts = |p: &str| table.get(..p.len()).is_some_and(|t| t.eq_ignore_ascii_case(p));
+    starts("_shoal_") || starts("sqlite_")
 }
 
 impl Capture {
@@ -127,7 +130,7 @@ impl Capture {
     ) -> Result<()> {
         let changes = std::mem::take(&mut lock(&self.raw).changes);
         if let Some(sql) = ddl {
-            self.events.push(ChangeEvent {
+            self.events.push(Change {
                 index,
                 op: ChangeOp::Ddl,
                 table: ddl_table(sql),
@@ -139,26 +142,18 @@ impl Capture {
         // One prepared read (and one list of column names) per table the
         // statement touched, not per row: a bulk insert reads many rows of
         // one table.
-        let mut reader: Option<(String, rusqlite::CachedStatement<'_>, Vec<String>)> = None;
+        let mut reader: Option<Reader<'_>> = None;
         for c in changes {
             let row = match c.op {
                 ChangeOp::Delete => None,
                 _ => {
-                    if reader.as_ref().is_none_or(|(t, _, _)| *t != c.table) {
-                        let stmt = conn
-                            .prepare_cached(&format!(
-                                "SELECT * FROM main.{} WHERE _rowid_ = ?1",
-                                quote(&c.table)
-                            ))
-                            .map_err(map_sqlite_error)?;
-                        let names = stmt.column_names().iter().map(|n| n.to_string()).collect();
-                        reader = Some((c.table.clone(), stmt, names));
+                    if reader.as_ref().is_none_or(|r| r.table != c.table) {
+                        reader = Some(Reader::new(conn, &c.table)?);
                     }
-                    let (_, stmt, names) = reader.as_mut().expect("set above");
-                    read_row(stmt, names, c.rowid)?
+                    reader.as_mut().expect("set above").read(c.rowid)?
                 }
             };
-            self.events.push(ChangeEvent {
+            self.events.push(Change {
                 index,
                 op: c.op,
                 table: Some(c.table),
@@ -171,25 +166,82 @@ impl Capture {
     }
 
     /// The events of the last command, once it applied.
-    pub(crate) fn take(&mut self) -> Vec<ChangeEvent> {
+    pub(crate) fn take(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.events)
     }
 }
 
-/// A row's values by column name, or `None` if it is gone; `stmt` reads
-/// one row of its table by rowid.
-fn read_row(
-    stmt: &mut rusqlite::Statement<'_>,
-    names: &[String],
-    rowid: i64,
-) -> Result<Option<Row>> {
-    let mut rows = stmt.query([rowid]).map_err(map_sqlite_error)?;
-    let Some(r) = rows.next().map_err(map_sqlite_error)? else { return Ok(None) };
-    let mut row = Row::with_capacity(names.len());
-    for (i, name) in names.iter().enumerate() {
-        row.insert(name.clone(), sql_to_json(r.get_ref(i).map_err(map_sqlite_error)?));
+/// Reads rows of one table by rowid as the JSON text of their values.
+struct Reader<'c> {
+    table: String,
+    stmt: rusqlite::CachedStatement<'c>,
+    /// Each column's name as JSON, with the `:` after it and, past the
+    /// first, the `,` before it: written once per table, copied per row.
+    keys: Vec<Vec<u8>>,
+    /// The length of the last row's text: the next one is likely alike.
+    hint: usize,
+}
+
+impl<'c> Reader<'c> {
+    fn new(conn: &'c Connection, table: &str) -> Result<Reader<'c>> {
+        let stmt = conn
+            .prepare_cached(&format!("SELECT * FROM main.{} WHERE _rowid_ = ?1", quote(table)))
+            .map_err(map_sqlite_error)?;
+        let mut keys = Vec::with_capacity(stmt.column_count());
+        for (i, name) in stmt.column_names().iter().enumerate() {
+            let mut key = if i == 0 { Vec::new() } else { vec![b','] };
+            put(&mut key, name)?;
+            key.push(b':');
+            keys.push(key);
+        }
+        Ok(Reader { table: table.to_string(), stmt, keys, hint: 64 })
     }
-    Ok(Some(row))
+
+    /// The row's values by column name, or `None` if it is gone.
+    fn read(&mut self, rowid: i64) -> Result<Option<RowText>> {
+        let mut rows = self.stmt.query([rowid]).map_err(map_sqlite_error)?;
+        let Some(r) = rows.next().map_err(map_sqlite_error)? else { return Ok(None) };
+        let mut out = Vec::with_capacity(self.hint);
+        out.push(b'{');
+        for (i, key) in self.keys.iter().enumerate() {
+            out.extend_from_slice(key);
+            put_value(&mut out, r.get_ref(i).map_err(map_sqlite_error)?)?;
+        }
+        out.push(b'}');
+        self.hint = out.len();
+        let text = String::from_utf8(out)
+            .map_err(|_| Error::Internal("a captured row is not UTF-8".into()))?;
+        Ok(Some(RowText::from_json(text)))
+    }
+}
+
+/// Appends `v` as JSON.
+fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<()> {
+    serde_json::to_writer(out, v)
+        .map_err(|e| Error::Internal(format!("cannot write a captured value: {e}")))
+}
+
+/// Appends one SQLite value as the API's JSON for it (what
+/// [`crate::sql_to_json`] makes, without building it): NaN and infinities
+/// as `null`, text not UTF-8 with replacement characters, blobs as
+/// `{"base64": "..."}`.
+fn put_value(out: &mut Vec<u8>, v: ValueRef<'_>) -> Result<()> {
+    match v {
+        ValueRef::Null => out.extend_from_slice(b"null"),
+        ValueRef::Integer(i) => put(out, &i)?,
+        ValueRef::Real(f) if f.is_finite() => put(out, &f)?,
+        ValueRef::Real(_) => out.extend_from_slice(b"null"),
+        ValueRef::Text(t) => match std::str::from_utf8(t) {
+            Ok(s) => put(out, s)?,
+            Err(_) => put(out, &String::from_utf8_lossy(t))?,
+        },
+        ValueRef::Blob(b) => {
+            out.extend_from_slice(b"{\"base64\":");
+            put(out, &BASE64.encode(b))?;
+            out.push(b'}');
+        }
+    }
+    Ok(())
 }
 
 /// The table a DDL statement is about, when its text says so plainly:
@@ -284,6 +336,28 @@ fn unquote(w: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn captured_values_are_the_apis_json() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(
+            "CREATE TABLE t (i INTEGER, f REAL, s TEXT, b BLOB, n, bad TEXT, inf REAL);
+             INSERT INTO t VALUES (-7, 2.5, 'a\"b\u{e9}', x'00ff', NULL, CAST(x'ff41' AS TEXT), 1e999);",
+        )
+        .expect("fill");
+        let mut reader = Reader::new(&conn, "t").expect("reader");
+        let text = reader.read(1).expect("read").expect("a row");
+        let mut want = shoal_types::api::Row::new();
+        let mut stmt = conn.prepare("SELECT * FROM t").expect("prepare");
+        let mut rows = stmt.query([]).expect("query");
+        let r = rows.next().expect("step").expect("a row");
+        for (i, name) in ["i", "f", "s", "b", "n", "bad", "inf"].iter().enumerate() {
+            want.insert(name.to_string(), crate::sql_to_json(r.get_ref(i).expect("value")));
+        }
+        assert_eq!(text.to_row().expect("JSON"), want);
+        assert_eq!(text.as_str(), serde_json::Value::Object(want).to_string());
+        assert_eq!(reader.read(2).expect("read"), None);
+    }
 
     #[test]
     fn ddl_tables() {

@@ -32,7 +32,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use shoal_types::api::{ChangeEvent, ChangeOp};
+use shoal_types::api::{ChangeEvent, ChangeOp, RowText};
 use shoal_types::{BaseId, BucketId, ErrorBody};
 use tokio::sync::mpsc;
 
@@ -59,8 +59,11 @@ impl Default for FeedOptions {
     }
 }
 
+/// A change as the hub keeps it: the row's values as JSON text.
+pub type Change = ChangeEvent<RowText>;
+
 /// The events of one write: one log index.
-pub type Batch = Arc<[ChangeEvent]>;
+pub type Batch = Arc<[Change]>;
 
 /// Why a subscription's live channel closed, when not because the base was
 /// dropped (which sends `base_dropped` first).
@@ -171,7 +174,7 @@ impl Hub {
 
     /// Publishes the events of the write at `index` on base `id`, whose
     /// applied index was `previous` before it.
-    pub fn publish(&self, id: BaseId, index: u64, previous: u64, events: Vec<ChangeEvent>) {
+    pub fn publish(&self, id: BaseId, index: u64, previous: u64, events: Vec<Change>) {
         if events.is_empty() {
             return;
         }
@@ -217,7 +220,7 @@ impl Hub {
     /// feeds. The event stays retained until the base is created again, so
     /// that a subscriber that raced the drop also sees it.
     pub fn dropped(&self, id: BaseId, index: u64) {
-        let event = ChangeEvent {
+        let event = Change {
             index,
             op: ChangeOp::BaseDropped,
             table: None,
@@ -296,13 +299,13 @@ impl Hub {
 mod tests {
     use super::*;
 
-    fn ev(index: u64, rowid: i64) -> ChangeEvent {
-        ChangeEvent {
+    fn ev(index: u64, rowid: i64) -> Change {
+        Change {
             index,
             op: ChangeOp::Insert,
             table: Some("t".into()),
             rowid: Some(rowid),
-            row: Some(Default::default()),
+            row: Some(RowText::from_json("{}".into())),
             sql: None,
         }
     }

@@ -1326,7 +1326,7 @@ pub enum Event {
 /// A change-feed event as the operation SeaTable's clients get over
 /// Socket.IO: keyed by column key, selects by option id, long text as
 /// `{"text": ...}`. Schema changes only tell the caller to reload.
-pub fn event(meta: &Meta, e: &shoal_types::api::ChangeEvent) -> Event {
+pub fn event(meta: &Meta, e: &crate::feed::Change) -> Event {
     use shoal_types::api::ChangeOp;
     let (Some(table), Some(rowid)) = (&e.table, e.rowid) else {
         return if e.op == ChangeOp::Ddl { Event::Stale } else { Event::Skip };
@@ -1334,14 +1334,18 @@ pub fn event(meta: &Meta, e: &shoal_types::api::ChangeEvent) -> Event {
     let Some(t) = meta.tables.iter().find(|t| t.name.eq_ignore_ascii_case(table)) else {
         return Event::Skip;
     };
-    let row_id = e
-        .row
+    // The hub keeps rows as the JSON text it captured; read it once here.
+    let row = match e.row.as_ref().map(|r| r.to_row()).transpose() {
+        Ok(row) => row,
+        Err(_) => return Event::Skip,
+    };
+    let row_id = row
         .as_ref()
         .and_then(|r| r.get("_id"))
         .and_then(Value::as_str)
         .map_or_else(|| row_id(rowid), str::to_string);
     let mut cells = Map::new();
-    if let Some(row) = &e.row {
+    if let Some(row) = &row {
         for name in SYSTEM_COLUMNS {
             if let Some(v) = row.get(name).filter(|v| !v.is_null()) {
                 cells.insert(name.to_string(), v.clone());

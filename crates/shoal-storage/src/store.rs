@@ -754,7 +754,9 @@ fn new_base(id: &BaseId, name: &Option<String>, created_at: &str) -> Result<Base
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shoal_types::api::{ChangeEvent, ChangeOp, Statement};
+    use shoal_types::api::{ChangeOp, Statement};
+
+    use crate::feed::Change;
 
     fn create(id: BaseId) -> Command {
         Command::CreateBase {
@@ -1157,20 +1159,20 @@ mod tests {
     }
 
     /// Everything a subscription has now, backlog then live.
-    fn drain(s: &mut Subscription) -> Vec<ChangeEvent> {
-        let mut out: Vec<ChangeEvent> = s.backlog.drain(..).flat_map(|b| b.to_vec()).collect();
+    fn drain(s: &mut Subscription) -> Vec<Change> {
+        let mut out: Vec<Change> = s.backlog.drain(..).flat_map(|b| b.to_vec()).collect();
         while let Ok(b) = s.live.try_recv() {
             out.extend(b.iter().cloned());
         }
         out
     }
 
-    fn summary(events: &[ChangeEvent]) -> Vec<(u64, ChangeOp, Option<i64>, serde_json::Value)> {
+    fn summary(events: &[Change]) -> Vec<(u64, ChangeOp, Option<i64>, serde_json::Value)> {
         events
             .iter()
             .map(|e| {
                 let values = match (&e.row, &e.sql) {
-                    (Some(r), _) => serde_json::Value::Object(r.clone()),
+                    (Some(r), _) => serde_json::Value::Object(r.to_row().unwrap()),
                     (None, Some(sql)) => sql.clone().into(),
                     (None, None) => serde_json::Value::Null,
                 };
@@ -1315,7 +1317,12 @@ mod tests {
         let got: Vec<_> = drain(&mut s)
             .into_iter()
             .map(|e| {
-                (e.index, e.op, e.table.unwrap_or_default(), e.row.map(serde_json::Value::Object))
+                (
+                    e.index,
+                    e.op,
+                    e.table.unwrap_or_default(),
+                    e.row.map(|r| serde_json::Value::Object(r.to_row().unwrap())),
+                )
             })
             .collect();
         assert_eq!(

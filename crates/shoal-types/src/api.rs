@@ -514,9 +514,13 @@ pub enum ChangeOp {
 /// One committed change of a base, as the change feed sends it. All the
 /// events of one write share its log `index` and arrive together, in the
 /// order the write made them.
+///
+/// `R` is how the row's values are held: a [`Row`] for whoever reads the
+/// feed, [`RowText`] where the server keeps them (the same JSON on the
+/// wire).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ChangeEvent {
+pub struct ChangeEvent<R = Row> {
     /// The log index of the write that made the change.
     pub index: u64,
     /// What happened.
@@ -528,11 +532,56 @@ pub struct ChangeEvent {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rowid: Option<i64>,
     /// The row's values (without `_rowid`), for row events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub row: Option<Row>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub row: Option<R>,
     /// The statement, for DDL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sql: Option<String>,
+}
+
+/// A row's values as the text of a JSON object (column name to value), as
+/// the server keeps them for the change feed: written once when the change
+/// is captured, sent as it is to every subscriber, and one allocation to
+/// keep and to drop rather than one per column.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RowText(String);
+
+impl RowText {
+    /// Wraps `text`, which should be a JSON object. It is not checked here
+    /// (its maker writes it); serializing checks it and fails rather than
+    /// send anything that is not JSON.
+    pub fn from_json(text: String) -> RowText {
+        RowText(text)
+    }
+
+    /// The text of `row`.
+    pub fn from_row(row: &Row) -> RowText {
+        RowText(Value::Object(row.clone()).to_string())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The row's values, parsed.
+    pub fn to_row(&self) -> serde_json::Result<Row> {
+        serde_json::from_str(&self.0)
+    }
+}
+
+impl Serialize for RowText {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let raw: &serde_json::value::RawValue =
+            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RowText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<RowText, D::Error> {
+        Ok(RowText::from_row(&Row::deserialize(d)?))
+    }
 }
 
 /// `{"resync": true, "index": N}`: the changes after the index asked for
@@ -550,9 +599,9 @@ pub struct Resync {
 /// which the server closes the feed (e.g. a subscriber too slow to keep up).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum FeedMessage {
+pub enum FeedMessage<R = Row> {
     /// A committed change.
-    Change(ChangeEvent),
+    Change(ChangeEvent<R>),
     /// Resync needed.
     Resync(Resync),
     /// The feed ends with this error.
@@ -566,7 +615,7 @@ mod tests {
     #[test]
     fn feed_messages_tell_themselves_apart() {
         let change = r#"{"index":7,"op":"insert","table":"t","rowid":1,"row":{"a":1}}"#;
-        let FeedMessage::Change(e) = serde_json::from_str(change).expect("change") else {
+        let FeedMessage::<Row>::Change(e) = serde_json::from_str(change).expect("change") else {
             panic!("a change parsed as something else");
         };
         assert_eq!((e.index, e.op, e.rowid), (7, ChangeOp::Insert, Some(1)));
@@ -580,9 +629,32 @@ mod tests {
         assert!(matches!(error, FeedMessage::Error(_)));
         let dropped = r#"{"index":3,"op":"base_dropped"}"#;
         assert!(matches!(
-            serde_json::from_str(dropped).expect("dropped"),
+            serde_json::from_str::<FeedMessage>(dropped).expect("dropped"),
             FeedMessage::Change(ChangeEvent { op: ChangeOp::BaseDropped, .. })
         ));
+    }
+
+    #[test]
+    fn a_row_kept_as_text_is_sent_as_the_same_json() {
+        let change = r#"{"index":7,"op":"update","table":"t","rowid":1,"row":{"a":1,"b":"x\"y"}}"#;
+        let parsed: ChangeEvent = serde_json::from_str(change).expect("change");
+        let row = parsed.row.clone().expect("a row");
+        let kept = ChangeEvent {
+            index: parsed.index,
+            op: parsed.op,
+            table: parsed.table.clone(),
+            rowid: parsed.rowid,
+            row: Some(RowText::from_json(r#"{"a":1,"b":"x\"y"}"#.to_string())),
+            sql: None,
+        };
+        assert_eq!(serde_json::to_string(&kept).expect("encode"), change);
+        assert_eq!(kept.row.as_ref().expect("a row").to_row().expect("parse"), row);
+        assert_eq!(RowText::from_row(&row).as_str(), r#"{"a":1,"b":"x\"y"}"#);
+        let back: ChangeEvent<RowText> = serde_json::from_str(change).expect("change as text");
+        assert_eq!(back, kept);
+        // Text that is not JSON is refused rather than sent.
+        let broken = ChangeEvent { row: Some(RowText::from_json("{\"a\":".into())), ..kept };
+        assert!(serde_json::to_string(&broken).is_err());
     }
 }
 

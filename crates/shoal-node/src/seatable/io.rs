@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use shoal_storage::feed::Subscription;
+use shoal_storage::feed::{Change, Subscription};
 use shoal_storage::seatable::{self as st, Event, Meta};
 use shoal_types::BaseId;
-use shoal_types::api::{ChangeEvent, Consistency};
+use shoal_types::api::Consistency;
 use socketioxide::extract::{Data, SocketRef};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::{SocketIo, TransportType};
@@ -175,7 +175,7 @@ async fn send(
     s: &SocketRef,
     base: BaseId,
     meta: &mut Meta,
-    batch: &[ChangeEvent],
+    batch: &[Change],
     after: u64,
     last: &mut u64,
 ) -> bool {
