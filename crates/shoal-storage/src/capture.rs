@@ -141,18 +141,40 @@ impl Capture {
         }
         // One prepared read (and one list of column names) per table the
         // statement touched, not per row: a bulk insert reads many rows of
-        // one table.
+        // one table. Its rows have consecutive rowids: they are read in
+        // one pass over the range rather than looked up one by one.
         let mut reader: Option<Reader<'_>> = None;
-        for c in changes {
-            let row = match c.op {
-                ChangeOp::Delete => None,
-                _ => {
-                    if reader.as_ref().is_none_or(|r| r.table != c.table) {
-                        reader = Some(Reader::new(conn, &c.table)?);
-                    }
-                    reader.as_mut().expect("set above").read(c.rowid)?
-                }
-            };
+        let mut rows: Vec<Option<RowText>> = Vec::with_capacity(changes.len());
+        let mut i = 0;
+        while i < changes.len() {
+            let c = &changes[i];
+            if c.op == ChangeOp::Delete {
+                rows.push(None);
+                i += 1;
+                continue;
+            }
+            if reader.as_ref().is_none_or(|r| r.table != c.table) {
+                reader = Some(Reader::new(conn, &c.table)?);
+            }
+            let reader = reader.as_mut().expect("set above");
+            let mut end = i + 1;
+            while c.op == ChangeOp::Insert
+                && changes.get(end).is_some_and(|n| {
+                    n.op == ChangeOp::Insert
+                        && n.table == c.table
+                        && Some(n.rowid) == changes[end - 1].rowid.checked_add(1)
+                })
+            {
+                end += 1;
+            }
+            if end - i > 1 && reader.read_run(c.rowid, changes[end - 1].rowid, &mut rows)? {
+                i = end;
+                continue;
+            }
+            rows.push(reader.read(c.rowid)?);
+            i += 1;
+        }
+        for (c, row) in changes.into_iter().zip(rows) {
             self.events.push(Change {
                 index,
                 op: c.op,
@@ -173,8 +195,12 @@ impl Capture {
 
 /// Reads rows of one table by rowid as the JSON text of their values.
 struct Reader<'c> {
+    conn: &'c Connection,
     table: String,
-    stmt: rusqlite::CachedStatement<'c>,
+    /// One row by rowid.
+    one: rusqlite::CachedStatement<'c>,
+    /// The rows of a range of rowids, made when first needed.
+    range: Option<rusqlite::CachedStatement<'c>>,
     /// Each column's name as JSON, with the `:` after it and, past the
     /// first, the `,` before it: written once per table, copied per row.
     keys: Vec<Vec<u8>>,
@@ -184,35 +210,65 @@ struct Reader<'c> {
 
 impl<'c> Reader<'c> {
     fn new(conn: &'c Connection, table: &str) -> Result<Reader<'c>> {
-        let stmt = conn
+        let one = conn
             .prepare_cached(&format!("SELECT * FROM main.{} WHERE _rowid_ = ?1", quote(table)))
             .map_err(map_sqlite_error)?;
-        let mut keys = Vec::with_capacity(stmt.column_count());
-        for (i, name) in stmt.column_names().iter().enumerate() {
+        let mut keys = Vec::with_capacity(one.column_count());
+        for (i, name) in one.column_names().iter().enumerate() {
             let mut key = if i == 0 { Vec::new() } else { vec![b','] };
             put(&mut key, name)?;
             key.push(b':');
             keys.push(key);
         }
-        Ok(Reader { table: table.to_string(), stmt, keys, hint: 64 })
+        Ok(Reader { conn, table: table.to_string(), one, range: None, keys, hint: 64 })
     }
 
     /// The row's values by column name, or `None` if it is gone.
     fn read(&mut self, rowid: i64) -> Result<Option<RowText>> {
-        let mut rows = self.stmt.query([rowid]).map_err(map_sqlite_error)?;
+        let mut rows = self.one.query([rowid]).map_err(map_sqlite_error)?;
         let Some(r) = rows.next().map_err(map_sqlite_error)? else { return Ok(None) };
-        let mut out = Vec::with_capacity(self.hint);
-        out.push(b'{');
-        for (i, key) in self.keys.iter().enumerate() {
-            out.extend_from_slice(key);
-            put_value(&mut out, r.get_ref(i).map_err(map_sqlite_error)?)?;
-        }
-        out.push(b'}');
-        self.hint = out.len();
-        let text = String::from_utf8(out)
-            .map_err(|_| Error::Internal("a captured row is not UTF-8".into()))?;
-        Ok(Some(RowText::from_json(text)))
+        Ok(Some(row_text(&self.keys, &mut self.hint, r)?))
     }
+
+    /// Appends to `out` the rows with rowids `first..=last`, in order, if
+    /// every one of them is there; else appends nothing and says so (the
+    /// caller reads them one by one and learns which are gone).
+    fn read_run(&mut self, first: i64, last: i64, out: &mut Vec<Option<RowText>>) -> Result<bool> {
+        if self.range.is_none() {
+            let sql = format!(
+                "SELECT * FROM main.{} WHERE _rowid_ BETWEEN ?1 AND ?2 ORDER BY _rowid_",
+                quote(&self.table)
+            );
+            self.range = Some(self.conn.prepare_cached(&sql).map_err(map_sqlite_error)?);
+        }
+        let stmt = self.range.as_mut().expect("set above");
+        let want = usize::try_from(last - first + 1).unwrap_or(usize::MAX);
+        let start = out.len();
+        let mut rows = stmt.query([first, last]).map_err(map_sqlite_error)?;
+        while let Some(r) = rows.next().map_err(map_sqlite_error)? {
+            out.push(Some(row_text(&self.keys, &mut self.hint, r)?));
+        }
+        if out.len() - start == want {
+            return Ok(true);
+        }
+        out.truncate(start);
+        Ok(false)
+    }
+}
+
+/// The JSON text of a row read with `keys`' columns.
+fn row_text(keys: &[Vec<u8>], hint: &mut usize, r: &rusqlite::Row<'_>) -> Result<RowText> {
+    let mut out = Vec::with_capacity(*hint);
+    out.push(b'{');
+    for (i, key) in keys.iter().enumerate() {
+        out.extend_from_slice(key);
+        put_value(&mut out, r.get_ref(i).map_err(map_sqlite_error)?)?;
+    }
+    out.push(b'}');
+    *hint = out.len();
+    let text = String::from_utf8(out)
+        .map_err(|_| Error::Internal("a captured row is not UTF-8".into()))?;
+    Ok(RowText::from_json(text))
 }
 
 /// Appends `v` as JSON.
@@ -357,6 +413,65 @@ mod tests {
         assert_eq!(text.to_row().expect("JSON"), want);
         assert_eq!(text.as_str(), serde_json::Value::Object(want).to_string());
         assert_eq!(reader.read(2).expect("read"), None);
+    }
+
+    /// The events of `sql` run on `conn` as one captured statement, as
+    /// (op, rowid, row text).
+    fn captured(
+        conn: &Connection,
+        capture: &mut Capture,
+        sql: &str,
+    ) -> Vec<(ChangeOp, i64, Option<String>)> {
+        capture.begin();
+        conn.execute_batch(sql).expect("run");
+        capture.finish_statement(conn, 1, None).expect("finish");
+        capture.end();
+        capture
+            .take()
+            .into_iter()
+            .map(|e| {
+                let row = e.row.map(|r| r.as_str().to_string());
+                (e.op, e.rowid.expect("a row event"), row)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_multi_row_insert_is_read_in_one_pass_and_a_gap_falls_back() {
+        let conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT)")
+            .expect("table");
+        let mut capture = Capture::install(&conn);
+        let row = |id: i64, v: &str| Some(format!(r#"{{"id":{id},"v":"{v}"}}"#));
+        assert_eq!(
+            captured(&conn, &mut capture, "INSERT INTO t (v) VALUES ('a'), ('b'), ('c')"),
+            vec![
+                (ChangeOp::Insert, 1, row(1, "a")),
+                (ChangeOp::Insert, 2, row(2, "b")),
+                (ChangeOp::Insert, 3, row(3, "c")),
+            ]
+        );
+        // A trigger deletes one row of the run before the statement ends:
+        // the others keep their values and the gone one has none.
+        conn.execute_batch(
+            "CREATE TRIGGER gone AFTER INSERT ON t WHEN NEW.v = 'y'
+             BEGIN DELETE FROM t WHERE id = NEW.id; END",
+        )
+        .expect("trigger");
+        assert_eq!(
+            captured(&conn, &mut capture, "INSERT INTO t (v) VALUES ('x'), ('y'), ('z')"),
+            vec![
+                (ChangeOp::Insert, 4, row(4, "x")),
+                (ChangeOp::Insert, 5, None),
+                (ChangeOp::Delete, 5, None),
+                (ChangeOp::Insert, 6, row(6, "z")),
+            ]
+        );
+        // Rowids that are not consecutive are each read on their own.
+        assert_eq!(
+            captured(&conn, &mut capture, "INSERT INTO t (id, v) VALUES (10, 'p'), (8, 'q')"),
+            vec![(ChangeOp::Insert, 10, row(10, "p")), (ChangeOp::Insert, 8, row(8, "q"))]
+        );
     }
 
     #[test]
