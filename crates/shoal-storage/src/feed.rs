@@ -305,7 +305,7 @@ mod tests {
             op: ChangeOp::Insert,
             table: Some("t".into()),
             rowid: Some(rowid),
-            row: Some(RowText::from_json("{}".into())),
+            row: Some(RowText::from_json("{}")),
             sql: None,
         }
     }

@@ -544,36 +544,36 @@ pub struct ChangeEvent<R = Row> {
 /// is captured, sent as it is to every subscriber, and one allocation to
 /// keep and to drop rather than one per column.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RowText(String);
+pub struct RowText(Vec<u8>);
 
 impl RowText {
-    /// Wraps `text`, which should be a JSON object. It is not checked here
-    /// (its maker writes it); serializing checks it and fails rather than
-    /// send anything that is not JSON.
-    pub fn from_json(text: String) -> RowText {
-        RowText(text)
+    /// Wraps `text`, which should be a JSON object in UTF-8. It is not
+    /// checked here (its maker writes it); serializing checks it and fails
+    /// rather than send anything that is not JSON.
+    pub fn from_json(text: impl Into<Vec<u8>>) -> RowText {
+        RowText(text.into())
     }
 
     /// The text of `row`.
     pub fn from_row(row: &Row) -> RowText {
-        RowText(Value::Object(row.clone()).to_string())
+        RowText(Value::Object(row.clone()).to_string().into_bytes())
     }
 
-    /// The JSON text.
-    pub fn as_str(&self) -> &str {
+    /// The JSON text's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
     /// The row's values, parsed.
     pub fn to_row(&self) -> serde_json::Result<Row> {
-        serde_json::from_str(&self.0)
+        serde_json::from_slice(&self.0)
     }
 }
 
 impl Serialize for RowText {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let raw: &serde_json::value::RawValue =
-            serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+            serde_json::from_slice(&self.0).map_err(serde::ser::Error::custom)?;
         raw.serialize(s)
     }
 }
@@ -644,17 +644,21 @@ mod tests {
             op: parsed.op,
             table: parsed.table.clone(),
             rowid: parsed.rowid,
-            row: Some(RowText::from_json(r#"{"a":1,"b":"x\"y"}"#.to_string())),
+            row: Some(RowText::from_json(r#"{"a":1,"b":"x\"y"}"#)),
             sql: None,
         };
         assert_eq!(serde_json::to_string(&kept).expect("encode"), change);
         assert_eq!(kept.row.as_ref().expect("a row").to_row().expect("parse"), row);
-        assert_eq!(RowText::from_row(&row).as_str(), r#"{"a":1,"b":"x\"y"}"#);
+        assert_eq!(RowText::from_row(&row).as_bytes(), br#"{"a":1,"b":"x\"y"}"#);
         let back: ChangeEvent<RowText> = serde_json::from_str(change).expect("change as text");
         assert_eq!(back, kept);
         // Text that is not JSON is refused rather than sent.
-        let broken = ChangeEvent { row: Some(RowText::from_json("{\"a\":".into())), ..kept };
+        let broken = ChangeEvent { row: Some(RowText::from_json("{\"a\":")), ..kept };
         assert!(serde_json::to_string(&broken).is_err());
+        // So are bytes that are not UTF-8.
+        let not_utf8 =
+            ChangeEvent { row: Some(RowText::from_json(b"{\"a\":\"\xff\"}".to_vec())), ..broken };
+        assert!(serde_json::to_string(&not_utf8).is_err());
     }
 }
 
