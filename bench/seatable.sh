@@ -4,7 +4,10 @@
 # (default 16) each appending batches of BATCH rows (default 100, one 100-byte
 # text value each) for DURATION, the two workloads taking turns RUNS times
 # (default 3). Prints rows/s of each run and the SeaTable API's rate as a
-# share of the rows API's (median of the runs).
+# share of the rows API's (median of the runs). Each run starts after a
+# `sync`: a run writes over a gigabyte (Raft log, WAL, base files), and
+# without it the page cache's dirty pages from earlier runs make later runs
+# wait on the disk's writeback, which then decides both rates.
 #   RUNS=5 DURATION=10s bench/seatable.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +22,7 @@ work_dir
 start_standalone "$dir"
 PIDS+=("$SHOAL_PID")
 rate() {
+    sync
     "$SHOAL" bench --endpoint "$ENDPOINT" --token "$TOKEN" --workload "$1" --batch "$BATCH" \
         --concurrency "$CLIENTS" --duration "$DURATION" --json |
         python3 -c 'import json,sys; r=json.load(sys.stdin); assert r["errors"] == 0, r; print(round(r["rows_per_sec"]))'
