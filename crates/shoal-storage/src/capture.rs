@@ -27,15 +27,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use rusqlite::Connection;
 use rusqlite::hooks::Action;
 use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OptionalExtension};
 use shoal_types::api::{ChangeOp, RowText};
 use shoal_types::{Error, Result};
 
 use crate::feed::Change;
-use crate::map_sqlite_error;
 use crate::rows::quote;
+use crate::{map_sqlite_error, seatable};
 
 /// One row change as the hook saw it.
 struct RawChange {
@@ -197,6 +197,8 @@ impl Capture {
 struct Reader<'c> {
     conn: &'c Connection,
     table: String,
+    /// What the reads select: `*`, or the columns by name.
+    select: String,
     /// One row by rowid.
     one: rusqlite::CachedStatement<'c>,
     /// The rows of a range of rowids, made when first needed.
@@ -204,30 +206,65 @@ struct Reader<'c> {
     /// Each column's name as JSON, with the `:` after it and, past the
     /// first, the `,` before it: written once per table, copied per row.
     keys: Vec<Vec<u8>>,
+    /// The column that reads the rowid in place of a SeaTable row id.
+    row_id_at: Option<usize>,
     /// The length of the last row's text: the next one is likely alike.
     hint: usize,
 }
 
 impl<'c> Reader<'c> {
     fn new(conn: &'c Connection, table: &str) -> Result<Reader<'c>> {
-        let one = conn
-            .prepare_cached(&format!("SELECT * FROM main.{} WHERE _rowid_ = ?1", quote(table)))
-            .map_err(map_sqlite_error)?;
-        let mut keys = Vec::with_capacity(one.column_count());
-        for (i, name) in one.column_names().iter().enumerate() {
+        let one = |select: &str| {
+            conn.prepare_cached(&format!(
+                "SELECT {select} FROM main.{} WHERE _rowid_ = ?1",
+                quote(table)
+            ))
+            .map_err(map_sqlite_error)
+        };
+        let mut stmt = one("*")?;
+        let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
+        let mut keys = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
             let mut key = if i == 0 { Vec::new() } else { vec![b','] };
             put(&mut key, name)?;
             key.push(b':');
             keys.push(key);
         }
-        Ok(Reader { conn, table: table.to_string(), one, range: None, keys, hint: 64 })
+        // A SeaTable table's `_id` is computed from its rowid by SQLite's
+        // `printf` when read, a good part of reading a row back. In a table
+        // laid out exactly as the SeaTable API makes them, the rowid is read
+        // in its place and the same id made from it here.
+        let mut select = "*".to_string();
+        let mut row_id_at = None;
+        if let Some(at) = names.iter().position(|n| n == "_id")
+            && has_seatable_ids(conn, table)?
+        {
+            let columns: Vec<String> = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| if i == at { quote("_rowid") } else { quote(n) })
+                .collect();
+            select = columns.join(", ");
+            stmt = one(&select)?;
+            row_id_at = Some(at);
+        }
+        Ok(Reader {
+            conn,
+            table: table.to_string(),
+            select,
+            one: stmt,
+            range: None,
+            keys,
+            row_id_at,
+            hint: 64,
+        })
     }
 
     /// The row's values by column name, or `None` if it is gone.
     fn read(&mut self, rowid: i64) -> Result<Option<RowText>> {
         let mut rows = self.one.query([rowid]).map_err(map_sqlite_error)?;
         let Some(r) = rows.next().map_err(map_sqlite_error)? else { return Ok(None) };
-        Ok(Some(row_text(&self.keys, &mut self.hint, r)?))
+        Ok(Some(row_text(&self.keys, self.row_id_at, &mut self.hint, r)?))
     }
 
     /// Appends to `out` the rows with rowids `first..=last`, in order, if
@@ -236,7 +273,8 @@ impl<'c> Reader<'c> {
     fn read_run(&mut self, first: i64, last: i64, out: &mut Vec<Option<RowText>>) -> Result<bool> {
         if self.range.is_none() {
             let sql = format!(
-                "SELECT * FROM main.{} WHERE _rowid_ BETWEEN ?1 AND ?2 ORDER BY _rowid_",
+                "SELECT {} FROM main.{} WHERE _rowid_ BETWEEN ?1 AND ?2 ORDER BY _rowid_",
+                self.select,
                 quote(&self.table)
             );
             self.range = Some(self.conn.prepare_cached(&sql).map_err(map_sqlite_error)?);
@@ -246,7 +284,7 @@ impl<'c> Reader<'c> {
         let start = out.len();
         let mut rows = stmt.query([first, last]).map_err(map_sqlite_error)?;
         while let Some(r) = rows.next().map_err(map_sqlite_error)? {
-            out.push(Some(row_text(&self.keys, &mut self.hint, r)?));
+            out.push(Some(row_text(&self.keys, self.row_id_at, &mut self.hint, r)?));
         }
         if out.len() - start == want {
             return Ok(true);
@@ -256,13 +294,88 @@ impl<'c> Reader<'c> {
     }
 }
 
-/// The JSON text of a row read with `keys`' columns.
-fn row_text(keys: &[Vec<u8>], hint: &mut usize, r: &rusqlite::Row<'_>) -> Result<RowText> {
+/// Whether `table` defines `_rowid` and `_id` word for word as the SeaTable
+/// API does ([`seatable::ROWID_COLUMN`], [`seatable::row_id_column`]): then
+/// `_rowid` is the rowid and `_id` is [`seatable::row_id`] of it.
+fn has_seatable_ids(conn: &Connection, table: &str) -> Result<bool> {
+    let sql: Option<String> = conn
+        .prepare_cached("SELECT sql FROM main.sqlite_schema WHERE type = 'table' AND name = ?1")
+        .and_then(|mut s| s.query_row([table], |r| r.get(0)).optional())
+        .map_err(map_sqlite_error)?;
+    let Some(defs) = sql.as_deref().and_then(column_definitions) else { return Ok(false) };
+    let id = seatable::row_id_column();
+    Ok(defs.contains(&seatable::ROWID_COLUMN) && defs.contains(&id.as_str()))
+}
+
+/// The definitions in a `CREATE TABLE` statement's parenthesised list
+/// (columns and table constraints), split at its top-level commas and
+/// trimmed; `None` if the text has no such list. Quoted names, string
+/// literals and comments are skipped over whole, so a comma or parenthesis
+/// inside one splits nothing.
+fn column_definitions(sql: &str) -> Option<Vec<&str>> {
+    let b = sql.as_bytes();
+    let (mut i, mut depth, mut start) = (0, 0usize, 0);
+    let mut out = Vec::new();
+    // The index just past the first `close` at or after `from` (or the end).
+    let past = |from: usize, close: &[u8]| {
+        b[from..]
+            .windows(close.len())
+            .position(|w| w == close)
+            .map_or(b.len(), |p| from + p + close.len())
+    };
+    while i < b.len() {
+        match b[i] {
+            q @ (b'\'' | b'"' | b'`') => i = past(i + 1, &[q]),
+            b'[' => i = past(i + 1, b"]"),
+            b'-' if b.get(i + 1) == Some(&b'-') => i = past(i + 2, b"\n"),
+            b'/' if b.get(i + 1) == Some(&b'*') => i = past(i + 2, b"*/"),
+            b'(' => {
+                depth += 1;
+                if depth == 1 {
+                    start = i + 1;
+                }
+                i += 1;
+            }
+            b')' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    out.push(sql[start..i].trim());
+                    return Some(out);
+                }
+                i += 1;
+            }
+            b',' if depth == 1 => {
+                out.push(sql[start..i].trim());
+                start = i + 1;
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+/// The JSON text of a row read with `keys`' columns; the column at
+/// `row_id_at` holds the rowid, written as the SeaTable row id made from
+/// it.
+fn row_text(
+    keys: &[Vec<u8>],
+    row_id_at: Option<usize>,
+    hint: &mut usize,
+    r: &rusqlite::Row<'_>,
+) -> Result<RowText> {
     let mut out = Vec::with_capacity(*hint);
     out.push(b'{');
     for (i, key) in keys.iter().enumerate() {
         out.extend_from_slice(key);
-        put_value(&mut out, r.get_ref(i).map_err(map_sqlite_error)?)?;
+        match r.get_ref(i).map_err(map_sqlite_error)? {
+            ValueRef::Integer(rowid) if row_id_at == Some(i) => {
+                out.push(b'"');
+                out.extend_from_slice(&seatable::row_id_bytes(rowid));
+                out.push(b'"');
+            }
+            v => put_value(&mut out, v)?,
+        }
     }
     out.push(b'}');
     *hint = out.len();
@@ -471,6 +584,75 @@ mod tests {
             captured(&conn, &mut capture, "INSERT INTO t (id, v) VALUES (10, 'p'), (8, 'q')"),
             vec![(ChangeOp::Insert, 10, row(10, "p")), (ChangeOp::Insert, 8, row(8, "q"))]
         );
+    }
+
+    /// Each row of `table` as `SELECT *` reads it (SQLite computing every
+    /// generated column), as JSON text.
+    fn as_sqlite_reads(conn: &Connection, table: &str) -> Vec<String> {
+        let mut stmt = conn.prepare(&format!("SELECT * FROM {table}")).expect("prepare");
+        let names: Vec<String> = stmt.column_names().iter().map(|n| n.to_string()).collect();
+        let mut rows = stmt.query([]).expect("query");
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().expect("step") {
+            let mut row = shoal_types::api::Row::new();
+            for (i, name) in names.iter().enumerate() {
+                row.insert(name.clone(), crate::sql_to_json(r.get_ref(i).expect("value")));
+            }
+            out.push(serde_json::Value::Object(row).to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn a_seatable_row_id_is_made_from_the_rowid_as_sqlite_makes_it() {
+        let conn = Connection::open_in_memory().expect("open");
+        let (rowid, id) = (seatable::ROWID_COLUMN, seatable::row_id_column());
+        conn.execute_batch(&format!(
+            "CREATE TABLE st ({rowid}, {id}, \"a,b\" TEXT DEFAULT 'x)y', v TEXT);
+             CREATE TABLE lookalike (_rowid TEXT, {id}, v TEXT);
+             CREATE TABLE quoted (x TEXT DEFAULT '{rowid}, {}', _rowid, _id AS (_rowid || '!'));",
+            id.replace('\'', "''")
+        ))
+        .expect("tables");
+        assert!(has_seatable_ids(&conn, "st").expect("st"));
+        assert!(!has_seatable_ids(&conn, "lookalike").expect("lookalike"));
+        assert!(!has_seatable_ids(&conn, "quoted").expect("quoted"));
+        conn.execute_batch("ALTER TABLE st ADD COLUMN w INTEGER").expect("alter");
+        assert!(has_seatable_ids(&conn, "st").expect("st after a new column"));
+        let mut capture = Capture::install(&conn);
+        for (table, sql) in [
+            ("st", "INSERT INTO st (_rowid, v) VALUES (-9, 'n'), (0, 'z'), (4294967291, 'p')"),
+            ("st", "INSERT INTO st (v, w) VALUES ('a', 1), ('b', 2), ('c', 3)"),
+            ("st", "INSERT INTO st (_rowid, v) VALUES (9223372036854775806, 'max')"),
+            ("lookalike", "INSERT INTO lookalike (_rowid, v) VALUES ('12', 'x'), (NULL, 'y')"),
+            ("quoted", "INSERT INTO quoted (_rowid) VALUES (5), ('t')"),
+        ] {
+            conn.execute_batch(&format!("DELETE FROM {table}")).expect("empty");
+            let got: Vec<String> = captured(&conn, &mut capture, sql)
+                .into_iter()
+                .map(|(_, _, row)| row.expect("a row"))
+                .collect();
+            assert_eq!(got, as_sqlite_reads(&conn, table), "{sql}");
+        }
+    }
+
+    #[test]
+    fn create_table_lists_split_at_their_own_commas() {
+        assert_eq!(
+            column_definitions(
+                "CREATE TABLE \"t(1\" (a INT DEFAULT (1, 2), \"b,\" TEXT -- x, y
+                 , c DEFAULT 'p,q)', [d,e] /* f, g) */, CHECK (a > 0))"
+            ),
+            Some(vec![
+                "a INT DEFAULT (1, 2)",
+                "\"b,\" TEXT -- x, y",
+                "c DEFAULT 'p,q)'",
+                "[d,e] /* f, g) */",
+                "CHECK (a > 0)"
+            ])
+        );
+        assert_eq!(column_definitions("CREATE TABLE t AS SELECT 1"), None);
+        assert_eq!(column_definitions("CREATE TABLE t (a, 'unclosed"), None);
     }
 
     #[test]

@@ -549,9 +549,9 @@ pub fn create_table(
     let mut defs: Vec<String> = vec![
         // AUTOINCREMENT: a deleted row's rowid, and so its id, is never
         // given to another row.
-        "_rowid INTEGER PRIMARY KEY AUTOINCREMENT".into(),
+        ROWID_COLUMN.into(),
         // Computed from the rowid when read, however the row was inserted.
-        format!("_id TEXT GENERATED ALWAYS AS ({ROW_ID_SQL}) VIRTUAL"),
+        row_id_column(),
         "_ctime TEXT".into(),
         "_mtime TEXT".into(),
         "_creator TEXT".into(),
@@ -969,14 +969,37 @@ fn values(
 pub const ROW_ID_SQL: &str =
     "printf('%06X%016X', abs(_rowid % 4294967291) * 40503 % 16777216, _rowid)";
 
+/// How a SeaTable table defines its `_rowid` column (the rowid).
+pub const ROWID_COLUMN: &str = "_rowid INTEGER PRIMARY KEY AUTOINCREMENT";
+
+/// How a SeaTable table defines its `_id` column.
+pub fn row_id_column() -> String {
+    format!("_id TEXT GENERATED ALWAYS AS ({ROW_ID_SQL}) VIRTUAL")
+}
+
 /// A row's id: 22 characters (hex digits) made from its rowid, as
 /// [`ROW_ID_SQL`] makes it: six of a scramble of the rowid, so neighbouring
 /// rows' ids do not look alike, then the rowid itself. The same on every
 /// replica, stored nowhere (the column is computed when read), and known
 /// for a deleted row, whose change event carries only the rowid.
 pub fn row_id(rowid: i64) -> String {
-    let scramble = (rowid % 4_294_967_291).abs() * 40_503 % 16_777_216;
-    format!("{scramble:06X}{:016X}", rowid as u64)
+    row_id_bytes(rowid).iter().copied().map(char::from).collect()
+}
+
+/// [`row_id`] as its 22 ASCII bytes.
+pub fn row_id_bytes(rowid: i64) -> [u8; 22] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Below 2^24: six hex digits.
+    let scramble = ((rowid % 4_294_967_291).abs() * 40_503 % 16_777_216) as u64;
+    let rowid = rowid as u64;
+    let mut out = [0u8; 22];
+    for (i, b) in out[..6].iter_mut().enumerate() {
+        *b = HEX[((scramble >> (4 * (5 - i))) & 0xF) as usize];
+    }
+    for (i, b) in out[6..].iter_mut().enumerate() {
+        *b = HEX[((rowid >> (4 * (15 - i))) & 0xF) as usize];
+    }
+    out
 }
 
 /// The rowid a row id was made from ([`row_id`]), if it is one.
@@ -1407,6 +1430,10 @@ mod tests {
             );
         }
         assert_ne!(row_id(1)[11..], row_id(2)[11..]);
+        for r in [i64::MIN, -4_294_967_292, -1, 0, 1, 4_294_967_291, 1 << 40, i64::MAX] {
+            let scramble = (r % 4_294_967_291).abs() * 40_503 % 16_777_216;
+            assert_eq!(row_id(r), format!("{scramble:06X}{:016X}", r as u64), "{r}");
+        }
         for r in [-2, 0, 1, 77, i64::MAX] {
             assert_eq!(parse_row_id(&row_id(r)), Some(r));
         }
