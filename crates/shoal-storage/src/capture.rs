@@ -384,7 +384,7 @@ fn row_text(
 }
 
 /// Whether JSON escapes any byte of `text` (as serde_json does: control
-/// characters, `"` and `\\`; everything else goes out as it is).
+/// characters, `"` and `\`; everything else goes out as it is).
 fn needs_escape(text: &[u8]) -> bool {
     text.iter().fold(false, |any, &b| any | (b < 0x20) | (b == b'"') | (b == b'\\'))
 }
