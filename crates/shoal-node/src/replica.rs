@@ -50,7 +50,7 @@ impl shoal_raft::StateMachine for BucketStateMachine {
                 )))
             }
             Ok(Proposal { command: c, key, after }) => {
-                self.store.apply_after(index, &c, key.as_deref(), after.as_deref())
+                self.store.apply_after(index, c, key.as_deref(), after.as_deref())
             }
             // The same bytes are unreadable on every replica: an answer, not a stop.
             Err(e) => Err(Error::InvalidInput(format!("log index {index}: {e}"))),

@@ -273,7 +273,7 @@ impl Base {
     pub fn execute(
         &mut self,
         index: u64,
-        statements: &[Statement],
+        statements: Vec<Statement>,
         transaction: bool,
         options: &Options,
         key: Option<&str>,
@@ -288,7 +288,7 @@ impl Base {
     pub fn execute_after(
         &mut self,
         index: u64,
-        statements: &[Statement],
+        statements: Vec<Statement>,
         transaction: bool,
         options: &Options,
         key: Option<&str>,
@@ -302,7 +302,7 @@ impl Base {
     pub fn execute_system(
         &mut self,
         index: u64,
-        statements: &[Statement],
+        statements: Vec<Statement>,
         options: &Options,
         key: Option<&str>,
         after: Option<&str>,
@@ -315,7 +315,7 @@ impl Base {
         &mut self,
         mode: Mode,
         index: u64,
-        statements: &[Statement],
+        statements: Vec<Statement>,
         transaction: bool,
         options: &Options,
         key: Option<&str>,
@@ -431,13 +431,13 @@ impl Base {
         &mut self,
         mode: Mode,
         index: u64,
-        statements: &[Statement],
+        statements: Vec<Statement>,
         transaction: bool,
         options: &Options,
         key: Option<&str>,
         after: Option<&str>,
     ) -> Result<Executed> {
-        for s in statements {
+        for s in &statements {
             check_length(&s.sql, options)?;
         }
         let limits = Limits { read_deadline: None, write_budget: options.max_write_steps / 1000 };
@@ -489,7 +489,7 @@ impl Base {
             // (0 before the first), the same on every replica.
             run_cached(&self.conn, RESET_LAST_INSERT_ROWID)?;
             let attempt =
-                self.run_command(mode, index, statements, transaction, limits, &failed, savepoint);
+                self.run_command(mode, index, &statements, transaction, limits, &failed, savepoint);
             let (results, kept) = match attempt {
                 Ok(Attempt::Done { results, kept }) => (results, kept),
                 Ok(Attempt::Lost { statement, error }) => {
@@ -528,7 +528,18 @@ impl Base {
                     return Err(e);
                 }
             };
-            let kept: Vec<Statement> = kept.into_iter().map(|i| statements[i].clone()).collect();
+            // The statements that took effect, kept (moved, not copied)
+            // until the next commit.
+            let kept: Vec<Statement> = if kept.len() == statements.len() {
+                statements
+            } else {
+                let mut kept = kept.into_iter().peekable();
+                statements
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| kept.next_if_eq(&i).map(|_| s))
+                    .collect()
+            };
             self.uncommitted_bytes += kept.iter().map(approximate_size).sum::<usize>()
                 + answer.as_ref().map_or(0, |(k, a)| k.len() + a.len());
             self.uncommitted.push(Uncommitted { index, statements: kept, mode, key: answer });
@@ -1057,7 +1068,7 @@ mod tests {
         transaction: bool,
         o: &Options,
     ) -> Result<Vec<ExecuteResult>> {
-        Ok(match b.execute(index, statements, transaction, o, None)? {
+        Ok(match b.execute(index, statements.to_vec(), transaction, o, None)? {
             Executed::Applied(r) => r,
             Executed::Replayed => Vec::new(),
             Executed::Repeated { results, .. } => results,
@@ -1069,19 +1080,19 @@ mod tests {
         let mut b = base();
         let o = test_options();
         let ins = [st("INSERT INTO t (name) VALUES ('k')")];
-        let first = b.execute(2, &ins, true, &o, Some("key-1")).unwrap();
+        let first = b.execute(2, ins.to_vec(), true, &o, Some("key-1")).unwrap();
         let Executed::Applied(results) = first else { panic!("{first:?}") };
         // The retry (a later index, as after a failover) changes nothing and
         // gets the first answer and index.
         assert_eq!(
-            b.execute(3, &ins, true, &o, Some("key-1")).unwrap(),
+            b.execute(3, ins.to_vec(), true, &o, Some("key-1")).unwrap(),
             Executed::Repeated { index: 2, results }
         );
         assert_eq!(count(&mut b), 1);
         // A failed write is not recorded: its retry runs again.
         let dup = [st("INSERT INTO t (name) VALUES ('k')")];
-        assert!(b.execute(4, &dup, true, &o, Some("key-2")).is_err());
-        assert!(b.execute(5, &dup, true, &o, Some("key-2")).is_err());
+        assert!(b.execute(4, dup.to_vec(), true, &o, Some("key-2")).is_err());
+        assert!(b.execute(5, dup.to_vec(), true, &o, Some("key-2")).is_err());
         assert_eq!(count(&mut b), 1);
         // Keys are not user-visible tables.
         assert_eq!(b.tables().unwrap().len(), 1);
@@ -1095,20 +1106,20 @@ mod tests {
         // The write it follows has not been applied: nothing changes, the
         // key is not recorded, and the answer is a conflict.
         let second = ins("second");
-        let early = b.execute_after(2, &second, true, &o, Some("b"), Some("a"));
+        let early = b.execute_after(2, second.to_vec(), true, &o, Some("b"), Some("a"));
         assert!(matches!(early, Err(Error::Conflict(_))), "{early:?}");
         assert_eq!(count(&mut b), 0);
         // A failed write does not count either.
         let bad = [st("INSERT INTO t (name) VALUES (NULL)")];
-        assert!(b.execute(3, &bad, true, &o, Some("a")).is_err());
-        assert!(b.execute_after(4, &second, true, &o, Some("b"), Some("a")).is_err());
+        assert!(b.execute(3, bad.to_vec(), true, &o, Some("a")).is_err());
+        assert!(b.execute_after(4, second.to_vec(), true, &o, Some("b"), Some("a")).is_err());
         // Once it is applied, the same write goes in after it.
         assert!(matches!(
-            b.execute(5, &ins("first"), true, &o, Some("a")),
+            b.execute(5, ins("first").to_vec(), true, &o, Some("a")),
             Ok(Executed::Applied(_))
         ));
         let Executed::Applied(results) =
-            b.execute_after(6, &second, true, &o, Some("b"), Some("a")).unwrap()
+            b.execute_after(6, second.to_vec(), true, &o, Some("b"), Some("a")).unwrap()
         else {
             panic!("not applied")
         };
@@ -1123,7 +1134,7 @@ mod tests {
         assert_eq!(names, ["first", "second"]);
         // Its retry is a repeat, answered before `after` is looked at.
         assert_eq!(
-            b.execute_after(7, &second, true, &o, Some("b"), Some("gone")).unwrap(),
+            b.execute_after(7, second.to_vec(), true, &o, Some("b"), Some("gone")).unwrap(),
             Executed::Repeated { index: 6, results }
         );
     }
@@ -1198,7 +1209,7 @@ mod tests {
             let mut rowids = Vec::new();
             for (i, (statements, key)) in commands.iter().enumerate() {
                 let Executed::Applied(r) =
-                    b.execute(3 + i as u64, statements, false, &o, *key).unwrap()
+                    b.execute(3 + i as u64, statements.to_vec(), false, &o, *key).unwrap()
                 else {
                     panic!("not applied")
                 };

@@ -245,26 +245,29 @@ impl Store {
     /// Applies a command at log `index`. Commands of one bucket must be
     /// applied one at a time, in index order.
     pub fn apply(&self, index: u64, command: &Command) -> Result<Output> {
-        self.apply_keyed(index, command, None)
+        self.apply_after(index, command.clone(), None, None)
     }
 
     /// Applies a command at log `index` with the client's idempotency key:
     /// a key answered before gets [`Output::Repeated`] and changes nothing.
     pub fn apply_keyed(&self, index: u64, command: &Command, key: Option<&str>) -> Result<Output> {
-        self.apply_after(index, command, key, None)
+        self.apply_after(index, command.clone(), key, None)
     }
 
     /// Applies a command at log `index` with the client's idempotency key,
     /// only once the write with the key `after` was applied to the same base
     /// (see [`Base::execute_after`]); `after` is for writes to a base only.
+    /// Takes the command: the statements of a write are kept, as they are,
+    /// until the base's next commit.
     pub fn apply_after(
         &self,
         index: u64,
-        command: &Command,
+        command: Command,
         key: Option<&str>,
         after: Option<&str>,
     ) -> Result<Output> {
-        if after.is_some() && !matches!(command, Command::Execute { .. } | Command::System { .. }) {
+        let writes_rows = matches!(command, Command::Execute { .. } | Command::System { .. });
+        if after.is_some() && !writes_rows {
             return Err(Error::InvalidInput(
                 "only a write to a base may name a write it follows".into(),
             ));
@@ -272,7 +275,7 @@ impl Store {
         let bucket = command.base().bucket();
         let mut unsynced = lock(&self.buckets[bucket.0 as usize]);
         let output = self.apply_locked(&mut unsynced, index, command, key, after);
-        if !matches!(command, Command::Execute { .. } | Command::System { .. }) {
+        if !writes_rows {
             self.meta_moved(bucket);
         }
         output
@@ -283,12 +286,12 @@ impl Store {
         &self,
         unsynced: &mut Unsynced,
         index: u64,
-        command: &Command,
+        command: Command,
         key: Option<&str>,
         after: Option<&str>,
     ) -> Result<Output> {
         // Marked before applying: a failed apply may have written too.
-        match command {
+        match &command {
             Command::CreateBase { .. } | Command::DropBase { .. } | Command::Restore { .. } => {
                 unsynced.catalog = true
             }
@@ -297,7 +300,7 @@ impl Store {
             }
         }
         match command {
-            Command::CreateBase { id, name, created_at } => {
+            Command::CreateBase { ref id, ref name, ref created_at } => {
                 let info = new_base(id, name, created_at)?;
                 let catalog = self.catalog(id.bucket())?;
                 let mut catalog = lock(&catalog);
@@ -319,7 +322,7 @@ impl Store {
                     }
                 })
             }
-            Command::Restore { id, name, created_at, image } => {
+            Command::Restore { ref id, ref name, ref created_at, ref image } => {
                 let info = new_base(id, name, created_at)?;
                 let catalog = self.catalog(id.bucket())?;
                 let mut catalog = lock(&catalog);
@@ -352,7 +355,7 @@ impl Store {
                     }
                 })
             }
-            Command::DropBase { id } => {
+            Command::DropBase { ref id } => {
                 let catalog = self.catalog(id.bucket())?;
                 let applied = lock(&catalog).drop_base(index, id, key)?;
                 match applied {
@@ -368,36 +371,48 @@ impl Store {
                     }
                 }
             }
-            Command::Execute { base, statements, .. } | Command::System { base, statements } => {
-                if statements.is_empty() {
-                    return Err(Error::InvalidInput("no statements given".into()));
-                }
-                let b = self.base(base)?;
-                let mut b = lock(&b);
-                let executed = match command {
-                    Command::Execute { transaction, .. } => {
-                        b.execute_after(index, statements, *transaction, &self.options, key, after)
-                    }
-                    _ => b.execute_system(index, statements, &self.options, key, after),
-                };
-                if b.changed_meta() {
-                    self.meta_moved(base.bucket());
-                }
-                let executed = executed?;
-                Ok(match executed {
-                    Executed::Applied(results) => {
-                        // Published under the bucket lock: in log order.
-                        let (previous, events) = b.take_changes();
-                        self.feed.publish(*base, index, previous, events);
-                        Output::Executed { results }
-                    }
-                    Executed::Replayed => Output::Replayed,
-                    Executed::Repeated { index, results } => {
-                        Output::Repeated { index, output: Box::new(Output::Executed { results }) }
-                    }
+            Command::Execute { statements, .. } | Command::System { statements, .. }
+                if statements.is_empty() =>
+            {
+                Err(Error::InvalidInput("no statements given".into()))
+            }
+            Command::Execute { base, statements, transaction } => {
+                self.execute(index, base, |b, options| {
+                    b.execute_after(index, statements, transaction, options, key, after)
                 })
             }
+            Command::System { base, statements } => self.execute(index, base, |b, options| {
+                b.execute_system(index, statements, options, key, after)
+            }),
         }
+    }
+
+    /// Runs `run`, a write at log `index`, on `base`, and publishes what it
+    /// changed.
+    fn execute(
+        &self,
+        index: u64,
+        base: BaseId,
+        run: impl FnOnce(&mut Base, &Options) -> Result<Executed>,
+    ) -> Result<Output> {
+        let b = self.base(&base)?;
+        let mut b = lock(&b);
+        let executed = run(&mut b, &self.options);
+        if b.changed_meta() {
+            self.meta_moved(base.bucket());
+        }
+        Ok(match executed? {
+            Executed::Applied(results) => {
+                // Published under the bucket lock: in log order.
+                let (previous, events) = b.take_changes();
+                self.feed.publish(base, index, previous, events);
+                Output::Executed { results }
+            }
+            Executed::Replayed => Output::Replayed,
+            Executed::Repeated { index, results } => {
+                Output::Repeated { index, output: Box::new(Output::Executed { results }) }
+            }
+        })
     }
 
     /// Marks that what a base of `bucket` keeps beside its rows (schema,
