@@ -26,7 +26,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use client::{Client, Kind, Urls, WeakRead, Workload, call};
+use client::{Client, Kind, Urls, WeakRead, Workload, call, post_until};
 use common::cluster::{Cluster, TOKEN};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -466,51 +466,27 @@ async fn run(seed: u64, net: Net) {
     // Bases in distinct buckets, each with the table.
     let mut bases = Vec::new();
     for id in common::seed::ids_in_distinct_buckets(&mut rng, BASES, seed) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let within = (Instant::now() + Duration::from_secs(60), Duration::from_millis(200));
         let base_url = format!("{}/v1/bases", urls.get("n1"));
-        loop {
-            let r =
-                call(&http, reqwest::Method::POST, &base_url, Some(&json!({"id": id})), &[]).await;
-            match r {
-                Ok((s, _)) if s.is_success() || s == StatusCode::CONFLICT => break,
-                other => {
-                    assert!(Instant::now() < deadline, "[seed {seed}] create base {id}: {other:?}")
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let made = |s: StatusCode| s.is_success() || s == StatusCode::CONFLICT;
+        let what = format!("[seed {seed}] create base {id}");
+        post_until(&http, &base_url, &json!({"id": id}), made, within, &what).await;
         let ddl = json!({"statements": [{"sql": "CREATE TABLE IF NOT EXISTS kv (k TEXT PRIMARY KEY, v INTEGER NOT NULL)"}]});
         let exec = format!("{}/v1/bases/{id}/execute", urls.get("n1"));
-        loop {
-            match call(&http, reqwest::Method::POST, &exec, Some(&ddl), &[]).await {
-                Ok((s, _)) if s.is_success() => break,
-                other => assert!(
-                    Instant::now() < deadline,
-                    "[seed {seed}] create table in {id}: {other:?}"
-                ),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let what = format!("[seed {seed}] create table in {id}");
+        post_until(&http, &exec, &ddl, |s| s.is_success(), within, &what).await;
         bases.push(id);
     }
     // Reads at `none` are served by any replica from what it applied: one
     // that has not applied the table yet rightly answers "no such table".
     // The workload starts once every replica has it.
     let probe = json!({"sql": "SELECT count(*) FROM kv", "consistency": "none"});
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let within = (Instant::now() + Duration::from_secs(60), Duration::from_millis(50));
     for id in &bases {
         for (node, url) in urls.all() {
             let query = format!("{url}/v1/bases/{id}/query");
-            loop {
-                match call(&http, reqwest::Method::POST, &query, Some(&probe), &[]).await {
-                    Ok((s, _)) if s.is_success() => break,
-                    other => assert!(
-                        Instant::now() < deadline,
-                        "[seed {seed}] table of {id} on {node}: {other:?}"
-                    ),
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let what = format!("[seed {seed}] table of {id} on {node}");
+            post_until(&http, &query, &probe, |s| s.is_success(), within, &what).await;
         }
     }
     println!("bases {bases:?}, ready after {:.1}s", started.elapsed().as_secs_f64());
@@ -675,34 +651,22 @@ async fn run(seed: u64, net: Net) {
         for k in 0..KEYS_PER_BASE {
             let key = workload.key_name(b, k);
             let body = json!({"sql": "SELECT v FROM kv WHERE k = ?", "params": [key], "consistency": "linearizable"});
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let invoked = origin.elapsed();
-                let u = format!("{}/v1/bases/{base}/query", urls.get("n1"));
-                match call(&http, reqwest::Method::POST, &u, Some(&body), &[]).await {
-                    Ok((StatusCode::OK, v)) => {
-                        let seen = v["rows"]
-                            .as_array()
-                            .and_then(|r| r.first())
-                            .and_then(|r| r[0].as_i64());
-                        history.push(Operation {
-                            process: 9999,
-                            key: key.clone(),
-                            invoked,
-                            completed: Some(origin.elapsed()),
-                            op: Op::Read { seen },
-                            outcome: Outcome::Ok,
-                        });
-                        finals.insert(key, seen);
-                        break;
-                    }
-                    other => assert!(
-                        Instant::now() < deadline,
-                        "[seed {seed}] final read of {key}: {other:?}"
-                    ),
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let within = (Instant::now() + Duration::from_secs(30), Duration::from_millis(200));
+            let u = format!("{}/v1/bases/{base}/query", urls.get("n1"));
+            let what = format!("[seed {seed}] final read of {key}");
+            let ok = |s: StatusCode| s == StatusCode::OK;
+            // The read's window starts when the attempt that answered was sent.
+            let (sent, v) = post_until(&http, &u, &body, ok, within, &what).await;
+            let seen = v["rows"].as_array().and_then(|r| r.first()).and_then(|r| r[0].as_i64());
+            history.push(Operation {
+                process: 9999,
+                key: key.clone(),
+                invoked: sent.saturating_duration_since(origin),
+                completed: Some(origin.elapsed()),
+                op: Op::Read { seen },
+                outcome: Outcome::Ok,
+            });
+            finals.insert(key, seen);
         }
     }
 

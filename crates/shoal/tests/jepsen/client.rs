@@ -80,6 +80,27 @@ pub async fn call(
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
 }
 
+/// POSTs `body` to `url` until the answer's status is one `done` accepts,
+/// `pause` apart; the test fails with `what` and the last answer if none
+/// has by `deadline`. Returns when the accepted call was sent, and its body.
+pub async fn post_until(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    done: impl Fn(StatusCode) -> bool,
+    (deadline, pause): (Instant, Duration),
+    what: &str,
+) -> (Instant, Value) {
+    loop {
+        let sent = Instant::now();
+        match call(http, reqwest::Method::POST, url, Some(body), &[]).await {
+            Ok((s, v)) if done(s) => return (sent, v),
+            other => assert!(Instant::now() < deadline, "{what}: {other:?}"),
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
 /// A read at a weaker level, sent with `X-Shoal-No-Forward` so that the
 /// node that answers is known: a follower asked for a `leader` read answers
 /// `307` at the leader, which is asked in turn (once). Returns the answer
