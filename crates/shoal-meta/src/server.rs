@@ -40,22 +40,25 @@ fn postcard(bytes: Vec<u8>) -> HttpResponse {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], bytes).into_response()
 }
 
-/// Refuses a call or watch without the group's token (when it has one).
-fn refuse(meta: &Inner, headers: &HeaderMap) -> Option<HttpResponse> {
+/// The request of a call or watch (`what`), decoded, once its token is
+/// checked (when the group has one); else the answer that refuses it.
+fn admit<T: serde::de::DeserializeOwned>(
+    meta: &Inner,
+    headers: &HeaderMap,
+    body: &[u8],
+    what: &str,
+) -> Result<T, Box<HttpResponse>> {
     let token = &meta.options.token;
-    if token.is_empty() {
-        return None;
+    if !token.is_empty() {
+        shoal_http::auth::authorize(headers, token).map_err(|e| Box::new(e.into_response()))?;
     }
-    shoal_http::auth::authorize(headers, token).err().map(IntoResponse::into_response)
+    wire::decode::<T>(body).map_err(|e| Box::new(bad_request(what, e)))
 }
 
 async fn call(State(meta): State<Meta>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    if let Some(refused) = refuse(&meta, &headers) {
-        return refused;
-    }
-    let request = match wire::decode::<Request>(&body) {
+    let request: Request = match admit(&meta, &headers, &body, "not a registry call") {
         Ok(r) => r,
-        Err(e) => return bad_request("not a registry call", e),
+        Err(refused) => return *refused,
     };
     let forwarded = headers.contains_key(FORWARDED);
     match meta.serve(request).await {
@@ -226,12 +229,9 @@ impl Inner {
 }
 
 async fn watch(State(meta): State<Meta>, headers: HeaderMap, body: Bytes) -> HttpResponse {
-    if let Some(refused) = refuse(&meta, &headers) {
-        return refused;
-    }
-    let request = match wire::decode::<WatchRequest>(&body) {
+    let request: WatchRequest = match admit(&meta, &headers, &body, "not a watch") {
         Ok(r) => r,
-        Err(e) => return bad_request("not a watch", e),
+        Err(refused) => return *refused,
     };
     if request.from.0 < 1 {
         return bad_request("not a watch", "the first revision must be at least 1");
