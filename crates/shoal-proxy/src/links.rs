@@ -220,7 +220,7 @@ async fn run(
         }
     };
     metrics::counter!("shoal_proxy_relay_connections_total").increment(1);
-    let (read, write) = stream.into_split();
+    let (read, write) = shoal_tls::split(stream);
     let (tx, rx) = mpsc::unbounded_channel();
     {
         let mut inner = link.inner.lock().expect("link lock");

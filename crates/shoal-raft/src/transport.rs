@@ -524,7 +524,7 @@ impl PeerTask {
         first: Bytes,
         rx: &mut mpsc::UnboundedReceiver<Bytes>,
     ) -> Option<std::io::Error> {
-        let (mut rd, mut wr) = stream.into_split();
+        let (mut rd, mut wr) = shoal_tls::split(stream);
         let mut pending = Some(first);
         let mut scratch = [0u8; 64];
         let mut out = BytesMut::new();

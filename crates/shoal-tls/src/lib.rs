@@ -19,9 +19,7 @@
 //! PEM text and a name for it.
 
 use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -29,8 +27,10 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 pub use rustls::{ClientConfig, ServerConfig};
 pub use tokio_rustls::TlsAcceptor;
@@ -223,7 +223,7 @@ impl Connector {
         if !tls {
             let tcp = TcpStream::connect(hostport).await?;
             tcp.set_nodelay(true)?;
-            return Ok(Stream::Plain(tcp));
+            return Ok(Either::Left(tcp));
         }
         let Some(config) = &self.tls else {
             return Err(io::Error::new(
@@ -240,166 +240,30 @@ impl Connector {
             .connect(name, tcp)
             .await
             .map_err(|e| tls_failure(hostport, &e))?;
-        Ok(Stream::Tls(Box::new(stream)))
+        Ok(Either::Right(Box::new(stream)))
     }
 }
 
-/// A client connection, plain or TLS.
-#[derive(Debug)]
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            Stream::Plain(s) => s.is_write_vectored(),
-            Stream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
-impl Stream {
-    /// Splits the stream into halves that can be used from two tasks. A
-    /// plain connection splits without a lock (as `TcpStream::into_split`).
-    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
-        match self {
-            Stream::Plain(s) => {
-                let (r, w) = s.into_split();
-                (ReadHalf::Plain(r), WriteHalf::Plain(w))
-            }
-            Stream::Tls(s) => {
-                let (r, w) = tokio::io::split(*s);
-                (ReadHalf::Tls(r), WriteHalf::Tls(w))
-            }
-        }
-    }
-}
+/// A client connection: plain TCP (`Left`) or TLS over TCP (`Right`).
+pub type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// The reading half of a [`Stream`].
-#[derive(Debug)]
-pub enum ReadHalf {
-    /// Plain TCP.
-    Plain(tokio::net::tcp::OwnedReadHalf),
-    /// TLS over TCP.
-    Tls(tokio::io::ReadHalf<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+pub type ReadHalf = Either<OwnedReadHalf, tokio::io::ReadHalf<TlsStream<TcpStream>>>;
 
 /// The writing half of a [`Stream`].
-#[derive(Debug)]
-pub enum WriteHalf {
-    /// Plain TCP.
-    Plain(tokio::net::tcp::OwnedWriteHalf),
-    /// TLS over TCP.
-    Tls(tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>),
-}
+pub type WriteHalf = Either<OwnedWriteHalf, tokio::io::WriteHalf<TlsStream<TcpStream>>>;
 
-impl AsyncRead for ReadHalf {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+/// Splits `stream` into halves that can be used from two tasks. A plain
+/// connection splits without a lock (as `TcpStream::into_split`).
+pub fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
+    match stream {
+        Either::Left(s) => {
+            let (r, w) = s.into_split();
+            (Either::Left(r), Either::Left(w))
         }
-    }
-}
-
-impl AsyncWrite for WriteHalf {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            WriteHalf::Tls(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            WriteHalf::Plain(s) => s.is_write_vectored(),
-            WriteHalf::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        Either::Right(s) => {
+            let (r, w) = tokio::io::split(*s);
+            (Either::Right(r), Either::Right(w))
         }
     }
 }
