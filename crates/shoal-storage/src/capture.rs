@@ -5,7 +5,8 @@
 //! the operation, the table and the rowid. The hook may not run SQL on its
 //! connection, so it only records them; after the statement,
 //! [`Capture::finish_statement`] reads the values of inserted and updated
-//! rows (as the statement left them) and makes [`ChangeEvent`]s.
+//! rows (as the statement left them) and makes change events ([`Change`]),
+//! each row written once as the JSON text the feed will send.
 //!
 //! A statement that changed the schema (its `schema_version` moved) adds a
 //! `ddl` event with its SQL text before its row events.
