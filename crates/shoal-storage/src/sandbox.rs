@@ -34,7 +34,7 @@ use rusqlite::{Connection, params_from_iter};
 use shoal_types::Error;
 
 /// How often (in VM instructions) the progress handler runs.
-const PROGRESS_PERIOD: i32 = 1000;
+pub const PROGRESS_PERIOD: i32 = 1000;
 
 /// PRAGMAs a user may run: read-only schema introspection. Their argument
 /// names a table or index, so any argument is fine.
