@@ -13,12 +13,12 @@
 //! ```
 //!
 //! - Each member runs a [`shoal_raft::MultiRaft`] that hosts one group (0)
-//!   whose state machine ([`machine`]) is a registry [`Store`] plus the
+//!   whose state machine (module `machine`) is a registry [`Store`] plus the
 //!   member list. Writes are logged commands; reads are served by the leader
 //!   after a read index (linearizable); watches are served by any member
 //!   from its own store.
 //! - Time stays out of the log. Lease deadlines live on the leader
-//!   ([`duties`]): a keep-alive renews one there, and a passed deadline is
+//!   (module `duties`): a keep-alive renews one there, and a passed deadline is
 //!   logged as an expiry. A new leader gives every lease its full TTL again.
 //! - Membership is replicated state too: `AddMembers` and `RemoveMember`
 //!   log a new member list (refused if it would be even), and every member

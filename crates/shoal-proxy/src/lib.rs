@@ -21,7 +21,7 @@
 //!   the leader as a replica of the bucket reports it.
 //!
 //! The SeaTable-compatible API is routed by base the same way
-//! ([`seatable`]).
+//! (module `seatable`).
 //!
 //! Nothing here is persistent: any number of proxies can run side by side,
 //! and a restarted proxy rebuilds its view from the registry.
