@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shoal_types::Error;
@@ -55,14 +55,19 @@ async fn answer_here(state: &AppState, forwarded: bool, req: Request, next: Next
     if forwarded {
         return response;
     }
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let url = format!("{}{path}", leader.trim_end_matches('/'));
+    let url = at_leader(leader, &uri);
     let mut redirect = response;
     *redirect.status_mut() = StatusCode::TEMPORARY_REDIRECT;
     if let Ok(v) = HeaderValue::from_str(&url) {
         redirect.headers_mut().insert(header::LOCATION, v);
     }
     redirect
+}
+
+/// The URL of the request `uri` at the node whose URL is `leader`.
+fn at_leader(leader: &str, uri: &Uri) -> String {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    format!("{}{path}", leader.trim_end_matches('/'))
 }
 
 fn too_large() -> Response {
@@ -120,8 +125,6 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
         }
         None => return response,
     };
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let url_at = |leader: &str| format!("{}{path}", leader.trim_end_matches('/'));
     // Leadership can move while a request travels: a forwarded request
     // answered `not_leader` (nothing was proposed) follows the new leader's
     // hint, a few hops at most.
@@ -130,7 +133,7 @@ pub async fn forward(State(state): State<Arc<AppState>>, req: Request, next: Nex
     loop {
         let mut out = state
             .forwarder
-            .request(method.clone(), url_at(&leader))
+            .request(method.clone(), at_leader(&leader, &uri))
             .header(FORWARDED, "1")
             .body(bytes.clone());
         for (name, value) in &passed {
