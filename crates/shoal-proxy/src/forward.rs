@@ -330,10 +330,7 @@ pub enum Dest<'a> {
 impl Dest<'_> {
     /// The whole URL.
     pub fn url(&self) -> String {
-        match self {
-            Dest::Node(t, path) => format!("{}{path}", t.url),
-            Dest::Url(url) => url.clone(),
-        }
+        self.to_string()
     }
 
     /// The origin (scheme, host and port) and the path and query, for an

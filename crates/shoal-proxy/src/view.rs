@@ -72,11 +72,9 @@ impl View {
         if self.cached(bucket).is_some_and(|t| t.node == node) {
             return;
         }
-        let url = match self.directory.borrow().nodes.get(&node) {
-            Some(info) => trim(&info.local_node_url),
-            None => return,
-        };
-        self.set_leader_target(bucket, &Arc::new(Target { node, url }));
+        if let Some(target) = self.live_node(&node) {
+            self.set_leader_target(bucket, &target);
+        }
     }
 
     /// Remembers `target` as the leader of `bucket`.
@@ -113,14 +111,13 @@ impl View {
 
     /// The live node `node`.
     pub fn live_node(&self, node: &NodeId) -> Option<Arc<Target>> {
-        let dir = self.directory.borrow();
-        let info = dir.nodes.get(node)?;
-        Some(Arc::new(Target { node: node.clone(), url: trim(&info.local_node_url) }))
+        self.directory.borrow().nodes.get(node).map(|info| target(node, info))
     }
 }
 
-fn trim(url: &str) -> String {
-    url.trim_end_matches('/').to_string()
+/// Node `id` at its URL (without a trailing `/`).
+fn target(id: &NodeId, info: &NodeInfo) -> Arc<Target> {
+    Arc::new(Target { node: id.clone(), url: info.local_node_url.trim_end_matches('/').into() })
 }
 
 /// The nodes to try for `bucket`: the cached leader first (if it is live),
@@ -133,7 +130,7 @@ pub fn candidates(dir: &Directory, bucket: BucketId, leader: Option<&NodeId>) ->
             return;
         }
         if let Some(info) = dir.nodes.get(id) {
-            out.push(Arc::new(Target { node: id.clone(), url: trim(&info.local_node_url) }));
+            out.push(target(id, info));
         }
     };
     if let Some(l) = leader {
